@@ -1,0 +1,24 @@
+# Two commands do all the set-up on a fresh machine (see README):
+#   make run    creates .venv, installs bmnas, runs the main job (search + training on AV-MNIST)
+#   make test   creates .venv, installs bmnas with the test tools, runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+.PHONY: install run test lint
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/bmnas run --dataset avmnist --out runs/avmnist
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .

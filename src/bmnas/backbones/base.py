@@ -1,0 +1,72 @@
+"""The backbone contract: any frozen ``nn.Module`` plus the names of the layers to take features from.
+
+A :class:`Backbone` says which modality it reads, which submodules' outputs are features
+(``layers``: feature layer name -> dotted module path, read with forward hooks), and how to turn a
+batch of raw inputs into the module's input (``preprocess``). Features are named
+``<modality>.<layer>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..datasets.base import _import_quietly
+
+
+def _to_tensor(batch: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(batch), dtype=torch.float32)
+
+
+@dataclass
+class Backbone:
+    """A frozen unimodal feature extractor."""
+
+    modality: str
+    module: nn.Module
+    layers: Mapping[str, str]
+    preprocess: Callable[[np.ndarray], torch.Tensor | Mapping[str, torch.Tensor]] = field(default=_to_tensor)
+    name: str = ""
+
+    def feature_names(self) -> list[str]:
+        return [f"{self.modality}.{layer}" for layer in self.layers]
+
+    def weights_hash(self) -> str:
+        """SHA-256 (first 16 hex digits) of the state dict: part of every feature-cache key."""
+        h = hashlib.sha256()
+        for key, value in sorted(self.module.state_dict().items()):
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+BackboneFactory = Callable[..., list[Backbone]]
+_FACTORIES: dict[str, BackboneFactory] = {}
+
+
+def register_backbones(dataset_name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator: register ``factory(raw_dataset, root, seed=0, progress=True) -> [Backbone]``.
+
+    The factory returns the frozen backbones (eval mode) that turn ``dataset_name``'s raw inputs
+    into features, pre-training them first where bmnas ships no weights (cached under ``root``).
+    """
+
+    def wrap(fn: BackboneFactory) -> BackboneFactory:
+        _FACTORIES[dataset_name] = fn
+        return fn
+
+    return wrap
+
+
+def backbones_for(dataset_name: str, raw, root, **options) -> list[Backbone]:
+    """The registered backbones of ``dataset_name`` (see :func:`register_backbones`)."""
+    if dataset_name not in _FACTORIES:
+        _import_quietly(f"bmnas.backbones.{dataset_name}")
+    if dataset_name not in _FACTORIES:
+        raise KeyError(f"no backbones registered for dataset {dataset_name!r}; known: {sorted(_FACTORIES)}")
+    return _FACTORIES[dataset_name](raw, root, **options)

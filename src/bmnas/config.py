@@ -1,0 +1,234 @@
+"""Typed, frozen configuration: defaults here, YAML files and ``key=value`` overrides on top.
+
+``Config.from_sources(yaml_path, ["search.epochs=3", "model.C=32"])`` merges a YAML file and dotted
+overrides; unknown keys and values of the wrong type are rejected with the list of valid keys.
+The resolved config is saved in every run directory so a run can be rebuilt and resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .ops import DEFAULT_OPS
+
+
+class ConfigError(ValueError):
+    """An invalid configuration key or value."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where features come from and what the labels mean."""
+
+    dataset: str | None = None  # a registered dataset name (e.g. "avmnist"), or
+    dir: str | None = None  # a directory in the generic format (SPEC §10)
+    pooling: str = "max"
+    task: str | None = None  # multiclass | multilabel | None (inferred from the labels)
+    num_outputs: int | None = None  # classes / labels (None: inferred)
+    threshold: float = 0.5  # multilabel decision threshold
+    features: tuple[str, ...] = ()  # restrict to these features (default: all)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Search space and sizes (SPEC §1–§6)."""
+
+    C: int = 64
+    L: int = 8
+    cells: int = 2  # N
+    steps: int = 2  # M
+    inner_multiplier: int = 1
+    multiplier: int = 0  # last Cells read by the head; 0 = all
+    dropout: float = 0.1
+    ops: tuple[str, ...] = DEFAULT_OPS
+    input_mode: str = "separate"  # separate | shared (the authors' behaviour)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Bilevel search (SPEC §7)."""
+
+    epochs: int = 12
+    batch_size: int = 96
+    lr: float = 1e-3
+    lr_min: float = 1e-6
+    weight_decay: float = 1e-4
+    restart_epochs: int = 1  # first period of the cosine schedule with warm restarts
+    restart_mult: int = 2
+    arch_lr: float = 3e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    eval_batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Evaluation stage (SPEC §8): the found network on train + val."""
+
+    epochs: int = 30
+    batch_size: int = 96
+    lr: float = 1e-3
+    lr_min: float = 1e-6
+    weight_decay: float = 1e-4
+    restart_epochs: int = 1
+    restart_mult: int = 2
+    eval_batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = torch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        def plain(v):
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+
+        return plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> Config:
+        return _build(cls, d or {}, where)
+
+    @classmethod
+    def from_sources(cls, path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+        d: dict = {}
+        if path is not None:
+            path = Path(path)
+            if not path.exists():
+                raise ConfigError(f"config file {path} does not exist")
+            try:
+                d = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{path}: invalid YAML ({err})") from err
+            if not isinstance(d, dict):
+                raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"override {item!r} must look like key=value, e.g. search.epochs=3")
+            node = d
+            *parents, leaf = key.strip().split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node[leaf] = yaml.safe_load(value) if value.strip() else None
+        return cls.from_dict(d, where=str(path) if path else "config")
+
+    def replace(self, **sections) -> Config:
+        return dataclasses.replace(self, **sections)
+
+
+def _coerce(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value] if isinstance(value, str) else value
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _build(cls, d: dict, where: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        tp = hints[name]
+        key = f"{where}.{name}" if where != "config" else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, key)
+        else:
+            kwargs[name] = _coerce(tp, value, key)
+    cfg = cls(**kwargs)
+    _check(cfg, where)
+    return cfg
+
+
+def _check(cfg, where: str) -> None:
+    """Value checks beyond types."""
+
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{key}: {msg}")
+
+    if isinstance(cfg, ModelConfig):
+        for k in ("C", "L", "cells", "steps", "inner_multiplier"):
+            need(getattr(cfg, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(cfg, k)}")
+        need(cfg.inner_multiplier <= cfg.steps, "model.inner_multiplier", f"must be <= steps ({cfg.steps})")
+        need(0 <= cfg.multiplier <= cfg.cells, "model.multiplier", f"must be in [0, cells={cfg.cells}]")
+        need(0.0 <= cfg.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {cfg.dropout}")
+        need(cfg.input_mode in ("separate", "shared"), "model.input_mode", "must be 'separate' or 'shared'")
+        need(
+            len(cfg.ops) >= 1 and len(set(cfg.ops)) == len(cfg.ops),
+            "model.ops",
+            f"need distinct ops, got {cfg.ops}",
+        )
+        need(any(o != "zero" for o in cfg.ops), "model.ops", "needs at least one op besides 'zero'")
+    if isinstance(cfg, (SearchConfig, TrainConfig)):
+        section = "search" if isinstance(cfg, SearchConfig) else "train"
+        for k in ("epochs", "batch_size", "restart_epochs", "restart_mult", "eval_batch_size"):
+            need(getattr(cfg, k) >= 1, f"{section}.{k}", f"must be >= 1, got {getattr(cfg, k)}")
+        need(cfg.lr > 0 and 0 <= cfg.lr_min <= cfg.lr, f"{section}.lr", "need lr > 0 and 0 <= lr_min <= lr")
+    if isinstance(cfg, DataConfig):
+        need(cfg.pooling in ("max", "avg"), "data.pooling", f"must be 'max' or 'avg', got {cfg.pooling!r}")
+        need(
+            cfg.task in (None, "multiclass", "multilabel"),
+            "data.task",
+            "must be multiclass, multilabel or null",
+        )
+        need(0.0 < cfg.threshold < 1.0, "data.threshold", f"must be in (0, 1), got {cfg.threshold}")

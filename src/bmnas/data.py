@@ -1,0 +1,270 @@
+"""Pooled multimodal features in memory: splits, task inference, validation, the generic format.
+
+The generic ``--data DIR`` format (SPEC §10): ``DIR/{train,val,test}.npz``, each holding arrays
+named ``<modality>.<layer>`` of shape ``(N, *raw_shape)`` and ``label`` of shape ``(N,)`` (integer
+classes) or ``(N, K)`` (multi-hot). Loading pools every raw feature (:mod:`bmnas.pooling`) into
+``(N, L_k, C_in)`` float32 arrays. Everything is validated before any training starts: a bad input
+raises :class:`DataError` naming the file, the array and what to do about it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .pooling import pool_feature
+
+SPLITS = ("train", "val", "test")
+TASK_TYPES = ("multiclass", "multilabel")
+FEATURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*\.[A-Za-z0-9_.-]+$")
+
+
+class DataError(ValueError):
+    """Invalid input data; the message says what is wrong, where, and how to fix it."""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the labels mean: ``multiclass`` with ``num_outputs`` classes or ``multilabel``."""
+
+    type: str
+    num_outputs: int
+
+    def __post_init__(self) -> None:
+        if self.type not in TASK_TYPES:
+            raise DataError(f"task type must be one of {TASK_TYPES}, got {self.type!r}")
+        if self.num_outputs < 1:
+            raise DataError(f"the task needs at least one output, got {self.num_outputs}")
+
+
+@dataclass(frozen=True)
+class FeatureSplit:
+    """One split: pooled features ``name -> (N, L_k, C_in)`` float32 and labels."""
+
+    features: Mapping[str, np.ndarray]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, index: np.ndarray | slice) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Gather rows ``index`` as torch tensors (one copy out of a memory map, none else)."""
+        feats = {k: torch.from_numpy(np.ascontiguousarray(v[index])) for k, v in self.features.items()}
+        return feats, torch.from_numpy(np.ascontiguousarray(self.labels[index]))
+
+
+@dataclass(frozen=True)
+class FeatureData:
+    """Train, val and test splits of pooled features plus the task they serve."""
+
+    splits: Mapping[str, FeatureSplit]
+    task: TaskInfo
+    name: str = "data"
+    info: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(self.splits["train"].features)
+
+    @property
+    def feature_channels(self) -> dict[str, int]:
+        return {k: int(v.shape[-1]) for k, v in self.splits["train"].features.items()}
+
+    @property
+    def feature_lengths(self) -> dict[str, int]:
+        return {k: int(v.shape[1]) for k, v in self.splits["train"].features.items()}
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n.split(".", 1)[0] for n in self.feature_names))
+
+    def __getitem__(self, split: str) -> FeatureSplit:
+        return self.splits[split]
+
+    def select(self, names: list[str] | tuple[str, ...]) -> FeatureData:
+        """The same data restricted to the features ``names`` (in that order)."""
+        unknown = [n for n in names if n not in self.feature_names]
+        if unknown:
+            raise DataError(f"unknown features {unknown}; available: {list(self.feature_names)}")
+        splits = {
+            s: FeatureSplit({n: sp.features[n] for n in names}, sp.labels) for s, sp in self.splits.items()
+        }
+        return FeatureData(splits, self.task, self.name, self.info)
+
+
+def merge_splits(a: FeatureSplit, b: FeatureSplit) -> FeatureSplit:
+    """Concatenate two splits (used for train + val in the evaluation stage)."""
+    feats = {k: np.concatenate([a.features[k], b.features[k]]) for k in a.features}
+    return FeatureSplit(feats, np.concatenate([a.labels, b.labels]))
+
+
+def infer_task(
+    labels: Mapping[str, np.ndarray], override: str | None = None, num_outputs: int | None = None
+) -> TaskInfo:
+    """Infer the task from label arrays: 1-D integers → multiclass, 2-D 0/1 → multilabel.
+
+    Raises :class:`DataError` for labels that fit neither, or that fall outside ``num_outputs``.
+    """
+    shapes = {s: y.shape for s, y in labels.items()}
+    ndims = {len(sh) for sh in shapes.values()}
+    if len(ndims) != 1 or ndims.pop() not in (1, 2):
+        raise DataError(
+            f"labels must be (N,) integer classes or (N, K) multi-hot in every split; got shapes {shapes}"
+        )
+    first = next(iter(labels.values()))
+    kind = override or ("multiclass" if first.ndim == 1 else "multilabel")
+    if kind not in TASK_TYPES:
+        raise DataError(f"task.type must be one of {TASK_TYPES} or empty (infer), got {kind!r}")
+    if kind == "multiclass":
+        if first.ndim != 1:
+            raise DataError(f"multiclass labels must be 1-D class indices; got shapes {shapes}")
+        for split, y in labels.items():
+            if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+                raise DataError(f"split {split!r}: multiclass labels must be integers")
+        n = num_outputs or int(max(int(y.max()) for y in labels.values() if y.size)) + 1
+        for split, y in labels.items():
+            bad = np.flatnonzero((y < 0) | (y >= n))
+            if bad.size:
+                raise DataError(
+                    f"split {split!r}: label {y[bad[0]].item()!r} at row {bad[0]} is out of range "
+                    f"[0, {n}) ({bad.size} such rows); labels must be class indices 0..{n - 1}"
+                )
+        return TaskInfo("multiclass", n)
+    widths = {y.shape[-1] for y in labels.values()}
+    if first.ndim != 2 or len(widths) != 1:
+        raise DataError(f"multilabel labels must be (N, K) with the same K everywhere; got {shapes}")
+    for split, y in labels.items():
+        bad = np.argwhere((y != 0) & (y != 1))
+        if bad.size:
+            r, c = bad[0]
+            raise DataError(
+                f"split {split!r}: multi-hot label [{r}, {c}] = {y[r, c].item()!r}; multilabel targets "
+                f"must be 0 or 1"
+            )
+    return TaskInfo("multilabel", widths.pop())
+
+
+def validate_split(name: str, split: Mapping[str, np.ndarray], labels: np.ndarray) -> None:
+    """Check one split's arrays: names, sample counts and finiteness."""
+    if not split:
+        raise DataError(f"{name}: no feature arrays; expected arrays named '<modality>.<layer>'")
+    n = labels.shape[0]
+    for key, arr in split.items():
+        if not FEATURE_NAME.match(key):
+            raise DataError(
+                f"{name}: array {key!r} is not a feature name; name features "
+                f"'<modality>.<layer>', e.g. 'image.block3'"
+            )
+        if arr.shape[0] != n:
+            raise DataError(
+                f"{name}: feature {key!r} has {arr.shape[0]} samples but 'label' has {n}; every "
+                f"array of a split must have the same first dimension"
+            )
+        if not np.issubdtype(arr.dtype, np.number):
+            raise DataError(f"{name}: feature {key!r} has non-numeric dtype {arr.dtype}")
+        finite = np.isfinite(arr)
+        if not finite.all():
+            row = int(np.argwhere(~finite)[0][0])
+            raise DataError(
+                f"{name}: feature {key!r} has {int((~finite).sum())} NaN/inf values "
+                f"(first in sample {row}); clean or impute them before the search"
+            )
+
+
+def build_feature_data(
+    raw: Mapping[str, tuple[Mapping[str, np.ndarray], np.ndarray]],
+    length: int,
+    pooling: str = "max",
+    task_type: str | None = None,
+    num_outputs: int | None = None,
+    name: str = "data",
+) -> FeatureData:
+    """Validate raw per-split features and labels, pool them, and infer the task.
+
+    Args:
+        raw: ``split -> (features name -> (N, *raw_shape), labels)`` for train, val and test.
+    """
+    missing = [s for s in SPLITS if s not in raw]
+    if missing:
+        raise DataError(f"{name}: missing split(s) {missing}; need {list(SPLITS)}")
+    ref_names = list(raw["train"][0])
+    for split in SPLITS:
+        feats, labels = raw[split]
+        validate_split(f"{name}/{split}", feats, labels)
+        if list(feats) != ref_names:
+            raise DataError(
+                f"{name}/{split}: features {sorted(feats)} differ from train's {sorted(ref_names)}; "
+                f"every split needs the same features"
+            )
+        for key, arr in feats.items():
+            ref = raw["train"][0][key]
+            if arr.shape[1:] != ref.shape[1:]:
+                raise DataError(
+                    f"{name}/{split}: feature {key!r} has per-sample shape {arr.shape[1:]} but "
+                    f"train has {ref.shape[1:]}"
+                )
+    task = infer_task({s: np.asarray(raw[s][1]) for s in SPLITS}, task_type, num_outputs)
+    splits = {}
+    for split in SPLITS:
+        feats, labels = raw[split]
+        pooled = {
+            k: pool_feature(torch.as_tensor(np.asarray(v)), length, pooling).numpy() for k, v in feats.items()
+        }
+        y = np.asarray(labels)
+        y = y.astype(np.int64) if task.type == "multiclass" else y.astype(np.float32)
+        splits[split] = FeatureSplit(pooled, y)
+    return FeatureData(splits, task, name)
+
+
+def read_generic_dir(path: str | Path) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Read ``DIR/{train,val,test}.npz`` (raw shapes) without pooling."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"--data {root}: not a directory; it must hold train.npz, val.npz, test.npz")
+    raw = {}
+    for split in SPLITS:
+        file = root / f"{split}.npz"
+        if not file.exists():
+            raise DataError(f"{file}: missing; the generic format needs {[s + '.npz' for s in SPLITS]}")
+        try:
+            with np.load(file, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as err:
+            raise DataError(f"{file}: cannot be read as .npz ({err})") from err
+        if "label" not in arrays:
+            raise DataError(f"{file}: no 'label' array; add labels of shape (N,) or (N, K)")
+        labels = arrays.pop("label")
+        raw[split] = (arrays, labels)
+    return raw
+
+
+def load_generic_dir(
+    path: str | Path,
+    length: int,
+    pooling: str = "max",
+    task_type: str | None = None,
+    num_outputs: int | None = None,
+) -> FeatureData:
+    """Load and pool the generic format (SPEC §10)."""
+    raw = read_generic_dir(path)
+    return build_feature_data(raw, length, pooling, task_type, num_outputs, name=str(path))
+
+
+def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
+    """Write pooled features in the generic format: ``(N, C_in, L)`` maps, ``(N, C_in)`` vectors.
+
+    Loading the export with the same L gives the same pooled features back.
+    """
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, sp in data.splits.items():
+        arrays = {}
+        for k, v in sp.features.items():
+            arrays[k] = v[:, 0, :] if v.shape[1] == 1 else np.ascontiguousarray(v.transpose(0, 2, 1))
+        np.savez(root / f"{split}.npz", label=sp.labels, **arrays)
+    return root

@@ -1,0 +1,396 @@
+"""The genotype: a frozen, versioned, JSON-serialisable description of a found fusion network.
+
+Schema (version 1)::
+
+    {
+      "format": "bmnas.genotype", "version": 1,
+      "C": 64, "L": 8,
+      "features": [{"name": "image.conv2", "channels": 32, "length": 8}, ...],
+      "cells": [
+        {"inputs": ["image.conv2", "audio.conv3"],
+         "steps": [{"op": "attention", "inputs": ["x", "y"]},
+                   {"op": "sum", "inputs": ["step1", "x"]}],
+         "concat": ["step2"]},
+        {"inputs": ["cell1", "audio.fc"], "steps": [...], "concat": [...]}
+      ],
+      "output": ["cell1", "cell2"]
+    }
+
+Names: a feature by its ``<modality>.<layer>`` name, the n-th Cell (1-based) as ``cellN``; inside a
+Cell ``x``, ``y`` are its two inputs and ``stepM`` the M-th step. A Cell may read any feature or an
+earlier Cell; a step may read ``x``, ``y`` or an earlier step; ``concat`` lists the steps whose
+outputs form the Cell output; ``output`` the states (Cells or features) the head concatenates.
+A ``zero`` step has no inputs and outputs zeros. Unimodal and late-fusion baselines are genotypes
+with no Cells whose ``output`` names features.
+
+:func:`derive` turns architecture weights into a genotype (SPEC §3–§4); it is a pure function.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "bmnas.genotype"
+VERSION = 1
+CELL_INPUTS = ("x", "y")
+
+
+class GenotypeError(ValueError):
+    """A malformed or inconsistent genotype; the message names the offending field."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """An input feature: name, channels ``C_in`` and pooled length (1 for vectors, else L)."""
+
+    name: str
+    channels: int
+    length: int
+
+
+@dataclass(frozen=True)
+class StepGene:
+    """One step inside a Cell: an op applied to named inner states."""
+
+    op: str
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CellGene:
+    """One Cell: its two inputs (upper level) and its steps (lower level)."""
+
+    inputs: tuple[str, str]
+    steps: tuple[StepGene, ...]
+    concat: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A discrete fusion architecture; build it with :class:`bmnas.found.FoundNet`."""
+
+    C: int
+    L: int
+    features: tuple[FeatureSpec, ...]
+    cells: tuple[CellGene, ...]
+    output: tuple[str, ...]
+    version: int = VERSION
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    def used_features(self) -> tuple[str, ...]:
+        """Features read by some Cell or by the head, in feature order."""
+        used = {i for c in self.cells for i in c.inputs} | set(self.output)
+        return tuple(n for n in self.feature_names if n in used)
+
+    def ops(self) -> tuple[str, ...]:
+        return tuple(s.op for c in self.cells for s in c.steps)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": self.version,
+            "C": self.C,
+            "L": self.L,
+            "features": [{"name": f.name, "channels": f.channels, "length": f.length} for f in self.features],
+            "cells": [
+                {
+                    "inputs": list(c.inputs),
+                    "steps": [{"op": s.op, "inputs": list(s.inputs)} for s in c.steps],
+                    "concat": list(c.concat),
+                }
+                for c in self.cells
+            ],
+            "output": list(self.output),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str = "genotype") -> Genotype:
+        return from_dict(d, where)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "genotype") -> Genotype:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise GenotypeError(f"{where}: not valid JSON ({err})") from err
+        return from_dict(d, where)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Genotype:
+        path = Path(path)
+        if not path.exists():
+            raise GenotypeError(f"{path}: no such genotype file")
+        return cls.from_json(path.read_text(), where=str(path))
+
+    def describe(self) -> str:
+        """One line per Cell, e.g. ``cell1 = step2(sum(attention(x, y), x)) | x=image.conv2 ...``."""
+        lines = []
+        for n, c in enumerate(self.cells, 1):
+            steps = ", ".join(f"step{m}={s.op}({', '.join(s.inputs)})" for m, s in enumerate(c.steps, 1))
+            lines.append(f"cell{n}: x={c.inputs[0]} y={c.inputs[1]} | {steps} | out={'+'.join(c.concat)}")
+        lines.append(f"head: {' ++ '.join(self.output)}")
+        return "\n".join(lines)
+
+
+def _require(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise GenotypeError(f"{where}: {message}")
+
+
+def validate(
+    g: Genotype,
+    known_ops: Collection[str] | None = None,
+    arity: Mapping[str, int] | None = None,
+    where: str = "genotype",
+) -> None:
+    """Check that every reference resolves; optionally that ops exist and get the right arity."""
+    _require(
+        g.version == VERSION,
+        f"{where}.version",
+        f"unsupported version {g.version}; this bmnas reads {VERSION}",
+    )
+    _require(isinstance(g.C, int) and g.C > 0, f"{where}.C", f"must be a positive integer, got {g.C!r}")
+    _require(isinstance(g.L, int) and g.L > 0, f"{where}.L", f"must be a positive integer, got {g.L!r}")
+    names = [f.name for f in g.features]
+    _require(len(names) == len(set(names)), f"{where}.features", f"duplicate feature names in {names}")
+    for i, f in enumerate(g.features):
+        fw = f"{where}.features[{i}]"
+        _require("." in f.name and not f.name.startswith("cell"), fw, f"bad feature name {f.name!r}")
+        _require(f.channels > 0, fw, f"channels must be positive, got {f.channels}")
+        _require(f.length in (1, g.L), fw, f"length must be 1 or L={g.L}, got {f.length}")
+    states = list(names)
+    pairs: set[frozenset[str]] = set()
+    for n, cell in enumerate(g.cells, 1):
+        cw = f"{where}.cells[{n - 1}]"
+        _require(
+            len(cell.inputs) == 2, f"{cw}.inputs", f"a Cell takes exactly 2 inputs, got {list(cell.inputs)}"
+        )
+        for slot, name in zip(CELL_INPUTS, cell.inputs, strict=True):
+            _require(
+                name in states,
+                f"{cw}.inputs",
+                f"{slot}={name!r} is neither a feature nor an earlier Cell; available: {states}",
+            )
+        _require(
+            cell.inputs[0] != cell.inputs[1],
+            f"{cw}.inputs",
+            f"the two inputs must differ, got {list(cell.inputs)}",
+        )
+        pair = frozenset(cell.inputs)
+        _require(pair not in pairs, f"{cw}.inputs", f"pair {sorted(pair)} is already used by an earlier Cell")
+        pairs.add(pair)
+        _require(len(cell.steps) >= 1, f"{cw}.steps", "a Cell needs at least one step")
+        inner = list(CELL_INPUTS)
+        for m, step in enumerate(cell.steps, 1):
+            sw = f"{cw}.steps[{m - 1}]"
+            if known_ops is not None:
+                _require(
+                    step.op in known_ops,
+                    f"{sw}.op",
+                    f"unknown op {step.op!r}; registered ops: {sorted(known_ops)}",
+                )
+            if step.op == "zero":
+                _require(len(step.inputs) == 0, f"{sw}.inputs", "a zero step takes no inputs")
+            else:
+                _require(len(step.inputs) >= 1, f"{sw}.inputs", f"op {step.op!r} needs inputs")
+            if arity is not None and step.op in arity and step.op != "zero":
+                _require(
+                    len(step.inputs) == arity[step.op],
+                    f"{sw}.inputs",
+                    f"op {step.op!r} takes {arity[step.op]} inputs, got {list(step.inputs)}",
+                )
+            for name in step.inputs:
+                _require(
+                    name in inner,
+                    f"{sw}.inputs",
+                    f"{name!r} is not x, y or an earlier step; available: {inner}",
+                )
+            inner.append(f"step{m}")
+        _require(len(cell.concat) >= 1, f"{cw}.concat", "must name at least one step")
+        for name in cell.concat:
+            _require(
+                name in inner[2:], f"{cw}.concat", f"{name!r} is not a step of this Cell; steps: {inner[2:]}"
+            )
+        states.append(f"cell{n}")
+    _require(len(g.output) >= 1, f"{where}.output", "the head needs at least one state")
+    for name in g.output:
+        _require(
+            name in states,
+            f"{where}.output",
+            f"{name!r} is neither a feature nor a Cell; available: {states}",
+        )
+
+
+def _get(d: Mapping, key: str, where: str, kind: type | tuple[type, ...]):
+    _require(isinstance(d, Mapping), where, f"expected an object, got {type(d).__name__}")
+    _require(key in d, where, f"missing key {key!r}")
+    value = d[key]
+    _require(
+        isinstance(value, kind) and not (kind is int and isinstance(value, bool)),
+        f"{where}.{key}",
+        f"expected {getattr(kind, '__name__', kind)}, got {value!r}",
+    )
+    return value
+
+
+def _str_list(d: Mapping, key: str, where: str) -> tuple[str, ...]:
+    values = _get(d, key, where, list)
+    for i, v in enumerate(values):
+        _require(isinstance(v, str), f"{where}.{key}[{i}]", f"expected a name, got {v!r}")
+    return tuple(values)
+
+
+def from_dict(d: Mapping, where: str = "genotype") -> Genotype:
+    """Parse and validate a genotype dictionary (see the module docstring for the schema)."""
+    _require(isinstance(d, Mapping), where, f"expected a JSON object, got {type(d).__name__}")
+    _require(
+        d.get("format", FORMAT) == FORMAT, f"{where}.format", f"expected {FORMAT!r}, got {d.get('format')!r}"
+    )
+    version = _get(d, "version", where, int)
+    _require(
+        version == VERSION, f"{where}.version", f"unsupported version {version}; this bmnas reads {VERSION}"
+    )
+    features = []
+    for i, f in enumerate(_get(d, "features", where, list)):
+        fw = f"{where}.features[{i}]"
+        features.append(
+            FeatureSpec(_get(f, "name", fw, str), _get(f, "channels", fw, int), _get(f, "length", fw, int))
+        )
+    cells = []
+    for n, c in enumerate(_get(d, "cells", where, list)):
+        cw = f"{where}.cells[{n}]"
+        steps = []
+        for m, s in enumerate(_get(c, "steps", cw, list)):
+            sw = f"{cw}.steps[{m}]"
+            steps.append(StepGene(_get(s, "op", sw, str), _str_list(s, "inputs", sw)))
+        inputs = _str_list(c, "inputs", cw)
+        _require(len(inputs) == 2, f"{cw}.inputs", f"a Cell takes exactly 2 inputs, got {list(inputs)}")
+        cells.append(CellGene(inputs, tuple(steps), _str_list(c, "concat", cw)))
+    try:
+        return Genotype(
+            _get(d, "C", where, int),
+            _get(d, "L", where, int),
+            tuple(features),
+            tuple(cells),
+            _str_list(d, "output", where),
+            version,
+        )
+    except GenotypeError as err:
+        raise GenotypeError(f"{where}: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Derivation (SPEC §3–§4)
+# ----------------------------------------------------------------------------------------------
+
+
+def best_pair(
+    w_x: np.ndarray, w_y: np.ndarray, distinct: bool, exclude: Collection[frozenset[int]] = ()
+) -> tuple[int, int]:
+    """``argmax_{(i, j)} w_x[i] · w_y[j]`` over ordered pairs; ties go to the lower ``(i, j)``.
+
+    With ``distinct`` the pair needs ``i ≠ j`` and an unordered pair not in ``exclude``.
+    """
+    score = np.outer(w_x, w_y).astype(np.float64)
+    if distinct:
+        np.fill_diagonal(score, -np.inf)
+        for pair in exclude:
+            if len(pair) == 2:
+                i, j = sorted(pair)
+                if i < len(w_x) and j < len(w_x):
+                    score[i, j] = score[j, i] = -np.inf
+    flat = int(np.argmax(score))  # first maximum in row-major order = lowest (i, j)
+    if not np.isfinite(score.flat[flat]):
+        raise GenotypeError("no admissible input pair is left for this Cell (too few predecessors)")
+    return divmod(flat, score.shape[1])
+
+
+def derive(
+    alpha: Sequence[np.ndarray],
+    beta: Sequence[Sequence[np.ndarray]],
+    gamma: Sequence[np.ndarray],
+    features: Sequence[FeatureSpec],
+    ops: Sequence[str],
+    C: int,
+    L: int,
+    arity: Mapping[str, int] | None = None,
+    inner_multiplier: int = 1,
+    multiplier: int | None = None,
+    shared: bool = False,
+) -> Genotype:
+    """Derive the genotype from architecture weights (a pure function).
+
+    Args:
+        alpha: per Cell n (0-based), identity weights ``(S, K + n)`` of its input slots over the
+            predecessors ``[f_1 … f_K, cell_1 … cell_n]`` (S = 2 slots, or 1 when ``shared``).
+        beta: per Cell, per step m (0-based), identity weights ``(S_step, 2 + m)`` over
+            ``[x, y, step_1 … step_m]``.
+        gamma: per Cell, op weights ``(M, len(ops))`` (softmaxed or raw: only the argmax counts).
+        features: the K input features, in the hypernet's order.
+        ops: the op pool, in γ's column order.
+        arity: number of inputs of each op (default 2).
+        inner_multiplier: number of last steps concatenated at each Cell output.
+        multiplier: number of last Cells the head reads (default: all).
+        shared: the authors' ``input_mode: shared``: one mixture feeds all slots; steps then take
+            the best two *distinct* predecessors, as the authors' code does.
+
+    Rules: Cell n takes ``argmax_{i ≠ j} w_x(i) w_y(j)`` over all its predecessors (earlier Cells
+    included) whose unordered pair no earlier Cell took; a step takes its op by ``argmax γ`` and, per
+    input slot, the predecessor with the largest identity weight (the same one may fill both slots);
+    ties go to the lower index.
+    """
+    arity = arity or {}
+    names = [f.name for f in features]
+    K = len(names)
+    states = list(names)
+    used_pairs: set[frozenset[int]] = set()
+    cells = []
+    for n, a in enumerate(alpha):
+        a = np.asarray(a, dtype=np.float64)
+        _require(a.shape[-1] == K + n, f"alpha[{n}]", f"expected {K + n} predecessors, got shape {a.shape}")
+        w_x, w_y = (a[0], a[0]) if a.shape[0] == 1 else (a[0], a[1])
+        i, j = best_pair(w_x, w_y, distinct=True, exclude=used_pairs)
+        used_pairs.add(frozenset((i, j)))
+        steps = []
+        inner = list(CELL_INPUTS)
+        g = np.asarray(gamma[n])
+        for m, b in enumerate(beta[n]):
+            b = np.asarray(b, dtype=np.float64)
+            op = ops[int(np.argmax(g[m]))]
+            k = 0 if op == "zero" else arity.get(op, 2)
+            if k == 0:
+                chosen: tuple[int, ...] = ()
+            elif shared and k == 2:
+                chosen = best_pair(b[0], b[0], distinct=b.shape[-1] > 1)
+            else:
+                chosen = tuple(int(np.argmax(b[min(s, b.shape[0] - 1)])) for s in range(k))
+            steps.append(StepGene(op, tuple(inner[c] for c in chosen)))
+            inner.append(f"step{m + 1}")
+        concat = tuple(inner[-inner_multiplier:])
+        cells.append(CellGene((states[i], states[j]), tuple(steps), concat))
+        states.append(f"cell{n + 1}")
+    N = len(cells)
+    k_out = multiplier or N
+    output = tuple(f"cell{n}" for n in range(N - k_out + 1, N + 1))
+    return Genotype(C, L, tuple(features), tuple(cells), output)

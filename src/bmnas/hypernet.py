@@ -1,0 +1,245 @@
+"""The hypernet: every edge and op mixed (SPEC §3–§4, §6; paper eqs. 1–2, 9–10).
+
+States ``S = [f_1 … f_K, cell_1 … cell_N]``. Cell n's input slot ``s ∈ {x, y}`` is
+
+    ``in_s = Σ_i w_s(i) · S_i``,   ``w_s(i) = softmax_g(α[n, s, i])[identity]``
+
+(the ``zero`` edge contributes nothing and is never materialised). Step m of a Cell mixes its
+inputs the same way with β over ``[x, y, step_1 … step_{m-1}]`` and outputs
+``Σ_f softmax(γ_m)[f] · f(in_x, in_y)``, skipping ``zero``.
+
+Speed (issue 6): the feature part of every Cell slot's mixture is one matmul of the
+``(N·S, K)`` gate matrix with the stacked projected features; ops run on channels-last tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .cells import CellOutput, FeatureProjection, Head
+from .genotype import FeatureSpec, Genotype, derive
+from .ops import ZERO, create_op, get_op
+
+INPUT_MODES = ("separate", "shared")
+EDGE_OPS = ("identity", "zero")
+
+
+def edge_weights(logits: torch.Tensor) -> torch.Tensor:
+    """Identity weight of mixed edges: ``softmax(α)[identity] = σ(α_identity − α_zero)``."""
+    return torch.sigmoid(logits[..., 0] - logits[..., 1])
+
+
+class ArchParameters(nn.Module):
+    """α, β, γ as ``nn.Parameter``s, apart from the weights (checkpointed, moved, DDP-safe).
+
+    * ``alpha[n]``: ``(S, K + n, 2)`` edge logits of Cell n's input slots over its predecessors.
+    * ``beta[n·M + m]``: ``(S_step, 2 + m, 2)`` edge logits of step m's input slots.
+    * ``gamma[n]``: ``(M, |ops|)`` op logits.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_cells: int,
+        num_steps: int,
+        num_ops: int,
+        cell_slots: int,
+        step_slots: int,
+        init_scale: float = 1e-3,
+    ):
+        super().__init__()
+        self.num_cells, self.num_steps = num_cells, num_steps
+
+        def param(*shape: int) -> nn.Parameter:
+            return nn.Parameter(init_scale * torch.randn(*shape))
+
+        self.alpha = nn.ParameterList([param(cell_slots, num_features + n, 2) for n in range(num_cells)])
+        self.beta = nn.ParameterList(
+            [param(step_slots, 2 + m, 2) for _ in range(num_cells) for m in range(num_steps)]
+        )
+        self.gamma = nn.ParameterList([param(num_steps, num_ops) for _ in range(num_cells)])
+
+    def betas(self, n: int) -> list[nn.Parameter]:
+        return [self.beta[n * self.num_steps + m] for m in range(self.num_steps)]
+
+    @torch.no_grad()
+    def softmaxed(self) -> dict[str, list]:
+        """Identity weights of α and β and softmax(γ), as nested lists (for history and plots)."""
+        return {
+            "alpha": [edge_weights(a).tolist() for a in self.alpha],
+            "beta": [[edge_weights(b).tolist() for b in self.betas(n)] for n in range(self.num_cells)],
+            "gamma": [g.softmax(-1).tolist() for g in self.gamma],
+        }
+
+
+class SearchCell(nn.Module):
+    """A Cell of the hypernet: M mixed steps over ``[x, y, step_1 …]`` and the Cell output."""
+
+    def __init__(
+        self,
+        C: int,
+        L: int,
+        num_steps: int,
+        ops: Sequence[str],
+        inner_multiplier: int,
+        dropout: float,
+        shared: bool,
+    ):
+        super().__init__()
+        self.op_names = list(ops)
+        self.arity = [get_op(o).arity for o in ops]
+        self.shared = shared
+        self.steps = nn.ModuleList(
+            nn.ModuleDict({o: create_op(o, C, L, dropout) for o in ops if o != ZERO})
+            for _ in range(num_steps)
+        )
+        self.inner_multiplier = inner_multiplier
+        self.output = CellOutput(C, L, inner_multiplier, dropout)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, betas: Sequence[torch.Tensor], gamma: torch.Tensor
+    ) -> torch.Tensor:
+        inner = [x, y]
+        op_w = gamma.softmax(-1)  # (M, |ops|)
+        for m, mixed in enumerate(self.steps):
+            w = edge_weights(betas[m])  # (S_step, 2 + m)
+            slots = [sum(w[s, i] * t for i, t in enumerate(inner)) for s in range(w.shape[0])]
+            out = None
+            for f, name in enumerate(self.op_names):
+                if name == ZERO:
+                    continue
+                k = self.arity[f]
+                args = [slots[min(s, len(slots) - 1)] for s in range(k)]
+                term = op_w[m, f] * mixed[name](*args)
+                out = term if out is None else out + term
+            inner.append(out)
+        return self.output(inner[-self.inner_multiplier :], x)
+
+
+class HyperNet(nn.Module):
+    """The continuous search network over ``features`` (name → ``(C_in, L_k)``)."""
+
+    def __init__(
+        self,
+        features: Sequence[FeatureSpec],
+        num_outputs: int,
+        C: int = 64,
+        L: int = 8,
+        num_cells: int = 2,
+        num_steps: int = 2,
+        ops: Sequence[str] = ("sum",),
+        inner_multiplier: int = 1,
+        multiplier: int | None = None,
+        dropout: float = 0.1,
+        input_mode: str = "separate",
+    ):
+        super().__init__()
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
+        if len(features) < 2:
+            raise ValueError(f"the search needs at least 2 features, got {[f.name for f in features]}")
+        if not 1 <= inner_multiplier <= num_steps:
+            raise ValueError(f"inner_multiplier must be in [1, {num_steps}], got {inner_multiplier}")
+        multiplier = multiplier or num_cells
+        if not 1 <= multiplier <= num_cells:
+            raise ValueError(f"multiplier must be in [1, {num_cells}], got {multiplier}")
+        for o in ops:
+            get_op(o)  # clear error for unknown names
+        self.features = tuple(features)
+        self.C, self.L = C, L
+        self.ops = tuple(ops)
+        self.num_cells, self.num_steps = num_cells, num_steps
+        self.inner_multiplier, self.multiplier = inner_multiplier, multiplier
+        self.input_mode = input_mode
+        shared = input_mode == "shared"
+        step_slots = 1 if shared else max([2] + [get_op(o).arity for o in ops if o != ZERO])
+        self.arch = ArchParameters(
+            len(features), num_cells, num_steps, len(ops), 1 if shared else 2, step_slots
+        )
+        self.projections = nn.ModuleList(FeatureProjection(f.channels, C, dropout) for f in features)
+        self.cells = nn.ModuleList(
+            SearchCell(C, L, num_steps, ops, inner_multiplier, dropout, shared) for _ in range(num_cells)
+        )
+        self.head = Head(C, L, multiplier, num_outputs, dropout)
+        full = [i for i, f in enumerate(features) if f.length != 1]
+        vec = [i for i, f in enumerate(features) if f.length == 1]
+        self.register_buffer("_full_idx", torch.tensor(full, dtype=torch.long), persistent=False)
+        self.register_buffer("_vec_idx", torch.tensor(vec, dtype=torch.long), persistent=False)
+
+    # -- parameter groups --------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.arch.parameters())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch.parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    # -- forward -----------------------------------------------------------------------------
+    def project(self, features: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Project every feature: name → ``(B, L_k, C_in)`` becomes a list of ``(B, L_k, C)``."""
+        missing = [f.name for f in self.features if f.name not in features]
+        if missing:
+            raise KeyError(
+                f"missing features {missing}; the hypernet needs {[f.name for f in self.features]}"
+            )
+        return [proj(features[f.name]) for f, proj in zip(self.features, self.projections, strict=True)]
+
+    def mix_features(self, projected: list[torch.Tensor]) -> torch.Tensor:
+        """Feature part of every Cell slot's input, ``(N, S, B, L, C)``, as one gated matmul."""
+        B = projected[0].shape[0]
+        K = len(projected)
+        gates = torch.stack([edge_weights(a[:, :K]) for a in self.arch.alpha])  # (N, S, K)
+        N, S, _ = gates.shape
+        out = None
+        for idx, L_k in ((self._full_idx, self.L), (self._vec_idx, 1)):
+            if idx.numel() == 0:
+                continue
+            stacked = torch.stack([projected[i] for i in idx.tolist()])  # (K_g, B, L_k, C)
+            mixed = gates[..., idx].reshape(N * S, -1) @ stacked.reshape(idx.numel(), -1)
+            mixed = mixed.view(N, S, B, L_k, self.C)
+            out = mixed if out is None else out + mixed
+        return out.expand(N, S, B, self.L, self.C)
+
+    def forward_cells(self, features: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        projected = self.project(features)
+        base = self.mix_features(projected)
+        K = len(projected)
+        cells: list[torch.Tensor] = []
+        for n, cell in enumerate(self.cells):
+            a = self.arch.alpha[n]
+            w_cells = edge_weights(a[:, K:])  # (S, n)
+            slots = []
+            for s in range(a.shape[0]):
+                z = base[n, s]
+                for j, c in enumerate(cells):
+                    z = z + w_cells[s, j] * c
+                slots.append(z)
+            x, y = slots[0], slots[-1]
+            cells.append(cell(x, y, self.arch.betas(n), self.arch.gamma[n]))
+        return cells
+
+    def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        cells = self.forward_cells(features)
+        return self.head(cells[-self.multiplier :])
+
+    # -- derivation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def genotype(self) -> Genotype:
+        """The discrete architecture the current α, β, γ select (SPEC §3–§4)."""
+        arch = self.arch
+        return derive(
+            alpha=[edge_weights(a).cpu().numpy() for a in arch.alpha],
+            beta=[[edge_weights(b).cpu().numpy() for b in arch.betas(n)] for n in range(self.num_cells)],
+            gamma=[g.cpu().numpy() for g in arch.gamma],
+            features=self.features,
+            ops=self.ops,
+            C=self.C,
+            L=self.L,
+            arity={o: get_op(o).arity for o in self.ops},
+            inner_multiplier=self.inner_multiplier,
+            multiplier=self.multiplier,
+            shared=self.input_mode == "shared",
+        )

@@ -1,0 +1,71 @@
+"""Pieces shared by the search and the evaluation stage: batching, loss, schedule, evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import FeatureSplit, TaskInfo
+from .metrics import compute_metrics
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
+    """Index batches over ``n`` samples: shuffled when a generator is given, else in order."""
+    order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def loss_fn(task: TaskInfo, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (multiclass) or BCE with logits (multilabel)."""
+    if task.type == "multiclass":
+        return F.cross_entropy(logits, labels)
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def cosine_restarts(
+    optimizer: torch.optim.Optimizer,
+    batches_per_epoch: int,
+    restart_epochs: int,
+    restart_mult: int,
+    lr_min: float,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-batch cosine annealing with warm restarts, the period doubling (SGDR)."""
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=max(1, batches_per_epoch * restart_epochs), T_mult=restart_mult, eta_min=lr_min
+    )
+
+
+@contextlib.contextmanager
+def frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Temporarily exclude ``params`` from autograd, so a backward computes no gradient for them."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: FeatureSplit, task: TaskInfo, batch_size: int = 1024, threshold: float = 0.5
+) -> dict:
+    """Loss and metrics of ``model`` in eval mode over a whole split."""
+    was_training = model.training
+    model.eval()
+    logits, total = [], 0.0
+    for idx in batch_indices(len(split), batch_size, None):
+        feats, y = split.batch(idx)
+        out = model(feats)
+        total += float(loss_fn(task, out, y)) * len(idx)
+        logits.append(out.float().numpy())
+    model.train(was_training)
+    metrics = compute_metrics(task, np.concatenate(logits), split.labels, threshold)
+    return {"loss": total / max(1, len(split)), **metrics}

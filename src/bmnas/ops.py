@@ -1,0 +1,149 @@
+"""Primitive fusion ops (SPEC §5, paper eqs. 4–8) and the registry that names them.
+
+Every op maps ``k`` tensors of shape ``(B, L, C)`` (channels last, see docs/ARCHITECTURE.md) to one
+``(B, L, C)`` tensor; ``k`` is the op's arity (2 for the built-ins). A factory has the signature
+``factory(C, L, dropout) -> nn.Module``. Register your own with :func:`register_op`::
+
+    @register_op("product")
+    class Product(nn.Module):
+        def __init__(self, C, L, dropout): super().__init__()
+        def forward(self, x, y): return x * y
+
+    @register_op("gated_sum3", arity=3)
+    def gated_sum3(C, L, dropout): return MyTernaryOp(C)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OpFactory = Callable[[int, int, float], nn.Module]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """A registered op: its name, factory and number of inputs."""
+
+    name: str
+    factory: OpFactory
+    arity: int = 2
+
+
+_OPS: dict[str, OpSpec] = {}
+ZERO = "zero"
+
+
+def register_op(name: str, arity: int = 2) -> Callable[[OpFactory], OpFactory]:
+    """Decorator: register ``factory(C, L, dropout) -> nn.Module`` as the op ``name``."""
+    if arity < 1:
+        raise ValueError(f"op {name!r}: arity must be >= 1, got {arity}")
+
+    def wrap(factory: OpFactory) -> OpFactory:
+        if name in _OPS:
+            warnings.warn(f"op {name!r} is registered again; the new factory replaces the old", stacklevel=2)
+        _OPS[name] = OpSpec(name, factory, arity)
+        return factory
+
+    return wrap
+
+
+def list_ops(pattern: str = "*") -> list[str]:
+    """Registered op names matching a glob pattern."""
+    return sorted(n for n in _OPS if fnmatch.fnmatch(n, pattern))
+
+
+def get_op(name: str) -> OpSpec:
+    """The :class:`OpSpec` registered as ``name``; a clear error lists the valid names."""
+    if name not in _OPS:
+        raise KeyError(f"unknown op {name!r}; registered ops: {list_ops()}")
+    return _OPS[name]
+
+
+def create_op(name: str, C: int, L: int, dropout: float = 0.0) -> nn.Module:
+    """Instantiate the op ``name`` for ``C`` channels and ``L`` positions."""
+    return get_op(name).factory(C, L, dropout)
+
+
+@register_op(ZERO)
+class Zero(nn.Module):
+    """``Zero(x, y) = 0`` (eq. 4). Mixed steps skip it; a derived zero step outputs zeros."""
+
+    def __init__(self, C: int, L: int, dropout: float = 0.0):
+        super().__init__()
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(inputs[0])
+
+
+@register_op("sum")
+class Sum(nn.Module):
+    """``Sum(x, y) = x + y`` (eq. 5)."""
+
+    def __init__(self, C: int, L: int, dropout: float = 0.0):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y
+
+
+@register_op("attention")
+class Attention(nn.Module):
+    """Guided scaled dot-product attention over the L positions (eq. 6), query x, key = value y.
+
+    With rows as positions, ``A = softmax(x yᵀ / √C)`` is ``(B, L, L)`` and the output is
+    ``LayerNorm_{(L, C)}(Dropout(A y))``.
+    """
+
+    def __init__(self, C: int, L: int, dropout: float = 0.0):
+        super().__init__()
+        self.scale = 1.0 / math.sqrt(C)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm([L, C])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        scores = torch.baddbmm(x.new_empty(()), x, y.transpose(1, 2), beta=0.0, alpha=self.scale)
+        return self.norm(self.dropout(torch.bmm(scores.softmax(dim=-1), y)))  # (B, L, C)
+
+
+@register_op("linear_glu")
+class LinearGLU(nn.Module):
+    """``LinearGLU(x, y) = (W₁ x + b₁) ⊙ σ(W₂ y + b₂)`` with ``W₁, W₂ ∈ R^{C×C}`` (eq. 7)."""
+
+    def __init__(self, C: int, L: int, dropout: float = 0.0):
+        super().__init__()
+        self.value = nn.Linear(C, C)
+        self.gate = nn.Linear(C, C)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.value(x) * torch.sigmoid(self.gate(y))
+
+
+@register_op("concat_fc")
+class ConcatFC(nn.Module):
+    """``ConcatFC(x, y) = Dropout(ReLU(BN(W [x; y] + b)))`` with ``W ∈ R^{C×2C}`` (eq. 8).
+
+    ``W [x; y]`` is computed as ``W_x x + W_y y`` (the two halves of W): no concatenation.
+    """
+
+    def __init__(self, C: int, L: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(2 * C, C)
+        self.bn = nn.BatchNorm1d(C)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        C = x.shape[-1]
+        z = torch.addmm(self.fc.bias, x.reshape(-1, C), self.fc.weight[:, :C].t())
+        z = z.addmm_(y.reshape(-1, C), self.fc.weight[:, C:].t())
+        return self.dropout(F.relu(self.bn(z))).view_as(x)
+
+
+DEFAULT_OPS = ("zero", "sum", "attention", "linear_glu", "concat_fc")

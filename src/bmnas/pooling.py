@@ -1,0 +1,77 @@
+"""Parameter-free pooling of raw backbone features to a fixed number of positions (SPEC §2.1).
+
+Every raw feature becomes ``(N, L_k, C_in)`` with ``L_k ∈ {1, L}``:
+
+* vector ``(N, C_in)``            → ``(N, 1, C_in)``; broadcast to L positions later, never copied.
+* sequence ``(N, C_in, T)``       → adaptive max (or avg) pool over T to L; linear interpolation
+  up to L when ``T < L``.
+* map ``(N, C_in, H, W)``         → adaptive pool to an ``h × w`` grid with ``h·w = L`` (the most
+  square factorisation, the longer grid side along the longer map side), flattened row-major.
+* video ``(N, C_in, T, H, W)``    → pool over H, W, then over T as a sequence.
+
+The result is stored *position-major* (channels last): this is the layout the trainable
+projection's matmul wants, so search and training never transpose it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+POOLING_MODES = ("max", "avg")
+
+
+def grid_for(length: int, height: int = 1, width: int = 1) -> tuple[int, int]:
+    """Most square ``(h, w)`` with ``h·w = length``; the longer side follows the longer map side."""
+    short = max(d for d in range(1, math.isqrt(length) + 1) if length % d == 0)
+    long = length // short
+    return (long, short) if height > width else (short, long)
+
+
+def _pool_sequence(x: torch.Tensor, length: int, mode: str) -> torch.Tensor:
+    """(N, C, T) -> (N, C, length)."""
+    if x.shape[-1] < length:
+        return F.interpolate(x, size=length, mode="linear", align_corners=True)
+    pool = F.adaptive_max_pool1d if mode == "max" else F.adaptive_avg_pool1d
+    return pool(x, length)
+
+
+def pool_feature(x: torch.Tensor, length: int, mode: str = "max") -> torch.Tensor:
+    """Pool a batch of raw features ``(N, C_in, *spatial)`` to ``(N, L_k, C_in)``.
+
+    Args:
+        x: raw features with 2 (vector), 3 (sequence), 4 (map) or 5 (video) dimensions.
+        length: L, the number of positions of a fused tensor.
+        mode: ``"max"`` (default) or ``"avg"`` pooling.
+    """
+    if mode not in POOLING_MODES:
+        raise ValueError(f"unknown pooling mode {mode!r}; choose one of {POOLING_MODES}")
+    if length < 1:
+        raise ValueError(f"L must be >= 1, got {length}")
+    x = x.float()
+    if x.dim() == 2:
+        out = x.unsqueeze(-1)
+    elif x.dim() == 3:
+        out = _pool_sequence(x, length, mode)
+    elif x.dim() == 4:
+        h, w = grid_for(length, x.shape[-2], x.shape[-1])
+        pool = F.adaptive_max_pool2d if mode == "max" else F.adaptive_avg_pool2d
+        if x.shape[-2] < h or x.shape[-1] < w:
+            x = F.interpolate(x, size=(max(h, x.shape[-2]), max(w, x.shape[-1])), mode="nearest")
+        out = pool(x, (h, w)).flatten(2)
+    elif x.dim() == 5:
+        reduce = torch.amax if mode == "max" else torch.mean
+        out = _pool_sequence(reduce(x, dim=(-2, -1)), length, mode)
+    else:
+        raise ValueError(
+            f"a raw feature must have shape (N, C), (N, C, T), (N, C, H, W) or (N, C, T, H, W); "
+            f"got {tuple(x.shape)}"
+        )
+    return out.transpose(1, 2).contiguous()
+
+
+def pooled_length(raw_shape: tuple[int, ...], length: int) -> int:
+    """Number of positions ``pool_feature`` produces for one sample of ``raw_shape`` (no batch)."""
+    return 1 if len(raw_shape) == 1 else length
