@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, preset
 from .data import DataError, FeatureData, load_generic_dir
 from .genotype import Genotype, GenotypeError
 from .runs import RunDir, RunError
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    cfg = Config.from_sources(args.config, args.overrides)
+    base = preset(args.dataset) if args.dataset else {}
+    cfg = Config.from_sources(args.config, args.overrides, base=base)
     if args.dataset and args.data:
         raise ConfigError("give either --dataset or --data, not both")
     if args.dataset or args.data:

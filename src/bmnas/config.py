@@ -108,18 +108,22 @@ class Config:
         return _build(cls, d or {}, where)
 
     @classmethod
-    def from_sources(cls, path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-        d: dict = {}
+    def from_sources(
+        cls, path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None
+    ) -> Config:
+        """Defaults, then ``base`` (e.g. a dataset preset), then the YAML file, then ``key=value``s."""
+        d: dict = _deep_copy(base or {})
         if path is not None:
             path = Path(path)
             if not path.exists():
                 raise ConfigError(f"config file {path} does not exist")
             try:
-                d = yaml.safe_load(path.read_text()) or {}
+                loaded = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as err:
                 raise ConfigError(f"{path}: invalid YAML ({err})") from err
-            if not isinstance(d, dict):
+            if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: the top level must be a mapping of sections")
+            _deep_merge(d, loaded)
         for item in overrides:
             key, sep, value = item.partition("=")
             if not sep or not key:
@@ -135,6 +139,27 @@ class Config:
 
     def replace(self, **sections) -> Config:
         return dataclasses.replace(self, **sections)
+
+
+def _deep_copy(d: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def _deep_merge(into: dict, other: dict) -> dict:
+    for k, v in other.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _deep_merge(into[k], v)
+        else:
+            into[k] = v
+    return into
+
+
+def preset(name: str) -> dict:
+    """The packaged default configuration of dataset ``name`` (``bmnas/presets/<name>.yaml``), or {}."""
+    from importlib import resources
+
+    file = resources.files("bmnas").joinpath("presets", f"{name}.yaml")
+    return (yaml.safe_load(file.read_text()) or {}) if file.is_file() else {}
 
 
 def _coerce(tp, value, where: str):
