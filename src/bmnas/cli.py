@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from .config import Config, ConfigError, preset
 from .data import DataError, FeatureData, load_generic_dir
 from .genotype import Genotype, GenotypeError
@@ -26,6 +28,11 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     src = p.add_argument_group("data (one of)")
     src.add_argument("--dataset", help="registered dataset name, e.g. avmnist (prepared on first use)")
     src.add_argument("--data", metavar="DIR", help="directory with train/val/test.npz (generic format)")
+    src.add_argument("--dataset-option", metavar="KEY=VALUE", action="append", default=[],
+                     dest="dataset_options",
+                     help="option for the dataset builder, e.g. path=multimodal_imdb.hdf5 (repeatable)")
+    src.add_argument("--backbone-option", metavar="KEY=VALUE", action="append", default=[],
+                     dest="backbone_options", help="option for the dataset's backbones (repeatable)")
     p.add_argument("--config", metavar="YAML", help="configuration file (see configs/)")
     p.add_argument(
         "--set",
@@ -63,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a dataset's pooled features in the generic --data format")
     _common(p, out=False)
     p.add_argument("--out", metavar="DIR", required=True)
+    p = sub.add_parser("ablate", help="baselines and ablations (paper Tables 5-7): a table over seeds")
+    _common(p)
+    from .ablate import add_arguments
+
+    add_arguments(p)
     p = sub.add_parser("show", help="print a run's genotype and metrics")
     p.add_argument("run_dir")
     return parser
@@ -82,7 +94,19 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def load_data(cfg: Config, cache: str | Path, progress: bool = True) -> FeatureData:
+def parse_options(items: list[str], flag: str) -> dict:
+    """``["k=v", ...]`` -> ``{k: yaml value}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r} must look like key=value")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def load_data(cfg: Config, cache: str | Path, progress: bool = True, dataset_options: dict | None = None,
+              backbone_options: dict | None = None) -> FeatureData:
     """Features for ``cfg.data``: the generic directory, or a registered dataset through the pipeline."""
     d = cfg.data
     if d.dir:
@@ -104,6 +128,11 @@ def load_data(cfg: Config, cache: str | Path, progress: bool = True) -> FeatureD
             task = infer_task({s: sp.labels for s, sp in data.splits.items()}, d.task, d.num_outputs)
             data = FeatureData(data.splits, task, data.name, data.info)
     return data.select(list(d.features)) if d.features else data
+
+
+def _options(args: argparse.Namespace) -> tuple[dict, dict]:
+    return (parse_options(args.dataset_options, "--dataset-option"),
+            parse_options(args.backbone_options, "--backbone-option"))
 
 
 def _open_run(args: argparse.Namespace, cfg: Config) -> RunDir:
@@ -168,7 +197,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     progress = not args.quiet
     if args.command == "pretrain":
-        data = load_data(cfg, args.cache, progress)
+        data = load_data(cfg, args.cache, progress, *_options(args))
         print(
             f"{data.name}: features {dict(data.feature_channels)}; info {json.dumps(data.info, default=str)}"
         )
@@ -176,13 +205,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "export":
         from .data import export_generic_dir
 
-        data = load_data(cfg, args.cache, progress)
+        data = load_data(cfg, args.cache, progress, *_options(args))
         print(f"wrote {export_generic_dir(data, args.out)}")
         return 0
     t0 = time.perf_counter()
-    data = load_data(cfg, args.cache, progress)
+    data = load_data(cfg, args.cache, progress, *_options(args))
     data_seconds = time.perf_counter() - t0
     run = _open_run(args, cfg)
+    if args.command == "ablate":
+        from .ablate import cli as ablate_cli
+
+        return ablate_cli(args, cfg, data, run)
     if args.command == "search":
         cmd_search(args, cfg, data, run)
         return 0
