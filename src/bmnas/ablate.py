@@ -8,9 +8,9 @@ Methods (each trained by :func:`bmnas.train.train_found` on a :class:`~bmnas.gen
 ``sum`` ``concat_fc``        fixed-fusion Cells (paper Fig. 2, Table 7) on the fixed feature
 ``mha`` ``aoa``              selection of :func:`baselines.fixed_inputs`, N Cells as configured
 ``random``                   ``random_samples`` genotypes of the search space (paper Table 6)
-``searched``                 :func:`bmnas.search.search` with the config as given
+``searched``                 :func:`bmnas.search.search`, config as given, ``input_mode = separate``
 ``searched_shared``          the same with ``model.input_mode = shared`` (the authors' inputs)
-``searched_no_zero``         the same without ``zero`` in ``model.ops``
+``searched_no_zero``         ``searched`` without ``zero`` in ``model.ops``
 ``smbo``                     the best genotype of :func:`bmnas.smbo.smbo` (its cost: Table 5)
 ============================ ===================================================================
 
