@@ -21,8 +21,19 @@ from bmnas.cli import main as bmnas_main
 def run_seed(seed: int, out: Path, overrides: list[str], dataset: str) -> dict:
     t0 = time.perf_counter()
     sets = [x for o in overrides for x in ("--set", o)]
-    rc = bmnas_main(["run", "--dataset", dataset, "--out", str(out / f"seed{seed}"), "--quiet",
-                     "--set", f"seed={seed}", *sets])
+    rc = bmnas_main(
+        [
+            "run",
+            "--dataset",
+            dataset,
+            "--out",
+            str(out / f"seed{seed}"),
+            "--quiet",
+            "--set",
+            f"seed={seed}",
+            *sets,
+        ]
+    )
     if rc != 0:
         raise SystemExit(f"seed {seed}: bmnas run failed with exit code {rc}")
     m = json.loads((out / f"seed{seed}" / "metrics.json").read_text())
@@ -51,7 +62,8 @@ def main() -> None:
         search_s = statistics.mean(r["rows"][name].get("search_seconds", 0.0) for r in results.values())
         train_s = statistics.mean(r["rows"][name]["train_seconds"] for r in results.values())
         summary[name] = {"accuracy": acc, "mean": statistics.mean(acc), "std": sd}
-        print(f"| {name} | {statistics.mean(acc):.4f} ± {sd:.4f} | {params:,.0f} | {search_s:.1f} | {train_s:.1f} |")
+        mean = statistics.mean(acc)
+        print(f"| {name} | {mean:.4f} ± {sd:.4f} | {params:,.0f} | {search_s:.1f} | {train_s:.1f} |")
     walls = [r["wall_seconds"] for r in results.values()]
     print(f"\nwall time per seed (whole `bmnas run`, incl. pre-training): {[round(w, 1) for w in walls]} s")
     print(json.dumps({"summary": summary, "wall_seconds": walls, "overrides": args.overrides}))

@@ -6,11 +6,21 @@ import yaml
 
 from bmnas.cli import main
 from bmnas.genotype import Genotype
-
 from test_data import write_generic
 
-FAST = ["--set", "search.epochs=2", "--set", "train.epochs=2", "--set", "model.C=8", "--set", "model.L=4",
-        "--set", "search.batch_size=16", "--quiet"]
+FAST = [
+    "--set",
+    "search.epochs=2",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "model.C=8",
+    "--set",
+    "model.L=4",
+    "--set",
+    "search.batch_size=16",
+    "--quiet",
+]
 
 
 def test_run_writes_a_complete_run_directory(tmp_path, capsys):
@@ -32,7 +42,11 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert m["search_seconds"] > 0 and m["train_seconds"] > 0
     assert set(m["baselines"]) == {"unimodal:image", "unimodal:audio", "late_fusion"}
     assert (out / "search.ckpt.pt").exists() and (out / "train.ckpt.pt").exists()
-    assert {p.name for p in (out / "plots").iterdir()} == {"search_curves.png", "arch_weights.png", "genotype.png"}
+    assert {p.name for p in (out / "plots").iterdir()} == {
+        "search_curves.png",
+        "arch_weights.png",
+        "genotype.png",
+    }
 
     # a second call resumes: nothing left to do, same genotype and metrics
     assert main(["run", "--data", str(data), "--out", str(out), *FAST]) == 0
@@ -41,8 +55,21 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
 
     # the evaluation stage alone, from a genotype file, into another directory
     out2 = tmp_path / "train_only"
-    assert main(["train", "--data", str(data), "--out", str(out2), "--genotype", str(out / "genotype.json"),
-                 *FAST]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(out2),
+                "--genotype",
+                str(out / "genotype.json"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert json.loads((out2 / "metrics.json").read_text())["test"] == m["test"]
     assert main(["show", str(out)]) == 0
     assert "cell1: x=" in capsys.readouterr().out
@@ -53,8 +80,23 @@ def test_yaml_config_and_overrides(tmp_path):
     conf = tmp_path / "c.yaml"
     conf.write_text("model:\n  C: 8\n  L: 4\n  cells: 1\n  steps: 1\nsearch:\n  epochs: 1\n")
     out = tmp_path / "r"
-    assert main(["search", "--data", str(data), "--out", str(out), "--config", str(conf),
-                 "--set", "search.batch_size=8", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--config",
+                str(conf),
+                "--set",
+                "search.batch_size=8",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert (cfg["model"]["cells"], cfg["search"]["batch_size"], cfg["search"]["epochs"]) == (1, 8, 1)
     assert len(Genotype.load(out / "genotype.json").cells) == 1

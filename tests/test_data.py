@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
 
 from bmnas.cli import main
 from bmnas.config import Config, ConfigError
 from bmnas.data import DataError, export_generic_dir, infer_task, load_generic_dir
 from bmnas.pooling import grid_for, pool_feature
 from bmnas.synthetic import planted_interaction
-
-import torch
 
 
 def write_generic(root, n=(40, 12, 12), classes=3, seed=0, multilabel=False):
@@ -19,11 +18,16 @@ def write_generic(root, n=(40, 12, 12), classes=3, seed=0, multilabel=False):
         label = (rng.random((k, 4)) > 0.5).astype(np.int64) if multilabel else rng.integers(0, classes, k)
         if not multilabel:
             label[:classes] = np.arange(classes)
-        np.savez(root / f"{split}.npz", label=label,
-                 **{"image.map": rng.normal(size=(k, 4, 6, 5)).astype(np.float32),
-                    "image.vec": rng.normal(size=(k, 7)).astype(np.float32),
-                    "audio.seq": rng.normal(size=(k, 3, 11)).astype(np.float32),
-                    "audio.video": rng.normal(size=(k, 2, 3, 4, 4)).astype(np.float32)})
+        np.savez(
+            root / f"{split}.npz",
+            label=label,
+            **{
+                "image.map": rng.normal(size=(k, 4, 6, 5)).astype(np.float32),
+                "image.vec": rng.normal(size=(k, 7)).astype(np.float32),
+                "audio.seq": rng.normal(size=(k, 3, 11)).astype(np.float32),
+                "audio.video": rng.normal(size=(k, 2, 3, 4, 4)).astype(np.float32),
+            },
+        )
     return root
 
 
@@ -73,19 +77,32 @@ def corrupt(root, split, **arrays):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda r: corrupt(r, "val", **{"image.vec": np.ones((5, 7), np.float32)}),
-         r"val: feature 'image.vec' has 5 samples but 'label' has 12"),
-        (lambda r: corrupt(r, "train", **{"audio.seq": np.full((40, 3, 11), np.nan, np.float32)}),
-         r"train: feature 'audio.seq' has 1320 NaN/inf values"),
-        (lambda r: corrupt(r, "test", label=np.array([0, 1, 2, 7] + [0] * 8)),
-         None),  # 7 just widens the class range when inferred; see the num_outputs case below
-        (lambda r: corrupt(r, "test", label=np.array([0, -1] + [0] * 10)), r"test': label -1 at row 1 is out of range"),
+        (
+            lambda r: corrupt(r, "val", **{"image.vec": np.ones((5, 7), np.float32)}),
+            r"val: feature 'image.vec' has 5 samples but 'label' has 12",
+        ),
+        (
+            lambda r: corrupt(r, "train", **{"audio.seq": np.full((40, 3, 11), np.nan, np.float32)}),
+            r"train: feature 'audio.seq' has 1320 NaN/inf values",
+        ),
+        (
+            lambda r: corrupt(r, "test", label=np.array([0, 1, 2, 7] + [0] * 8)),
+            None,
+        ),  # 7 just widens the class range when inferred; see the num_outputs case below
+        (
+            lambda r: corrupt(r, "test", label=np.array([0, -1] + [0] * 10)),
+            r"test': label -1 at row 1 is out of range",
+        ),
         (lambda r: (r / "val.npz").unlink(), r"val.npz: missing"),
         (lambda r: corrupt(r, "test", **{"image.vec": None}), r"test: features .* differ from train's"),
-        (lambda r: corrupt(r, "val", **{"image.map": np.ones((12, 4, 6, 6), np.float32)}),
-         r"val: feature 'image.map' has per-sample shape \(4, 6, 6\) but train has \(4, 6, 5\)"),
-        (lambda r: corrupt(r, "train", **{"image": np.ones((40, 3), np.float32)}),
-         r"array 'image' is not a feature name"),
+        (
+            lambda r: corrupt(r, "val", **{"image.map": np.ones((12, 4, 6, 6), np.float32)}),
+            r"val: feature 'image.map' has per-sample shape \(4, 6, 6\) but train has \(4, 6, 5\)",
+        ),
+        (
+            lambda r: corrupt(r, "train", **{"image": np.ones((40, 3), np.float32)}),
+            r"array 'image' is not a feature name",
+        ),
     ],
 )
 def test_bad_input_is_named(tmp_path, damage, message):
@@ -117,7 +134,9 @@ def test_cli_refuses_bad_data_before_training(tmp_path, capsys):
 
 def test_unknown_op_and_config_keys_are_refused(tmp_path, capsys):
     root = write_generic(tmp_path / "d")
-    rc = main(["search", "--data", str(root), "--out", str(tmp_path / "r"), "--set", "model.ops=[sum,atention]"])
+    rc = main(
+        ["search", "--data", str(root), "--out", str(tmp_path / "r"), "--set", "model.ops=[sum,atention]"]
+    )
     assert rc == 2 and "unknown op 'atention'" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epoch'\]; valid keys"):
         Config.from_sources(None, ["search.epoch=3"])

@@ -7,7 +7,12 @@ import pytest
 
 from bmnas.genotype import CellGene, FeatureSpec, Genotype, GenotypeError, StepGene, best_pair, derive
 
-FEATS = (FeatureSpec("a.f1", 8, 1), FeatureSpec("a.f2", 8, 4), FeatureSpec("b.f1", 6, 4), FeatureSpec("b.f2", 6, 4))
+FEATS = (
+    FeatureSpec("a.f1", 8, 1),
+    FeatureSpec("a.f2", 8, 4),
+    FeatureSpec("b.f1", 6, 4),
+    FeatureSpec("b.f2", 6, 4),
+)
 OPS = ("zero", "sum", "attention", "linear_glu", "concat_fc")
 
 
@@ -34,7 +39,9 @@ def test_cell_can_pick_an_earlier_cell():
         np.stack([one_hot(4, 0), one_hot(4, 3)]),
         np.stack([one_hot(5, 4, hi=0.99), one_hot(5, 1)]),  # slot x prefers cell1 (index K + 0 = 4)
     ]
-    g = derive(alpha, [steps_weights(), steps_weights()], [np.eye(5)[[1]], np.eye(5)[[4]]], FEATS, OPS, C=8, L=4)
+    g = derive(
+        alpha, [steps_weights(), steps_weights()], [np.eye(5)[[1]], np.eye(5)[[4]]], FEATS, OPS, C=8, L=4
+    )
     assert g.cells[1].inputs == ("cell1", "a.f2")
     assert g.cells[1].steps[0].op == "concat_fc"
 
@@ -75,11 +82,19 @@ def test_shared_mode_takes_distinct_step_inputs_like_the_authors():
 
 def make():
     return Genotype(
-        C=8, L=4, features=FEATS,
-        cells=(CellGene(("a.f2", "b.f1"), (StepGene("attention", ("x", "y")), StepGene("sum", ("step1", "x"))),
-                        ("step2",)),
-               CellGene(("cell1", "b.f2"), (StepGene("linear_glu", ("y", "x")), StepGene("zero", ())),
-                        ("step1",))),
+        C=8,
+        L=4,
+        features=FEATS,
+        cells=(
+            CellGene(
+                ("a.f2", "b.f1"),
+                (StepGene("attention", ("x", "y")), StepGene("sum", ("step1", "x"))),
+                ("step2",),
+            ),
+            CellGene(
+                ("cell1", "b.f2"), (StepGene("linear_glu", ("y", "x")), StepGene("zero", ())), ("step1",)
+            ),
+        ),
         output=("cell1", "cell2"),
     )
 
@@ -100,7 +115,10 @@ def test_json_round_trip(tmp_path):
     [
         (lambda d: d["cells"][0].update(inputs=["a.f2", "nope.x"]), r"cells\[0\]\.inputs: y='nope.x'"),
         (lambda d: d["cells"][0].update(inputs=["cell2", "a.f1"]), r"cells\[0\]\.inputs: x='cell2'"),
-        (lambda d: d["cells"][1]["steps"][0].update(inputs=["step2", "x"]), r"cells\[1\]\.steps\[0\]\.inputs"),
+        (
+            lambda d: d["cells"][1]["steps"][0].update(inputs=["step2", "x"]),
+            r"cells\[1\]\.steps\[0\]\.inputs",
+        ),
         (lambda d: d["cells"][0].update(concat=["step9"]), r"cells\[0\]\.concat"),
         (lambda d: d.update(version=7), r"version: unsupported version 7"),
         (lambda d: d.pop("cells"), r"missing key 'cells'"),

@@ -7,7 +7,12 @@ from bmnas.found import FoundNet
 from bmnas.genotype import CellGene, FeatureSpec, Genotype, StepGene
 from bmnas.hypernet import HyperNet, edge_weights
 
-FEATS = (FeatureSpec("a.f1", 5, 1), FeatureSpec("a.f2", 6, 4), FeatureSpec("b.f1", 7, 4), FeatureSpec("b.f2", 3, 1))
+FEATS = (
+    FeatureSpec("a.f1", 5, 1),
+    FeatureSpec("a.f2", 6, 4),
+    FeatureSpec("b.f1", 7, 4),
+    FeatureSpec("b.f2", 3, 1),
+)
 OPS = ("zero", "sum", "attention", "linear_glu", "concat_fc")
 
 
@@ -54,7 +59,9 @@ def test_arch_parameters_are_in_state_dict_and_move_with_to():
 
 def reference_forward(n: HyperNet, feats):
     """A straightforward loop over every edge (no stacking, no matmul mixing)."""
-    states = [proj(feats[f.name]).expand(-1, n.L, -1) for f, proj in zip(n.features, n.projections, strict=True)]
+    states = [
+        proj(feats[f.name]).expand(-1, n.L, -1) for f, proj in zip(n.features, n.projections, strict=True)
+    ]
     cells = []
     for c, cell in enumerate(n.cells):
         w = edge_weights(n.arch.alpha[c])
@@ -62,7 +69,7 @@ def reference_forward(n: HyperNet, feats):
         x = sum(w[0, i] * s for i, s in enumerate(preds))
         y = sum(w[-1, i] * s for i, s in enumerate(preds))
         cells.append(cell(x, y, n.arch.betas(c), n.arch.gamma[c]))
-    return n.head(cells[-n.multiplier:])
+    return n.head(cells[-n.multiplier :])
 
 
 @pytest.mark.parametrize("mode", ["separate", "shared"])
@@ -84,8 +91,13 @@ def test_output_shape_and_genotype_is_valid():
 
 
 def test_found_net_has_parameters_only_for_used_features():
-    g = Genotype(8, 4, FEATS, (CellGene(("a.f2", "b.f2"), (StepGene("concat_fc", ("x", "y")),), ("step1",)),),
-                 ("cell1",))
+    g = Genotype(
+        8,
+        4,
+        FEATS,
+        (CellGene(("a.f2", "b.f2"), (StepGene("concat_fc", ("x", "y")),), ("step1",)),),
+        ("cell1",),
+    )
     m = FoundNet(g, num_outputs=3)
     assert m.used == ("a.f2", "b.f2")
     assert [p.fc.in_features for p in m.projections] == [6, 3]
@@ -105,7 +117,12 @@ def test_found_zero_step_outputs_zeros_before_the_residual():
 
 
 def test_found_net_rejects_unknown_op():
-    g = Genotype(8, 4, FEATS, (CellGene(("a.f2", "b.f1"), (StepGene("atention", ("x", "y")),), ("step1",)),),
-                 ("cell1",))
+    g = Genotype(
+        8,
+        4,
+        FEATS,
+        (CellGene(("a.f2", "b.f1"), (StepGene("atention", ("x", "y")),), ("step1",)),),
+        ("cell1",),
+    )
     with pytest.raises(Exception, match="cells\\[0\\]\\.steps\\[0\\]\\.op: unknown op 'atention'"):
         FoundNet(g, 3)

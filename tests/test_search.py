@@ -10,8 +10,16 @@ from bmnas.search import search
 from bmnas.synthetic import planted_interaction
 from bmnas.train import train_found
 
-PLANTED = ["model.C=16", "model.L=4", "model.cells=1", "model.steps=1", "model.dropout=0.0", "search.epochs=10",
-           "search.batch_size=64", "search.arch_lr=1e-2"]
+PLANTED = [
+    "model.C=16",
+    "model.L=4",
+    "model.cells=1",
+    "model.steps=1",
+    "model.dropout=0.0",
+    "search.epochs=10",
+    "search.batch_size=64",
+    "search.arch_lr=1e-2",
+]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -28,8 +36,15 @@ def test_search_selects_the_planted_pair(seed):
         assert planted[-1] > noise  # the best edge of each slot is a planted feature
 
 
-SMALL = ["model.C=8", "model.L=4", "model.cells=2", "model.steps=2", "search.epochs=4", "search.batch_size=64",
-         "train.epochs=3"]
+SMALL = [
+    "model.C=8",
+    "model.L=4",
+    "model.cells=2",
+    "model.steps=2",
+    "search.epochs=4",
+    "search.batch_size=64",
+    "train.epochs=3",
+]
 
 
 def test_resume_after_kill_gives_the_same_result(tmp_path):
@@ -63,7 +78,9 @@ def test_history_records_softmaxed_weights_and_genotypes(tmp_path):
         assert len(r["arch"]["alpha"][1][0]) == 6 + 1  # K features + cell1
         assert set(r["val"]) >= {"loss", "accuracy", "f1_macro"}
     best = max(rows, key=lambda r: r["val"]["accuracy"])
-    assert result.best_epoch == min(r["epoch"] for r in rows if r["val"]["accuracy"] == best["val"]["accuracy"])
+    assert result.best_epoch == min(
+        r["epoch"] for r in rows if r["val"]["accuracy"] == best["val"]["accuracy"]
+    )
     assert result.genotype.to_dict() == rows[result.best_epoch - 1]["genotype"]
 
 
