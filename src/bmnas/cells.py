@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import Dropout
+
 
 def batch_norm_cl(bn: nn.BatchNorm1d, z: torch.Tensor) -> torch.Tensor:
     """BatchNorm over the channels of ``(B, L, C)``: the statistics of BatchNorm1d on ``(B, C, L)``."""
@@ -25,7 +27,7 @@ class FeatureProjection(nn.Module):
         super().__init__()
         self.fc = nn.Linear(C_in, C)
         self.bn = nn.BatchNorm1d(C)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.dropout(F.relu(batch_norm_cl(self.bn, self.fc(f))))
@@ -55,7 +57,7 @@ class Head(nn.Module):
         super().__init__()
         self.length = L
         self.norm = nn.LayerNorm([L, num_inputs * C])
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(L * num_inputs * C, num_outputs)
 
     def forward(self, states: list[torch.Tensor]) -> torch.Tensor:

@@ -8,8 +8,12 @@ States ``S = [f_1 … f_K, cell_1 … cell_N]``. Cell n's input slot ``s ∈ {x,
 inputs the same way with β over ``[x, y, step_1 … step_{m-1}]`` and outputs
 ``Σ_f softmax(γ_m)[f] · f(in_x, in_y)``, skipping ``zero``.
 
-Speed (issue 6): the feature part of every Cell slot's mixture is one matmul of the
-``(N·S, K)`` gate matrix with the stacked projected features; ops run on channels-last tensors.
+Speed (issue 6; benchmarks/README.md): no zero edge or zero op is ever materialised. Every slot
+mixture is a small matmul of its gate matrix with the stacked predecessors (the feature part of
+all N·S Cell slots is one ``(N·S, K)`` matmul with the stacked projected features; Cell and step
+slots stay stacked as ``(S, B, L, C)`` and are split with ``unbind``, whose backward is one stack
+instead of a zero-filled full-size gradient per indexing), and a step's op mixture is one matmul
+of the op weights with the stacked op outputs. Ops run on channels-last tensors.
 """
 
 from __future__ import annotations
@@ -98,25 +102,54 @@ class SearchCell(nn.Module):
         )
         self.inner_multiplier = inner_multiplier
         self.output = CellOutput(C, L, inner_multiplier, dropout)
+        # the ops a mixed step computes (zero is skipped), with their arity and index in γ
+        self._mixed = [(o, self.arity[f]) for f, o in enumerate(self.op_names) if o != ZERO]
+        nonzero = [f for f, o in enumerate(self.op_names) if o != ZERO]
+        self.register_buffer("_nonzero", torch.tensor(nonzero, dtype=torch.long), persistent=False)
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, betas: Sequence[torch.Tensor], gamma: torch.Tensor
     ) -> torch.Tensor:
-        inner = [x, y]
-        op_w = gamma.softmax(-1)  # (M, |ops|)
+        return self.forward_slots(torch.stack([x, y]), betas, gamma)
+
+    def forward_slots(
+        self, xy: torch.Tensor, betas: Sequence[torch.Tensor], gamma: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`forward` with the input slots stacked: ``xy`` is ``(2, B, L, C)`` = ``[x; y]``, or
+        ``(1, B, L, C)`` when ``x = y`` (the ``shared`` input mode).
+
+        Every slot mixture is one small matmul of the gate matrix with the stacked states, and the
+        op mixture one matmul of the op weights with the stacked op outputs (no per-edge products).
+        """
+        R, shape = xy.shape[0], xy.shape[1:]
+        flat_xy = xy.reshape(R, -1)
+        op_w = gamma.softmax(-1).index_select(1, self._nonzero)  # (M, |ops| − zero)
+        outs: list[torch.Tensor] = []  # step outputs, each (1, B·L·C)
         for m, mixed in enumerate(self.steps):
-            w = edge_weights(betas[m])  # (S_step, 2 + m)
-            slots = [sum(w[s, i] * t for i, t in enumerate(inner)) for s in range(w.shape[0])]
-            out = None
-            for f, name in enumerate(self.op_names):
-                if name == ZERO:
-                    continue
-                k = self.arity[f]
-                args = [slots[min(s, len(slots) - 1)] for s in range(k)]
-                term = op_w[m, f] * mixed[name](*args)
-                out = term if out is None else out + term
-            inner.append(out)
-        return self.output(inner[-self.inner_multiplier :], x)
+            w = edge_weights(betas[m])  # (S_step, 2 + m) over [x, y, step_1 … step_{m-1}]
+            w_xy = w[:, :2] if R == 2 else w[:, :2].sum(1, keepdim=True)
+            # unbind, not indexing: the backward of one unbind is one stack, that of an index a
+            # zero-filled full-size gradient per use
+            slots = mix_rows(w_xy @ flat_xy, w[:, 2:], outs).view(-1, *shape).unbind(0)
+            last = len(slots) - 1
+            results = [mixed[name](*(slots[min(s, last)] for s in range(k))) for name, k in self._mixed]
+            if not results:  # a pool of zero alone
+                outs.append(flat_xy.new_zeros(1, flat_xy.shape[1]))
+                continue
+            outs.append(op_w[m : m + 1] @ torch.stack(results).view(len(results), -1))
+        return self.output([o.view(shape) for o in outs[-self.inner_multiplier :]], xy.unbind(0)[0])
+
+
+def mix_rows(base: torch.Tensor, w: torch.Tensor, rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``base + w @ [rows]``: add to each row s of ``base`` (``(S, D)``) ``Σ_j w[s, j] · rows[j]``.
+
+    ``rows`` are ``(1, D)`` (or ``(D,)``-sized) tensors; one is added as an outer product, several
+    as one matmul with them stacked.
+    """
+    if not rows:
+        return base
+    src = rows[0].reshape(1, -1) if len(rows) == 1 else torch.stack(rows).reshape(len(rows), -1)
+    return torch.addmm(base, w, src)
 
 
 class HyperNet(nn.Module):
@@ -164,10 +197,10 @@ class HyperNet(nn.Module):
             SearchCell(C, L, num_steps, ops, inner_multiplier, dropout, shared) for _ in range(num_cells)
         )
         self.head = Head(C, L, multiplier, num_outputs, dropout)
-        full = [i for i, f in enumerate(features) if f.length != 1]
-        vec = [i for i, f in enumerate(features) if f.length == 1]
-        self.register_buffer("_full_idx", torch.tensor(full, dtype=torch.long), persistent=False)
-        self.register_buffer("_vec_idx", torch.tensor(vec, dtype=torch.long), persistent=False)
+        self._full = [i for i, f in enumerate(features) if f.length != 1]
+        self._vec = [i for i, f in enumerate(features) if f.length == 1]
+        self.register_buffer("_full_idx", torch.tensor(self._full, dtype=torch.long), persistent=False)
+        self.register_buffer("_vec_idx", torch.tensor(self._vec, dtype=torch.long), persistent=False)
 
     # -- parameter groups --------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -193,13 +226,13 @@ class HyperNet(nn.Module):
         K = len(projected)
         gates = torch.stack([edge_weights(a[:, :K]) for a in self.arch.alpha])  # (N, S, K)
         N, S, _ = gates.shape
+        gates = gates.reshape(N * S, K)
         out = None
-        for idx, L_k in ((self._full_idx, self.L), (self._vec_idx, 1)):
-            if idx.numel() == 0:
+        for idx, rows, L_k in ((self._full_idx, self._full, self.L), (self._vec_idx, self._vec, 1)):
+            if not rows:
                 continue
-            stacked = torch.stack([projected[i] for i in idx.tolist()])  # (K_g, B, L_k, C)
-            mixed = gates[..., idx].reshape(N * S, -1) @ stacked.reshape(idx.numel(), -1)
-            mixed = mixed.view(N, S, B, L_k, self.C)
+            stacked = torch.stack([projected[i] for i in rows])  # (K_g, B, L_k, C)
+            mixed = (gates.index_select(1, idx) @ stacked.view(len(rows), -1)).view(N, S, B, L_k, self.C)
             out = mixed if out is None else out + mixed
         return out.expand(N, S, B, self.L, self.C)
 
@@ -208,17 +241,11 @@ class HyperNet(nn.Module):
         base = self.mix_features(projected)
         K = len(projected)
         cells: list[torch.Tensor] = []
-        for n, cell in enumerate(self.cells):
-            a = self.arch.alpha[n]
-            w_cells = edge_weights(a[:, K:])  # (S, n)
-            slots = []
-            for s in range(a.shape[0]):
-                z = base[n, s]
-                for j, c in enumerate(cells):
-                    z = z + w_cells[s, j] * c
-                slots.append(z)
-            x, y = slots[0], slots[-1]
-            cells.append(cell(x, y, self.arch.betas(n), self.arch.gamma[n]))
+        for n, (cell, slots) in enumerate(zip(self.cells, base.unbind(0), strict=True)):  # slots (S, B, L, C)
+            w_cells = edge_weights(self.arch.alpha[n][:, K:])  # (S, n): gates of the earlier Cells
+            if cells:
+                slots = mix_rows(slots.reshape(slots.shape[0], -1), w_cells, cells).view_as(slots)
+            cells.append(cell.forward_slots(slots, self.arch.betas(n), self.arch.gamma[n]))
         return cells
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:

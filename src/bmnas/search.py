@@ -19,7 +19,7 @@ from .config import Config
 from .data import FeatureData
 from .genotype import FeatureSpec, Genotype
 from .hypernet import HyperNet
-from .loop import batch_indices, cosine_restarts, evaluate, frozen, loss_fn
+from .loop import batch_indices, cosine_restarts, evaluate, keep_freed_memory, optimizer_step
 from .metrics import primary_metric
 from .runs import RunDir
 
@@ -64,9 +64,10 @@ def build_hypernet(data: FeatureData, cfg: Config) -> HyperNet:
 
 def _optimizers(net: HyperNet, cfg: Config, batches_per_epoch: int):
     s = cfg.search
-    w_opt = torch.optim.Adam(net.weight_parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    # fused: one kernel per step instead of ~10 per parameter tensor (7× faster on CPU; issue 6)
+    w_opt = torch.optim.Adam(net.weight_parameters(), lr=s.lr, weight_decay=s.weight_decay, fused=True)
     a_opt = torch.optim.Adam(
-        net.arch_parameters(), lr=s.arch_lr, betas=s.arch_betas, weight_decay=s.arch_weight_decay
+        net.arch_parameters(), lr=s.arch_lr, betas=s.arch_betas, weight_decay=s.arch_weight_decay, fused=True
     )
     sched = cosine_restarts(w_opt, batches_per_epoch, s.restart_epochs, s.restart_mult, s.lr_min)
     return w_opt, a_opt, sched
@@ -88,6 +89,7 @@ def search(
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()  # activations reuse freed memory: no page faults every iteration (issue 6)
     run = RunDir(run) if run is not None and not isinstance(run, RunDir) else run
     torch.manual_seed(cfg.seed)
     net = build_hypernet(data, cfg)
@@ -127,20 +129,12 @@ def search(
         )
         for i, idx in enumerate(bar):
             feats, y = train.batch(idx)
-            with frozen(arch):
-                loss = loss_fn(task, net(feats), y)
-                w_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                w_opt.step()
+            loss = optimizer_step(net, task, feats, y, w_opt, freeze=arch)
             sched.step()
             if not val_batches:
                 val_batches = batch_indices(len(val), bs, shuffle)
             vfeats, vy = val.batch(val_batches.pop())
-            with frozen(weights):
-                a_loss = loss_fn(task, net(vfeats), vy)
-                a_opt.zero_grad(set_to_none=True)
-                a_loss.backward()
-                a_opt.step()
+            a_loss = optimizer_step(net, task, vfeats, vy, a_opt, freeze=weights)
             totals["train_loss"] += loss.item() * len(idx)
             totals["arch_loss"] += a_loss.item()
             if i % 10 == 0:
