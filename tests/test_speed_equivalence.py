@@ -170,3 +170,23 @@ def test_dropout_matches_nn_dropout_semantics():
     assert torch.allclose(y[kept], x[kept] / 0.7)
     y.sum().backward()
     assert torch.allclose(x.grad, kept.to(x.dtype) / 0.7)
+
+
+def test_optimizer_step_moves_only_the_unfrozen_group():
+    """The search's two steps share bmnas.loop.optimizer_step (also timed by benchmarks/search_speed.py)."""
+    from bmnas.data import TaskInfo
+    from bmnas.loop import optimizer_step
+
+    net = build("separate", ALL_OPS).float()
+    f = {k: v.float() for k, v in batch().items()}
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    task = TaskInfo("multiclass", 3)
+    weights, arch = net.weight_parameters(), net.arch_parameters()
+    for params, frozen in ((weights, arch), (arch, weights)):
+        opt = torch.optim.Adam(params, lr=0.1)
+        before = [p.detach().clone() for p in net.parameters()]
+        loss = optimizer_step(net, task, f, y, opt, freeze=frozen)
+        assert not loss.requires_grad
+        moved = {id(p) for p, b in zip(net.parameters(), before, strict=True) if not torch.equal(p, b)}
+        assert moved == {id(p) for p in params if p.requires_grad}
+        assert all(p.requires_grad for p in frozen)  # restored
