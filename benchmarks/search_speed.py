@@ -686,14 +686,13 @@ def markdown_scaling(rows: list[dict]) -> str:
 
 
 # --------------------------------------------------------------------------- exactness of options
-def option_exactness(setup: Setup, args: argparse.Namespace) -> dict:
-    """Max |Δ| of eval-mode logits of the benchmarked model (compile / bf16) vs the plain hypernet."""
-    bench = Bench(setup, args)
+def option_exactness(bench: Bench) -> dict:
+    """Max |Δ| of eval-mode logits of the benchmarked model (compile / bf16) vs the same net, eager fp32."""
     feats, _ = bench.batches[0]
+    got = bench.forward_eval(feats)
     with torch.no_grad():
         bench.net.eval()
         ref = bench.net(feats)
-        got = bench.forward_eval(feats)
         bench.net.train()
     diff = (got.float() - ref).abs().max().item()
     return {"max_abs_diff_logits": diff, "max_abs_logit": ref.abs().max().item()}
@@ -757,7 +756,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["compile_and_warmup_s"] = round(time.perf_counter() - t_compile, 1)
     report.update(figs)
     if args.compile or args.bf16:
-        report["exactness_vs_eager_fp32"] = option_exactness(setup, args)
+        report["exactness_vs_eager_fp32"] = option_exactness(bench)
     if peak_before is not None:  # measured before and after the iterations: the machine's speed drifts
         peak_after = matmul_peak(timer)
         gflops = (peak_before["gflops_best"] + peak_after["gflops_best"]) / 2
