@@ -13,6 +13,7 @@ shapes come from :func:`bmnas.pooling.pool_feature` applied to the raw backbone 
     python benchmarks/search_speed.py --preset mmimdb --profile    # + per-op profile breakdown
     python benchmarks/search_speed.py --preset mmimdb --compile    # torch.compile'd hypernet
     python benchmarks/search_speed.py --preset mmimdb --bf16       # bf16 autocast forward
+    python benchmarks/search_speed.py --preset mmimdb --reference acc7876   # + that revision, interleaved
 
 The machine is shared: the load of other processes is measured around every timed block (from
 /proc/stat minus this process's CPU time) and reported; ``--wait-quiet`` waits for a quiet machine
@@ -774,7 +775,8 @@ def main(argv: list[str] | None = None) -> dict:
         report["profile"] = profile_breakdown(bench)
     if args.epoch:
         eval_rate = report[f"eval_forward_samples_per_s_batch{args.eval_batch}"]
-        report["epoch"] = epoch_figures(setup, args, timer, report["iteration_ms"] / 1e3, eval_rate)
+        step_s = (report["weight_step_ms"] + report["arch_step_ms"]) / 1e3
+        report["epoch"] = epoch_figures(setup, args, timer, step_s, eval_rate)
     if args.scaling:
         rows = scaling_table(args, timer)
         report["scaling"] = rows

@@ -114,12 +114,14 @@ def test_ablate_writes_table_csv_plot_and_resumes(data, tmp_path, monkeypatch):
         "unimodal:a",
         "unimodal:b",
         "late_fusion",
+        "linear_probe",
         "sum",
         "concat_fc",
         "mha",
         "aoa",
         "random",
         "searched",
+        "searched_paper",
         "searched_shared",
         "searched_no_zero",
         "smbo",
@@ -130,19 +132,28 @@ def test_ablate_writes_table_csv_plot_and_resumes(data, tmp_path, monkeypatch):
         assert r.method == "random" or r.std == 0.0  # a single seed
         assert 0.0 <= r.mean <= 1.0 and r.params > 0 and r.train_seconds > 0
         assert (r.search_seconds > 0) == (r.method.startswith("searched") or r.method == "smbo")
-    assert res.cost_ratio == pytest.approx(res.rows[-1].search_seconds / res.rows[-4].search_seconds)
+    assert res.cost_ratio == pytest.approx(res.rows[-1].search_seconds / res.rows[-5].search_seconds)
     md = (tmp_path / "ablation.md").read_text()
     assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + len(names)
     assert "| sum | " in md and "Search cost, SMBO / BM-NAS" in md
     with (tmp_path / "ablation.csv").open() as f:
         table = list(csv.DictReader(f))
-    assert [t["method"] for t in table] == names and float(table[3]["std"]) == 0.0
+    assert [t["method"] for t in table] == names and float(table[4]["std"]) == 0.0
     assert (tmp_path / "ablation.png").stat().st_size > 1000
     lines = (tmp_path / "ablate" / "results.jsonl").read_text().splitlines()
     assert len(lines) == len(names) + 1  # random: 2 samples
-    row = json.loads(lines[3])
+    probe = json.loads(lines[3])
+    assert probe["method"] == "linear_probe" and probe["C"] in (0.001, 0.01, 0.1, 1.0, 10.0)
+    row = json.loads(lines[4])
     assert row["method"] == "sum" and Genotype.from_dict(row["genotype"]).cells[0].steps[0].op == "sum"
-    shared = json.loads(lines[10])
+    paper = json.loads(lines[11])
+    assert paper["method"] == "searched_paper"
+    paper_ckpt = torch.load(
+        tmp_path / "ablate" / "searched_paper" / "seed0" / "search.ckpt.pt", weights_only=False
+    )
+    assert paper_ckpt["config"]["search"]["distinct_steps"] is False
+    assert paper_ckpt["config"]["search"]["zero_output"] is True
+    shared = json.loads(lines[12])
     assert shared["method"] == "searched_shared"
     ckpt = torch.load(
         tmp_path / "ablate" / "searched_shared" / "seed0" / "search.ckpt.pt", weights_only=False
@@ -160,7 +171,7 @@ def test_ablate_writes_table_csv_plot_and_resumes(data, tmp_path, monkeypatch):
     again = ablate(data, cfg, tmp_path, opts, progress=False)
     assert calls == [] and again.rows == res.rows
     # drop one finished entry (as if killed before it was written): only that one runs again
-    (tmp_path / "ablate" / "results.jsonl").write_text("\n".join(lines[:4] + lines[5:]) + "\n")
+    (tmp_path / "ablate" / "results.jsonl").write_text("\n".join(lines[:5] + lines[6:]) + "\n")
     ablate(data, cfg, tmp_path, opts, progress=False)
     assert calls == [Job("concat_fc", 0)]
     # a second seed adds only that seed's runs

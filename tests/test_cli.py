@@ -28,8 +28,17 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--data", str(data), "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
-    for name in ("unimodal:image", "unimodal:audio", "late_fusion", "searched (bm-nas)"):
-        assert name in printed
+    for name in (
+        "unimodal:image",
+        "unimodal:audio",
+        "late_fusion",
+        "sum",
+        "concat_fc",
+        "linear_probe",
+        "searched",
+    ):
+        assert f" {name} " in printed
+    assert "* recommended: " in printed
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["search"]["epochs"] == 2 and cfg["data"]["dir"] == str(data)
     g = Genotype.load(out / "genotype.json")
@@ -40,7 +49,22 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert 0.0 <= m["test"]["accuracy"] <= 1.0
     assert m["params"]["total"] == m["params"]["fusion"] + m["params"]["classifier"] > 0
     assert m["search_seconds"] > 0 and m["train_seconds"] > 0
-    assert set(m["baselines"]) == {"unimodal:image", "unimodal:audio", "late_fusion"}
+    assert set(m["baselines"]) == {
+        "unimodal:image",
+        "unimodal:audio",
+        "late_fusion",
+        "sum",
+        "concat_fc",
+        "linear_probe",
+    }
+    # the recommended network is the best on val among the searched one and the hand-made fusions
+    fusions = {
+        "searched": m["val"],
+        **{n: m["baselines"][n]["val"] for n in ("late_fusion", "sum", "concat_fc")},
+    }
+    assert m["recommended"]["method"] == max(fusions, key=lambda n: (fusions[n], n == "searched"))
+    assert fusions[m["recommended"]["method"]] >= fusions["late_fusion"]
+    assert Genotype.load(out / "recommended_genotype.json").to_dict() == m["recommended"]["genotype"]
     assert (out / "search.ckpt.pt").exists() and (out / "train.ckpt.pt").exists()
     assert {p.name for p in (out / "plots").iterdir()} == {
         "search_curves.png",

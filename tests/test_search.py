@@ -100,5 +100,17 @@ def test_train_found_resumes_and_reports_final_epoch(tmp_path):
     train_found(g, data, cfg, run, progress=False, stop_after=1)
     resumed = train_found(g, data, cfg, RunDir(tmp_path), progress=False)
     assert resumed.test == straight.test
-    assert len(resumed.history) == 3
+    # the refit lasts the epoch count with the best val score of the selection phase (train alone)
+    assert len(resumed.val_curve) == 3
+    assert resumed.epochs == 1 + max(range(3), key=lambda i: (resumed.val_curve[i], -i))
+    assert resumed.val == max(resumed.val_curve)
+    assert len(resumed.history) == resumed.epochs
     assert resumed.params["total"] == resumed.params["fusion"] + resumed.params["classifier"]
+
+
+def test_train_found_without_selection_runs_the_fixed_epoch_count():
+    data = planted_interaction(n=300, L=4, seed=3)
+    cfg = Config.from_sources(None, SMALL + ["train.select_epochs=false"])
+    g = search(data, Config.from_sources(None, SMALL), progress=False).genotype
+    r = train_found(g, data, cfg, progress=False)
+    assert (r.epochs, len(r.history), r.val, r.val_curve) == (3, 3, None, [])

@@ -55,8 +55,8 @@ from .runs import RunDir, RunError
 from .smbo import SMBOConfig, smbo
 
 FIXED = tuple(FIXED_CELLS)
-SEARCHED = ("searched", "searched_shared", "searched_no_zero")
-METHODS = ("unimodal", "late_fusion", *FIXED, "random", *SEARCHED, "smbo")
+SEARCHED = ("searched", "searched_paper", "searched_shared", "searched_no_zero")
+METHODS = ("unimodal", "late_fusion", "linear_probe", *FIXED, "random", *SEARCHED, "smbo")
 """Method names; ``unimodal`` stands for every ``unimodal:<modality>``."""
 
 
@@ -97,6 +97,7 @@ class MethodSummary:
     params_fusion: int
     search_seconds: float
     train_seconds: float
+    val_mean: float | None = None  # mean val score of the selection phase (trained on train alone)
 
 
 @dataclass
@@ -171,6 +172,10 @@ def search_config(method: str, cfg: Config) -> Config:
         raise ValueError(f"{method!r} is not one of {SEARCHED}")
     if method == "searched_shared":
         return _with_model(cfg, input_mode="shared")
+    if method == "searched_paper":  # the paper's relaxation and derivation, argmax genotype
+        paper = {"distinct_steps": False, "zero_output": True, "warmup_epochs": 0, "rerank": 0}
+        cfg = cfg.replace(search=type(cfg.search)(**{**cfg.search.__dict__, **paper}))
+        return _with_model(cfg, input_mode="separate", relaxation="gate")
     if method == "searched_no_zero":
         return _with_model(cfg, input_mode="separate", ops=tuple(o for o in cfg.model.ops if o != ZERO))
     return _with_model(cfg, input_mode="separate")
@@ -184,14 +189,35 @@ def run_job(
     from .train import train_found
 
     run = RunDir(root / job.key)
+    if job.method == "linear_probe":
+        from .probe import linear_probe
+
+        r = linear_probe(data, job.seed, cfg.data.threshold)
+        metric = primary_metric(data.task)
+        return {
+            "method": job.method,
+            "seed": job.seed,
+            "sample": job.sample,
+            "test": r["test"],
+            "params": r["params"],
+            "search_seconds": 0.0,
+            "train_seconds": r["train_seconds"],
+            f"val_{metric}": r["val"],
+            "C": r["C"],
+        }
     base = cfg  # the random samples do not depend on the seed
     cfg = cfg.replace(seed=job.seed)
-    search_seconds, extra = 0.0, {}
+    search_seconds, extra, selection = 0.0, {}, None
     if job.method in SEARCHED:
         cfg = search_config(job.method, cfg)
         found = search(data, cfg, run, progress=progress)
         genotype, search_seconds = found.genotype, found.seconds
-        extra = {"best_epoch": found.best_epoch, f"val_{found.metric}": found.best_score}
+        selection = found.selection(cfg.train.epochs)
+        extra = {
+            "best_epoch": found.best_epoch,
+            f"hypernet_val_{found.metric}": found.best_score,
+            "candidates": [{k: c[k] for k in ("source", "val", "best_epoch")} for c in found.candidates],
+        }
     elif job.method == "smbo":
         found = smbo(data, cfg, opts.smbo, log=run.path / "smbo.jsonl", progress=progress)
         genotype, search_seconds = found.genotype, found.seconds
@@ -199,7 +225,7 @@ def run_job(
     else:
         genotype = genotype_for(job, data, base)
     genotype.save(run.genotype_path)
-    r = train_found(genotype, data, cfg, run, progress=progress, desc=f"train {job.key}")
+    r = train_found(genotype, data, cfg, run, progress=progress, desc=f"train {job.key}", selection=selection)
     return {
         "method": job.method,
         "seed": job.seed,
@@ -208,6 +234,8 @@ def run_job(
         "params": r.params,
         "search_seconds": search_seconds,
         "train_seconds": r.seconds,
+        f"val_{primary_metric(data.task)}": r.val,
+        "epochs": r.epochs,
         **extra,
         "genotype": genotype.to_dict(),
     }
@@ -243,6 +271,7 @@ def summarize(results: Sequence[dict], methods: Sequence[str], metric: str) -> l
         if not rows:
             continue
         v = np.array([r["test"][metric] for r in rows], dtype=np.float64)
+        vals = [r[f"val_{metric}"] for r in rows if r.get(f"val_{metric}") is not None]
         out.append(
             MethodSummary(
                 method=m,
@@ -254,6 +283,7 @@ def summarize(results: Sequence[dict], methods: Sequence[str], metric: str) -> l
                 params_fusion=int(round(np.mean([r["params"]["fusion"] for r in rows]))),
                 search_seconds=float(np.mean([r["search_seconds"] for r in rows])),
                 train_seconds=float(np.mean([r["train_seconds"] for r in rows])),
+                val_mean=float(np.mean(vals)) if vals else None,
             )
         )
     return out
@@ -271,13 +301,15 @@ def markdown_table(rows: Sequence[MethodSummary], ratio: float | None = None) ->
     """The ablation table in Markdown, one row per method."""
     metric = rows[0].metric if rows else "metric"
     lines = [
-        f"| method | test {metric} (mean ± std) | runs | params | fusion params | search s | train s |",
-        "|---|---|---|---|---|---|---|",
+        f"| method | test {metric} (mean ± std) | val {metric} | runs | params | fusion params | search s "
+        "| train s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        val = f"{r.val_mean:.4f}" if r.val_mean is not None else "–"
         lines.append(
-            f"| {r.method} | {r.mean:.4f} ± {r.std:.4f} | {r.runs} | {r.params:,} | {r.params_fusion:,} "
-            f"| {r.search_seconds:.1f} | {r.train_seconds:.1f} |"
+            f"| {r.method} | {r.mean:.4f} ± {r.std:.4f} | {val} | {r.runs} | {r.params:,} "
+            f"| {r.params_fusion:,} | {r.search_seconds:.1f} | {r.train_seconds:.1f} |"
         )
     if ratio is not None:
         lines.append("")

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import locks
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -190,12 +192,14 @@ class FeatureCache:
     def _read(path: Path, key: CacheKey) -> dict[str, np.ndarray]:
         try:
             manifest = json.loads((path / MANIFEST).read_text())
-        except (OSError, ValueError) as err:
-            raise CacheError(f"unreadable manifest: {err}") from err
+        except (OSError, ValueError, RecursionError) as err:
+            raise CacheError(f"unreadable manifest: {type(err).__name__}: {err}") from None
+        if not isinstance(manifest, dict):
+            raise CacheError(f"the manifest is a {type(manifest).__name__}, not an object")
         if manifest.get("key") != key.as_dict():
             raise CacheError("stale key: the manifest was written for other inputs")
-        entries = manifest.get("features", [])
-        if [e.get("name") for e in entries] != key.feature_names:
+        entries = _manifest_entries(manifest.get("features"))
+        if [e["name"] for e in entries] != key.feature_names:
             raise CacheError("the manifest lists other features")
         out: dict[str, np.ndarray] = {}
         for e in entries:
@@ -224,10 +228,15 @@ class FeatureCache:
             for i, (name, arr) in enumerate(arrays.items()):
                 file = f"{i:02d}.npy"
                 np.save(staging / file, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
-                entries.append({
-                    "name": name, "file": file, "shape": list(arr.shape),
-                    "dtype": np.dtype(np.float32).str, "sha256": sha256_file(staging / file),
-                })
+                entries.append(
+                    {
+                        "name": name,
+                        "file": file,
+                        "shape": list(arr.shape),
+                        "dtype": np.dtype(np.float32).str,
+                        "sha256": sha256_file(staging / file),
+                    }
+                )
             write_json_atomic(staging / MANIFEST, {"key": key.as_dict(), "features": entries})
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -238,8 +247,47 @@ class FeatureCache:
     def get_or_compute(
         self, key: CacheKey, compute: Callable[[], Mapping[str, np.ndarray]]
     ) -> tuple[dict[str, np.ndarray], bool]:
-        """``(arrays, hit)``: the cached entry of ``key``, computing and storing it on a miss."""
+        """``(arrays, hit)``: the cached entry of ``key``, computing and storing it on a miss.
+
+        A miss is built under the entry's lock: a second process asking for the same entry waits,
+        then reads the first one's result instead of building (and replacing) it again.
+        """
         cached = self.load(key)
         if cached is not None:
             return cached, True
-        return self.store(key, compute()), False
+        final = self.entry_dir(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with locks.locked(final.parent / f".{final.name}.lock"):
+            cached = self.load(key)
+            if cached is not None:
+                return cached, True
+            remove_leftovers(final)
+            return self.store(key, compute()), False
+
+
+_ENTRY_FIELDS = {"name": str, "file": str, "shape": list, "dtype": str, "sha256": str}
+
+
+def _manifest_entries(entries: object) -> list[dict]:
+    """The manifest's ``features`` list, checked field by field (any other shape is a CacheError)."""
+    if not isinstance(entries, list):
+        raise CacheError(f"the manifest's 'features' is {entries!r}, not a list")
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise CacheError(f"manifest entry {i} is {e!r}, not an object")
+        for field, kind in _ENTRY_FIELDS.items():
+            if not isinstance(e.get(field), kind):
+                raise CacheError(f"manifest entry {i} has no valid {field!r}")
+        if Path(e["file"]).name != e["file"] or e["file"].startswith("."):
+            raise CacheError(f"manifest entry {i} names the file {e['file']!r} outside its entry")
+    return entries
+
+
+def remove_leftovers(final: Path) -> None:
+    """Delete the staging and trash directories killed processes left beside ``final``.
+
+    Call with ``final``'s lock held: every live builder of ``final`` holds it too.
+    """
+    for path in final.parent.glob(f".{final.name}.*"):
+        if path.is_dir() and path.name.endswith((".tmp", ".old")):
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Command line: ``bmnas search | train | run | pretrain | export | show``.
+"""Command line: ``bmnas search | train | run | pretrain | export | show | predict | export-model | robustness``.
 
 Every command takes its data from ``--dataset NAME`` (a registered dataset, prepared and cached on
 first use) or ``--data DIR`` (the generic format, SPEC §10), a YAML ``--config`` and dotted
@@ -14,12 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from .config import Config, ConfigError, preset
-from .data import DataError, FeatureData, load_generic_dir
-from .genotype import Genotype, GenotypeError
-from .runs import RunDir, RunError
+from . import locks
+from .config import Config, ConfigError, _parse_value, preset
+from .data import FeatureData, check_searchable, fingerprint, load_generic_dir
+from .errors import BmnasError
+from .genotype import Genotype, check_data
+from .ops import get_op, list_ops
+from .runs import RunDir
 
 DEFAULT_CACHE = Path(os.environ.get("BMNAS_CACHE", Path.home() / ".cache" / "bmnas"))
 
@@ -56,6 +57,9 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bmnas", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an internal error (env BMNAS_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("search", help="search a fusion architecture; writes genotype.json")
     _common(p)
@@ -77,7 +81,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p = sub.add_parser("show", help="print a run's genotype and metrics")
     p.add_argument("run_dir")
+    _use_parsers(sub)
     return parser
+
+
+def _use_parsers(sub) -> None:
+    """``predict``, ``export-model``, ``robustness``: use a run's trained network."""
+
+    def run_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run_dir", metavar="RUN_DIR")
+        p.add_argument("--stage", default="train",
+                       help="which trained network: train (the found one, default) or a baseline's "
+                            "checkpoint name, e.g. baseline_late_fusion")
+        p.add_argument("--cache", metavar="DIR", default=str(DEFAULT_CACHE),
+                       help="cache root, for a run on a registered dataset (env BMNAS_CACHE)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("predict", help="predict with a run's trained network; per-sample CSV/JSONL + metrics")
+    run_args(p)
+    p.add_argument("--data", metavar="DIR|FILE.npz",
+                   help="generic-format directory (its --split) or one .npz (default: the run's own data)")
+    p.add_argument("--split", default="test", help="split of --data DIR or of the run's data (default test)")
+    p.add_argument("--out", metavar="FILE.csv|FILE.jsonl", required=True)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p = sub.add_parser("export-model", help="export a run's trained network (TorchScript or ONNX)")
+    run_args(p)
+    p.add_argument("--format", choices=["torchscript", "onnx"], help="default: from --out's suffix")
+    p.add_argument("--out", metavar="FILE", required=True)
+    p = sub.add_parser("robustness", help="test metrics with each modality missing and under noise")
+    run_args(p)
+    p.add_argument("--out", metavar="DIR", help="where to write robustness.{md,csv,json,png} (default RUN_DIR)")
+    p.add_argument("--noise", type=float, nargs="+", default=[0.1, 0.5, 1.0],
+                   help="noise levels σ, relative to each feature's train std")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise draw")
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -101,7 +137,7 @@ def parse_options(items: list[str], flag: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{flag} {item!r} must look like key=value")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        out[key.strip()] = _parse_value(value, f"{flag} {item!r}")
     return out
 
 
@@ -110,6 +146,8 @@ def load_data(cfg: Config, cache: str | Path, progress: bool = True, dataset_opt
     """Features for ``cfg.data``: the generic directory, or a registered dataset through the pipeline."""
     d = cfg.data
     if d.dir:
+        if dataset_options or backbone_options:
+            raise ConfigError("--dataset-option and --backbone-option apply to --dataset, not to --data DIR")
         data = load_generic_dir(d.dir, cfg.model.L, d.pooling, d.task, d.num_outputs)
     else:
         from .pipeline import dataset_features
@@ -121,6 +159,8 @@ def load_data(cfg: Config, cache: str | Path, progress: bool = True, dataset_opt
             pooling=d.pooling,
             seed=cfg.seed,
             progress=progress,
+            backbone_options=backbone_options,
+            **(dataset_options or {}),
         )
         if d.task or d.num_outputs:
             from .data import infer_task
@@ -135,26 +175,30 @@ def _options(args: argparse.Namespace) -> tuple[dict, dict]:
             parse_options(args.backbone_options, "--backbone-option"))
 
 
-def _open_run(args: argparse.Namespace, cfg: Config) -> RunDir:
+def _open_run(args: argparse.Namespace, cfg: Config, data: FeatureData) -> RunDir:
+    """Lock ``--out`` and check that it holds this run (or none) before anything is written."""
     run = RunDir(args.out)
-    if args.fresh:
-        run.clear()
-    run.write_config(cfg)
+    run.open(cfg, fingerprint(data), fresh=args.fresh)
     return run
 
 
 def cmd_search(args: argparse.Namespace, cfg: Config, data: FeatureData, run: RunDir):
-    from .plot import plot_history
     from .search import search
 
     result = search(data, cfg, run, progress=not args.quiet)
+    _show_search(result, run)
+    return result
+
+
+def _show_search(result, run: RunDir) -> None:
+    from .plot import plot_history
+
     plot_history(result.history, run.plots_path)
     print(
         f"best genotype (epoch {result.best_epoch}, val {result.metric} {result.best_score:.4f}) "
         f"-> {run.genotype_path}"
     )
     print(result.genotype.describe())
-    return result
 
 
 def _train(
@@ -163,33 +207,58 @@ def _train(
     from .train import train_found
 
     r = train_found(genotype, data, cfg, run, progress=not quiet, stage=stage, desc=desc)
-    return {"test": r.test, "params": r.params, "train_seconds": r.seconds}
-
-
-def format_table(rows: list[tuple[str, dict]], metric: str) -> str:
-    """A plain-text table of methods with their test metric, parameters and seconds."""
-    lines = [f"{'method':<22} {'test ' + metric:>16} {'params':>10} {'search s':>9} {'train s':>8}", "-" * 69]
-    for name, r in rows:
-        lines.append(
-            f"{name:<22} {r['test'][metric]:>16.4f} {r['params']['total']:>10,} "
-            f"{r.get('search_seconds', 0.0):>9.1f} {r['train_seconds']:>8.1f}"
-        )
-    return "\n".join(lines)
+    return {"test": r.test, "val": r.val, "epochs": r.epochs, "params": r.params, "train_seconds": r.seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input is one ``bmnas: error:`` line and exit code 2, never a traceback."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("BMNAS_DEBUG", "") not in ("", "0")
     try:
         return _dispatch(args)
-    except (ConfigError, DataError, GenotypeError, RunError, KeyError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"bmnas: error: {msg}", file=sys.stderr)
+    except BmnasError as err:
+        print(f"bmnas: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bmnas: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except OSError as err:  # disk full, permissions: the environment, not the input or a bug
+        if debug:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"bmnas: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if debug:
+            raise
+        print(f"bmnas: internal error: {_describe(err)}", file=sys.stderr)
+        print(
+            "bmnas: this is a bug in bmnas; please report it with the command you ran "
+            "(rerun with --debug to see the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        locks.release_all()
+
+
+def _describe(err: BaseException) -> str:
+    """``Type: message (at file.py:line)`` of the innermost frame."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    at = f" (at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno})" if tb else ""
+    return f"{type(err).__name__}: {str(err)[:300]}{at}"
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("predict", "export-model", "robustness"):
+        from importlib import import_module
+
+        module = {"predict": "predict", "export-model": "export", "robustness": "robustness"}[args.command]
+        return import_module(f"bmnas.{module}").cli(args)
     if args.command == "show":
-        run = RunDir(args.run_dir)
+        run = RunDir(args.run_dir, create=False)
         print(Genotype.load(run.genotype_path).describe())
         if run.metrics_path.exists():
             print(run.metrics_path.read_text())
@@ -211,7 +280,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data = load_data(cfg, args.cache, progress, *_options(args))
     data_seconds = time.perf_counter() - t0
-    run = _open_run(args, cfg)
+    if args.command in ("search", "run", "ablate"):
+        check_searchable(data)
+    if args.command == "train":  # checked before the run directory is touched
+        genotype_path = Path(args.genotype or Path(args.out) / "genotype.json")
+        genotype = Genotype.load(genotype_path)
+        arity = {name: get_op(name).arity for name in list_ops()}
+        check_data(genotype, data.feature_channels, data.feature_lengths, str(genotype_path), arity)
+    run = _open_run(args, cfg, data)
     if args.command == "ablate":
         from .ablate import cli as ablate_cli
 
@@ -220,48 +296,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         cmd_search(args, cfg, data, run)
         return 0
     if args.command == "train":
-        genotype = Genotype.load(args.genotype or run.genotype_path)
         result = _train(genotype, data, cfg, run, args.quiet, "train", "train found net")
         run.write_json("metrics.json", {**result, "genotype": genotype.to_dict()})
         print(f"test: {json.dumps(result['test'])}")
         return 0
-    # run: search, train, baselines, table
-    found = cmd_search(args, cfg, data, run)
-    result = _train(found.genotype, data, cfg, run, args.quiet, "train", "train found net")
-    metrics = {
-        **result,
-        "search_seconds": found.seconds,
-        "data_seconds": data_seconds,
-        "best_epoch": found.best_epoch,
-        "val_" + found.metric: found.best_score,
-        "genotype": found.genotype.to_dict(),
-        "data": {
-            "name": data.name,
-            "sizes": {s: len(sp) for s, sp in data.splits.items()},
-            "task": data.task.__dict__,
-            "info": data.info,
-        },
-    }
-    rows = [("searched (bm-nas)", metrics)]
-    if not args.no_baselines:
-        from .baselines import late_fusion, modalities, unimodal
+    # run: search, train, baselines, table, recommendation
+    from .workflow import format_table
+    from .workflow import run as run_workflow
 
-        specs = found.genotype.features
-        baselines = {f"unimodal:{m}": unimodal(specs, m, cfg.model.C, cfg.model.L) for m in modalities(specs)}
-        baselines["late_fusion"] = late_fusion(specs, cfg.model.C, cfg.model.L)
-        metrics["baselines"] = {}
-        for name, g in baselines.items():
-            stage = "baseline_" + name.replace(":", "_")
-            metrics["baselines"][name] = _train(g, data, cfg, run, args.quiet, stage, f"train {name}")
-        rows = list(metrics["baselines"].items()) + rows
-    run.write_json("metrics.json", metrics)
-    from .metrics import primary_metric
-
+    report = run_workflow(
+        data,
+        cfg,
+        run,
+        baselines=not args.no_baselines,
+        progress=progress,
+        on_search=lambda found: _show_search(found, run),
+        data_seconds=data_seconds,
+    )
     print()
-    print(format_table(rows, primary_metric(data.task)))
-    print(f"\nrun directory: {run.path} (genotype.json, metrics.json, history.jsonl, plots/)")
+    print(format_table(report))
+    print(f"\nrun directory: {run.path} (metrics.json, genotype.json, recommended_genotype.json, plots/)")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -8,6 +8,7 @@ The resolved config is saved in every run directory so a run can be rebuilt and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,10 +16,16 @@ from pathlib import Path
 
 import yaml
 
-from .ops import DEFAULT_OPS
+from .errors import BmnasError
+from .genotype import MAX_C, MAX_L
+from .ops import DEFAULT_OPS, list_ops
+
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_SEED = 2**32 - 1
+MAX_THREADS = 1024
 
 
-class ConfigError(ValueError):
+class ConfigError(BmnasError, ValueError):
     """An invalid configuration key or value."""
 
 
@@ -48,6 +55,7 @@ class ModelConfig:
     dropout: float = 0.1
     ops: tuple[str, ...] = DEFAULT_OPS
     input_mode: str = "separate"  # separate | shared (the authors' behaviour)
+    relaxation: str = "gate"  # gate (paper: independent identity/zero gates) | softmax (predecessors compete)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,12 @@ class SearchConfig:
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     eval_batch_size: int = 1024
+    warmup_epochs: int = 0  # epochs of weight steps only before α, β, γ start to move
+    distinct_steps: bool = True  # a two-input step reads two different states (paper: may read one twice)
+    zero_output: bool = False  # may a Cell's output step derive `zero` (paper: yes)
+    rerank: int = 0  # candidate genotypes trained briefly and compared on val (0: take the argmax)
+    rerank_epochs: int = 0  # training epochs of each candidate (0: train.epochs)
+    modality_dropout: float = 0.0  # per sample, drop each whole modality with this probability (keep >= 1)
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,8 @@ class TrainConfig:
     restart_epochs: int = 1
     restart_mult: int = 2
     eval_batch_size: int = 1024
+    select_epochs: bool = True  # choose the epoch count on val (trained on train), then refit on train + val
+    modality_dropout: float = 0.0  # per sample, drop each whole modality with this probability (keep >= 1)
 
 
 @dataclass(frozen=True)
@@ -115,12 +131,7 @@ class Config:
         d: dict = _deep_copy(base or {})
         if path is not None:
             path = Path(path)
-            if not path.exists():
-                raise ConfigError(f"config file {path} does not exist")
-            try:
-                loaded = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as err:
-                raise ConfigError(f"{path}: invalid YAML ({err})") from err
+            loaded = _read_yaml(path)
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: the top level must be a mapping of sections")
             _deep_merge(d, loaded)
@@ -134,11 +145,42 @@ class Config:
                 node = node.setdefault(p, {})
                 if not isinstance(node, dict):
                     raise ConfigError(f"override {item!r}: {p!r} is not a section")
-            node[leaf] = yaml.safe_load(value) if value.strip() else None
+            node[leaf] = _parse_value(value, f"override {item!r}")
         return cls.from_dict(d, where=str(path) if path else "config")
 
     def replace(self, **sections) -> Config:
         return dataclasses.replace(self, **sections)
+
+
+def _read_yaml(path: Path) -> object:
+    """The YAML document in ``path`` ({} when empty); a missing, unreadable or bad file is a ConfigError."""
+    if not path.exists():
+        raise ConfigError(f"--config {path}: no such file")
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: not a file; name a YAML configuration file")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"--config {path}: cannot be read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a text file; name a YAML configuration file") from None
+    except RecursionError:
+        raise ConfigError(f"--config {path}: nested too deeply to be a configuration") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: invalid YAML ({err})") from None
+
+
+def _parse_value(value: str, where: str) -> object:
+    """A ``key=value`` override's value as YAML (an empty value is null)."""
+    if not value.strip():
+        return None
+    try:
+        return yaml.safe_load(value)
+    except RecursionError:
+        raise ConfigError(f"{where}: the value is nested too deeply") from None
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"{where}: the value is not valid YAML ({first})") from None
 
 
 def _deep_copy(d: dict) -> dict:
@@ -187,13 +229,8 @@ def _coerce(tp, value, where: str):
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float and not isinstance(value, bool):
+        return _finite_float(value, where)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is bool and isinstance(value, bool):
@@ -201,6 +238,24 @@ def _coerce(tp, value, where: str):
     if tp is str and isinstance(value, str):
         return value
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _finite_float(value: object, where: str) -> float:
+    """``value`` as a float that float32 holds: NaN, inf and 1e300 are refused, not rounded to inf."""
+    if isinstance(value, (int, float)):
+        number = float(value) if abs(value) <= FLOAT32_MAX else math.inf
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
+    else:
+        raise ConfigError(f"{where}: expected float, got {value!r}")
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise ConfigError(
+            f"{where}: must be a finite number of at most {FLOAT32_MAX:.1e} in size, got {value!r}"
+        )
+    return number
 
 
 def _build(cls, d: dict, where: str):
@@ -234,21 +289,54 @@ def _check(cfg, where: str) -> None:
     if isinstance(cfg, ModelConfig):
         for k in ("C", "L", "cells", "steps", "inner_multiplier"):
             need(getattr(cfg, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(cfg, k)}")
+        need(cfg.C <= MAX_C, "model.C", f"must be <= {MAX_C}, got {cfg.C}")
+        need(cfg.L <= MAX_L, "model.L", f"must be <= {MAX_L}, got {cfg.L}")
         need(cfg.inner_multiplier <= cfg.steps, "model.inner_multiplier", f"must be <= steps ({cfg.steps})")
         need(0 <= cfg.multiplier <= cfg.cells, "model.multiplier", f"must be in [0, cells={cfg.cells}]")
         need(0.0 <= cfg.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {cfg.dropout}")
         need(cfg.input_mode in ("separate", "shared"), "model.input_mode", "must be 'separate' or 'shared'")
+        need(cfg.relaxation in ("gate", "softmax"), "model.relaxation", "must be 'gate' or 'softmax'")
         need(
             len(cfg.ops) >= 1 and len(set(cfg.ops)) == len(cfg.ops),
             "model.ops",
             f"need distinct ops, got {cfg.ops}",
         )
         need(any(o != "zero" for o in cfg.ops), "model.ops", "needs at least one op besides 'zero'")
+        unknown = [o for o in cfg.ops if o not in list_ops()]
+        need(
+            not unknown,
+            "model.ops",
+            f"unknown op {', '.join(map(repr, unknown))}; registered ops: {list_ops()}",
+        )
     if isinstance(cfg, (SearchConfig, TrainConfig)):
         section = "search" if isinstance(cfg, SearchConfig) else "train"
         for k in ("epochs", "batch_size", "restart_epochs", "restart_mult", "eval_batch_size"):
             need(getattr(cfg, k) >= 1, f"{section}.{k}", f"must be >= 1, got {getattr(cfg, k)}")
         need(cfg.lr > 0 and 0 <= cfg.lr_min <= cfg.lr, f"{section}.lr", "need lr > 0 and 0 <= lr_min <= lr")
+        need(
+            0.0 <= cfg.modality_dropout < 1.0,
+            f"{section}.modality_dropout",
+            f"must be in [0, 1), got {cfg.modality_dropout}",
+        )
+        need(cfg.weight_decay >= 0, f"{section}.weight_decay", f"must be >= 0, got {cfg.weight_decay}")
+    if isinstance(cfg, SearchConfig):
+        need(cfg.arch_lr > 0, "search.arch_lr", f"must be > 0, got {cfg.arch_lr}")
+        need(
+            cfg.arch_weight_decay >= 0,
+            "search.arch_weight_decay",
+            f"must be >= 0, got {cfg.arch_weight_decay}",
+        )
+        need(
+            all(0.0 <= b < 1.0 for b in cfg.arch_betas),
+            "search.arch_betas",
+            f"Adam's betas must be in [0, 1), got {list(cfg.arch_betas)}",
+        )
+    if isinstance(cfg, SearchConfig):
+        for k in ("warmup_epochs", "rerank", "rerank_epochs"):
+            need(getattr(cfg, k) >= 0, f"search.{k}", f"must be >= 0, got {getattr(cfg, k)}")
+        need(
+            cfg.warmup_epochs < cfg.epochs, "search.warmup_epochs", f"must be < search.epochs ({cfg.epochs})"
+        )
     if isinstance(cfg, DataConfig):
         need(cfg.pooling in ("max", "avg"), "data.pooling", f"must be 'max' or 'avg', got {cfg.pooling!r}")
         need(
@@ -257,3 +345,15 @@ def _check(cfg, where: str) -> None:
             "must be multiclass, multilabel or null",
         )
         need(0.0 < cfg.threshold < 1.0, "data.threshold", f"must be in (0, 1), got {cfg.threshold}")
+        need(
+            cfg.num_outputs is None or cfg.num_outputs >= 1,
+            "data.num_outputs",
+            f"must be >= 1, or null to infer it from the labels; got {cfg.num_outputs}",
+        )
+    if isinstance(cfg, Config):
+        need(0 <= cfg.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}], got {cfg.seed}")
+        need(
+            0 <= cfg.threads <= MAX_THREADS,
+            "threads",
+            f"must be in [0, {MAX_THREADS}] (0: torch's default), got {cfg.threads}",
+        )

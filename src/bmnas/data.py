@@ -9,7 +9,10 @@ raises :class:`DataError` naming the file, the array and what to do about it.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import BmnasError
 from .pooling import pool_feature
 
 SPLITS = ("train", "val", "test")
 TASK_TYPES = ("multiclass", "multilabel")
 FEATURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*\.[A-Za-z0-9_.-]+$")
+MIN_ROWS = {"train": 2, "val": 2, "test": 1}  # training-mode BatchNorm needs two rows per batch
+MAX_CLASSES = 100_000
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+RAW_SHAPES = "(N, C), (N, C, T), (N, C, H, W) or (N, C, T, H, W)"
 
 
-class DataError(ValueError):
+class DataError(BmnasError, ValueError):
     """Invalid input data; the message says what is wrong, where, and how to fix it."""
 
 
@@ -116,6 +124,8 @@ def infer_task(
         raise DataError(
             f"labels must be (N,) integer classes or (N, K) multi-hot in every split; got shapes {shapes}"
         )
+    for split, y in labels.items():
+        _check_labels(f"split {split!r}", y)
     first = next(iter(labels.values()))
     kind = override or ("multiclass" if first.ndim == 1 else "multilabel")
     if kind not in TASK_TYPES:
@@ -125,15 +135,26 @@ def infer_task(
             raise DataError(f"multiclass labels must be 1-D class indices; got shapes {shapes}")
         for split, y in labels.items():
             if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
-                raise DataError(f"split {split!r}: multiclass labels must be integers")
-        n = num_outputs or int(max(int(y.max()) for y in labels.values() if y.size)) + 1
+                row = int(np.flatnonzero(np.mod(y, 1) != 0)[0])
+                raise DataError(
+                    f"split {split!r}: multiclass labels must be integers; row {row} has {y[row].item()!r}"
+                )
+        train = labels.get("train", np.concatenate(list(labels.values())))
+        n = num_outputs or int(train.max()) + 1
+        if n > MAX_CLASSES:
+            raise DataError(
+                f"labels imply {n} classes (more than {MAX_CLASSES}); multiclass labels must be class "
+                f"indices 0..K-1"
+            )
+        inferred = "" if num_outputs else " (the classes are inferred from train's labels)"
         for split, y in labels.items():
             bad = np.flatnonzero((y < 0) | (y >= n))
             if bad.size:
                 raise DataError(
                     f"split {split!r}: label {y[bad[0]].item()!r} at row {bad[0]} is out of range "
-                    f"[0, {n}) ({bad.size} such rows); labels must be class indices 0..{n - 1}"
+                    f"[0, {n}) ({bad.size} such rows); labels must be class indices 0..{n - 1}{inferred}"
                 )
+        _check_classes(labels, train)
         return TaskInfo("multiclass", n)
     widths = {y.shape[-1] for y in labels.values()}
     if first.ndim != 2 or len(widths) != 1:
@@ -149,31 +170,104 @@ def infer_task(
     return TaskInfo("multilabel", widths.pop())
 
 
-def validate_split(name: str, split: Mapping[str, np.ndarray], labels: np.ndarray) -> None:
-    """Check one split's arrays: names, sample counts and finiteness."""
+def _check_labels(name: str, y: np.ndarray) -> None:
+    """Labels are a non-empty ``(N,)`` or ``(N, K)`` array of numbers."""
+    if y.ndim not in (1, 2):
+        raise DataError(
+            f"{name}: 'label' has shape {y.shape}; labels must be (N,) integer classes or (N, K) multi-hot"
+        )
+    if y.dtype.kind not in "biuf":
+        raise DataError(
+            f"{name}: 'label' has dtype {y.dtype}; labels must be integer class indices 0..K-1 (map "
+            f"class names to indices first) or 0/1 multi-hot"
+        )
+    if y.shape[0] == 0:
+        raise DataError(f"{name}: no samples ('label' is empty); every split needs samples")
+
+
+def _check_classes(labels: Mapping[str, np.ndarray], train: np.ndarray) -> None:
+    """At least two classes in train, and no val/test class that train never shows."""
+    seen = np.unique(train)
+    if seen.size < 2:
+        raise DataError(
+            f"split 'train': every label is {seen[0].item()!r}; a classification task needs at least 2 "
+            f"classes in train"
+        )
+    for split, y in labels.items():
+        unseen = ~np.isin(y, seen)
+        if split != "train" and unseen.any():
+            row = int(np.flatnonzero(unseen)[0])
+            raise DataError(
+                f"split {split!r}: label {y[row].item()!r} at row {row} never occurs in train "
+                f"({int(unseen.sum())} such rows); a class the model never trains on cannot be predicted: "
+                f"fix the labels or re-split the data"
+            )
+
+
+def _check_feature(name: str, key: str, arr: np.ndarray, n: int) -> None:
+    """One raw feature: ``(N, *raw_shape)`` of real, finite numbers that fit float32."""
+    if not FEATURE_NAME.match(key):
+        raise DataError(
+            f"{name}: array {key!r} is not a feature name; name features "
+            f"'<modality>.<layer>', e.g. 'image.block3'"
+        )
+    if not 2 <= arr.ndim <= 5:
+        raise DataError(f"{name}: feature {key!r} has shape {arr.shape}; a raw feature must be {RAW_SHAPES}")
+    if arr.shape[0] != n:
+        raise DataError(
+            f"{name}: feature {key!r} has {arr.shape[0]} samples but 'label' has {n}; every "
+            f"array of a split must have the same first dimension"
+        )
+    if 0 in arr.shape[1:]:
+        raise DataError(
+            f"{name}: feature {key!r} has shape {arr.shape} with an empty dimension; every dimension "
+            f"after N must be at least 1"
+        )
+    if arr.dtype.kind == "c":
+        raise DataError(
+            f"{name}: feature {key!r} is complex ({arr.dtype}); store the real and imaginary parts (or "
+            f"the magnitude) as real features"
+        )
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{name}: feature {key!r} has non-numeric dtype {arr.dtype}")
+
+
+def _check_values(name: str, key: str, arr: np.ndarray) -> None:
+    """No NaN/inf, and nothing that becomes inf as float32."""
+    if arr.dtype.kind != "f":
+        return
+    finite = np.isfinite(arr)
+    if not finite.all():
+        row = int(np.argwhere(~finite)[0][0])
+        raise DataError(
+            f"{name}: feature {key!r} has {int((~finite).sum())} NaN/inf values "
+            f"(first in sample {row}); clean or impute them before the search"
+        )
+    if arr.dtype.itemsize > 4 and arr.size:
+        big = np.abs(arr) > FLOAT32_MAX
+        if big.any():
+            row = int(np.argwhere(big)[0][0])
+            raise DataError(
+                f"{name}: feature {key!r} has {int(big.sum())} values beyond float32's range "
+                f"(|x| > {FLOAT32_MAX:.2e}, first in sample {row}); rescale the feature"
+            )
+
+
+def validate_split(name: str, split: Mapping[str, np.ndarray], labels: np.ndarray, min_rows: int = 1) -> None:
+    """Check one split's arrays: labels, names, shapes, dtypes, sample counts and finiteness."""
+    labels = np.asarray(labels)
+    _check_labels(name, labels)
+    n = labels.shape[0]
+    if n < min_rows:
+        raise DataError(
+            f"{name}: {n} sample(s); this split needs at least {min_rows} (batch normalisation trains on "
+            f"batches of two or more)"
+        )
     if not split:
         raise DataError(f"{name}: no feature arrays; expected arrays named '<modality>.<layer>'")
-    n = labels.shape[0]
     for key, arr in split.items():
-        if not FEATURE_NAME.match(key):
-            raise DataError(
-                f"{name}: array {key!r} is not a feature name; name features "
-                f"'<modality>.<layer>', e.g. 'image.block3'"
-            )
-        if arr.shape[0] != n:
-            raise DataError(
-                f"{name}: feature {key!r} has {arr.shape[0]} samples but 'label' has {n}; every "
-                f"array of a split must have the same first dimension"
-            )
-        if not np.issubdtype(arr.dtype, np.number):
-            raise DataError(f"{name}: feature {key!r} has non-numeric dtype {arr.dtype}")
-        finite = np.isfinite(arr)
-        if not finite.all():
-            row = int(np.argwhere(~finite)[0][0])
-            raise DataError(
-                f"{name}: feature {key!r} has {int((~finite).sum())} NaN/inf values "
-                f"(first in sample {row}); clean or impute them before the search"
-            )
+        _check_feature(name, key, arr, n)
+        _check_values(name, key, arr)
 
 
 def build_feature_data(
@@ -195,7 +289,7 @@ def build_feature_data(
     ref_names = list(raw["train"][0])
     for split in SPLITS:
         feats, labels = raw[split]
-        validate_split(f"{name}/{split}", feats, labels)
+        validate_split(f"{name}/{split}", feats, labels, MIN_ROWS[split])
         if list(feats) != ref_names:
             raise DataError(
                 f"{name}/{split}: features {sorted(feats)} differ from train's {sorted(ref_names)}; "
@@ -231,16 +325,39 @@ def read_generic_dir(path: str | Path) -> dict[str, tuple[dict[str, np.ndarray],
         file = root / f"{split}.npz"
         if not file.exists():
             raise DataError(f"{file}: missing; the generic format needs {[s + '.npz' for s in SPLITS]}")
-        try:
-            with np.load(file, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as err:
-            raise DataError(f"{file}: cannot be read as .npz ({err})") from err
+        arrays = _read_npz(file)
         if "label" not in arrays:
             raise DataError(f"{file}: no 'label' array; add labels of shape (N,) or (N, K)")
         labels = arrays.pop("label")
         raw[split] = (arrays, labels)
     return raw
+
+
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, KeyError)
+
+
+def _read_npz(file: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` archive (never unpickling); a damaged file is a DataError."""
+    fix = "write it again with numpy.savez(file, label=..., **features)"
+    try:
+        z = np.load(file, allow_pickle=False)
+    except _NPZ_ERRORS as err:
+        raise DataError(f"{file}: cannot be read as .npz ({type(err).__name__}: {err}); {fix}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(f"{file}: a single .npy array, not an .npz archive of named arrays; {fix}")
+    with z:
+        try:
+            return {k: z[k] for k in z.files}
+        except _NPZ_ERRORS as err:  # a flipped byte shows as a CRC error only when the array is read
+            raise DataError(f"{file}: damaged .npz ({type(err).__name__}: {err}); {fix}") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_generic_dir(
@@ -252,7 +369,46 @@ def load_generic_dir(
 ) -> FeatureData:
     """Load and pool the generic format (SPEC §10)."""
     raw = read_generic_dir(path)
-    return build_feature_data(raw, length, pooling, task_type, num_outputs, name=str(path))
+    data = build_feature_data(raw, length, pooling, task_type, num_outputs, name=str(path))
+    sums = {f"{s}.npz": _sha256(Path(path) / f"{s}.npz") for s in SPLITS}
+    return FeatureData(data.splits, data.task, data.name, {"files_sha256": sums})
+
+
+def fingerprint(data: FeatureData) -> dict[str, object]:
+    """What a run's results depend on in ``data``: checksums of its sources, features and task.
+
+    The generic format is identified by its files' SHA-256, a registered dataset by its dataset and
+    backbone-weights checksums (with L and pooling in the config, they are the feature cache's key);
+    anything else by a hash of the arrays themselves.
+    """
+    info = data.info or {}
+    if "files_sha256" in info:
+        source: object = dict(info["files_sha256"])
+    elif "dataset_sha256" in info:
+        source = {"dataset_sha256": info["dataset_sha256"], "weights": dict(info.get("weights", {}))}
+    else:
+        h = hashlib.sha256()
+        for split, sp in data.splits.items():
+            for k, v in {**sp.features, "label": sp.labels}.items():
+                a = np.ascontiguousarray(v)
+                h.update(f"{split}/{k}|{a.dtype.str}|{a.shape}|".encode())
+                h.update(memoryview(a).cast("B"))
+        source = {"arrays_sha256": h.hexdigest()}
+    return {
+        "source": source,
+        "features": {k: [data.feature_lengths[k], data.feature_channels[k]] for k in data.feature_names},
+        "sizes": {s: len(sp) for s, sp in data.splits.items()},
+        "task": [data.task.type, data.task.num_outputs],
+    }
+
+
+def check_searchable(data: FeatureData) -> None:
+    """A search fuses pairs of features: it needs at least two."""
+    if len(data.feature_names) < 2:
+        raise DataError(
+            f"{data.name}: a search needs at least 2 features (each Cell fuses two inputs), the data has "
+            f"{list(data.feature_names)}; add features, or widen data.features"
+        )
 
 
 def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
@@ -261,6 +417,8 @@ def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
     Loading the export with the same L gives the same pooled features back.
     """
     root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"--out {root} is a file; the export needs a directory (new or empty)")
     root.mkdir(parents=True, exist_ok=True)
     for split, sp in data.splits.items():
         arrays = {}

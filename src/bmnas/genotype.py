@@ -29,18 +29,26 @@ with no Cells whose ``output`` names features.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .errors import BmnasError
+
 FORMAT = "bmnas.genotype"
 VERSION = 1
 CELL_INPUTS = ("x", "y")
+MAX_C = 1 << 16  # fused channels and positions beyond any real network: a typo, not a model
+MAX_L = 1 << 16
+MAX_CHANNELS = 1 << 24  # channels of one input feature
+MAX_JSON_BYTES = 16 << 20
 
 
-class GenotypeError(ValueError):
+class GenotypeError(BmnasError, ValueError):
     """A malformed or inconsistent genotype; the message names the offending field."""
 
 
@@ -118,10 +126,15 @@ class Genotype:
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> Path:
+        """Write the JSON atomically (a uniquely named temporary file, then rename)."""
         path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json() + "\n")
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.to_json() + "\n")
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -130,10 +143,13 @@ class Genotype:
 
     @classmethod
     def from_json(cls, text: str, where: str = "genotype") -> Genotype:
+        _require(len(text) <= MAX_JSON_BYTES, where, f"{len(text)} characters is too large for a genotype")
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise GenotypeError(f"{where}: not valid JSON ({err})") from err
+        except RecursionError:
+            raise GenotypeError(f"{where}: nested too deeply to be a genotype") from None
+        except ValueError as err:  # JSONDecodeError, or an integer of thousands of digits
+            raise GenotypeError(f"{where}: not valid JSON ({err})") from None
         return from_dict(d, where)
 
     @classmethod
@@ -141,7 +157,15 @@ class Genotype:
         path = Path(path)
         if not path.exists():
             raise GenotypeError(f"{path}: no such genotype file")
-        return cls.from_json(path.read_text(), where=str(path))
+        if not path.is_file():
+            raise GenotypeError(f"{path}: not a file; name a genotype.json")
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise GenotypeError(f"{path}: not a text file; a genotype is JSON") from None
+        except OSError as err:
+            raise GenotypeError(f"{path}: cannot be read ({err.strerror})") from None
+        return cls.from_json(text, where=str(path))
 
     def describe(self) -> str:
         """One line per Cell, e.g. ``cell1 = step2(sum(attention(x, y), x)) | x=image.conv2 ...``."""
@@ -170,14 +194,24 @@ def validate(
         f"{where}.version",
         f"unsupported version {g.version}; this bmnas reads {VERSION}",
     )
-    _require(isinstance(g.C, int) and g.C > 0, f"{where}.C", f"must be a positive integer, got {g.C!r}")
-    _require(isinstance(g.L, int) and g.L > 0, f"{where}.L", f"must be a positive integer, got {g.L!r}")
+    _require(
+        isinstance(g.C, int) and 0 < g.C <= MAX_C,
+        f"{where}.C",
+        f"must be an integer in [1, {MAX_C}], got {g.C!r}",
+    )
+    _require(
+        isinstance(g.L, int) and 0 < g.L <= MAX_L,
+        f"{where}.L",
+        f"must be an integer in [1, {MAX_L}], got {g.L!r}",
+    )
     names = [f.name for f in g.features]
     _require(len(names) == len(set(names)), f"{where}.features", f"duplicate feature names in {names}")
     for i, f in enumerate(g.features):
         fw = f"{where}.features[{i}]"
         _require("." in f.name and not f.name.startswith("cell"), fw, f"bad feature name {f.name!r}")
-        _require(f.channels > 0, fw, f"channels must be positive, got {f.channels}")
+        _require(
+            0 < f.channels <= MAX_CHANNELS, fw, f"channels must be in [1, {MAX_CHANNELS}], got {f.channels}"
+        )
         _require(f.length in (1, g.L), fw, f"length must be 1 or L={g.L}, got {f.length}")
     states = list(names)
     pairs: set[frozenset[str]] = set()
@@ -239,6 +273,45 @@ def validate(
             name in states,
             f"{where}.output",
             f"{name!r} is neither a feature nor a Cell; available: {states}",
+        )
+
+
+def check_data(
+    g: Genotype,
+    channels: Mapping[str, int],
+    lengths: Mapping[str, int],
+    where: str = "genotype",
+    arity: Mapping[str, int] | None = None,
+) -> None:
+    """Check that data with these feature ``channels`` and pooled ``lengths`` fits genotype ``g``.
+
+    Every feature the genotype reads must be in the data with the genotype's channels and length
+    (1 for a vector, else ``g.L``); otherwise the network would fail mid-run or read the wrong thing.
+    With ``arity`` (op name -> inputs, every registered op), each step's op must be one of them.
+    """
+    if arity is not None:
+        validate(g, known_ops=arity, arity=arity, where=where)
+    used = set(g.used_features())
+    for i, f in enumerate(g.features):
+        if f.name not in used:
+            continue
+        fw = f"{where}.features[{i}] {f.name!r}"
+        _require(
+            f.name in channels,
+            fw,
+            f"the genotype reads it but the data has no such feature; data features: {sorted(channels)}",
+        )
+        c, n = channels[f.name], lengths[f.name]
+        if (c, n) == (f.channels, f.length):
+            continue
+        hint = (
+            f"pass --set model.L={g.L} to pool the data as the genotype expects"
+            if c == f.channels and n > 1 and f.length > 1
+            else "train the genotype on the data it was searched on, or search again on this data"
+        )
+        raise GenotypeError(
+            f"{fw}: the genotype expects {f.channels} channels x {f.length} positions (L={g.L}) but the data "
+            f"has {c} channels x {n} positions; {hint}"
         )
 
 
@@ -338,6 +411,8 @@ def derive(
     inner_multiplier: int = 1,
     multiplier: int | None = None,
     shared: bool = False,
+    distinct_steps: bool = False,
+    zero_output: bool = True,
 ) -> Genotype:
     """Derive the genotype from architecture weights (a pure function).
 
@@ -354,11 +429,17 @@ def derive(
         multiplier: number of last Cells the head reads (default: all).
         shared: the authors' ``input_mode: shared``: one mixture feeds all slots; steps then take
             the best two *distinct* predecessors, as the authors' code does.
+        distinct_steps: a two-input step takes ``argmax_{i ≠ j} w_x(i) w_y(j)`` (DARTS' rule: every
+            step fuses two different states) instead of each slot's own argmax (the paper's rule,
+            under which one predecessor may fill both slots).
+        zero_output: whether the steps a Cell outputs (its last ``inner_multiplier``) may derive
+            ``zero``; if not, their op is the argmax of γ over the other ops, so no Cell reduces to
+            ``LayerNorm(x)``.
 
     Rules: Cell n takes ``argmax_{i ≠ j} w_x(i) w_y(j)`` over all its predecessors (earlier Cells
     included) whose unordered pair no earlier Cell took; a step takes its op by ``argmax γ`` and, per
-    input slot, the predecessor with the largest identity weight (the same one may fill both slots);
-    ties go to the lower index.
+    input slot, the predecessor with the largest weight (by default the same one may fill both
+    slots; see ``distinct_steps``); ties go to the lower index.
     """
     arity = arity or {}
     names = [f.name for f in features]
@@ -374,15 +455,21 @@ def derive(
         used_pairs.add(frozenset((i, j)))
         steps = []
         inner = list(CELL_INPUTS)
-        g = np.asarray(gamma[n])
+        g = np.asarray(gamma[n], dtype=np.float64)
+        num_steps = len(beta[n])
         for m, b in enumerate(beta[n]):
             b = np.asarray(b, dtype=np.float64)
-            op = ops[int(np.argmax(g[m]))]
+            g_m = g[m].copy()
+            if not zero_output and m >= num_steps - inner_multiplier and "zero" in ops and len(ops) > 1:
+                g_m[list(ops).index("zero")] = -np.inf
+            op = ops[int(np.argmax(g_m))]
             k = 0 if op == "zero" else arity.get(op, 2)
             if k == 0:
                 chosen: tuple[int, ...] = ()
             elif shared and k == 2:
                 chosen = best_pair(b[0], b[0], distinct=b.shape[-1] > 1)
+            elif distinct_steps and k == 2 and b.shape[0] >= 2 and b.shape[-1] > 1:
+                chosen = best_pair(b[0], b[1], distinct=True)
             else:
                 chosen = tuple(int(np.argmax(b[min(s, b.shape[0] - 1)])) for s in range(k))
             steps.append(StepGene(op, tuple(inner[c] for c in chosen)))

@@ -29,10 +29,20 @@ from .ops import ZERO, create_op, get_op
 
 INPUT_MODES = ("separate", "shared")
 EDGE_OPS = ("identity", "zero")
+RELAXATIONS = ("softmax", "gate")
 
 
-def edge_weights(logits: torch.Tensor) -> torch.Tensor:
-    """Identity weight of mixed edges: ``softmax(α)[identity] = σ(α_identity − α_zero)``."""
+def edge_weights(logits: torch.Tensor, relaxation: str = "gate") -> torch.Tensor:
+    """Weight of each predecessor of an input slot, from its edge logits ``(…, P, 2)``.
+
+    * ``gate`` (the paper's eq. 1–2): every edge on its own,
+      ``w(i) = softmax(α_i)[identity] = σ(α_i,identity − α_i,zero)``; weights need not sum to 1,
+      so several predecessors can be "on" together and none has to win.
+    * ``softmax``: the predecessors compete for the slot, ``w(i) = softmax_i(α_i,identity)``
+      (DARTS' mixed edge; the zero logit is unused); weights sum to 1 over the P predecessors.
+    """
+    if relaxation == "softmax":
+        return logits[..., 0].softmax(-1)
     return torch.sigmoid(logits[..., 0] - logits[..., 1])
 
 
@@ -70,11 +80,13 @@ class ArchParameters(nn.Module):
         return [self.beta[n * self.num_steps + m] for m in range(self.num_steps)]
 
     @torch.no_grad()
-    def softmaxed(self) -> dict[str, list]:
-        """Identity weights of α and β and softmax(γ), as nested lists (for history and plots)."""
+    def softmaxed(self, relaxation: str = "gate") -> dict[str, list]:
+        """Edge weights of α and β and softmax(γ), as nested lists (for history and plots)."""
         return {
-            "alpha": [edge_weights(a).tolist() for a in self.alpha],
-            "beta": [[edge_weights(b).tolist() for b in self.betas(n)] for n in range(self.num_cells)],
+            "alpha": [edge_weights(a, relaxation).tolist() for a in self.alpha],
+            "beta": [
+                [edge_weights(b, relaxation).tolist() for b in self.betas(n)] for n in range(self.num_cells)
+            ],
             "gamma": [g.softmax(-1).tolist() for g in self.gamma],
         }
 
@@ -91,8 +103,10 @@ class SearchCell(nn.Module):
         inner_multiplier: int,
         dropout: float,
         shared: bool,
+        relaxation: str = "gate",
     ):
         super().__init__()
+        self.relaxation = relaxation
         self.op_names = list(ops)
         self.arity = [get_op(o).arity for o in ops]
         self.shared = shared
@@ -126,7 +140,7 @@ class SearchCell(nn.Module):
         op_w = gamma.softmax(-1).index_select(1, self._nonzero)  # (M, |ops| − zero)
         outs: list[torch.Tensor] = []  # step outputs, each (1, B·L·C)
         for m, mixed in enumerate(self.steps):
-            w = edge_weights(betas[m])  # (S_step, 2 + m) over [x, y, step_1 … step_{m-1}]
+            w = edge_weights(betas[m], self.relaxation)  # (S_step, 2 + m) over [x, y, step_1 … step_{m-1}]
             w_xy = w[:, :2] if R == 2 else w[:, :2].sum(1, keepdim=True)
             # unbind, not indexing: the backward of one unbind is one stack, that of an index a
             # zero-filled full-size gradient per use
@@ -168,10 +182,14 @@ class HyperNet(nn.Module):
         multiplier: int | None = None,
         dropout: float = 0.1,
         input_mode: str = "separate",
+        relaxation: str = "gate",
     ):
         super().__init__()
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
+        if relaxation not in RELAXATIONS:
+            raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+        self.relaxation = relaxation
         if len(features) < 2:
             raise ValueError(f"the search needs at least 2 features, got {[f.name for f in features]}")
         if not 1 <= inner_multiplier <= num_steps:
@@ -194,7 +212,8 @@ class HyperNet(nn.Module):
         )
         self.projections = nn.ModuleList(FeatureProjection(f.channels, C, dropout) for f in features)
         self.cells = nn.ModuleList(
-            SearchCell(C, L, num_steps, ops, inner_multiplier, dropout, shared) for _ in range(num_cells)
+            SearchCell(C, L, num_steps, ops, inner_multiplier, dropout, shared, relaxation)
+            for _ in range(num_cells)
         )
         self.head = Head(C, L, multiplier, num_outputs, dropout)
         self._full = [i for i, f in enumerate(features) if f.length != 1]
@@ -220,11 +239,15 @@ class HyperNet(nn.Module):
             )
         return [proj(features[f.name]) for f, proj in zip(self.features, self.projections, strict=True)]
 
-    def mix_features(self, projected: list[torch.Tensor]) -> torch.Tensor:
+    def alpha_weights(self) -> list[torch.Tensor]:
+        """Per Cell n, the weights ``(S, K + n)`` of its input slots over all its predecessors."""
+        return [edge_weights(a, self.relaxation) for a in self.arch.alpha]
+
+    def mix_features(self, projected: list[torch.Tensor], weights: list[torch.Tensor]) -> torch.Tensor:
         """Feature part of every Cell slot's input, ``(N, S, B, L, C)``, as one gated matmul."""
         B = projected[0].shape[0]
         K = len(projected)
-        gates = torch.stack([edge_weights(a[:, :K]) for a in self.arch.alpha])  # (N, S, K)
+        gates = torch.stack([w[:, :K] for w in weights])  # (N, S, K)
         N, S, _ = gates.shape
         gates = gates.reshape(N * S, K)
         out = None
@@ -238,11 +261,12 @@ class HyperNet(nn.Module):
 
     def forward_cells(self, features: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         projected = self.project(features)
-        base = self.mix_features(projected)
+        weights = self.alpha_weights()
+        base = self.mix_features(projected, weights)
         K = len(projected)
         cells: list[torch.Tensor] = []
         for n, (cell, slots) in enumerate(zip(self.cells, base.unbind(0), strict=True)):  # slots (S, B, L, C)
-            w_cells = edge_weights(self.arch.alpha[n][:, K:])  # (S, n): gates of the earlier Cells
+            w_cells = weights[n][:, K:]  # (S, n): weights of the earlier Cells
             if cells:
                 slots = mix_rows(slots.reshape(slots.shape[0], -1), w_cells, cells).view_as(slots)
             cells.append(cell.forward_slots(slots, self.arch.betas(n), self.arch.gamma[n]))
@@ -254,13 +278,41 @@ class HyperNet(nn.Module):
 
     # -- derivation --------------------------------------------------------------------------
     @torch.no_grad()
-    def genotype(self) -> Genotype:
-        """The discrete architecture the current α, β, γ select (SPEC §3–§4)."""
-        arch = self.arch
+    def genotype(
+        self,
+        distinct_steps: bool = True,
+        zero_output: bool = False,
+        noise: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> Genotype:
+        """The discrete architecture the current α, β, γ select (rules: :func:`bmnas.genotype.derive`).
+
+        With ``noise``, a *sample* instead of the argmax: Gumbel noise ``temperature · G`` is added to
+        every edge's identity logit and every op logit before deriving (Gumbel-max: a slot then
+        picks predecessor i with probability ``softmax_i(logit_i / temperature)``).
+        """
+        arch, r = self.arch, self.relaxation
+
+        def perturb(logits: torch.Tensor, edge: bool) -> torch.Tensor:
+            if noise is None:
+                return logits
+            u = torch.rand(logits.shape[:-1] if edge else logits.shape, generator=noise).clamp_(
+                1e-9, 1 - 1e-9
+            )
+            g = -torch.log(-torch.log(u)) * temperature
+            if not edge:
+                return logits + g
+            out = logits.clone()
+            out[..., 0] += g
+            return out
+
         return derive(
-            alpha=[edge_weights(a).cpu().numpy() for a in arch.alpha],
-            beta=[[edge_weights(b).cpu().numpy() for b in arch.betas(n)] for n in range(self.num_cells)],
-            gamma=[g.cpu().numpy() for g in arch.gamma],
+            alpha=[edge_weights(perturb(a, True), r).cpu().numpy() for a in arch.alpha],
+            beta=[
+                [edge_weights(perturb(b, True), r).cpu().numpy() for b in arch.betas(n)]
+                for n in range(self.num_cells)
+            ],
+            gamma=[perturb(g, False).cpu().numpy() for g in arch.gamma],
             features=self.features,
             ops=self.ops,
             C=self.C,
@@ -269,4 +321,6 @@ class HyperNet(nn.Module):
             inner_multiplier=self.inner_multiplier,
             multiplier=self.multiplier,
             shared=self.input_mode == "shared",
+            distinct_steps=distinct_steps,
+            zero_output=zero_output,
         )

@@ -50,6 +50,8 @@ def pool_feature(x: torch.Tensor, length: int, mode: str = "max") -> torch.Tenso
         raise ValueError(f"unknown pooling mode {mode!r}; choose one of {POOLING_MODES}")
     if length < 1:
         raise ValueError(f"L must be >= 1, got {length}")
+    if x.dim() >= 2 and 0 in x.shape[1:]:
+        raise ValueError(f"a raw feature needs every dimension after N to be >= 1, got {tuple(x.shape)}")
     x = x.float()
     if x.dim() == 2:
         out = x.unsqueeze(-1)

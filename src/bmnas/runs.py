@@ -4,6 +4,7 @@
 
     RUN_DIR/
       config.yaml            resolved configuration
+      fingerprint.json       what the run was computed from: checksums of its data
       genotype.json          best genotype of the search
       history.jsonl          one line per search epoch (losses, metrics, genotype, softmaxed α/β/γ)
       search.ckpt.pt         search state after the last finished epoch (resume)
@@ -11,33 +12,72 @@
       train_history.jsonl    one line per evaluation-stage epoch
       metrics.json           test metrics, parameter counts, search/train seconds
       plots/                 architecture-weight and loss curves
+      .lock                  held (``flock``) by the process running in the directory
 
-Every file is written atomically (temporary file, then rename): a kill never leaves half a file.
+Every file is written atomically (a uniquely named temporary file, then rename): a kill never leaves
+half a file, and the next run removes the temporary files a killed one left. A rerun with another
+configuration or other data is refused before anything is written. Checkpoints are read with
+``torch.load(weights_only=True)``: tensors and plain values only, so a shared run directory cannot
+run code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import yaml
 
+from . import locks
 from .config import Config
+from .errors import BmnasError
 
 # Sections whose change makes a checkpoint unusable for that stage.
 _STAGE_KEYS = {"search": ("seed", "data", "model", "search"), "train": ("seed", "data", "model", "train")}
+_ALL_KEYS = ("seed", "data", "model", "search", "train")
+# Files holding each stage's results (globs in the run directory).
+_STAGE_FILES = {
+    "search": ("search.ckpt.pt", "genotype.json", "history.jsonl"),
+    "train": (
+        "train.ckpt.pt",
+        "baseline_*.ckpt.pt",
+        "train_history.jsonl",
+        "baseline_*_history.jsonl",
+        "metrics.json",
+    ),
+    "ablate": ("ablate/results.jsonl",),
+}
+# Keys a checkpoint of each kind must hold to be resumed.
+_CKPT_KEYS = {
+    "search": ("config", "model", "w_opt", "a_opt", "sched", "shuffle", "torch_rng", "state"),
+    "train": ("config", "model", "opt", "sched", "shuffle", "torch_rng", "state", "genotype"),
+}
+FINGERPRINT = "fingerprint.json"
+LOCK = ".lock"
 
 
-class RunError(RuntimeError):
+class RunError(BmnasError, RuntimeError):
     """A run directory that cannot be used as asked."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` to a uniquely named file beside ``path``, then rename it over ``path``."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -51,12 +91,44 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-class RunDir:
-    """Paths and atomic I/O of one run directory."""
+def _plain(obj: Any) -> Any:
+    """``obj`` with numpy values turned into Python ones, so ``weights_only`` loading accepts it."""
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return obj.tolist()
+    return obj
 
-    def __init__(self, path: str | Path):
+
+def _ckpt_kind(stage: str) -> str | None:
+    """Which resume contract a stage's checkpoint follows (None: only ``config`` is required)."""
+    if stage == "search":
+        return "search"
+    return "train" if stage == "train" or stage.startswith("baseline_") else None
+
+
+class RunDir:
+    """Paths and atomic I/O of one run directory.
+
+    Args:
+        path: the directory; created (with its parents) unless ``create`` is False.
+    """
+
+    def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(
+                f"{self.path} is a file, not a directory; give --out a new or existing run directory"
+            )
+        if create:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise RunError(f"cannot create the run directory {self.path} ({err.strerror})") from err
+        elif not self.path.is_dir():
+            raise RunError(f"{self.path}: no such run directory")
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -66,10 +138,99 @@ class RunDir:
     metrics_path = property(lambda self: self.path / "metrics.json")
     history_path = property(lambda self: self.path / "history.jsonl")
     plots_path = property(lambda self: self.path / "plots")
+    fingerprint_path = property(lambda self: self.path / FINGERPRINT)
+    lock_path = property(lambda self: self.path / LOCK)
 
     def checkpoint_path(self, stage: str) -> Path:
         return self.path / f"{stage}.ckpt.pt"
 
+    # ------------------------------------------------------------------------------ opening a run
+    def lock(self) -> None:
+        """Take this directory's lock for the rest of the command (:func:`bmnas.locks.release_all`)."""
+        if not locks.try_lock(self.lock_path):
+            raise RunError(
+                f"{self.path} is in use by another bmnas process (pid {locks.holder(self.lock_path)}); "
+                f"wait for it to finish, or use another --out"
+            )
+
+    def open(
+        self, cfg: Config, data_fingerprint: Mapping[str, Any] | None = None, fresh: bool = False
+    ) -> None:
+        """Lock the directory, check that it holds this run (or none), then record config and data.
+
+        Raises :class:`RunError`, before writing anything, when the directory holds results of another
+        configuration or other data (``fresh`` discards them first).
+        """
+        self.lock()
+        self.remove_temporary_files()
+        if fresh:
+            self.clear()
+        self.check_same_run(cfg, data_fingerprint)
+        for path in sorted(self.path.glob("*.ckpt.pt")):  # refuse damaged or unsafe ones up front
+            _read_checkpoint(path, _ckpt_kind(path.name.removesuffix(".ckpt.pt")))
+        text = cfg.to_yaml()
+        if not self.config_path.is_file() or self.config_path.read_text() != text:
+            _atomic_write(self.config_path, lambda p: p.write_text(text))
+        if data_fingerprint is not None:
+            self.write_json(FINGERPRINT, {"data": dict(data_fingerprint)})
+
+    def stages_with_results(self) -> list[str]:
+        return [s for s, globs in _STAGE_FILES.items() if any(any(self.path.glob(g)) for g in globs)]
+
+    def check_same_run(self, cfg: Config, data_fingerprint: Mapping[str, Any] | None = None) -> None:
+        """Refuse a directory whose results came from another configuration or other data."""
+        stages = self.stages_with_results()
+        if not stages:
+            return
+        keys = sorted({k for s in stages for k in _STAGE_KEYS.get(s, _ALL_KEYS)})
+        now = cfg.to_dict()
+        then = self._recorded_config()
+        changes = [] if then is None else [c for k in keys for c in _diff({k: then.get(k)}, {k: now.get(k)})]
+        old_data = self._recorded_data()
+        data_changes = []
+        if old_data is not None and data_fingerprint is not None:
+            data_changes = _diff({"data": old_data}, {"data": dict(data_fingerprint)})
+        if not changes and not data_changes:
+            return
+        what = []
+        if changes:
+            what.append(f"another configuration ({'; '.join(changes[:5])})")
+        if data_changes:
+            what.append(f"other data ({'; '.join(data_changes[:3])})")
+        raise RunError(
+            f"{self.path} holds {', '.join(stages)} results of {' and '.join(what)}; rerun with the same "
+            f"config and data to resume, use --fresh to discard them, or choose another --out"
+        )
+
+    def _recorded_config(self) -> dict | None:
+        if not self.config_path.exists():
+            return None
+        try:
+            then = yaml.safe_load(self.config_path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+            raise RunError(f"{self.config_path} is damaged ({err}); use --fresh or another --out") from None
+        if not isinstance(then, dict):
+            raise RunError(f"{self.config_path} is damaged (not a mapping); use --fresh or another --out")
+        return then
+
+    def _recorded_data(self) -> dict | None:
+        if not self.fingerprint_path.exists():
+            return None
+        try:
+            recorded = json.loads(self.fingerprint_path.read_text()).get("data")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
+            recorded = "damaged"
+        if not isinstance(recorded, dict):
+            raise RunError(f"{self.fingerprint_path} is damaged; use --fresh or another --out")
+        return recorded
+
+    def remove_temporary_files(self) -> None:
+        """Delete the temporary files a killed process left (call with the lock held)."""
+        for tmp in self.path.glob("*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+
+    # --------------------------------------------------------------------------------------- I/O
     def write_config(self, cfg: Config) -> None:
         _atomic_write(self.config_path, lambda p: p.write_text(cfg.to_yaml()))
 
@@ -95,21 +256,20 @@ class RunDir:
         )
 
     def save_checkpoint(self, stage: str, cfg: Config, state: dict) -> None:
-        payload = {"config": cfg.to_dict(), "stage": stage, **state}
+        payload = {"config": cfg.to_dict(), "stage": stage, **_plain(state)}
         _atomic_write(self.checkpoint_path(stage), lambda p: torch.save(payload, p))
 
     def load_checkpoint(self, stage: str, cfg: Config) -> dict | None:
-        """The stage's checkpoint, or None; a checkpoint from a different config is an error."""
+        """The stage's checkpoint, or None; a checkpoint from a different config is an error.
+
+        Only tensors and plain values are unpickled (``weights_only=True``): a checkpoint holding
+        anything else is refused, never executed.
+        """
         path = self.checkpoint_path(stage)
         if not path.exists():
             return None
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # a truncated or foreign file
-            raise RunError(
-                f"{path}: unreadable checkpoint ({err}); delete it to start that stage afresh"
-            ) from err
-        now, then = cfg.to_dict(), ckpt.get("config", {})
+        ckpt = _read_checkpoint(path, _ckpt_kind(stage))
+        now, then = cfg.to_dict(), ckpt["config"]
         keys = _STAGE_KEYS["search" if stage == "search" else "train"]
         changes = [c for k in keys for c in _diff({k: then.get(k)}, {k: now.get(k)})]
         if changes:
@@ -120,13 +280,45 @@ class RunDir:
         return ckpt
 
     def clear(self) -> None:
-        """Remove checkpoints and results (``--fresh``)."""
-        for name in (
-            "search.ckpt.pt",
-            "train.ckpt.pt",
-            "genotype.json",
-            "history.jsonl",
-            "metrics.json",
-            "train_history.jsonl",
-        ):
-            (self.path / name).unlink(missing_ok=True)
+        """Remove everything a run writes except the lock (``--fresh``)."""
+        owned = {"config.yaml", FINGERPRINT, "genotype.json", "history.jsonl", "metrics.json", "smbo.jsonl"}
+        for child in self.path.iterdir():
+            name = child.name
+            if child.is_file() and (name in owned or name.endswith((".ckpt.pt", "_history.jsonl", ".tmp"))):
+                child.unlink(missing_ok=True)
+            elif child.is_dir() and name in ("plots", "ablate"):
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def _read_checkpoint(path: Path, kind: str | None) -> dict:
+    """Load a checkpoint with ``weights_only=True`` and check that it holds what resuming needs."""
+    fix = "delete it (or pass --fresh) to start that stage afresh"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(
+            f"{path}: refused to load: it holds objects other than tensors and plain values, which could "
+            f"run code ({first[:200]}); {fix}"
+        ) from None
+    except Exception as err:  # truncated, foreign or damaged: any reader error
+        raise RunError(
+            f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err)[:200]}); {fix}"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise RunError(f"{path}: damaged checkpoint (a {type(ckpt).__name__}, not a dict); {fix}")
+    missing = [k for k in _CKPT_KEYS.get(kind, ("config",)) if k not in ckpt]
+    if missing:
+        raise RunError(f"{path}: damaged checkpoint (missing {missing}); {fix}")
+    bad = [k for k in ("config", "model", "state") if k in ckpt and not isinstance(ckpt[k], dict)]
+    bad += [k for k in ("shuffle", "torch_rng") if k in ckpt and not _is_rng_state(ckpt[k])]
+    state = ckpt.get("state", {})
+    if isinstance(state, dict) and "epoch" in state and not isinstance(state["epoch"], int):
+        bad.append("state")
+    if bad:
+        raise RunError(f"{path}: damaged checkpoint (bad {sorted(set(bad))}); {fix}")
+    return ckpt
+
+
+def _is_rng_state(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 1

@@ -8,20 +8,24 @@ checkpointed each epoch, so a killed search resumes and ends with the same resul
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .config import Config
 from .data import FeatureData
 from .genotype import FeatureSpec, Genotype
-from .hypernet import HyperNet
+from .hypernet import HyperNet, edge_weights
 from .loop import batch_indices, cosine_restarts, evaluate, keep_freed_memory, optimizer_step
 from .metrics import primary_metric
 from .runs import RunDir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +39,20 @@ class SearchResult:
     history: list[dict]
     seconds: float
     hypernet: HyperNet
+    candidates: list[dict] = field(default_factory=list)
+
+    def selection(self, epochs: int):
+        """The re-ranking's selection phase of the chosen genotype, if it ran for ``epochs`` epochs.
+
+        Lets the evaluation stage skip training the same network on train a second time.
+        """
+        from .train import Selection
+
+        chosen = self.genotype.to_dict()
+        for c in self.candidates:
+            if c["genotype"] == chosen and c["epochs"] == epochs:
+                return Selection(c["curve"], c["metric"], c["seconds"])
+        return None
 
 
 def feature_specs(data: FeatureData) -> tuple[FeatureSpec, ...]:
@@ -59,6 +77,7 @@ def build_hypernet(data: FeatureData, cfg: Config) -> HyperNet:
         multiplier=m.multiplier or None,
         dropout=m.dropout,
         input_mode=m.input_mode,
+        relaxation=m.relaxation,
     )
 
 
@@ -127,6 +146,8 @@ def search(
         bar = tqdm(
             train_batches, desc=f"search {epoch}/{cfg.search.epochs}", disable=not progress, leave=False
         )
+        warm = epoch > cfg.search.warmup_epochs  # α, β, γ move only after the warm-up
+        a_loss = torch.zeros(())
         for i, idx in enumerate(bar):
             feats, y = train.batch(idx)
             loss = optimizer_step(net, task, feats, y, w_opt, freeze=arch)
@@ -134,16 +155,17 @@ def search(
             if not val_batches:
                 val_batches = batch_indices(len(val), bs, shuffle)
             vfeats, vy = val.batch(val_batches.pop())
-            a_loss = optimizer_step(net, task, vfeats, vy, a_opt, freeze=weights)
+            if warm:
+                a_loss = optimizer_step(net, task, vfeats, vy, a_opt, freeze=weights)
+                totals["arch_loss"] += a_loss.item()
             totals["train_loss"] += loss.item() * len(idx)
-            totals["arch_loss"] += a_loss.item()
             if i % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", arch=f"{a_loss.item():.3f}")
-        genotype = net.genotype()
+        genotype = net.genotype(cfg.search.distinct_steps, cfg.search.zero_output)
         scores = evaluate(net, val, task, cfg.search.eval_batch_size, cfg.data.threshold)
         seconds = time.perf_counter() - t0
         state["seconds"] += seconds
-        improved = scores[metric] > state["best_score"]
+        improved = warm and scores[metric] > state["best_score"]
         if improved:
             state.update(best_score=scores[metric], best_epoch=epoch, best_genotype=genotype.to_dict())
         state["history"].append(
@@ -156,8 +178,9 @@ def search(
                 "seconds": seconds,
                 "best": improved,
                 "genotype": genotype.to_dict(),
-                "arch": net.arch.softmaxed(),
+                "arch": net.arch.softmaxed(net.relaxation),
                 "ops": list(net.ops),
+                **arch_diagnostics(net),
             }
         )
         state["epoch"] = epoch
@@ -182,10 +205,79 @@ def search(
             )
             run.write_history(state["history"])
     if state["best_genotype"] is None:
-        raise RuntimeError("the search ran no epoch; set search.epochs >= 1")
+        raise RuntimeError(
+            "the search ran no epoch after its warm-up; set search.epochs > search.warmup_epochs"
+        )
     best = Genotype.from_dict(state["best_genotype"])
+    candidates: list[dict] = []
+    seconds = state["seconds"]
+    if state["epoch"] >= cfg.search.epochs:
+        warn_if_undecided(state["history"][-1])
+        if cfg.search.rerank:
+            from .rerank import rerank
+
+            candidates = rerank(net, state, data, cfg, run, progress)
+            seconds += sum(c["seconds"] for c in candidates)
+            best = Genotype.from_dict(max(candidates, key=lambda c: (c["val"], -c["rank"]))["genotype"])
     if run is not None and state["epoch"] >= cfg.search.epochs:
         best.save(run.genotype_path)
     return SearchResult(
-        best, state["best_epoch"], state["best_score"], metric, state["history"], state["seconds"], net
+        best,
+        state["best_epoch"],
+        state["best_score"],
+        metric,
+        state["history"],
+        seconds,
+        net,
+        candidates,
     )
+
+
+def _entropy(p: torch.Tensor) -> float:
+    """Mean normalised entropy ``−Σ p log p / log n`` of the rows of ``p`` (1: uniform, 0: one-hot)."""
+    p = p / p.sum(-1, keepdim=True)
+    n = p.shape[-1]
+    if n < 2:
+        return 0.0
+    return float((-(p * p.clamp_min(1e-12).log()).sum(-1) / np.log(n)).mean())
+
+
+@torch.no_grad()
+def arch_diagnostics(net: HyperNet) -> dict:
+    """Collapse diagnostics of α, β, γ after an epoch.
+
+    * ``entropy``: mean normalised entropy of each Cell slot's weights over its predecessors
+      (α), each step slot's (β) and each step's op distribution (γ): 1 means the search has not
+      preferred anything yet, 0 that it is certain.
+    * ``op_share``: softmax(γ) averaged over all steps, per op.
+    * ``alpha_spread``: the largest gap between two predecessors' weights in any Cell slot: how far
+      the upper level has moved from its initialisation (≈ 0 means undecided).
+    """
+    a = [edge_weights(x, net.relaxation) for x in net.arch.alpha]
+    b = [edge_weights(x, net.relaxation) for x in net.arch.beta]
+    g = torch.cat([x.softmax(-1) for x in net.arch.gamma])
+    return {
+        "entropy": {
+            "alpha": float(np.mean([_entropy(w) for w in a])),
+            "beta": float(np.mean([_entropy(w) for w in b])),
+            "gamma": _entropy(g),
+        },
+        "op_share": dict(zip(net.ops, g.mean(0).tolist(), strict=True)),
+        "alpha_spread": float(max((w.max(-1).values - w.min(-1).values).max() for w in a)),
+    }
+
+
+UNDECIDED_SPREAD = 0.05
+
+
+def warn_if_undecided(last: dict) -> None:
+    """Warn when the upper level barely moved: the derived feature pairs are then initialisation noise."""
+    spread = last.get("alpha_spread", 1.0)
+    if spread < UNDECIDED_SPREAD:
+        log.warning(
+            "the search did not decide which features to fuse: after %d epochs the weights of every "
+            "Cell slot differ by at most %.3f. Raise search.arch_lr or search.epochs, or set "
+            "search.rerank > 0 so that candidates are compared on val.",
+            last["epoch"],
+            spread,
+        )

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .baselines import random_genotype
 from .config import Config
-from .data import FeatureData, FeatureSplit
+from .data import FeatureData
 from .genotype import CELL_INPUTS, Genotype
 from .metrics import primary_metric
 from .ops import ZERO, get_op
@@ -112,19 +112,13 @@ def sample(data: FeatureData, cfg: Config, rng: np.random.Generator) -> Genotype
 
 
 def brief_score(genotype: Genotype, data: FeatureData, cfg: Config, epochs: int) -> float:
-    """Train ``genotype`` for ``epochs`` on the train split alone and return its val primary metric.
+    """Train ``genotype`` for ``epochs`` on the train split alone; return its best val primary metric.
 
-    The evaluation stage's own code (:func:`bmnas.train.train_found`) runs on a view of the data
-    whose "train + val" is the train split and whose "test" is the val split.
+    The evaluation stage's own selection phase (:func:`bmnas.train.select_epochs`).
     """
-    from .train import train_found
+    from .train import select_epochs
 
-    train = data["train"]
-    empty = FeatureSplit({k: v[:0] for k, v in train.features.items()}, train.labels[:0])
-    view = FeatureData({"train": train, "val": empty, "test": data["val"]}, data.task, data.name, data.info)
-    brief = cfg.replace(train=type(cfg.train)(**{**cfg.train.__dict__, "epochs": epochs}))
-    result = train_found(genotype, view, brief, run=None, progress=False)
-    return float(result.test[primary_metric(data.task)])
+    return select_epochs(genotype, data, cfg, epochs).best_score
 
 
 def _read_log(path: Path | None) -> list[dict]:

@@ -1,67 +1,109 @@
-"""Evaluation stage (SPEC §8): train a found network from scratch on train + val, test once.
+"""Evaluation stage (SPEC §8): train a found network from scratch, choose its length on val, test once.
 
-The reported figures are the test metrics of the final epoch: no epoch or model is ever selected
-on the test split. The state is checkpointed each epoch, so a killed run resumes.
+The recipe fits the data instead of a fixed epoch count:
+
+1. **Select** (``train.select_epochs``, default on): train on the train split alone for
+   ``train.epochs`` epochs, scoring the val split after each; ``E*`` is the epoch with the best val
+   primary metric (ties: the earlier epoch), and that score is the network's **val score** — the
+   number every comparison between networks (re-ranking, the recommended network) is made on.
+2. **Refit**: train from scratch on train + val for ``E*`` epochs, with the same schedule.
+3. **Test** once, at the end of the refit.
+
+No epoch or model is ever chosen on the test split. Both phases run the same :func:`fit` loop; the
+refit is checkpointed each epoch and the selection's outcome is saved, so a killed run resumes.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import Config
-from .data import FeatureData, merge_splits
+from .data import FeatureData, FeatureSplit, merge_splits
 from .found import FoundNet
 from .genotype import Genotype
 from .loop import batch_indices, cosine_restarts, evaluate, loss_fn
+from .metrics import primary_metric
 from .runs import RunDir
+
+
+def _read_json(path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass
 class TrainResult:
-    """Test metrics of the last epoch, parameter counts, wall time and the trained network."""
+    """Test metrics of the last epoch, parameter counts, wall time and the trained network.
+
+    ``val`` is the val score of the selection phase (None without one), ``epochs`` the epoch count
+    of the final fit.
+    """
 
     test: dict
     params: dict
     seconds: float
     history: list[dict]
     model: FoundNet
+    epochs: int = 0
+    val: float | None = None
+    val_curve: list[float] = field(default_factory=list)
 
 
-def train_found(
-    genotype: Genotype,
+@dataclass
+class Selection:
+    """Outcome of training on train alone: the val score after each epoch and the best epoch."""
+
+    curve: list[float]
+    metric: str
+    seconds: float
+
+    @property
+    def best_epoch(self) -> int:
+        return max(range(len(self.curve)), key=lambda i: (self.curve[i], -i)) + 1
+
+    @property
+    def best_score(self) -> float:
+        return self.curve[self.best_epoch - 1]
+
+
+def fit(
+    model: FoundNet,
+    split: FeatureSplit,
     data: FeatureData,
     cfg: Config,
+    epochs: int,
+    *,
+    val: FeatureSplit | None = None,
     run: RunDir | None = None,
-    progress: bool = True,
-    stop_after: int | None = None,
     stage: str = "train",
+    genotype: Genotype | None = None,
+    progress: bool = False,
     desc: str = "train",
-) -> TrainResult:
-    """Train ``FoundNet(genotype)`` on train + val for ``cfg.train.epochs``; evaluate on test.
+    stop_after: int | None = None,
+) -> dict:
+    """Train ``model`` on ``split`` for ``epochs`` epochs (Adam, per-batch cosine warm restarts).
 
-    Args:
-        run: run directory for the per-epoch checkpoint (resumed if present) and history.
-        stage: checkpoint name, so several networks can be trained in one run directory.
-        stop_after: end this call after that many epochs in total (to test resumption).
+    With ``val``, the val primary metric is recorded after each epoch (``state["val"]``). With
+    ``run``, the state is checkpointed each epoch as ``stage`` and a checkpoint of the same
+    ``genotype`` is resumed. Returns the state: ``epoch``, ``history``, ``seconds``, ``val``.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     t = cfg.train
-    torch.manual_seed(cfg.seed)
-    model = FoundNet(genotype, data.task.num_outputs, dropout=cfg.model.dropout)
-    fit = merge_splits(data["train"], data["val"])
-    n_batches = len(batch_indices(len(fit), t.batch_size, None))
+    metric = primary_metric(data.task)
+    n_batches = len(batch_indices(len(split), t.batch_size, None))
     opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     sched = cosine_restarts(opt, n_batches, t.restart_epochs, t.restart_mult, t.lr_min)
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
-    state = {"epoch": 0, "history": [], "seconds": 0.0}
+    state: dict = {"epoch": 0, "history": [], "seconds": 0.0, "val": []}
     ckpt = run.load_checkpoint(stage, cfg) if run is not None else None
-    if ckpt is not None and ckpt.get("genotype") != genotype.to_dict():
-        ckpt = None  # a checkpoint of another architecture: start over
+    if ckpt is not None and (ckpt.get("genotype") != genotype.to_dict() or ckpt.get("epochs") != epochs):
+        ckpt = None  # a checkpoint of another architecture or length: start over
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
@@ -69,27 +111,30 @@ def train_found(
         shuffle.set_state(ckpt["shuffle"])
         torch.set_rng_state(ckpt["torch_rng"])
         state = ckpt["state"]
-    last = t.epochs if stop_after is None else min(t.epochs, stop_after)
+    last = epochs if stop_after is None else min(epochs, stop_after)
     bar = tqdm(range(state["epoch"] + 1, last + 1), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
         total = 0.0
-        for idx in batch_indices(len(fit), t.batch_size, shuffle):
-            feats, y = fit.batch(idx)
+        for idx in batch_indices(len(split), t.batch_size, shuffle):
+            feats, y = split.batch(idx)
             loss = loss_fn(data.task, model(feats), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
+        row = {"epoch": epoch, "train_loss": total / len(split), "lr": sched.get_last_lr()[0]}
+        if val is not None:
+            scores = evaluate(model, val, data.task, t.eval_batch_size, cfg.data.threshold)
+            state["val"].append(float(scores[metric]))
+            row["val_" + metric] = scores[metric]
         seconds = time.perf_counter() - t0
         state["seconds"] += seconds
-        state["history"].append(
-            {"epoch": epoch, "train_loss": total / len(fit), "lr": sched.get_last_lr()[0], "seconds": seconds}
-        )
+        state["history"].append({**row, "seconds": seconds})
         state["epoch"] = epoch
-        bar.set_postfix(loss=f"{total / len(fit):.4f}")
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}")
         if run is not None:
             run.save_checkpoint(
                 stage,
@@ -101,9 +146,98 @@ def train_found(
                     "shuffle": shuffle.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "state": state,
-                    "genotype": genotype.to_dict(),
+                    "genotype": genotype.to_dict() if genotype is not None else None,
+                    "epochs": epochs,
                 },
             )
             run.write_jsonl(f"{stage}_history.jsonl", state["history"])
+    return state
+
+
+def select_epochs(
+    genotype: Genotype, data: FeatureData, cfg: Config, epochs: int | None = None, progress: bool = False
+) -> Selection:
+    """Train ``FoundNet(genotype)`` on the train split alone and score the val split after each epoch."""
+    torch.manual_seed(cfg.seed)
+    model = FoundNet(genotype, data.task.num_outputs, dropout=cfg.model.dropout)
+    state = fit(
+        model,
+        data["train"],
+        data,
+        cfg,
+        epochs or cfg.train.epochs,
+        val=data["val"],
+        progress=progress,
+        desc="select epochs",
+    )
+    return Selection(state["val"], primary_metric(data.task), state["seconds"])
+
+
+def train_found(
+    genotype: Genotype,
+    data: FeatureData,
+    cfg: Config,
+    run: RunDir | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    stage: str = "train",
+    desc: str = "train",
+    selection: Selection | None = None,
+) -> TrainResult:
+    """Select the epoch count on val (unless ``train.select_epochs`` is off), refit on train + val, test.
+
+    Args:
+        run: run directory for the per-epoch checkpoint (resumed if present), the history and the
+            selection's outcome (``<stage>_selection.json``).
+        stage: checkpoint name, so several networks can be trained in one run directory.
+        stop_after: end this call after that many refit epochs in total (to test resumption).
+        selection: an already measured selection of this genotype (e.g. from re-ranking).
+    """
+    t = cfg.train
+    seconds = 0.0
+    if t.select_epochs and selection is None and run is not None:
+        saved = _read_json(run.path / f"{stage}_selection.json")
+        if saved and saved.get("genotype") == genotype.to_dict() and len(saved.get("curve", [])) == t.epochs:
+            selection = Selection(saved["curve"], saved["metric"], saved["seconds"])
+    if t.select_epochs and selection is None:
+        selection = select_epochs(genotype, data, cfg, progress=progress)
+        if run is not None:
+            run.write_json(
+                f"{stage}_selection.json",
+                {
+                    "genotype": genotype.to_dict(),
+                    "curve": selection.curve,
+                    "metric": selection.metric,
+                    "seconds": selection.seconds,
+                    "best_epoch": selection.best_epoch,
+                },
+            )
+    if selection is not None:
+        seconds += selection.seconds
+    epochs = selection.best_epoch if selection is not None else t.epochs
+    torch.manual_seed(cfg.seed)
+    model = FoundNet(genotype, data.task.num_outputs, dropout=cfg.model.dropout)
+    state = fit(
+        model,
+        merge_splits(data["train"], data["val"]),
+        data,
+        cfg,
+        epochs,
+        run=run,
+        stage=stage,
+        genotype=genotype,
+        progress=progress,
+        desc=desc,
+        stop_after=stop_after,
+    )
     test = evaluate(model, data["test"], data.task, t.eval_batch_size, cfg.data.threshold)
-    return TrainResult(test, model.param_counts(), state["seconds"], state["history"], model)
+    return TrainResult(
+        test,
+        model.param_counts(),
+        seconds + state["seconds"],
+        state["history"],
+        model,
+        epochs=epochs,
+        val=selection.best_score if selection is not None else None,
+        val_curve=list(selection.curve) if selection is not None else [],
+    )

@@ -6,13 +6,20 @@ A dataset builder is a function ``(root: Path, **options) -> RawDataset`` regist
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
+import inspect
+import pkgutil
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .. import locks
+from ..errors import BmnasError
 
 SPLITS = ("train", "val", "test")
 
@@ -46,6 +53,13 @@ DatasetBuilder = Callable[..., RawDataset]
 _DATASETS: dict[str, DatasetBuilder] = {}
 
 
+class DatasetError(BmnasError, KeyError):
+    """An unknown dataset name or dataset option."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator: register a dataset builder under ``name``."""
 
@@ -65,9 +79,36 @@ def _import_quietly(module: str) -> None:
             raise
 
 
+def _import_all() -> None:
+    """Import every module of :mod:`bmnas.datasets`, so that all builders are registered."""
+    package = importlib.import_module("bmnas.datasets")
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name != "base":
+            _import_quietly(f"bmnas.datasets.{module.name}")
+
+
 def list_datasets(pattern: str = "*") -> list[str]:
-    """Registered dataset names matching a glob pattern."""
+    """Registered dataset names matching a glob pattern (every dataset module is imported first)."""
+    _import_all()
     return sorted(n for n in _DATASETS if fnmatch.fnmatch(n, pattern))
+
+
+def dataset_options(name: str) -> list[str] | None:
+    """The options builder ``name`` accepts, or None when they cannot be listed.
+
+    A builder's keyword parameters, plus, for a builder taking ``**options``, the fields of the
+    options dataclass its docstring names (``options: see :class:`AVMNISTOptions```).
+    """
+    fn = _DATASETS[name]
+    params = list(inspect.signature(fn).parameters.values())[1:]  # after root
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        return names
+    found = re.search(r":class:`~?(?:[\w.]+\.)?(\w+Options)`", fn.__doc__ or "")
+    cls = getattr(inspect.getmodule(fn), found.group(1), None) if found else None
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return None
+    return names + [f.name for f in dataclasses.fields(cls)]
 
 
 def create_dataset(name: str, root: str | Path, **options) -> RawDataset:
@@ -75,5 +116,14 @@ def create_dataset(name: str, root: str | Path, **options) -> RawDataset:
     if name not in _DATASETS:
         _import_quietly(f"bmnas.datasets.{name}")
     if name not in _DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; registered datasets: {list_datasets()}")
-    return _DATASETS[name](Path(root), **options)
+        raise DatasetError(f"unknown dataset {name!r}; registered datasets: {list_datasets()}")
+    valid = dataset_options(name)
+    unknown = sorted(set(options) - set(valid)) if valid is not None else []
+    if unknown:
+        raise DatasetError(
+            f"unknown --dataset-option {', '.join(unknown)} for dataset {name!r}; valid options: {valid}"
+        )
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with locks.locked(root / f".{name}.prepare.lock"):  # one process prepares, the others wait
+        return _DATASETS[name](root, **options)

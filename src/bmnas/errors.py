@@ -1,0 +1,11 @@
+"""The errors a user can fix: bad data, configuration, genotype or run directory.
+
+Every one of them derives from :class:`BmnasError`; the command line prints its message as one
+line (``bmnas: error: ...``, exit code 2) and keeps tracebacks for real bugs.
+"""
+
+from __future__ import annotations
+
+
+class BmnasError(Exception):
+    """Invalid input; the message says what is wrong, where, and how to fix it."""

@@ -1,0 +1,67 @@
+"""Advisory, exclusive file locks (``flock``): one process at a time per run directory or cache entry.
+
+The kernel drops a ``flock`` when its process dies, so a killed run never leaves a stale lock. The
+lock file holds the owner's process id, which error messages quote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+_HELD: dict[Path, int] = {}  # lock file -> file descriptor, for the locks this process holds
+
+
+def try_lock(path: str | Path) -> bool:
+    """Take the lock ``path`` without waiting; False when another process (or descriptor) holds it."""
+    path = Path(path)
+    if path in _HELD:
+        return True
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[path] = fd
+    return True
+
+
+def holder(path: str | Path) -> str:
+    """The process id written in lock file ``path``, or ``"unknown"``."""
+    try:
+        return Path(path).read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def release(path: str | Path) -> None:
+    """Release the lock ``path`` if this process holds it (the file stays, so no race on its inode)."""
+    fd = _HELD.pop(Path(path), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def release_all() -> None:
+    """Release every lock this process holds (the end of a command)."""
+    for path in list(_HELD):
+        release(path)
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold the lock ``path`` for the ``with`` block, waiting for another holder to finish."""
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

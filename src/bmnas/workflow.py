@@ -1,0 +1,148 @@
+"""The ``bmnas run`` workflow as a function: search, evaluate, compare with baselines, recommend.
+
+:func:`run` searches (re-ranking candidates on val when ``search.rerank`` > 0), trains the found
+network and the baselines with the same recipe (:func:`bmnas.train.train_found`: epoch count
+chosen on val, refit on train + val, tested once), fits the linear probe, and names the
+**recommended** network: the highest val score among the searched network and the hand-made
+fusions (:data:`FUSIONS`). Val scores come from training on train alone, so the test split never
+takes part in a choice; since late fusion is always a contender, the recommended network is
+never worse than late fusion on val.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .baselines import fixed_fusion, late_fusion, modalities, unimodal
+from .config import Config
+from .data import FeatureData
+from .genotype import Genotype
+from .metrics import primary_metric
+from .runs import RunDir
+
+SEARCHED = "searched"
+FUSIONS = (SEARCHED, "late_fusion", "sum", "concat_fc")
+"""Networks the recommendation chooses among: the searched one and the hand-made fusions."""
+
+
+@dataclass
+class RunReport:
+    """Every method's result row (``test``, ``val``, ``params``, ``epochs``, seconds) and the choice."""
+
+    rows: dict[str, dict]
+    metric: str
+    recommended: str
+    reason: str
+    genotypes: dict[str, Genotype] = field(default_factory=dict)
+
+
+def recommend(rows: dict[str, dict], metric: str) -> tuple[str, str]:
+    """The best row of :data:`FUSIONS` on val (ties: the searched one, then table order), and why."""
+    eligible = [n for n in rows if n in FUSIONS and rows[n].get("val") is not None]
+    if not eligible:
+        return SEARCHED, "no val score to compare (train.select_epochs is off): the searched network"
+    best = max(eligible, key=lambda n: (rows[n]["val"], n == SEARCHED, -eligible.index(n)))
+    others = ", ".join(f"{n} {rows[n]['val']:.4f}" for n in eligible if n != best)
+    reason = f"highest val {metric} ({rows[best]['val']:.4f})" + (f"; {others}" if others else "")
+    return best, reason
+
+
+def _row(r) -> dict:
+    return {"test": r.test, "val": r.val, "params": r.params, "epochs": r.epochs, "train_seconds": r.seconds}
+
+
+def run(
+    data: FeatureData,
+    cfg: Config,
+    run_dir: RunDir | str,
+    baselines: bool = True,
+    progress: bool = True,
+    on_search=None,
+    data_seconds: float = 0.0,
+) -> RunReport:
+    """Search, train and compare on ``data``; write ``metrics.json`` and the genotypes to ``run_dir``.
+
+    Args:
+        baselines: also train the unimodal, late-fusion and fixed-fusion networks and the probe.
+        on_search: called with the :class:`~bmnas.search.SearchResult` before training (the CLI
+            prints the genotype there).
+    """
+    from .probe import linear_probe
+    from .search import search
+    from .train import train_found
+
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    metric = primary_metric(data.task)
+    found = search(data, cfg, run_dir, progress=progress)
+    if on_search is not None:
+        on_search(found)
+    r = train_found(
+        found.genotype,
+        data,
+        cfg,
+        run_dir,
+        progress=progress,
+        stage="train",
+        desc="train found net",
+        selection=found.selection(cfg.train.epochs),
+    )
+    rows = {SEARCHED: {**_row(r), "search_seconds": found.seconds}}
+    genotypes = {SEARCHED: found.genotype}
+    if baselines:
+        specs, m = found.genotype.features, cfg.model
+        fixed = {f"unimodal:{mod}": unimodal(specs, mod, m.C, m.L) for mod in modalities(specs)}
+        fixed["late_fusion"] = late_fusion(specs, m.C, m.L)
+        for name in ("sum", "concat_fc"):
+            fixed[name] = fixed_fusion(name, specs, m.C, m.L, m.cells, m.multiplier)
+        for name, g in fixed.items():
+            stage = "baseline_" + name.replace(":", "_")
+            b = train_found(g, data, cfg, run_dir, progress=progress, stage=stage, desc=f"train {name}")
+            rows[name] = _row(b)
+            genotypes[name] = g
+        t0 = time.perf_counter()
+        probe = linear_probe(data, cfg.seed, cfg.data.threshold)
+        rows["linear_probe"] = {**probe, "epochs": 0, "train_seconds": time.perf_counter() - t0}
+    best, reason = recommend(rows, metric)
+    genotypes[best].save(run_dir.path / "recommended_genotype.json")
+    metrics = {
+        **rows[SEARCHED],
+        "metric": metric,
+        "data_seconds": data_seconds,
+        "best_epoch": found.best_epoch,
+        f"hypernet_val_{metric}": found.best_score,
+        "genotype": found.genotype.to_dict(),
+        "candidates": [
+            {k: c[k] for k in ("source", "val", "best_epoch", "seconds")} for c in found.candidates
+        ],
+        "recommended": {"method": best, "reason": reason, "genotype": genotypes[best].to_dict()},
+        "baselines": {n: v for n, v in rows.items() if n != SEARCHED},
+        "data": {
+            "name": data.name,
+            "sizes": {s: len(sp) for s, sp in data.splits.items()},
+            "task": data.task.__dict__,
+            "info": data.info,
+        },
+    }
+    run_dir.write_json("metrics.json", metrics)
+    order = [n for n in rows if n != SEARCHED] + [SEARCHED]
+    return RunReport({n: rows[n] for n in order}, metric, best, reason, genotypes)
+
+
+def format_table(report: RunReport) -> str:
+    """Plain-text table: val and test score, size, epochs and seconds per method; ``*`` = recommended."""
+    m = report.metric
+    head = (
+        f"  {'method':<20} {'val ' + m:>13} {'test ' + m:>14} {'params':>9} {'epochs':>6} "
+        f"{'search s':>8} {'train s':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, r in report.rows.items():
+        val = f"{r['val']:.4f}" if r.get("val") is not None else "–"
+        mark = "*" if name == report.recommended else " "
+        lines.append(
+            f"{mark} {name:<20} {val:>13} {r['test'][m]:>14.4f} {r['params']['total']:>9,} "
+            f"{r.get('epochs', 0):>6} {r.get('search_seconds', 0.0):>8.1f} {r['train_seconds']:>7.1f}"
+        )
+    lines.append(f"\n* recommended: {report.recommended} — {report.reason}")
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Exported TorchScript/ONNX files compute what the in-process network computes, in a fresh process too.
+
+Tolerance: logits and probabilities within 1e-5 absolute (float32; measured differences are 0 for
+TorchScript and below 1e-6 for ONNX Runtime); predicted classes exactly equal.
+"""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bmnas.cli import main
+from bmnas.export import read_metadata
+from bmnas.genotype import CellGene, Genotype, StepGene
+from bmnas.predict import load
+from test_data import write_generic
+from test_predict import FAST
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def every_op_run(tmp_path_factory):
+    """A run whose trained network uses every op: sum, attention, linear_glu, concat_fc and zero."""
+    root = tmp_path_factory.mktemp("export")
+    data = write_generic(root / "d")
+    run = root / "run"
+    assert main(["search", "--data", str(data), "--out", str(run), *FAST]) == 0
+    features = Genotype.load(run / "genotype.json").features
+    cells = (
+        CellGene(
+            ("image.map", "audio.seq"),
+            (StepGene("attention", ("x", "y")), StepGene("concat_fc", ("step1", "x"))),
+            ("step2",),
+        ),
+        CellGene(
+            ("cell1", "image.vec"),
+            (StepGene("linear_glu", ("x", "y")), StepGene("sum", ("step1", "y")), StepGene("zero", ())),
+            ("step2", "step3"),
+        ),
+    )
+    genotype = Genotype(8, 4, features, cells, ("cell1", "cell2", "audio.video"))
+    path = root / "every_op.json"
+    genotype.save(path)
+    train_dir = root / "trained"
+    assert main(["train", "--data", str(data), "--out", str(train_dir), "--genotype", str(path), *FAST]) == 0
+    return data, train_dir, genotype
+
+
+def pooled_test(model, data) -> dict[str, np.ndarray]:
+    raw = dict(np.load(data / "test.npz"))
+    raw.pop("label")
+    return model.pool(raw)
+
+
+def test_torchscript_in_a_fresh_process_equals_predict(every_op_run, tmp_path):
+    data, run, genotype = every_op_run
+    out = tmp_path / "model.pt"
+    assert main(["export-model", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+    model = load(run)
+    assert model.genotype == genotype
+    pooled = pooled_test(model, data)
+    np.savez(tmp_path / "inputs.npz", **pooled)
+    # a fresh interpreter with torch alone: no bmnas import
+    code = (
+        "import json, sys, numpy as np, torch\n"
+        "extra = {'bmnas.json': ''}\n"
+        f"m = torch.jit.load({str(out)!r}, _extra_files=extra)\n"
+        "meta = json.loads(extra['bmnas.json'])\n"
+        f"z = np.load({str(tmp_path / 'inputs.npz')!r})\n"
+        "logits, probs = m(*[torch.from_numpy(z[i['name']]) for i in meta['inputs']])\n"
+        f"np.savez({str(tmp_path / 'out.npz')!r}, logits=logits.detach().numpy(), probs=probs.detach().numpy())\n"
+        "print(json.dumps({'version': meta['bmnas_version'], 'genotype': meta['genotype']}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    meta = json.loads(done.stdout)
+    assert meta["genotype"] == genotype.to_dict() and meta["version"] == "0.1.0"
+    got = np.load(tmp_path / "out.npz")
+    preds = model.predict_pooled(pooled)
+    np.testing.assert_allclose(got["logits"], preds.logits, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(got["probs"], preds.probabilities, rtol=0, atol=ATOL)
+    # … and the same classes as `bmnas predict` writes
+    csv_path = tmp_path / "p.csv"
+    assert main(["predict", str(run), "--data", str(data), "--out", str(csv_path)]) == 0
+    with csv_path.open() as fh:
+        written = [int(r["prediction"]) for r in csv.DictReader(fh)]
+    assert got["logits"].argmax(axis=1).tolist() == written
+    # the batch size is free: 1 and 12 samples through the same traced graph
+    ts = torch.jit.load(str(out))
+    one = ts(*[torch.from_numpy(pooled[n][:1]) for n in model.inputs])[0].detach().numpy()
+    np.testing.assert_allclose(one, preds.logits[:1], rtol=0, atol=ATOL)
+
+
+def test_onnx_with_onnxruntime(every_op_run, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    data, run, genotype = every_op_run
+    out = tmp_path / "model.onnx"
+    assert main(["export-model", str(run), "--out", str(out)]) == 0  # format from the suffix
+    model = load(run)
+    pooled = pooled_test(model, data)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(model.inputs)
+    logits, probs = session.run(None, {n: pooled[n] for n in model.inputs})
+    preds = model.predict_pooled(pooled)
+    np.testing.assert_allclose(logits, preds.logits, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(probs, preds.probabilities, rtol=0, atol=ATOL)
+    assert logits.argmax(axis=1).tolist() == preds.predicted.tolist()
+    custom = session.get_modelmeta().custom_metadata_map
+    assert Genotype.from_json(custom["genotype"]) == genotype and custom["bmnas_version"] == "0.1.0"
+    meta = read_metadata(out)
+    assert meta["inputs"][0] == {"name": model.inputs[0], "shape": ["B", 4, 4]}
+    assert (meta["task"], meta["L"], meta["pooling"]) == ({"type": "multiclass", "num_outputs": 3}, 4, "max")
+
+
+def test_export_errors(every_op_run, tmp_path, capsys):
+    _, run, _ = every_op_run
+    assert main(["export-model", str(tmp_path), "--out", str(tmp_path / "m.pt")]) == 2
+    assert "no trained model" in capsys.readouterr().err

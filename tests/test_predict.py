@@ -1,0 +1,214 @@
+"""Load a trained run and predict: CLI outputs, metrics equal to the run's and sklearn's, clear errors."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+import bmnas
+from bmnas.cli import main
+from bmnas.data import load_generic_dir
+from bmnas.predict import load, save_model
+from test_data import write_generic
+
+FAST = [
+    "--set",
+    "search.epochs=2",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "model.C=8",
+    "--set",
+    "model.L=4",
+    "--set",
+    "search.batch_size=16",
+    "--quiet",
+]
+
+
+def make_run(root: Path, multilabel: bool = False, baselines: bool = True) -> tuple[Path, Path]:
+    """A finished ``bmnas run`` on small synthetic generic data: (data dir, run dir)."""
+    data = write_generic(root / "d", multilabel=multilabel)
+    out = root / "run"
+    extra = [] if baselines else ["--no-baselines"]
+    assert main(["run", "--data", str(data), "--out", str(out), *FAST, *extra]) == 0
+    return data, out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("predict"))
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_predict_csv_matches_the_runs_metrics_and_sklearn(trained, tmp_path, capsys):
+    data, run = trained
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run), "--data", str(data), "--split", "test", "--out", str(out)]) == 0
+    rows = read_csv(out)
+    labels = np.load(data / "test.npz")["label"]
+    assert [int(r["index"]) for r in rows] == list(range(len(labels)))
+    assert [int(r["label"]) for r in rows] == labels.tolist()
+    probs = np.array([[float(r[f"prob_{k}"]) for k in range(3)] for r in rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    pred = np.array([int(r["prediction"]) for r in rows])
+    assert pred.tolist() == probs.argmax(axis=1).tolist()
+    run_test = json.loads((run / "metrics.json").read_text())["test"]
+    written = json.loads((tmp_path / "preds.metrics.json").read_text())
+    assert written["accuracy"] == accuracy_score(labels, pred) == run_test["accuracy"]
+    assert written["f1_macro"] == pytest.approx(f1_score(labels, pred, average="macro"), abs=1e-12)
+    assert written["f1_macro"] == pytest.approx(run_test["f1_macro"], abs=1e-12)
+    assert "metrics:" in capsys.readouterr().out
+
+    # the run's own data by default, and one .npz without labels as JSON lines: same predictions
+    out2 = tmp_path / "default.csv"
+    assert main(["predict", str(run), "--out", str(out2)]) == 0
+    assert [r["prediction"] for r in read_csv(out2)] == [r["prediction"] for r in rows]
+    unlabelled = tmp_path / "new.npz"
+    arrays = dict(np.load(data / "test.npz"))
+    arrays.pop("label")
+    np.savez(unlabelled, **arrays)
+    out3 = tmp_path / "p.jsonl"
+    assert main(["predict", str(run), "--data", str(unlabelled), "--out", str(out3)]) == 0
+    lines = [json.loads(x) for x in out3.read_text().splitlines()]
+    assert [x["prediction"] for x in lines] == [r["prediction"] for r in rows]
+    assert all("label" not in x for x in lines)
+    np.testing.assert_allclose([list(x["probabilities"].values()) for x in lines], probs, rtol=0, atol=1e-12)
+    assert not (tmp_path / "p.metrics.json").exists()
+
+
+def test_load_has_everything_inference_needs(trained):
+    data, run = trained
+    model = bmnas.load(run)
+    assert model.genotype == bmnas.genotype.Genotype.load(run / "genotype.json")
+    assert (model.task.type, model.task.num_outputs) == ("multiclass", 3)
+    assert (model.threshold, model.pooling, model.L) == (0.5, "max", 4)
+    assert model.class_names == ("0", "1", "2")
+    assert not model.net.training
+    # predicting from raw features equals evaluating the pooled split the run tested on
+    pooled = load_generic_dir(data, 4)["test"]
+    raw = dict(np.load(data / "test.npz"))
+    raw.pop("label")
+    np.testing.assert_array_equal(model.predict(raw).logits, model.predict_pooled(pooled.features).logits)
+    # a baseline by its checkpoint name: late fusion reads one feature per modality
+    late = load(run, "baseline_late_fusion")
+    assert late.genotype.cells == () and len(late.inputs) == 2
+
+
+def test_save_model_round_trip(trained, tmp_path):
+    data, run = trained
+    model = load(run)
+    fd = load_generic_dir(data, 4)
+    fd = type(fd)(fd.splits, fd.task, fd.name, {"class_names": ["cat", "dog", "owl"]})
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "config.yaml").write_text((run / "config.yaml").read_text())
+    save_model(copy, model.net, fd, {"data": {"threshold": 0.5, "pooling": "max"}, "model": {"dropout": 0.1}})
+    again = load(copy)
+    assert again.source.name == "model.pt" and again.class_names == ("cat", "dog", "owl")
+    feats = fd["test"].features
+    np.testing.assert_array_equal(again.predict_pooled(feats).logits, model.predict_pooled(feats).logits)
+    assert set(again.predict_pooled(feats).label_names()) <= {"cat", "dog", "owl"}
+
+
+def test_multilabel_predictions_are_label_sets(tmp_path):
+    data, run = make_run(tmp_path, multilabel=True, baselines=False)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), "--data", str(data), "--out", str(out)]) == 0
+    rows = read_csv(out)
+    y = np.load(data / "test.npz")["label"]
+    pred = np.zeros_like(y)
+    for i, r in enumerate(rows):
+        for k in filter(None, r["prediction"].split(";")):
+            pred[i, int(k)] = 1
+        probs = np.array([float(r[f"prob_{k}"]) for k in range(4)])
+        assert pred[i].tolist() == (probs > 0.5).astype(int).tolist()
+        assert r["label"] == ";".join(str(k) for k in np.flatnonzero(y[i]))
+    written = json.loads((tmp_path / "p.metrics.json").read_text())
+    assert written["f1_weighted"] == f1_score(y, pred, average="weighted", zero_division=0)
+    assert written["f1_weighted"] == json.loads((run / "metrics.json").read_text())["test"]["f1_weighted"]
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_clear_errors(trained, tmp_path, capsys):
+    data, run = trained
+    out = str(tmp_path / "p.csv")
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    assert "no trained model" in _error(capsys, ["predict", str(empty), "--data", str(data), "--out", out])
+    assert "no such run directory" in _error(capsys, ["predict", str(tmp_path / "nope"), "--out", out])
+
+    arrays = dict(np.load(data / "test.npz"))
+    renamed = {("image.other" if k == "image.map" else k): v for k, v in arrays.items()}
+    np.savez(tmp_path / "renamed.npz", **renamed)
+    err = _error(capsys, ["predict", str(run), "--data", str(tmp_path / "renamed.npz"), "--out", out])
+    assert "['image.other'] are not features of this run" in err
+    reshaped = {**arrays, "image.map": arrays["image.map"][:, :3]}
+    np.savez(tmp_path / "reshaped.npz", **reshaped)
+    err = _error(capsys, ["predict", str(run), "--data", str(tmp_path / "reshaped.npz"), "--out", out])
+    assert "feature 'image.map' has shape (12, 3, 6, 5)" in err and "C_in = 4" in err
+    (tmp_path / "feats.csv").write_text("a,b\n1,2\n")
+    err = _error(capsys, ["predict", str(run), "--data", str(tmp_path / "feats.csv"), "--out", out])
+    assert "expected a .npz file" in err
+    (tmp_path / "bad.npz").write_text("not a zip")
+    assert "cannot be read as .npz" in _error(
+        capsys, ["predict", str(run), "--data", str(tmp_path / "bad.npz"), "--out", out]
+    )
+    err = _error(capsys, ["predict", str(run), "--data", str(data), "--out", str(tmp_path / "p.txt")])
+    assert "unknown output type '.txt'" in err
+    np.savez(tmp_path / "badlabel.npz", **{**arrays, "label": arrays["label"] + 5})
+    err = _error(capsys, ["predict", str(run), "--data", str(tmp_path / "badlabel.npz"), "--out", out])
+    assert re.search(r"label \d+ is out of range", err)
+
+    # a run whose training stopped early
+    half = tmp_path / "half"
+    half.mkdir()
+    ckpt = torch.load(run / "train.ckpt.pt", weights_only=True)
+    total = ckpt.get("epochs") or ckpt["config"]["train"]["epochs"]
+    ckpt["state"]["epoch"] = total - 1
+    torch.save(ckpt, half / "train.ckpt.pt")
+    err = _error(capsys, ["predict", str(half), "--data", str(data), "--out", out])
+    assert f"training stopped after epoch {total - 1} of {total}" in err
+
+
+def readme_example() -> str:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index("<!-- example: front door")
+    block = re.search(r"```python\n(.*?)```", text[start:], re.S)
+    return block.group(1)
+
+
+def test_readme_front_door_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(readme_example(), "README.md", "exec"), ns)
+    with np.load(tmp_path / "my_features" / "train.npz") as z:
+        shapes = {k: z[k].shape for k in z.files}
+    assert shapes == {
+        "label": (60,),
+        "image.conv1": (60, 4, 4),  # (N, C_in, L): an 8x8 map pooled to a 2x2 grid
+        "image.conv2": (60, 8, 4),
+        "text.0": (60, 16),
+        "text.2": (60, 8),
+    }
+    # the pooled conv1 features are the max over 4x4 blocks of the backbone's own output
+    x = torch.as_tensor(ns["inputs"]["train"]["image"][:5])
+    with torch.no_grad():
+        conv1 = ns["image_net"][0](x)
+    expected = torch.nn.functional.adaptive_max_pool2d(conv1, (2, 2)).flatten(2).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "my_features" / "train.npz")["image.conv1"][:5], expected)
+    run_test = json.loads((tmp_path / "runs" / "mine" / "metrics.json").read_text())["test"]
+    assert ns["preds"].metrics(ns["y"])["accuracy"] == run_test["accuracy"]
