@@ -70,7 +70,12 @@ PRESETS: dict[str, dict] = {
             "text.maxout1": (64,),
             "text.maxout2": (128,),
         },
-        "C": 192, "L": 16, "N": 2, "M": 1, "outputs": 23, "task": "multilabel",
+        "C": 192,
+        "L": 16,
+        "N": 2,
+        "M": 1,
+        "outputs": 23,
+        "task": "multilabel",
     },
     "ntu": {
         "features": {
@@ -83,7 +88,12 @@ PRESETS: dict[str, dict] = {
             "skeleton.fc7": (1024,),
             "skeleton.fc8": (512,),
         },
-        "C": 128, "L": 8, "N": 2, "M": 2, "outputs": 60, "task": "multiclass",
+        "C": 128,
+        "L": 8,
+        "N": 2,
+        "M": 2,
+        "outputs": 60,
+        "task": "multiclass",
     },
 }
 
@@ -219,8 +229,9 @@ def make_setup(args: argparse.Namespace, overrides: dict | None = None) -> Setup
     feats = select_features(p["features"], p.get("K", args.K))
     shapes = pooled_shapes(feats, p["L"])
     task = TaskInfo(p["task"], p["outputs"])
-    model = ModelConfig(C=p["C"], L=p["L"], cells=p["N"], steps=p["M"], dropout=args.dropout,
-                        input_mode=args.input_mode)
+    model = ModelConfig(
+        C=p["C"], L=p["L"], cells=p["N"], steps=p["M"], dropout=args.dropout, input_mode=args.input_mode
+    )
     batch = p.get("batch", args.batch)
     cfg = Config(seed=0, threads=args.threads, model=model, search=SearchConfig(batch_size=batch))
     tiny = random_split(shapes, task, 4, np.random.default_rng(0))
@@ -282,8 +293,9 @@ def import_reference(ref: str, workdir: Path) -> Library:
     src = next((d for d in (root / "bmnas", root / "src" / "bmnas") if (d / "__init__.py").exists()), None)
     if src is None:
         repo = Path(__file__).resolve().parents[1]
-        archive = subprocess.run(["git", "-C", str(repo), "archive", ref, "src/bmnas"], check=True,
-                                 capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(repo), "archive", ref, "src/bmnas"], check=True, capture_output=True
+        ).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(workdir / "archive", filter="data")
         src = workdir / "archive" / "src" / "bmnas"
@@ -295,8 +307,9 @@ def import_reference(ref: str, workdir: Path) -> Library:
 class Bench:
     """A hypernet, its optimisers and schedule exactly as ``search`` builds them, and a search iteration."""
 
-    def __init__(self, setup: Setup, args: argparse.Namespace, n_batches: int = 2,
-                 lib: Library | None = None):
+    def __init__(
+        self, setup: Setup, args: argparse.Namespace, n_batches: int = 2, lib: Library | None = None
+    ):
         self.lib = lib = lib or Library()
         torch.manual_seed(setup.cfg.seed)
         self.setup, self.task = setup, setup.task
@@ -401,8 +414,11 @@ def matmul_peak(timer: Timer, n: int = 4096, reps: int = 3) -> dict:
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
     ts = timer.time(lambda: torch.mm(a, b), reps)
-    return {"n": n, "gflops_best": round(2 * n**3 / min(ts) / 1e9, 1),
-            "gflops_median": round(2 * n**3 / statistics.median(ts) / 1e9, 1)}
+    return {
+        "n": n,
+        "gflops_best": round(2 * n**3 / min(ts) / 1e9, 1),
+        "gflops_median": round(2 * n**3 / statistics.median(ts) / 1e9, 1),
+    }
 
 
 CATEGORIES = (
@@ -434,8 +450,13 @@ def profile_breakdown(bench: Bench, iterations: int = 5) -> dict:
     finally:
         bmnas_ops.dropout_mask = original
     cats: dict[str, float] = {name: 0.0 for name, _ in CATEGORIES}
-    cats.update({"optimizer (Adam, zero_grad)": 0.0, "elementwise and other ops": 0.0,
-                 "autograd engine and record ranges": 0.0})
+    cats.update(
+        {
+            "optimizer (Adam, zero_grad)": 0.0,
+            "elementwise and other ops": 0.0,
+            "autograd engine and record ranges": 0.0,
+        }
+    )
 
     def in_optimizer(e) -> bool:
         while e is not None:
@@ -494,18 +515,20 @@ def step_figures(setup: Setup, args: argparse.Namespace, timer: Timer, iters: in
     big = random_split(setup.shapes, setup.task, eb, np.random.default_rng(2)).batch(slice(None))[0]
     fwd_big = timer.time(lambda: bench.forward_eval(big), max(3, iters // 4))
     flops = count_flops(bench.iteration)
-    out.update({
-        "forward_samples_per_s": round(B / statistics.median(fwd), 1),
-        f"eval_forward_samples_per_s_batch{eb}": round(eb / statistics.median(fwd_big), 1),
-        "peak_memory_note": "params + Adam states + one train/val batch + transient peak of an iteration "
-                            "(profiler, op granularity)",
-        "rss_max_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "params": bench.param_counts(),
-        "flops_per_iteration": flops["total"],
-        "flops_per_train_sample": round(flops["total"] / B),
-        "flops_by_op": flops["per_op"],
-        "achieved_gflops": round(flops["total"] / (wm + am) / 1e9, 1),
-    })
+    out.update(
+        {
+            "forward_samples_per_s": round(B / statistics.median(fwd), 1),
+            f"eval_forward_samples_per_s_batch{eb}": round(eb / statistics.median(fwd_big), 1),
+            "peak_memory_note": "params + Adam states + one train/val batch + transient peak of an iteration "
+            "(profiler, op granularity)",
+            "rss_max_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "params": bench.param_counts(),
+            "flops_per_iteration": flops["total"],
+            "flops_per_train_sample": round(flops["total"] / B),
+            "flops_by_op": flops["per_op"],
+            "achieved_gflops": round(flops["total"] / (wm + am) / 1e9, 1),
+        }
+    )
     out["_bench"] = bench
     return out
 
@@ -525,8 +548,11 @@ def compare_reference(setup: Setup, args: argparse.Namespace, timer: Timer, ref:
     out = {}
     for k, t in times.items():
         w, a = statistics.median(t["weight"]), statistics.median(t["arch"])
-        out[k] = {"weight_step_ms": round(w * 1e3, 2), "arch_step_ms": round(a * 1e3, 2),
-                  "train_samples_per_s": round(B / (w + a), 1)}
+        out[k] = {
+            "weight_step_ms": round(w * 1e3, 2),
+            "arch_step_ms": round(a * 1e3, 2),
+            "train_samples_per_s": round(B / (w + a), 1),
+        }
     out["speedup"] = round(out["this"]["train_samples_per_s"] / out["reference"]["train_samples_per_s"], 2)
     ref_bench = benches["reference"]
     out["reference"]["peak_memory_mb"] = round(
@@ -558,8 +584,9 @@ def write_cache(root: Path, setup: Setup, sizes: dict[str, int], seed: int = 0) 
     }
 
 
-def epoch_figures(setup: Setup, args: argparse.Namespace, timer: Timer, iteration_s: float,
-                  eval_samples_per_s: float) -> dict:
+def epoch_figures(
+    setup: Setup, args: argparse.Namespace, timer: Timer, iteration_s: float, eval_samples_per_s: float
+) -> dict:
     sizes = {"train": args.train_samples, "val": args.val_samples, "test": 256}
     B = setup.cfg.search.batch_size
     with tempfile.TemporaryDirectory(dir=args.tmpdir, prefix="bmnas-speed-") as tmp:
@@ -589,8 +616,9 @@ def epoch_figures(setup: Setup, args: argparse.Namespace, timer: Timer, iteratio
         "iterations": n_it,
         "epoch_s": round(epoch_s, 2),
         "epoch_s_search_reported": round(result.seconds, 2),
-        "epoch_s_from_iterations": round(epoch_model_s(n_it, sizes["val"], iteration_s, gather_s,
-                                                       eval_samples_per_s), 2),
+        "epoch_s_from_iterations": round(
+            epoch_model_s(n_it, sizes["val"], iteration_s, gather_s, eval_samples_per_s), 2
+        ),
         "others_cores_during_epoch": round(m.others, 3),
     }
     if args.preset == "mmimdb":
@@ -602,8 +630,9 @@ def epoch_figures(setup: Setup, args: argparse.Namespace, timer: Timer, iteratio
     return out
 
 
-def epoch_model_s(iterations: int, val_samples: int, iteration_s: float, gather_s: float,
-                  eval_samples_per_s: float) -> float:
+def epoch_model_s(
+    iterations: int, val_samples: int, iteration_s: float, gather_s: float, eval_samples_per_s: float
+) -> float:
     """A search epoch from per-iteration figures: iterations × (iteration + 2 gathers) + val scoring."""
     return iterations * (iteration_s + 2 * gather_s) + val_samples / eval_samples_per_s
 
@@ -620,10 +649,10 @@ def e2e_ratio(epoch_s: float, measured_epoch_s: float | None, iteration_s: float
     ours_h = epochs * epoch_used / 3600
     return {
         "assumptions": "authors: 12 epochs x 4.7 h (VGG19 + MaxOut MLP in the loop, notes §15); bmnas: one "
-                       "backbone pass at the notes' no-grad rate of 2.9 samples/s (over train+val, which "
-                       "the search reads, or over all 25,959 samples), then 12 epochs from the cache, an "
-                       "epoch as measured (search() on the .npy cache) when the run used the full MM-IMDB "
-                       "sizes, else modelled from the measured iteration, gather and eval-forward times",
+        "backbone pass at the notes' no-grad rate of 2.9 samples/s (over train+val, which "
+        "the search reads, or over all 25,959 samples), then 12 epochs from the cache, an "
+        "epoch as measured (search() on the .npy cache) when the run used the full MM-IMDB "
+        "sizes, else modelled from the measured iteration, gather and eval-forward times",
         "epoch_s_modelled": round(epoch_s, 2),
         "epoch_s_measured": None if measured_epoch_s is None else round(measured_epoch_s, 2),
         "authors_12_epochs_h": round(theirs_h, 2),
@@ -670,19 +699,33 @@ def scaling_table(args: argparse.Namespace, timer: Timer) -> list[dict]:
             ms, base_ms = statistics.median(t) * 1e3, statistics.median(t0) * 1e3
             B = setup.cfg.search.batch_size
             peak = (bench.persistent_bytes() + transient_peak_bytes(bench.iteration)) / 2**20
-            rows.append({"vary": key, "value": v, "iteration_ms": round(ms, 2), "base_ms": round(base_ms, 2),
-                         "relative": round(ms / base_ms, 3), "ms_per_sample": round(ms / B, 3),
-                         "train_samples_per_s": round(B / ms * 1e3, 1), "peak_memory_mb": round(peak, 1),
-                         "others_cores": round(others, 2)})
+            rows.append(
+                {
+                    "vary": key,
+                    "value": v,
+                    "iteration_ms": round(ms, 2),
+                    "base_ms": round(base_ms, 2),
+                    "relative": round(ms / base_ms, 3),
+                    "ms_per_sample": round(ms / B, 3),
+                    "train_samples_per_s": round(B / ms * 1e3, 1),
+                    "peak_memory_mb": round(peak, 1),
+                    "others_cores": round(others, 2),
+                }
+            )
             print(f"scaling {key}={v}: {rows[-1]}", file=sys.stderr, flush=True)
     return rows
 
 
 def markdown_scaling(rows: list[dict]) -> str:
-    lines = ["| vary | value | iteration ms | preset, same moment | relative | train samples/s | peak MiB |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['vary']} | {r['value']} | {r['iteration_ms']} | {r['base_ms']} | {r['relative']} | "
-              f"{r['train_samples_per_s']} | {r['peak_memory_mb']} |" for r in rows]
+    lines = [
+        "| vary | value | iteration ms | preset, same moment | relative | train samples/s | peak MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['vary']} | {r['value']} | {r['iteration_ms']} | {r['base_ms']} | {r['relative']} | "
+        f"{r['train_samples_per_s']} | {r['peak_memory_mb']} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -727,10 +770,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compile", action="store_true", help="torch.compile the hypernet")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast forward")
     ap.add_argument("--no-peak", action="store_true", help="skip the large-matmul peak measurement")
-    ap.add_argument("--reference", help="another bmnas to time interleaved with this one: a git revision "
-                    "(e.g. acc7876) or a directory holding bmnas/ or src/bmnas/")
-    ap.add_argument("--no-malloc-tune", action="store_true",
-                    help="leave glibc malloc at its defaults (search() calls bmnas.loop.keep_freed_memory)")
+    ap.add_argument(
+        "--reference",
+        help="another bmnas to time interleaved with this one: a git revision "
+        "(e.g. acc7876) or a directory holding bmnas/ or src/bmnas/",
+    )
+    ap.add_argument(
+        "--no-malloc-tune",
+        action="store_true",
+        help="leave glibc malloc at its defaults (search() calls bmnas.loop.keep_freed_memory)",
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -741,13 +790,30 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {
         "benchmark": "search_speed",
         "preset": args.preset,
-        "config": {"C": m.C, "L": m.L, "N": m.cells, "M": m.steps, "K": len(setup.shapes),
-                   "batch": setup.cfg.search.batch_size, "ops": list(m.ops), "input_mode": m.input_mode,
-                   "dropout": m.dropout, "task": setup.task.type, "outputs": setup.task.num_outputs,
-                   "pooled_shapes": {k: list(v) for k, v in setup.shapes.items()},
-                   "compile": args.compile, "bf16": args.bf16, "malloc_tuned": malloc_tuned},
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+        "config": {
+            "C": m.C,
+            "L": m.L,
+            "N": m.cells,
+            "M": m.steps,
+            "K": len(setup.shapes),
+            "batch": setup.cfg.search.batch_size,
+            "ops": list(m.ops),
+            "input_mode": m.input_mode,
+            "dropout": m.dropout,
+            "task": setup.task.type,
+            "outputs": setup.task.num_outputs,
+            "pooled_shapes": {k: list(v) for k, v in setup.shapes.items()},
+            "compile": args.compile,
+            "bf16": args.bf16,
+            "malloc_tuned": malloc_tuned,
+        },
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
     }
     peak_before = None if args.no_peak else matmul_peak(timer)
     t_compile = time.perf_counter()
@@ -766,7 +832,8 @@ def main(argv: list[str] | None = None) -> dict:
     report["authors_iteration_s"] = AUTHORS["fusion_iteration_s"].get(args.preset)
     if report["authors_iteration_s"]:
         report["speedup_vs_authors_iteration"] = round(
-            report["authors_iteration_s"] / ((report["weight_step_ms"] + report["arch_step_ms"]) / 1e3), 1)
+            report["authors_iteration_s"] / ((report["weight_step_ms"] + report["arch_step_ms"]) / 1e3), 1
+        )
     if args.reference:
         with tempfile.TemporaryDirectory(prefix="bmnas-ref-") as tmp:
             ref = import_reference(args.reference, Path(tmp))

@@ -133,17 +133,27 @@ def test_backbones_are_pretrained_once_then_loaded_frozen(raw, bmnas_root):
         assert not b.module.training and not any(p.requires_grad for p in b.module.parameters())
         assert b.weights_hash() == _hash_of(modules[b.modality])
     shapes = {}
-    hooks = [getattr(b.module, path).register_forward_hook(
-        lambda _m, _i, out, name=f"{b.modality}.{layer}": shapes.__setitem__(name, tuple(out.shape[1:])))
-        for b in backbones for layer, path in LAYERS.items()]
+    hooks = [
+        getattr(b.module, path).register_forward_hook(
+            lambda _m, _i, out, name=f"{b.modality}.{layer}": shapes.__setitem__(name, tuple(out.shape[1:]))
+        )
+        for b in backbones
+        for layer, path in LAYERS.items()
+    ]
     with torch.no_grad():
         for b in backbones:
             b.module(b.preprocess(raw.splits["val"].inputs[b.modality][:2]))
     for h in hooks:
         h.remove()
     assert shapes == {
-        "image.conv1": (8, 14, 14), "image.conv2": (16, 7, 7), "image.conv3": (32, 3, 3), "image.fc": (128,),
-        "audio.conv1": (32, 16), "audio.conv2": (64, 8), "audio.conv3": (64, 4), "audio.fc": (128,),
+        "image.conv1": (8, 14, 14),
+        "image.conv2": (16, 7, 7),
+        "image.conv3": (32, 3, 3),
+        "image.fc": (128,),
+        "audio.conv1": (32, 16),
+        "audio.conv2": (64, 8),
+        "audio.conv3": (64, 4),
+        "audio.fc": (128,),
     }
 
 
@@ -177,8 +187,9 @@ def test_fit_classifier_is_seeded_and_keeps_the_best_val_epoch():
         torch.manual_seed(0)
         net = AudioCNN()
         with torch_threads(1):
-            state, acc, epoch = fit_classifier(net, (x[:80], y[:80]), (x[80:], y[80:]), recipe, seed=0,
-                                               progress=False)
+            state, acc, epoch = fit_classifier(
+                net, (x[:80], y[:80]), (x[80:], y[80:]), recipe, seed=0, progress=False
+            )
         states.append((state, acc, epoch))
     assert states[0][1] == states[1][1] and 1 <= states[0][2] <= 3
     for k in states[0][0]:

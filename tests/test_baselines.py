@@ -93,7 +93,13 @@ def test_fixed_cells_train(data, name):
     g = fixed_fusion(name, feature_specs(data), C, L, num_cells=2)
     cfg = Config.from_sources(
         None,
-            ["train.epochs=4", "train.batch_size=32", "train.lr=1e-2", "model.dropout=0.0", "train.select_epochs=false"],
+        [
+            "train.epochs=4",
+            "train.batch_size=32",
+            "train.lr=1e-2",
+            "model.dropout=0.0",
+            "train.select_epochs=false",
+        ],
     )
     r = train_found(g, data, cfg, progress=False)
     losses = [h["train_loss"] for h in r.history]

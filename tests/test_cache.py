@@ -9,19 +9,37 @@ import pytest
 from bmnas.cache import CacheKey, FeatureCache, dataset_checksum, sha256_arrays
 from bmnas.datasets.base import RawDataset, RawSplit
 
-KEY = CacheKey("toy", "ab" * 32, "train", "image", "0123456789abcdef",
-               (("image.a", "a"), ("image.b", "block.b")), 4, "max")
+KEY = CacheKey(
+    "toy",
+    "ab" * 32,
+    "train",
+    "image",
+    "0123456789abcdef",
+    (("image.a", "a"), ("image.b", "block.b")),
+    4,
+    "max",
+)
 
 
 def _arrays(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"image.a": rng.standard_normal((6, 4, 3)).astype(np.float32),
-            "image.b": rng.standard_normal((6, 1, 5)).astype(np.float32)}
+    return {
+        "image.a": rng.standard_normal((6, 4, 3)).astype(np.float32),
+        "image.b": rng.standard_normal((6, 1, 5)).astype(np.float32),
+    }
 
 
 def test_digest_depends_on_every_field():
-    changes = {"dataset": "other", "dataset_checksum": "cd" * 32, "split": "val", "modality": "audio",
-               "weights": "fedcba9876543210", "layers": (("image.a", "a"),), "length": 8, "pooling": "avg"}
+    changes = {
+        "dataset": "other",
+        "dataset_checksum": "cd" * 32,
+        "split": "val",
+        "modality": "audio",
+        "weights": "fedcba9876543210",
+        "layers": (("image.a", "a"),),
+        "length": 8,
+        "pooling": "avg",
+    }
     digests = {dataclasses.replace(KEY, **{k: v}).digest() for k, v in changes.items()}
     assert len(digests | {KEY.digest()}) == len(changes) + 1
     assert KEY.digest() == dataclasses.replace(KEY).digest() and len(KEY.digest()) == 20

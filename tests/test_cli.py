@@ -69,8 +69,13 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert {p.name for p in (out / "plots").iterdir()} == {
         "search_curves.png",
         "arch_weights.png",
+        "search_diagnostics.png",
         "genotype.png",
     }
+    # collapse diagnostics per epoch: normalised entropies in [0, 1], op shares summing to 1
+    for h in history:
+        assert set(h["entropy"]) == {"alpha", "beta", "gamma"}
+        assert abs(sum(h["op_share"].values()) - 1.0) < 1e-6
 
     # a second call resumes: nothing left to do, same genotype and metrics
     assert main(["run", "--data", str(data), "--out", str(out), *FAST]) == 0

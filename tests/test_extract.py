@@ -43,7 +43,10 @@ def test_names_shapes_and_values_match_a_manual_forward():
     feats = extract_features(Backbone("image", net, LAYERS), x, length=4, batch_size=3, progress=False)
     assert list(feats) == ["image.stem", "image.block", "image.seq", "image.fc"]
     assert {k: v.shape for k, v in feats.items()} == {
-        "image.stem": (10, 4, 4), "image.block": (10, 4, 6), "image.seq": (10, 4, 6), "image.fc": (10, 1, 5),
+        "image.stem": (10, 4, 4),
+        "image.block": (10, 4, 6),
+        "image.seq": (10, 4, 6),
+        "image.fc": (10, 1, 5),
     }
     assert all(v.dtype == np.float32 for v in feats.values())
     net.eval()
@@ -78,8 +81,9 @@ def test_eval_mode_and_hooks_are_restored():
 
 def test_bad_layer_path_lists_the_available_modules():
     with pytest.raises(LayerPathError, match=r"no submodule 'block\.conv2'.*block\.conv.*block\.bn"):
-        extract_features(Backbone("image", _toy(), {"x": "block.conv2"}), _inputs(2), length=2,
-                         progress=False)
+        extract_features(
+            Backbone("image", _toy(), {"x": "block.conv2"}), _inputs(2), length=2, progress=False
+        )
     with pytest.raises(LayerPathError, match="no forward_intermediates"):
         resolve_layers(_toy(), {"x": "forward_intermediates:0"})
 
@@ -139,7 +143,9 @@ def test_forward_intermediates_contract():
     x = np.random.default_rng(2).standard_normal((4, 2, 6)).astype(np.float32)
     feats = extract_features(Backbone("seq", net, layers), x, length=3, progress=False)
     assert {k: v.shape for k, v in feats.items()} == {
-        "seq.s0": (4, 3, 3), "seq.s2": (4, 3, 5), "seq.hooked": (4, 3, 4),
+        "seq.s0": (4, 3, 3),
+        "seq.s2": (4, 3, 5),
+        "seq.hooked": (4, 3, 4),
     }
     with torch.no_grad():
         s0 = net.stages[0](torch.from_numpy(x))

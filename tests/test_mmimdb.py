@@ -26,9 +26,17 @@ def fuel_split_array(sizes: tuple[int, int, int], sources: list[str]) -> np.ndar
     """Fuel's H5PYDataset.create_split_array for consecutive train/dev/test ranges."""
     bounds = np.cumsum([0, *sizes])
     ranges = {s: (int(bounds[i]), int(bounds[i + 1])) for i, s in enumerate(("train", "dev", "test"))}
-    dtype = np.dtype([("split", "S5"), ("source", "S12"), ("start", np.int64), ("stop", np.int64),
-                      ("indices", h5py.special_dtype(ref=h5py.Reference)), ("available", bool),
-                      ("comment", "S1")])
+    dtype = np.dtype(
+        [
+            ("split", "S5"),
+            ("source", "S12"),
+            ("start", np.int64),
+            ("stop", np.int64),
+            ("indices", h5py.special_dtype(ref=h5py.Reference)),
+            ("available", bool),
+            ("comment", "S1"),
+        ]
+    )
     arr = np.empty(len(ranges) * len(sources), dtype=dtype)
     for i, (split, source) in enumerate(product(ranges, sorted(sources))):
         arr[i] = (split.encode(), source.encode(), *ranges[split], h5py.Reference(), True, b".")
@@ -45,9 +53,13 @@ def write_gmu(path, *, n=N, sizes=SIZES, split_attr=True, drop=(), caffe=True, n
     text[list(nan_rows)] = np.nan
     genres = (rng.random((n, 23)) < 0.2).astype(np.int32)
     with h5py.File(path, "w") as f:
-        data = {"images": stored, "features": text, "genres": genres,
-                "imdb_ids": np.array([f"{i:07d}".encode() for i in range(n)], dtype="S7"),
-                "vgg_features": np.zeros((n, 4096), np.float32)}
+        data = {
+            "images": stored,
+            "features": text,
+            "genres": genres,
+            "imdb_ids": np.array([f"{i:07d}".encode() for i in range(n)], dtype="S7"),
+            "vgg_features": np.zeros((n, 4096), np.float32),
+        }
         for key, value in data.items():
             if key not in drop:
                 f.create_dataset(key, data=value)
@@ -149,8 +161,9 @@ def hooked(backbone, batch):
     named = dict(backbone.module.named_modules())
     out, hooks = {}, []
     for layer, path in backbone.layers.items():
-        hooks.append(named[path].register_forward_hook(
-            lambda _m, _i, o, layer=layer: out.__setitem__(layer, o)))
+        hooks.append(
+            named[path].register_forward_hook(lambda _m, _i, o, layer=layer: out.__setitem__(layer, o))
+        )
     with torch.no_grad():
         backbone.module(backbone.preprocess(batch))
     for h in hooks:
@@ -168,7 +181,11 @@ def test_backbones_pretrain_once_and_expose_features(gmu, tmp_path):
     assert not image.module.training and not any(p.requires_grad for p in image.module.parameters())
     feats = hooked(image, raw.splits["val"].inputs["image"][:2])
     assert {k: tuple(v.shape) for k, v in feats.items()} == {
-        "block2": (2, 64, 32, 20), "block3": (2, 128, 16, 10), "block4": (2, 256, 8, 5), "fc": (2, 256)}
+        "block2": (2, 64, 32, 20),
+        "block3": (2, 128, 16, 10),
+        "block4": (2, 256, 8, 5),
+        "fc": (2, 256),
+    }
     feats = hooked(text, raw.splits["val"].inputs["text"][:2])
     assert {k: tuple(v.shape) for k, v in feats.items()} == {"maxout1": (2, 64), "maxout2": (2, 128)}
     saved = sorted(p.name for p in (root / "mmimdb" / "backbones").glob("*.pt"))
@@ -190,7 +207,11 @@ def test_user_vgg19_weights(gmu, tmp_path):
     assert image.name == "vgg19" and image.layers == VGG19_LAYERS
     feats = hooked(image, raw.splits["test"].inputs["image"][:1])
     assert {k: tuple(v.shape[1:]) for k, v in feats.items()} == {
-        "relu4_1": (512, 32, 20), "relu4_4": (512, 32, 20), "relu5_3": (512, 16, 10), "pool5": (512, 8, 5)}
+        "relu4_1": (512, 32, 20),
+        "relu4_4": (512, 32, 20),
+        "relu5_3": (512, 16, 10),
+        "pool5": (512, 8, 5),
+    }
     torch.save({"features.0.weight": torch.zeros(1)}, weights)
     with pytest.raises(DataError, match=r"vgg19\.pth: missing"):
         backbones_for("mmimdb", raw, tmp_path, progress=False)

@@ -49,13 +49,13 @@ def skeleton_text(bodies_per_frame: list[int], joints: int = 25, fields: int = 1
 
 
 SAMPLES = {  # stem: bodies per frame
-    "S001C001P001R001A001": [1, 1, 1, 1],      # train (subject 1)
-    "S001C002P002R001A050": [2, 2, 1, 2],      # val (subject 2), two bodies, one missing in frame 3
-    "S002C003P003R002A007": [1, 1, 1, 1],      # test (subject 3)
-    "S001C001P004R002A010": [1, 3, 1, 1],      # train (subject 4), a third body is dropped
-    "S001C001P009R001A033": [1, 1, 1, 1],      # val (subject 9)
-    "S003C001P006R001A060": [1, 1, 1, 1],      # test (subject 6)
-    "S001C001P008R001A002": [0, 0, 0],         # train subject, but no body at all (missing skeleton)
+    "S001C001P001R001A001": [1, 1, 1, 1],  # train (subject 1)
+    "S001C002P002R001A050": [2, 2, 1, 2],  # val (subject 2), two bodies, one missing in frame 3
+    "S002C003P003R002A007": [1, 1, 1, 1],  # test (subject 3)
+    "S001C001P004R002A010": [1, 3, 1, 1],  # train (subject 4), a third body is dropped
+    "S001C001P009R001A033": [1, 1, 1, 1],  # val (subject 9)
+    "S003C001P006R001A060": [1, 1, 1, 1],  # test (subject 6)
+    "S001C001P008R001A002": [0, 0, 0],  # train subject, but no body at all (missing skeleton)
 }
 
 
@@ -90,20 +90,33 @@ def test_skeleton_array_layout_centering_and_resampling(skeletons):
     assert np.all(centred[:, 0, 1, 0] == 0) and np.all(centred[:, 2, :, 1] == 0)
     up = skeleton_array(skel, frames=8, center=False)  # linear, align_corners=False
     x = raw[0, :, 0, 0]  # x of joint 1, body 0 over the 4 frames: 0, 1, 2, 3
-    np.testing.assert_allclose(up[0, :, 0, 0], np.interp((np.arange(8) + 0.5) / 2 - 0.5, np.arange(4), x),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        up[0, :, 0, 0], np.interp((np.arange(8) + 0.5) / 2 - 0.5, np.arange(4), x), atol=1e-6
+    )
     more = read_skeleton(skeletons / "S001C001P004R002A010.skeleton")
     assert more.joints.shape[1] == 3 and skeleton_array(more, 4).shape == (3, 4, 25, 2)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda lines: lines[:20], r"file ends at line 20; expected 25 joint line\(s\) from line 5 \(truncated"),
-    (lambda lines: lines[:3] + ["24"] + lines[4:], r"line 4: joint count 24; NTU RGB\+D bodies have 25"),
-    (lambda lines: lines[:6] + [lines[6] + " 1"] + lines[7:], r"line 7: expected 12 values \(joint\), got"),
-    (lambda lines: lines[:2] + [lines[2].replace("0 1", "0 x", 1)] + lines[3:], r"line 3: non-numeric body"),
-    (lambda lines: lines + ["5"], r"line 114: unexpected content after the 4 frames"),
-    (lambda lines: ["four"] + lines[1:], r"line 1: expected the frame count \(one integer\), got 'four'"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda lines: lines[:20],
+            r"file ends at line 20; expected 25 joint line\(s\) from line 5 \(truncated",
+        ),
+        (lambda lines: lines[:3] + ["24"] + lines[4:], r"line 4: joint count 24; NTU RGB\+D bodies have 25"),
+        (
+            lambda lines: lines[:6] + [lines[6] + " 1"] + lines[7:],
+            r"line 7: expected 12 values \(joint\), got",
+        ),
+        (
+            lambda lines: lines[:2] + [lines[2].replace("0 1", "0 x", 1)] + lines[3:],
+            r"line 3: non-numeric body",
+        ),
+        (lambda lines: lines + ["5"], r"line 114: unexpected content after the 4 frames"),
+        (lambda lines: ["four"] + lines[1:], r"line 1: expected the frame count \(one integer\), got 'four'"),
+    ],
+)
 def test_malformed_files_name_file_and_line(tmp_path, mutate, message):
     lines = skeleton_text([1, 1, 1, 1]).splitlines()
     path = tmp_path / "S001C001P001R001A001.skeleton"
@@ -134,15 +147,24 @@ def test_cross_subject_split_and_empty_files(skeletons, tmp_path):
     np.testing.assert_array_equal(train[1], expected)
     with pytest.warns(UserWarning, match="no body"):  # the cached parse reports them again
         again = create_dataset("ntu", tmp_path / "cache", skeletons=skeletons, frames=4, progress=False)
-    np.testing.assert_array_equal(again.splits["val"].inputs["skeleton"],
-                                  raw.splits["val"].inputs["skeleton"])
+    np.testing.assert_array_equal(
+        again.splits["val"].inputs["skeleton"], raw.splits["val"].inputs["skeleton"]
+    )
     with pytest.raises(DataError, match=r"1 NTU sample\(s\) have no body.*on_empty='skip'"):
-        create_dataset("ntu", tmp_path / "c2", skeletons=skeletons, frames=4, on_empty="error",
-                       progress=False)
+        create_dataset(
+            "ntu", tmp_path / "c2", skeletons=skeletons, frames=4, on_empty="error", progress=False
+        )
     ignore = tmp_path / "NTU_RGBD_samples_with_missing_skeletons.txt"
     ignore.write_text("302 of the captured samples ...\n\nS001C001P008R001A002\n")
-    quiet = create_dataset("ntu", tmp_path / "c3", skeletons=skeletons, frames=4, ignore=ignore,
-                           val_subjects=(9,), progress=False)
+    quiet = create_dataset(
+        "ntu",
+        tmp_path / "c3",
+        skeletons=skeletons,
+        frames=4,
+        ignore=ignore,
+        val_subjects=(9,),
+        progress=False,
+    )
     assert len(quiet.splits["val"]) == 1 and len(quiet.splits["train"]) == 3
 
 
@@ -169,8 +191,15 @@ def test_rgb_features_directory_and_npz(skeletons, tmp_path):
     for stem in stems:
         np.save(rgb / f"{stem}.npy", rgb_feature(stem))
     with pytest.warns(UserWarning, match=r"have no RGB features .*S003C001P006R001A060"):
-        raw = create_dataset("ntu", tmp_path / "cache", skeletons=skeletons, rgb=rgb, rgb_layer="i3d",
-                             frames=32, progress=False)
+        raw = create_dataset(
+            "ntu",
+            tmp_path / "cache",
+            skeletons=skeletons,
+            rgb=rgb,
+            rgb_layer="i3d",
+            frames=32,
+            progress=False,
+        )
     test = raw.splits["test"]
     assert raw.modalities == ("rgb", "skeleton") and len(test) == 1
     assert test.inputs["rgb"].tolist() == [sample_code("S002C003P003R002A007")]
@@ -178,13 +207,20 @@ def test_rgb_features_directory_and_npz(skeletons, tmp_path):
     assert rgb_bb.feature_names() == ["rgb.i3d"]
     assert skel_bb.feature_names() == ["skeleton.conv5", "skeleton.conv6", "skeleton.flat", "skeleton.fc7"]
     feats = extract_features(rgb_bb, raw.splits["val"].inputs["rgb"], length=2, progress=False)
-    want = pool_feature(torch.from_numpy(np.stack([rgb_feature("S001C001P009R001A033"),
-                                                   rgb_feature("S001C002P002R001A050")])), 2).numpy()
+    want = pool_feature(
+        torch.from_numpy(
+            np.stack([rgb_feature("S001C001P009R001A033"), rgb_feature("S001C002P002R001A050")])
+        ),
+        2,
+    ).numpy()
     np.testing.assert_array_equal(feats["rgb.i3d"], want)  # sorted by stem: ...C001P009... < ...C002P002...
     feats = extract_features(skel_bb, raw.splits["val"].inputs["skeleton"], length=4, progress=False)
     assert {k: v.shape for k, v in feats.items()} == {
-        "skeleton.conv5": (2, 4, 128), "skeleton.conv6": (2, 4, 256), "skeleton.flat": (2, 1, 1024),
-        "skeleton.fc7": (2, 1, 512)}
+        "skeleton.conv5": (2, 4, 128),
+        "skeleton.conv6": (2, 4, 256),
+        "skeleton.flat": (2, 1, 1024),
+        "skeleton.fc7": (2, 1, 512),
+    }
 
     npz = tmp_path / "rgb.npz"
     layers = {"l3": 2, "l4": 4}  # two layers, keys "<layer>/<stem>"
@@ -202,11 +238,18 @@ def test_hcn_shapes():
     x = torch.randn(2, 3, 32, 25, 2)
     out, hooks = {}, []
     for name in ("conv5_max", "conv6_max", "flat", "fc7"):
-        hooks.append(getattr(net, name).register_forward_hook(
-            lambda _m, _i, o, name=name: out.__setitem__(name, o.shape)))
+        hooks.append(
+            getattr(net, name).register_forward_hook(
+                lambda _m, _i, o, name=name: out.__setitem__(name, o.shape)
+            )
+        )
     assert net(x).shape == (2, 60)
-    assert out == {"conv5_max": (2, 128, 4, 4), "conv6_max": (2, 256, 2, 2), "flat": (2, 1024),
-                   "fc7": (2, 512)}
+    assert out == {
+        "conv5_max": (2, 128, 4, 4),
+        "conv6_max": (2, 256, 2, 2),
+        "flat": (2, 1024),
+        "fc7": (2, 512),
+    }
     x2 = x.clone()
     x2[..., 1] = 0  # features are the max over the two bodies
     with torch.no_grad():

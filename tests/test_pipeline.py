@@ -21,8 +21,10 @@ def _toy_dataset(root, shift: float = 0.0) -> RawDataset:
     rng = np.random.default_rng(0)
     splits = {
         s: RawSplit(
-            {"pic": (rng.standard_normal((n, 2, 6, 6)) + shift).astype(np.float32),
-             "snd": rng.standard_normal((n, 3, 10)).astype(np.float32)},
+            {
+                "pic": (rng.standard_normal((n, 2, 6, 6)) + shift).astype(np.float32),
+                "snd": rng.standard_normal((n, 3, 10)).astype(np.float32),
+            },
             rng.integers(0, 3, n),
         )
         for s, n in SIZES.items()
@@ -34,8 +36,10 @@ def _toy_backbones(raw, root, seed: int = 0, progress: bool = True, width: int =
     torch.manual_seed(seed)
     pic = nn.Sequential(nn.Conv2d(2, width, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * width, 5))
     snd = nn.Sequential(nn.Conv1d(3, 4, 3), nn.Flatten(), nn.Linear(32, 6))
-    return [Backbone("pic", pic.eval().requires_grad_(False), {"conv": "0", "fc": "3"}),
-            Backbone("snd", snd.eval().requires_grad_(False), {"conv": "0", "fc": "2"})]
+    return [
+        Backbone("pic", pic.eval().requires_grad_(False), {"conv": "0", "fc": "3"}),
+        Backbone("snd", snd.eval().requires_grad_(False), {"conv": "0", "fc": "2"}),
+    ]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,7 +67,10 @@ def test_toy_features_names_shapes_and_info(tmp_path, forwards):
     assert isinstance(data, FeatureData) and data.name == "toy-pipeline"
     assert data.feature_names == ("pic.conv", "pic.fc", "snd.conv", "snd.fc")
     assert {k: v.shape for k, v in data["val"].features.items()} == {
-        "pic.conv": (5, 4, 4), "pic.fc": (5, 1, 5), "snd.conv": (5, 4, 4), "snd.fc": (5, 1, 6),
+        "pic.conv": (5, 4, 4),
+        "pic.fc": (5, 1, 5),
+        "snd.conv": (5, 4, 4),
+        "snd.fc": (5, 1, 6),
     }
     assert data.task.type == "multiclass" and data["test"].labels.dtype == np.int64
     assert [len(data[s]) for s in ("train", "val", "test")] == [12, 5, 7]
@@ -120,8 +127,9 @@ def test_a_corrupted_npy_is_rebuilt(tmp_path, forwards, caplog):
 
 
 def test_backbone_options_and_prepare_backbones(tmp_path):
-    data = dataset_features("toy-pipeline", root=tmp_path, length=4, progress=False,
-                            backbone_options={"width": 3})
+    data = dataset_features(
+        "toy-pipeline", root=tmp_path, length=4, progress=False, backbone_options={"width": 3}
+    )
     assert data.feature_channels["pic.conv"] == 3
     raw, backbones = prepare_backbones("toy-pipeline", root=tmp_path, progress=False, shift=2.0)
     assert raw.splits["train"].inputs["pic"].mean() > 1.5
@@ -146,11 +154,25 @@ def _fit_score(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test:
 def test_avmnist_end_to_end_and_fusion_matters(bmnas_root, forwards):
     data = dataset_features("avmnist", root=bmnas_root, length=8, progress=False)
     assert data.feature_names == (
-        "image.conv1", "image.conv2", "image.conv3", "image.fc",
-        "audio.conv1", "audio.conv2", "audio.conv3", "audio.fc",
+        "image.conv1",
+        "image.conv2",
+        "image.conv3",
+        "image.fc",
+        "audio.conv1",
+        "audio.conv2",
+        "audio.conv3",
+        "audio.fc",
     )
-    assert data.feature_channels == {"image.conv1": 8, "image.conv2": 16, "image.conv3": 32, "image.fc": 128,
-                                     "audio.conv1": 32, "audio.conv2": 64, "audio.conv3": 64, "audio.fc": 128}
+    assert data.feature_channels == {
+        "image.conv1": 8,
+        "image.conv2": 16,
+        "image.conv3": 32,
+        "image.fc": 128,
+        "audio.conv1": 32,
+        "audio.conv2": 64,
+        "audio.conv3": 64,
+        "audio.fc": 128,
+    }
     assert data.feature_lengths["image.conv1"] == 8 and data.feature_lengths["audio.fc"] == 1
     assert data.task.type == "multiclass" and data.task.num_outputs == 10
     assert data.info["provenance"]["image_licence"] == "CC BY-SA 3.0"
@@ -160,9 +182,11 @@ def test_avmnist_end_to_end_and_fusion_matters(bmnas_root, forwards):
     tr, te = data["train"], data["test"]
     img = _fit_score(tr.features["image.fc"][:, 0], tr.labels, te.features["image.fc"][:, 0], te.labels)
     aud = _fit_score(tr.features["audio.fc"][:, 0], tr.labels, te.features["audio.fc"][:, 0], te.labels)
-    both = _fit_score(np.concatenate([tr.features["image.fc"][:, 0], tr.features["audio.fc"][:, 0]], 1),
-                      tr.labels,
-                      np.concatenate([te.features["image.fc"][:, 0], te.features["audio.fc"][:, 0]], 1),
-                      te.labels)
+    both = _fit_score(
+        np.concatenate([tr.features["image.fc"][:, 0], tr.features["audio.fc"][:, 0]], 1),
+        tr.labels,
+        np.concatenate([te.features["image.fc"][:, 0], te.features["audio.fc"][:, 0]], 1),
+        te.labels,
+    )
     assert 0.45 < img < 0.75 and 0.5 < aud < 0.75
     assert both > max(img, aud) + 0.08

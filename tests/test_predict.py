@@ -11,8 +11,10 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 import bmnas
+from bmnas.backbones.base import Backbone, register_backbones
 from bmnas.cli import main
 from bmnas.data import load_generic_dir
+from bmnas.datasets.base import RawDataset, RawSplit, register_dataset
 from bmnas.predict import load, save_model
 from test_data import write_generic
 
@@ -102,6 +104,8 @@ def test_load_has_everything_inference_needs(trained):
     # a baseline by its checkpoint name: late fusion reads one feature per modality
     late = load(run, "baseline_late_fusion")
     assert late.genotype.cells == () and len(late.inputs) == 2
+    recommended = bmnas.genotype.Genotype.load(run / "recommended_genotype.json")
+    assert load(run, "recommended").genotype == recommended
 
 
 def test_save_model_round_trip(trained, tmp_path):
@@ -212,3 +216,53 @@ def test_readme_front_door_example_runs(tmp_path, monkeypatch):
     np.testing.assert_allclose(np.load(tmp_path / "my_features" / "train.npz")["image.conv1"][:5], expected)
     run_test = json.loads((tmp_path / "runs" / "mine" / "metrics.json").read_text())["test"]
     assert ns["preds"].metrics(ns["y"])["accuracy"] == run_test["accuracy"]
+
+
+@register_dataset("tinyraw")
+def _tiny_dataset(root: Path, **_) -> RawDataset:
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, n in (("train", 40), ("val", 12), ("test", 12)):
+        y = rng.integers(0, 3, n)
+        y[:3] = np.arange(3)
+        image = (rng.normal(size=(n, 1, 6, 6)) + y[:, None, None, None]).astype(np.float32)
+        audio = (rng.normal(size=(n, 2, 10)) - y[:, None, None]).astype(np.float32)
+        splits[split] = RawSplit({"image": image, "audio": audio}, y)
+    return RawDataset("tinyraw", splits, class_names=("red", "green", "blue"))
+
+
+@register_backbones("tinyraw")
+def _tiny_backbones(raw: RawDataset, root, seed: int = 0, progress: bool = True) -> list[Backbone]:
+    torch.manual_seed(seed)
+    image = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(4)
+    )
+    image(torch.zeros(1, 1, 6, 6))
+    audio = torch.nn.Sequential(torch.nn.Conv1d(2, 3, 3), torch.nn.ReLU())
+    return [
+        Backbone("image", image.eval(), {"conv": "0", "fc": "3"}),
+        Backbone("audio", audio.eval(), {"conv": "0"}),
+    ]
+
+
+def test_predict_from_raw_inputs_through_the_runs_backbones(tmp_path):
+    cache = tmp_path / "cache"
+    run = tmp_path / "run"
+    common = ["--cache", str(cache)]
+    assert main(["run", "--dataset", "tinyraw", "--out", str(run), *common, *FAST, "--no-baselines"]) == 0
+    model = load(run)
+    assert model.class_names == ("red", "green", "blue")  # from the dataset, through metrics.json
+    raw = _tiny_dataset(tmp_path).splits["test"]
+    np.savez(tmp_path / "raw.npz", label=raw.labels, **raw.inputs)
+    by_raw, by_cache = tmp_path / "raw.csv", tmp_path / "cached.csv"
+    assert main(["predict", str(run), "--raw", str(tmp_path / "raw.npz"), "--out", str(by_raw), *common]) == 0
+    assert main(["predict", str(run), "--out", str(by_cache), *common]) == 0
+    raw_rows, cached_rows = read_csv(by_raw), read_csv(by_cache)
+    assert [r["prediction"] for r in raw_rows] == [r["prediction"] for r in cached_rows]
+    assert {r["prediction"] for r in raw_rows} <= {"red", "green", "blue"}
+    for a, b in zip(raw_rows, cached_rows, strict=True):
+        assert abs(float(a["prob_red"]) - float(b["prob_red"])) < 1e-6
+    run_test = json.loads((run / "metrics.json").read_text())["test"]
+    assert json.loads((tmp_path / "raw.metrics.json").read_text())["accuracy"] == run_test["accuracy"]
+    np.savez(tmp_path / "bad.npz", image=raw.inputs["image"], video=raw.inputs["audio"])
+    assert main(["predict", str(run), "--raw", str(tmp_path / "bad.npz"), "--out", str(by_raw), *common]) == 2

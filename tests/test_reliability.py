@@ -1,7 +1,8 @@
 """Hostile and clumsy input: one clear ``bmnas: error:`` line (exit 2), never code run from a file.
 
-Every case drives the command line the way a user does and checks the message names the culprit,
-and that nothing of the run was written when the input is refused.
+Most cases drive the command line the way a user does and check that the message names the
+culprit and that nothing of the run was written when the input is refused; the cache, lock and
+parser cases call the library directly.
 """
 
 import contextlib
@@ -22,8 +23,10 @@ from bmnas import cli, locks
 from bmnas.cache import MANIFEST, CacheKey, FeatureCache
 from bmnas.config import Config, ConfigError
 from bmnas.data import load_generic_dir
+from bmnas.datasets import base as datasets_base
+from bmnas.datasets.base import DatasetError, RawDataset, RawSplit, create_dataset, register_dataset
 from bmnas.genotype import CellGene, FeatureSpec, Genotype, GenotypeError, StepGene
-from bmnas.runs import RunDir
+from bmnas.runs import RunDir, RunError
 from test_data import corrupt, write_generic
 
 FAST = ["--set", "search.epochs=1", "--set", "model.C=8", "--set", "model.L=4", "--quiet"]
@@ -61,7 +64,7 @@ class _RunsCode:
 def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, data, capsys):
     probe = tmp_path / "probe.pt"
     torch.save({"x": _RunsCode(tmp_path / "probe-ran")}, probe)
-    torch.load(probe, weights_only=False)
+    torch.load(probe, weights_only=False)["x"].close()
     assert (tmp_path / "probe-ran").exists()  # the payload is live: unsafe loading would run it
 
     out, marker = tmp_path / "run", tmp_path / "pwned"
@@ -209,7 +212,9 @@ BAD_CONFIG = {
     "search.lr=1e300": "search.lr: must be a finite number",
     "model.dropout=.nan": "model.dropout: must be a finite number",
     "data.num_outputs=0": "data.num_outputs: must be >= 1, or null to infer it from the labels; got 0",
-    "model.C=1099511627776": "model.C: must be <= 65536, got 1099511627776",
+    "model.C=1099511627776": "model.C: must be <= 8192, got 1099511627776",
+    "model.cells=100000": "model.cells: must be <= 256, got 100000",
+    "model.C=[[[1]]]": "model.C: expected int, got [[[1]]]",
     "model.ops=[sum": "override 'model.ops=[sum': the value is not valid YAML",
     "model.ops=[sum,nosuch]": "model.ops: unknown op 'nosuch'; registered ops: [",
 }
@@ -238,6 +243,8 @@ def test_config_and_out_paths_of_the_wrong_kind(tmp_path, data, capsys):
     file.write_text("mine")
     rc, err = run_cli(capsys, "search", "--data", str(data), "--out", str(file), *FAST)
     assert_refused(rc, err, f"{file} is a file, not a directory")
+    rc, err = run_cli(capsys, "export", "--data", str(data), "--out", str(file))
+    assert_refused(rc, err, f"--out {file} is a file; the export needs a directory")
     assert file.read_text() == "mine"
 
 
@@ -254,6 +261,25 @@ def test_registered_datasets_and_their_options_are_listed(tmp_path, data, capsys
     assert not (tmp_path / "cache" / "avmnist").exists()  # refused before preparing anything
     rc, err = run_cli(capsys, "search", "--data", str(data), "--dataset-option", "path=x", *cache[2:])
     assert_refused(rc, err, "--dataset-option and --backbone-option apply to --dataset, not to --data DIR")
+
+
+def test_preparing_a_dataset_is_locked_and_cleans_what_a_killed_one_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets_base, "_DATASETS", dict(datasets_base._DATASETS))  # registry restored after
+    calls = []
+
+    @register_dataset("toy_reliability")
+    def toy(root: Path, *, size: int = 3) -> RawDataset:
+        calls.append(size)
+        split = RawSplit({"a": np.zeros((size, 2))}, np.arange(size) % 2)
+        return RawDataset("toy_reliability", {s: split for s in ("train", "val", "test")})
+
+    leftover = tmp_path / "toy_reliability" / ".v1.k1ll3d.tmp"
+    leftover.mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"unknown --dataset-option colour .* valid options: \['size'\]"):
+        create_dataset("toy_reliability", tmp_path, colour=1)
+    assert calls == [] and leftover.exists()  # refused before the builder ran
+    assert len(create_dataset("toy_reliability", tmp_path, size=4).splits["val"]) == 4
+    assert calls == [4] and not leftover.exists()
 
 
 def test_show_of_a_missing_run_creates_nothing(tmp_path, capsys):
@@ -313,7 +339,7 @@ def test_a_genotype_reading_a_feature_the_data_lacks(tmp_path, data, capsys):
     "text, message",
     [
         ("[" * 200_000 + "]" * 200_000, "nested too deeply to be a genotype"),
-        (None, "C: must be an integer in [1, 65536], got 1099511627776"),
+        (None, "C: must be an integer in [1, 8192], got 1099511627776"),
         ("9" * 5000, "not valid JSON"),
     ],
 )
@@ -351,7 +377,32 @@ def test_mutated_genotypes_parse_or_fail_with_a_genotype_error(tmp_path):
     assert outcomes["refused"] > 1000 and outcomes["ok"] > 0, outcomes
 
 
-def test_hypothesis_fuzz_of_the_genotype_and_config_parsers():
+GENOTYPE_FIELDS = [
+    ("format",),
+    ("version",),
+    ("C",),
+    ("L",),
+    ("features", 0, "name"),
+    ("features", 1, "channels"),
+    ("features", 0, "length"),
+    ("cells", 0, "inputs"),
+    ("cells", 0, "steps", 0, "op"),
+    ("cells", 0, "steps", 0, "inputs"),
+    ("cells", 0, "concat"),
+    ("output",),
+]
+CONFIG_KEYS = [
+    "seed",
+    "threads",
+    "model.C",
+    "model.ops",
+    "search.lr",
+    "search.arch_betas",
+    "data.num_outputs",
+]
+
+
+def test_hypothesis_fuzz_of_the_genotype_and_config_parsers(tmp_path):
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
     leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
@@ -360,30 +411,18 @@ def test_hypothesis_fuzz_of_the_genotype_and_config_parsers():
         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
         max_leaves=12,
     )
-    keys = st.sampled_from(
-        [
-            "seed",
-            "threads",
-            "model.C",
-            "model.ops",
-            "search.lr",
-            "search.arch_betas",
-            "data.num_outputs",
-            "x.y",
-        ]
-    )
+    base = _genotype(tmp_path / "g.json").read_text()
 
-    @hypothesis.settings(max_examples=3000, deadline=None, database=None)
-    @hypothesis.given(
-        genotype=st.dictionaries(
-            st.sampled_from(["format", "version", "C", "L", "features", "cells", "output"]), values
-        ),
-        key=keys,
-        value=values,
-    )
-    def check(genotype, key, value):
+    @hypothesis.settings(max_examples=200, deadline=None, database=None)
+    @hypothesis.given(field=st.sampled_from(GENOTYPE_FIELDS), key=st.sampled_from(CONFIG_KEYS), value=values)
+    def check(field, key, value):
+        d = json.loads(base)
+        node = d
+        for part in field[:-1]:
+            node = node[part]
+        node[field[-1]] = value  # one field of a valid genotype replaced by anything JSON holds
         with contextlib.suppress(GenotypeError):
-            Genotype.from_dict(genotype)
+            Genotype.from_dict(d)
         with contextlib.suppress(ConfigError):
             Config.from_sources(None, [f"{key}={json.dumps(value)}"])
 
@@ -429,6 +468,22 @@ def test_a_run_directory_in_use_is_refused(tmp_path, data, capsys):
         os.close(fd)
     assert locks.try_lock(out / ".lock")  # main() released what it held; the lock is free again
     locks.release(out / ".lock")
+
+
+def test_keys_added_to_the_config_since_a_run_are_no_change(tmp_path):
+    run, cfg = RunDir(tmp_path / "run"), Config()
+    recorded = cfg.to_dict()
+    del recorded["search"]["arch_weight_decay"]  # as if the key had been added since
+    run.config_path.write_text(yaml.safe_dump(recorded))
+    run.genotype_path.write_text("{}")
+    try:
+        run.open(cfg)
+        with pytest.raises(
+            RunError, match=r"another configuration \(search.arch_weight_decay: 0.001 -> 0.5\)"
+        ):
+            run.open(Config.from_sources(None, ["search.arch_weight_decay=0.5"]))
+    finally:
+        locks.release_all()
 
 
 def test_leftover_temporary_files_are_removed_and_writes_use_unique_names(tmp_path):

@@ -70,8 +70,18 @@ def reference_forward(net: HyperNet, feats: dict) -> torch.Tensor:
 
 def build(mode: str, ops, num_steps: int = 2, inner_multiplier: int = 1, num_cells: int = 3) -> HyperNet:
     torch.manual_seed(0)
-    net = HyperNet(FEATS, num_outputs=3, C=8, L=4, num_cells=num_cells, num_steps=num_steps, ops=ops,
-                   inner_multiplier=inner_multiplier, dropout=0.0, input_mode=mode).double()
+    net = HyperNet(
+        FEATS,
+        num_outputs=3,
+        C=8,
+        L=4,
+        num_cells=num_cells,
+        num_steps=num_steps,
+        ops=ops,
+        inner_multiplier=inner_multiplier,
+        dropout=0.0,
+        input_mode=mode,
+    ).double()
     with torch.no_grad():
         for p in net.arch_parameters():
             p.normal_()  # far from uniform, so that a wrong weight shows

@@ -27,7 +27,8 @@ def drop_modalities(
     ``keep[b, m] ~ Bernoulli(1 - p)`` for sample b and modality m, redrawn so that every sample keeps
     at least one modality; ``out[name][b] = keep[b, modality(name)] · features[name][b]``.
     ``generator`` (a CPU ``torch.Generator``) makes the masks reproducible; ``p = 0`` returns the
-    same tensors.
+    same tensors. Pass only the features the network reads (``{n: f[n] for n in net.used}``): a
+    modality it ignores must not be the one a sample keeps.
     """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"modality dropout p must be in [0, 1), got {p}")

@@ -1,4 +1,5 @@
-"""Command line: ``bmnas search | train | run | pretrain | export | show | predict | export-model | robustness``.
+"""Command line: ``bmnas search | train | run | pretrain | export | show``; using a trained run:
+``bmnas predict | export-model | robustness``.
 
 Every command takes its data from ``--dataset NAME`` (a registered dataset, prepared and cached on
 first use) or ``--data DIR`` (the generic format, SPEC §10), a YAML ``--config`` and dotted
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import locks
-from .config import Config, ConfigError, _parse_value, preset
+from .config import Config, ConfigError, _parse_value, _short, preset
 from .data import FeatureData, check_searchable, fingerprint, load_generic_dir
 from .errors import BmnasError
 from .genotype import Genotype, check_data
@@ -29,11 +30,22 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     src = p.add_argument_group("data (one of)")
     src.add_argument("--dataset", help="registered dataset name, e.g. avmnist (prepared on first use)")
     src.add_argument("--data", metavar="DIR", help="directory with train/val/test.npz (generic format)")
-    src.add_argument("--dataset-option", metavar="KEY=VALUE", action="append", default=[],
-                     dest="dataset_options",
-                     help="option for the dataset builder, e.g. path=multimodal_imdb.hdf5 (repeatable)")
-    src.add_argument("--backbone-option", metavar="KEY=VALUE", action="append", default=[],
-                     dest="backbone_options", help="option for the dataset's backbones (repeatable)")
+    src.add_argument(
+        "--dataset-option",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="dataset_options",
+        help="option for the dataset builder, e.g. path=multimodal_imdb.hdf5 (repeatable)",
+    )
+    src.add_argument(
+        "--backbone-option",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="backbone_options",
+        help="option for the dataset's backbones (repeatable)",
+    )
     p.add_argument("--config", metavar="YAML", help="configuration file (see configs/)")
     p.add_argument(
         "--set",
@@ -52,7 +64,7 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if out:
         p.add_argument("--out", metavar="RUN_DIR", required=True, help="run directory (resumed if it exists)")
-        p.add_argument("--fresh", action="store_true", help="discard checkpoints in RUN_DIR and start over")
+        p.add_argument("--fresh", action="store_true", help="discard all a run wrote in RUN_DIR; start over")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,17 +102,33 @@ def _use_parsers(sub) -> None:
 
     def run_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("run_dir", metavar="RUN_DIR")
-        p.add_argument("--stage", default="train",
-                       help="which trained network: train (the found one, default) or a baseline's "
-                            "checkpoint name, e.g. baseline_late_fusion")
-        p.add_argument("--cache", metavar="DIR", default=str(DEFAULT_CACHE),
-                       help="cache root, for a run on a registered dataset (env BMNAS_CACHE)")
+        p.add_argument(
+            "--stage",
+            default="train",
+            help="which trained network: train (the found one, default), recommended (the one "
+            "`bmnas run` recommends) or a baseline's checkpoint name, e.g. baseline_late_fusion",
+        )
+        p.add_argument(
+            "--cache",
+            metavar="DIR",
+            default=str(DEFAULT_CACHE),
+            help="cache root, for a run on a registered dataset (env BMNAS_CACHE)",
+        )
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("predict", help="predict with a run's trained network; per-sample CSV/JSONL + metrics")
     run_args(p)
-    p.add_argument("--data", metavar="DIR|FILE.npz",
-                   help="generic-format directory (its --split) or one .npz (default: the run's own data)")
+    p.add_argument(
+        "--data",
+        metavar="DIR|FILE.npz",
+        help="generic-format directory (its --split) or one .npz (default: the run's own data)",
+    )
+    p.add_argument(
+        "--raw",
+        metavar="FILE.npz",
+        help="raw inputs, one array per modality (e.g. image, audio), run through the run's backbones "
+        "(runs on a registered dataset)",
+    )
     p.add_argument("--split", default="test", help="split of --data DIR or of the run's data (default test)")
     p.add_argument("--out", metavar="FILE.csv|FILE.jsonl", required=True)
     p.add_argument("--batch-size", type=int, default=1024)
@@ -108,11 +136,24 @@ def _use_parsers(sub) -> None:
     run_args(p)
     p.add_argument("--format", choices=["torchscript", "onnx"], help="default: from --out's suffix")
     p.add_argument("--out", metavar="FILE", required=True)
+    p.add_argument(
+        "--features-in",
+        action="store_true",
+        help="export from pooled features even when the run's backbones could be included",
+    )
     p = sub.add_parser("robustness", help="test metrics with each modality missing and under noise")
     run_args(p)
-    p.add_argument("--out", metavar="DIR", help="where to write robustness.{md,csv,json,png} (default RUN_DIR)")
-    p.add_argument("--noise", type=float, nargs="+", default=[0.1, 0.5, 1.0],
-                   help="noise levels σ, relative to each feature's train std")
+    p.add_argument(
+        "--out", metavar="DIR", help="where to write robustness.{md,csv,json,png} (default RUN_DIR)"
+    )
+    p.add_argument("--data", metavar="DIR", help="generic-format directory (default: the run's own data)")
+    p.add_argument(
+        "--noise",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.5, 1.0],
+        help="noise levels σ, relative to each feature's train std",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the noise draw")
 
 
@@ -137,12 +178,17 @@ def parse_options(items: list[str], flag: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{flag} {item!r} must look like key=value")
-        out[key.strip()] = _parse_value(value, f"{flag} {item!r}")
+        out[key.strip()] = _parse_value(value, f"{flag} {_short(item)}")
     return out
 
 
-def load_data(cfg: Config, cache: str | Path, progress: bool = True, dataset_options: dict | None = None,
-              backbone_options: dict | None = None) -> FeatureData:
+def load_data(
+    cfg: Config,
+    cache: str | Path,
+    progress: bool = True,
+    dataset_options: dict | None = None,
+    backbone_options: dict | None = None,
+) -> FeatureData:
     """Features for ``cfg.data``: the generic directory, or a registered dataset through the pipeline."""
     d = cfg.data
     if d.dir:
@@ -171,8 +217,10 @@ def load_data(cfg: Config, cache: str | Path, progress: bool = True, dataset_opt
 
 
 def _options(args: argparse.Namespace) -> tuple[dict, dict]:
-    return (parse_options(args.dataset_options, "--dataset-option"),
-            parse_options(args.backbone_options, "--backbone-option"))
+    return (
+        parse_options(args.dataset_options, "--dataset-option"),
+        parse_options(args.backbone_options, "--backbone-option"),
+    )
 
 
 def _open_run(args: argparse.Namespace, cfg: Config, data: FeatureData) -> RunDir:
@@ -207,6 +255,10 @@ def _train(
     from .train import train_found
 
     r = train_found(genotype, data, cfg, run, progress=not quiet, stage=stage, desc=desc)
+    if stage == "train":
+        from .predict import save_model
+
+        save_model(run.path, r.model, data, cfg.to_dict())
     return {"test": r.test, "val": r.val, "epochs": r.epochs, "params": r.params, "train_seconds": r.seconds}
 
 
@@ -217,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except BmnasError as err:
-        print(f"bmnas: error: {err}", file=sys.stderr)
+        print(f"bmnas: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
         print("bmnas: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -282,6 +334,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     data_seconds = time.perf_counter() - t0
     if args.command in ("search", "run", "ablate"):
         check_searchable(data)
+        from .workflow import fit_config_to_data
+
+        cfg = fit_config_to_data(cfg, data)
     if args.command == "train":  # checked before the run directory is touched
         genotype_path = Path(args.genotype or Path(args.out) / "genotype.json")
         genotype = Genotype.load(genotype_path)
@@ -317,6 +372,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     print(format_table(report))
     print(f"\nrun directory: {run.path} (metrics.json, genotype.json, recommended_genotype.json, plots/)")
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

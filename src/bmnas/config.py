@@ -23,6 +23,7 @@ from .ops import DEFAULT_OPS, list_ops
 FLOAT32_MAX = 3.4028234663852886e38
 MAX_SEED = 2**32 - 1
 MAX_THREADS = 1024
+MAX_CELLS = 256  # Cells, and steps per Cell: far beyond any searched network
 
 
 class ConfigError(BmnasError, ValueError):
@@ -74,9 +75,11 @@ class SearchConfig:
     arch_weight_decay: float = 1e-3
     eval_batch_size: int = 1024
     warmup_epochs: int = 0  # epochs of weight steps only before α, β, γ start to move
+    arch_split: float = 0.0  # share of train held out for the α/β/γ steps (0: they use val, as the paper)
     distinct_steps: bool = True  # a two-input step reads two different states (paper: may read one twice)
     zero_output: bool = False  # may a Cell's output step derive `zero` (paper: yes)
-    rerank: int = 0  # candidate genotypes trained briefly and compared on val (0: take the argmax)
+    cross_modal: bool = True  # a Cell may not read two features of one modality (MFAS' rule; paper: may)
+    rerank: int = 8  # candidates trained and compared on val (0: the best hypernet epoch, as the paper)
     rerank_epochs: int = 0  # training epochs of each candidate (0: train.epochs)
     modality_dropout: float = 0.0  # per sample, drop each whole modality with this probability (keep >= 1)
 
@@ -145,7 +148,7 @@ class Config:
                 node = node.setdefault(p, {})
                 if not isinstance(node, dict):
                     raise ConfigError(f"override {item!r}: {p!r} is not a section")
-            node[leaf] = _parse_value(value, f"override {item!r}")
+            node[leaf] = _parse_value(value, f"override {_short(item)}")
         return cls.from_dict(d, where=str(path) if path else "config")
 
     def replace(self, **sections) -> Config:
@@ -167,7 +170,18 @@ def _read_yaml(path: Path) -> object:
     except RecursionError:
         raise ConfigError(f"--config {path}: nested too deeply to be a configuration") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: invalid YAML ({err})") from None
+        raise ConfigError(f"--config {path}: invalid YAML ({' '.join(str(err).split())})") from None
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``repr(text)``, cut to ``limit`` characters for an error message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def _brief(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _parse_value(value: str, where: str) -> object:
@@ -218,16 +232,16 @@ def _coerce(tp, value, where: str):
                 return _coerce(a, value, where)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {_brief(value)}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             value = [value] if isinstance(value, str) else value
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_brief(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{where}: expected {len(args)} values, got {_brief(value)}")
         return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if tp is float and not isinstance(value, bool):
         return _finite_float(value, where)
@@ -237,7 +251,7 @@ def _coerce(tp, value, where: str):
         return value
     if tp is str and isinstance(value, str):
         return value
-    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {_brief(value)}")
 
 
 def _finite_float(value: object, where: str) -> float:
@@ -248,12 +262,12 @@ def _finite_float(value: object, where: str) -> float:
         try:
             number = float(value)
         except ValueError:
-            raise ConfigError(f"{where}: expected float, got {value!r}") from None
+            raise ConfigError(f"{where}: expected float, got {_brief(value)}") from None
     else:
-        raise ConfigError(f"{where}: expected float, got {value!r}")
+        raise ConfigError(f"{where}: expected float, got {_brief(value)}")
     if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
         raise ConfigError(
-            f"{where}: must be a finite number of at most {FLOAT32_MAX:.1e} in size, got {value!r}"
+            f"{where}: must be a finite number of at most {FLOAT32_MAX:.1e} in size, got {_brief(value)}"
         )
     return number
 
@@ -291,6 +305,8 @@ def _check(cfg, where: str) -> None:
             need(getattr(cfg, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(cfg, k)}")
         need(cfg.C <= MAX_C, "model.C", f"must be <= {MAX_C}, got {cfg.C}")
         need(cfg.L <= MAX_L, "model.L", f"must be <= {MAX_L}, got {cfg.L}")
+        for k in ("cells", "steps"):
+            need(getattr(cfg, k) <= MAX_CELLS, f"model.{k}", f"must be <= {MAX_CELLS}, got {getattr(cfg, k)}")
         need(cfg.inner_multiplier <= cfg.steps, "model.inner_multiplier", f"must be <= steps ({cfg.steps})")
         need(0 <= cfg.multiplier <= cfg.cells, "model.multiplier", f"must be in [0, cells={cfg.cells}]")
         need(0.0 <= cfg.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {cfg.dropout}")
@@ -337,6 +353,7 @@ def _check(cfg, where: str) -> None:
         need(
             cfg.warmup_epochs < cfg.epochs, "search.warmup_epochs", f"must be < search.epochs ({cfg.epochs})"
         )
+        need(0.0 <= cfg.arch_split < 1.0, "search.arch_split", f"must be in [0, 1), got {cfg.arch_split}")
     if isinstance(cfg, DataConfig):
         need(cfg.pooling in ("max", "avg"), "data.pooling", f"must be 'max' or 'avg', got {cfg.pooling!r}")
         need(

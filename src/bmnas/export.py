@@ -1,10 +1,17 @@
 """Export a trained found network as one file: TorchScript (``.pt``) or ONNX (``.onnx``).
 
-The exported graph takes the *pooled* features the network reads, in :attr:`LoadedModel.inputs`
-order, each ``(B, L_k, C_in)`` float32 (``L_k`` = 1 for vectors, else L), and returns
-``(logits, probabilities)``, both ``(B, K)``: softmax (multiclass) or sigmoid (multilabel). The
-batch size is free. Pool raw features with :func:`bmnas.pooling.pool_feature` (or
-:meth:`LoadedModel.pool`) using the ``L`` and ``pooling`` recorded in the metadata.
+Two graphs, both returning ``(logits, probabilities)``, each ``(B, K)``: softmax (multiclass) or
+sigmoid (multilabel), with a free batch size:
+
+* **features in** (:class:`InferenceModule`): the *pooled* features the network reads, in
+  :attr:`LoadedModel.inputs` order, each ``(B, L_k, C_in)`` float32 (``L_k`` = 1 for vectors, else
+  L). Pool raw features with :meth:`LoadedModel.pool` (or :func:`bmnas.pooling.pool_feature` with
+  the ``L`` and ``pooling`` of the metadata).
+* **raw in** (:class:`RawInferenceModule`, runs on a registered dataset): one tensor per modality,
+  what its backbone's ``preprocess`` returns (the raw arrays for AV-MNIST); backbones, forward
+  hooks, pooling and the network run in one graph. Per-sample shapes are those of the dataset:
+  pooling branches on them when traced. A backbone whose preprocessing is not a tensor (a
+  tokenizer) cannot be an input, and the export falls back to features in.
 
 Metadata (``bmnas`` key, JSON): format, bmnas version, genotype, inputs with shapes, outputs, task,
 class names, threshold, L, pooling. TorchScript stores it as the extra file ``bmnas.json``
@@ -20,14 +27,17 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
+from .backbones.base import Backbone
 from .data import DataError
+from .pooling import pool_feature
 from .predict import LoadedModel
 
 FORMATS = ("torchscript", "onnx")
@@ -50,14 +60,70 @@ class InferenceModule(nn.Module):
         return logits, probs
 
 
-def metadata(model: LoadedModel) -> dict:
-    """What a user of the exported file needs besides the graph."""
+class RawInferenceModule(nn.Module):
+    """``(x_1, …, x_m) -> (logits, probabilities)``: backbones, hooks, pooling and the network in one.
+
+    ``x_i`` is the tensor the i-th backbone's module takes (its ``preprocess`` output); the hooked
+    layers' outputs are pooled as in extraction (:func:`bmnas.pooling.pool_feature`).
+    """
+
+    def __init__(self, model: LoadedModel, backbones: Sequence[Backbone]):
+        super().__init__()
+        self.net = model.net
+        self.L, self.pooling = model.L, model.pooling
+        self.multiclass = model.task.type == "multiclass"
+        self.modalities: list[str] = []
+        self.features: list[list[tuple[str, str]]] = []  # per backbone: (feature name, module path)
+        modules = []
+        for b in backbones:
+            wanted = [(n, b.layers[layer]) for layer, n in zip(b.layers, b.feature_names(), strict=True)]
+            wanted = [(n, path) for n, path in wanted if n in model.inputs]
+            if wanted:
+                modules.append(b.module.eval())
+                self.modalities.append(b.modality)
+                self.features.append(wanted)
+        self.backbones = nn.ModuleList(modules)
+        self._out: dict[str, torch.Tensor] = {}
+        named = [dict(m.named_modules()) for m in modules]
+        for i, wanted in enumerate(self.features):
+            for name, path in wanted:
+                if path not in named[i]:
+                    raise DataError(
+                        f"feature {name!r}: module path {path!r} cannot be exported (no submodule)"
+                    )
+                named[i][path].register_forward_hook(self._catch(name))
+
+    def _catch(self, name: str):
+        def hook(_mod: nn.Module, _inp: object, output: object) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            self._out[name] = pool_feature(out, self.L, self.pooling)
+
+        return hook
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._out.clear()
+        for module, x in zip(self.backbones, inputs, strict=True):
+            module(x)
+        logits = self.net(dict(self._out))
+        probs = logits.softmax(dim=-1) if self.multiclass else torch.sigmoid(logits)
+        return logits, probs
+
+
+def metadata(model: LoadedModel, raw_inputs: Mapping[str, torch.Tensor] | None = None) -> dict:
+    """What a user of the exported file needs besides the graph.
+
+    ``raw_inputs``: example backbone inputs (modality -> batch) when backbones are part of the graph.
+    """
     specs = {f.name: f for f in model.genotype.features}
+    if raw_inputs is None:
+        inputs = [{"name": n, "shape": ["B", specs[n].length, specs[n].channels]} for n in model.inputs]
+    else:
+        inputs = [{"name": m, "shape": ["B", *x.shape[1:]], "kind": "raw"} for m, x in raw_inputs.items()]
     return {
         "format": EXPORT_FORMAT,
         "bmnas_version": __version__,
         "genotype": model.genotype.to_dict(),
-        "inputs": [{"name": n, "shape": ["B", specs[n].length, specs[n].channels]} for n in model.inputs],
+        "inputs": inputs,
         "outputs": ["logits", "probabilities"],
         "task": {"type": model.task.type, "num_outputs": model.task.num_outputs},
         "class_names": list(model.class_names),
@@ -74,6 +140,24 @@ def example_inputs(model: LoadedModel, batch: int = 2, seed: int = 0) -> tuple[t
     return tuple(torch.randn(batch, specs[n].length, specs[n].channels, generator=g) for n in model.inputs)
 
 
+def raw_examples(
+    module: RawInferenceModule, backbones: Sequence[Backbone], samples: Mapping[str, np.ndarray | Sequence]
+) -> dict[str, torch.Tensor] | None:
+    """Backbone inputs (``preprocess`` of two raw samples) per modality, in the module's order.
+
+    None when a backbone's preprocessing does not give one tensor (e.g. a tokenizer's dict): such
+    a backbone cannot be an input of an exported graph.
+    """
+    by_modality = {b.modality: b for b in backbones}
+    out = {}
+    for m in module.modalities:
+        x = by_modality[m].preprocess(samples[m][:2])
+        if not isinstance(x, torch.Tensor):
+            return None
+        out[m] = x
+    return out
+
+
 def format_for(path: str | Path, fmt: str | None) -> str:
     """``fmt``, or the format the suffix implies (``.onnx`` -> onnx, else torchscript)."""
     if fmt is None:
@@ -83,21 +167,42 @@ def format_for(path: str | Path, fmt: str | None) -> str:
     return fmt
 
 
-def export_model(model: LoadedModel, path: str | Path, fmt: str | None = None) -> Path:
-    """Write ``model``'s inference graph with its metadata to ``path``; returns the path."""
+def export_model(
+    model: LoadedModel,
+    path: str | Path,
+    fmt: str | None = None,
+    backbones: Sequence[Backbone] | None = None,
+    samples: Mapping[str, np.ndarray | Sequence] | None = None,
+) -> dict:
+    """Write ``model``'s inference graph with its metadata to ``path``; returns the metadata.
+
+    With ``backbones`` and raw ``samples`` (modality -> a few raw inputs, for tracing) the graph
+    starts at the backbones' inputs (:class:`RawInferenceModule`) when every backbone's
+    preprocessing gives a tensor; otherwise it starts at the pooled features.
+    """
     path = Path(path)
     fmt = format_for(path, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = InferenceModule(model).eval()
-    meta = json.dumps(metadata(model))
-    example = example_inputs(model)
+    module: nn.Module = InferenceModule(model).eval()
+    raw = None
+    if backbones is not None and samples is not None:
+        candidate = RawInferenceModule(model, backbones).eval()
+        raw = raw_examples(candidate, backbones, samples)
+        if raw is not None:
+            module = candidate
+    meta = metadata(model, raw)
+    example = tuple(raw.values()) if raw is not None else example_inputs(model)
+    names = [i["name"] for i in meta["inputs"]]
     if fmt == "torchscript":
-        with torch.no_grad():
+        # torch 2.13 marks TorchScript deprecated; it is still the one-file format C++ and Java load
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(module, example, check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={META_FILE: meta})
-        return path
-    _export_onnx(module, example, model, path, meta)
-    return path
+            torch.jit.save(traced, str(path), _extra_files={META_FILE: json.dumps(meta)})
+    else:
+        _export_onnx(module, example, names, path, meta)
+    return meta
 
 
 @contextlib.contextmanager
@@ -114,7 +219,7 @@ def _quiet_exporter() -> Iterator[None]:
         log.setLevel(level)
 
 
-def _export_onnx(module: nn.Module, example, model: LoadedModel, path: Path, meta: str) -> None:
+def _export_onnx(module: nn.Module, example: tuple, names: list[str], path: Path, meta: dict) -> None:
     try:
         import onnx
     except ImportError as err:
@@ -122,7 +227,6 @@ def _export_onnx(module: nn.Module, example, model: LoadedModel, path: Path, met
     from torch.export import Dim
 
     batch = Dim("batch")
-    names = list(model.inputs)
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             module,
@@ -135,9 +239,9 @@ def _export_onnx(module: nn.Module, example, model: LoadedModel, path: Path, met
         )
     proto = program.model_proto
     for key, value in (
-        ("bmnas", meta),
+        ("bmnas", json.dumps(meta)),
         ("bmnas_version", __version__),
-        ("genotype", model.genotype.to_json(indent=None)),
+        ("genotype", json.dumps(meta["genotype"])),
     ):
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
@@ -153,18 +257,32 @@ def read_metadata(path: str | Path) -> dict:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         return json.loads(props["bmnas"])
     extra = {META_FILE: ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return json.loads(extra[META_FILE])
 
 
 def cli(args) -> int:
-    """``bmnas export-model RUN --format torchscript|onnx --out FILE``."""
+    """``bmnas export-model RUN [--format torchscript|onnx] --out FILE [--features-in]``."""
     from .predict import load
 
     model = load(args.run_dir, args.stage)
-    path = export_model(model, args.out, args.format)
-    ins = ", ".join(
-        f"{n} (B, {s[1]}, {s[2]})" for n, s in ((i["name"], i["shape"]) for i in metadata(model)["inputs"])
-    )
-    print(f"wrote {format_for(path, args.format)} model {path}: inputs {ins} -> logits, probabilities")
+    backbones = samples = None
+    if (model.config.get("data") or {}).get("dataset") and not args.features_in:
+        from .pipeline import prepare_backbones
+
+        raw, backbones = prepare_backbones(
+            model.config["data"]["dataset"],
+            root=Path(args.cache),
+            seed=int(model.config.get("seed", 0)),
+            progress=not args.quiet,
+        )
+        samples = raw.splits["train"].inputs
+    meta = export_model(model, args.out, args.format, backbones, samples)
+    ins = ", ".join(f"{i['name']} {tuple(i['shape'])}" for i in meta["inputs"])
+    kind = "raw backbone inputs" if meta["inputs"][0].get("kind") == "raw" else "pooled features"
+    print(f"wrote {format_for(args.out, args.format)} model {args.out}; inputs ({kind}): {ins}")
+    if backbones is not None and kind == "pooled features":
+        print("note: a backbone's preprocessing does not give a tensor, so the backbones are not exported")
     return 0

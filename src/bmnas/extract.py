@@ -73,8 +73,9 @@ def resolve_layers(module: nn.Module, layers: Mapping[str, str]) -> dict[str, nn
             out[layer] = named[path]
         else:
             names = [n for n in named if n]
-            shown = ", ".join(names[:MAX_LISTED]) + (f", … ({len(names) - MAX_LISTED} more)"
-                                                     if len(names) > MAX_LISTED else "")
+            shown = ", ".join(names[:MAX_LISTED]) + (
+                f", … ({len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
+            )
             raise LayerPathError(
                 f"layer {layer!r}: {type(module).__name__} has no submodule {path!r}; "
                 f"available module names: {shown or '(none)'}"
@@ -158,8 +159,13 @@ def extract_features(
             for layer, target in targets.items():
                 if isinstance(target, nn.Module):
                     stack.callback(target.register_forward_hook(hook_for(layer)).remove)
-            bar = tqdm(total=n, desc=desc or f"extract {backbone.modality}", unit="sample",
-                       disable=not progress, leave=False)
+            bar = tqdm(
+                total=n,
+                desc=desc or f"extract {backbone.modality}",
+                unit="sample",
+                disable=not progress,
+                leave=False,
+            )
             stack.callback(bar.close)
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
@@ -187,8 +193,14 @@ def extract_features(
     return {names[layer]: out[names[layer]] for layer in backbone.layers}
 
 
-def _forward(module: nn.Module, batch, intermediates: dict[str, int], pooled: dict[str, torch.Tensor],
-             length: int, pooling: str) -> None:
+def _forward(
+    module: nn.Module,
+    batch,
+    intermediates: dict[str, int],
+    pooled: dict[str, torch.Tensor],
+    length: int,
+    pooling: str,
+) -> None:
     """One forward pass; fill ``pooled`` for the ``forward_intermediates`` layers too."""
     if not intermediates:
         module(**batch) if isinstance(batch, Mapping) else module(batch)

@@ -42,8 +42,8 @@ from .errors import BmnasError
 FORMAT = "bmnas.genotype"
 VERSION = 1
 CELL_INPUTS = ("x", "y")
-MAX_C = 1 << 16  # fused channels and positions beyond any real network: a typo, not a model
-MAX_L = 1 << 16
+MAX_C = 1 << 13  # fused channels and positions beyond these are a typo, not a model (C² weights,
+MAX_L = 1 << 12  # L² attention scores per sample)
 MAX_CHANNELS = 1 << 24  # channels of one input feature
 MAX_JSON_BYTES = 16 << 20
 
@@ -159,6 +159,8 @@ class Genotype:
             raise GenotypeError(f"{path}: no such genotype file")
         if not path.is_file():
             raise GenotypeError(f"{path}: not a file; name a genotype.json")
+        size = path.stat().st_size
+        _require(size <= MAX_JSON_BYTES, str(path), f"{size} bytes is too large for a genotype")
         try:
             text = path.read_text()
         except UnicodeDecodeError:
@@ -379,13 +381,20 @@ def from_dict(d: Mapping, where: str = "genotype") -> Genotype:
 
 
 def best_pair(
-    w_x: np.ndarray, w_y: np.ndarray, distinct: bool, exclude: Collection[frozenset[int]] = ()
+    w_x: np.ndarray,
+    w_y: np.ndarray,
+    distinct: bool,
+    exclude: Collection[frozenset[int]] = (),
+    allowed: np.ndarray | None = None,
 ) -> tuple[int, int]:
     """``argmax_{(i, j)} w_x[i] · w_y[j]`` over ordered pairs; ties go to the lower ``(i, j)``.
 
-    With ``distinct`` the pair needs ``i ≠ j`` and an unordered pair not in ``exclude``.
+    With ``distinct`` the pair needs ``i ≠ j`` and an unordered pair not in ``exclude``;
+    ``allowed`` (a boolean matrix) rules out the pairs where it is False.
     """
     score = np.outer(w_x, w_y).astype(np.float64)
+    if allowed is not None:
+        score[~allowed[: len(w_x), : len(w_y)]] = -np.inf
     if distinct:
         np.fill_diagonal(score, -np.inf)
         for pair in exclude:
@@ -397,6 +406,18 @@ def best_pair(
     if not np.isfinite(score.flat[flat]):
         raise GenotypeError("no admissible input pair is left for this Cell (too few predecessors)")
     return divmod(flat, score.shape[1])
+
+
+def cross_modal_pairs(features: Sequence[str], num_cells: int) -> np.ndarray | None:
+    """Which Cell input pairs fuse two modalities: ``allowed[i, j]`` over ``[features…, cells…]``.
+
+    A pair of features of one modality is not allowed; any pair with a Cell is. None when the
+    features come from fewer than two modalities (then every pair is allowed).
+    """
+    mods = [f.split(".", 1)[0] for f in features] + [None] * num_cells
+    if len({m for m in mods if m is not None}) < 2:
+        return None
+    return np.array([[a is None or b is None or a != b for b in mods] for a in mods])
 
 
 def derive(
@@ -413,6 +434,7 @@ def derive(
     shared: bool = False,
     distinct_steps: bool = False,
     zero_output: bool = True,
+    cross_modal: bool = False,
 ) -> Genotype:
     """Derive the genotype from architecture weights (a pure function).
 
@@ -435,6 +457,9 @@ def derive(
         zero_output: whether the steps a Cell outputs (its last ``inner_multiplier``) may derive
             ``zero``; if not, their op is the argmax of γ over the other ops, so no Cell reduces to
             ``LayerNorm(x)``.
+        cross_modal: a Cell may not read two features of the same modality (MFAS' rule: every
+            fusion Cell fuses two modalities or refines an earlier Cell). Ignored with fewer than
+            two modalities.
 
     Rules: Cell n takes ``argmax_{i ≠ j} w_x(i) w_y(j)`` over all its predecessors (earlier Cells
     included) whose unordered pair no earlier Cell took; a step takes its op by ``argmax γ`` and, per
@@ -446,12 +471,13 @@ def derive(
     K = len(names)
     states = list(names)
     used_pairs: set[frozenset[int]] = set()
+    allowed = cross_modal_pairs(names, len(alpha)) if cross_modal else None
     cells = []
     for n, a in enumerate(alpha):
         a = np.asarray(a, dtype=np.float64)
         _require(a.shape[-1] == K + n, f"alpha[{n}]", f"expected {K + n} predecessors, got shape {a.shape}")
         w_x, w_y = (a[0], a[0]) if a.shape[0] == 1 else (a[0], a[1])
-        i, j = best_pair(w_x, w_y, distinct=True, exclude=used_pairs)
+        i, j = best_pair(w_x, w_y, distinct=True, exclude=used_pairs, allowed=allowed)
         used_pairs.add(frozenset((i, j)))
         steps = []
         inner = list(CELL_INPUTS)

@@ -284,6 +284,7 @@ class HyperNet(nn.Module):
         zero_output: bool = False,
         noise: torch.Generator | None = None,
         temperature: float = 1.0,
+        cross_modal: bool = False,
     ) -> Genotype:
         """The discrete architecture the current α, β, γ select (rules: :func:`bmnas.genotype.derive`).
 
@@ -323,4 +324,5 @@ class HyperNet(nn.Module):
             shared=self.input_mode == "shared",
             distinct_steps=distinct_steps,
             zero_output=zero_output,
+            cross_modal=cross_modal,
         )

@@ -17,9 +17,15 @@ from .metrics import compute_metrics
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
-    """Index batches over ``n`` samples: shuffled when a generator is given, else in order."""
+    """Index batches over ``n`` samples: shuffled when a generator is given, else in order.
+
+    A last batch of a single row joins the one before it (BatchNorm needs two rows to train).
+    """
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on a batch of one row
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
 
 
 def loss_fn(task: TaskInfo, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -27,9 +27,15 @@ def default_root() -> Path:
     return Path(os.environ.get("BMNAS_CACHE") or Path.home() / ".cache" / "bmnas").expanduser()
 
 
-def prepare_backbones(name: str, *, root: str | Path | None = None, seed: int = 0, progress: bool = True,
-                      backbone_options: Mapping[str, object] | None = None,
-                      **dataset_options) -> tuple[RawDataset, list[Backbone]]:
+def prepare_backbones(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    backbone_options: Mapping[str, object] | None = None,
+    **dataset_options,
+) -> tuple[RawDataset, list[Backbone]]:
     """Prepare dataset ``name`` and its frozen backbones (pre-training them on first use).
 
     What ``bmnas pretrain`` needs; :func:`dataset_features` does the same, then extracts.
@@ -39,8 +45,9 @@ def prepare_backbones(name: str, *, root: str | Path | None = None, seed: int = 
     return raw, backbones_for(name, raw, root, seed=seed, progress=progress, **(backbone_options or {}))
 
 
-def cache_key(dataset: str, checksum: str, split: str, backbone: Backbone, weights: str, length: int,
-              pooling: str) -> CacheKey:
+def cache_key(
+    dataset: str, checksum: str, split: str, backbone: Backbone, weights: str, length: int, pooling: str
+) -> CacheKey:
     """The cache key of ``backbone``'s features on ``split`` (``weights``: its weights hash)."""
     layers = tuple(zip(backbone.feature_names(), backbone.layers.values(), strict=True))
     return CacheKey(dataset, checksum, split, backbone.modality, weights, layers, length, pooling)
@@ -105,8 +112,13 @@ def dataset_features(
 
             def compute(backbone: Backbone = backbone, split: str = split) -> dict[str, np.ndarray]:
                 return extract_features(
-                    backbone, raw.splits[split].inputs[backbone.modality], length=length, pooling=pooling,
-                    batch_size=batch_size, progress=progress, threads=threads,
+                    backbone,
+                    raw.splits[split].inputs[backbone.modality],
+                    length=length,
+                    pooling=pooling,
+                    batch_size=batch_size,
+                    progress=progress,
+                    threads=threads,
                     desc=f"extract {name}/{split}/{backbone.modality}",
                 )
 

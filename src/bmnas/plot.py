@@ -13,16 +13,41 @@ from .genotype import Genotype  # noqa: E402
 
 
 def plot_history(history: list[dict], out_dir: str | Path) -> list[Path]:
-    """Write ``search_curves.png``, ``arch_weights.png`` and ``genotype.png`` into ``out_dir``."""
+    """Write ``search_curves.png``, ``arch_weights.png``, ``search_diagnostics.png`` (when the history
+    has them) and ``genotype.png`` into ``out_dir``."""
     if not history:
         return []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [
-        _curves(history, out / "search_curves.png"),
-        _arch(history, out / "arch_weights.png"),
-        plot_genotype(Genotype.from_dict(history[-1]["genotype"]), out / "genotype.png"),
-    ]
+    paths = [_curves(history, out / "search_curves.png"), _arch(history, out / "arch_weights.png")]
+    if "entropy" in history[-1]:
+        paths.append(_diagnostics(history, out / "search_diagnostics.png"))
+    paths.append(plot_genotype(Genotype.from_dict(history[-1]["genotype"]), out / "genotype.png"))
+    return paths
+
+
+def _diagnostics(history: list[dict], path: Path) -> Path:
+    """Collapse diagnostics per epoch: normalised entropy of α, β, γ and each op's share of γ."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for k, label in (("alpha", "α (Cell inputs)"), ("beta", "β (step inputs)"), ("gamma", "γ (ops)")):
+        ax1.plot(epochs, [h["entropy"][k] for h in history], label=label)
+    ax1.set(
+        xlabel="epoch",
+        ylabel="normalised entropy",
+        ylim=(0, 1.05),
+        title="how undecided the search is (1 = uniform, 0 = one choice)",
+    )
+    ax1.title.set_fontsize(9)
+    ax1.legend(fontsize=8)
+    for op in history[-1]["op_share"]:
+        ax2.plot(epochs, [h["op_share"].get(op, 0.0) for h in history], label=op)
+    ax2.set(xlabel="epoch", ylabel="mean softmax(γ)", title="op share over all steps")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _curves(history: list[dict], path: Path) -> Path:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,9 @@ import torch
 import yaml
 
 from . import __version__
+from .backbones.base import Backbone
 from .data import SPLITS, DataError, FeatureData, TaskInfo
+from .extract import extract_features
 from .found import FoundNet
 from .genotype import Genotype, GenotypeError
 from .metrics import compute_metrics
@@ -34,6 +36,7 @@ from .runs import RunError
 MODEL_FILE = "model.pt"
 MODEL_FORMAT = "bmnas.model"
 FOUND_STAGE = "train"
+RECOMMENDED = "recommended"
 
 
 class ModelError(RunError):
@@ -209,7 +212,7 @@ class LoadedModel:
         out = []
         for start in range(0, n, batch_size):
             batch = {
-                k: torch.as_tensor(np.asarray(pooled[k][start : start + batch_size]), dtype=torch.float32)
+                k: torch.from_numpy(np.array(pooled[k][start : start + batch_size], dtype=np.float32))
                 for k in self.inputs
             }
             out.append(self.net(batch).float().numpy())
@@ -223,6 +226,37 @@ class LoadedModel:
     def predict(self, raw: Mapping[str, np.ndarray], batch_size: int = 1024) -> Predictions:
         """Predictions for raw features in the generic format (pooled here as the run pooled them)."""
         return self.predict_pooled(self.pool(raw), batch_size)
+
+    def extract(
+        self,
+        backbones: Sequence[Backbone],
+        inputs: Mapping[str, np.ndarray | Sequence],
+        progress: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Pooled input features from raw inputs ``modality -> N samples``, through the run's backbones.
+
+        Each backbone that yields a feature the network reads runs once over its modality's inputs
+        (its own preprocessing, forward hooks, pooling with this run's L and pooling).
+        """
+        by_modality = {b.modality: b for b in backbones}
+        needed = {b.modality: [n for n in b.feature_names() if n in self.inputs] for b in backbones}
+        needed = {m: names for m, names in needed.items() if names}
+        unknown = [m for m in inputs if m not in by_modality]
+        missing = [m for m in needed if m not in inputs]
+        if unknown or missing:
+            raise DataError(
+                f"raw inputs {sorted(inputs)}: this run's backbones read the modalities "
+                f"{sorted(by_modality)} and the network needs {sorted(needed)}"
+                + (f"; unknown {unknown}" if unknown else "")
+                + (f"; missing {missing}" if missing else "")
+            )
+        pooled: dict[str, np.ndarray] = {}
+        for m, names in needed.items():
+            feats = extract_features(
+                by_modality[m], inputs[m], length=self.L, pooling=self.pooling, progress=progress, threads=1
+            )
+            pooled.update({n: feats[n] for n in names})
+        return pooled
 
     def predict_pooled(self, pooled: Mapping[str, np.ndarray], batch_size: int = 1024) -> Predictions:
         """Predictions for pooled ``(N, L_k, C_in)`` features (e.g. a :class:`~bmnas.data.FeatureSplit`'s)."""
@@ -262,8 +296,9 @@ def save_model(
 
 
 def load(run_dir: str | Path, stage: str = FOUND_STAGE) -> LoadedModel:
-    """The trained network of ``run_dir`` (``stage``: ``train`` for the found network, or a baseline's
-    checkpoint name such as ``baseline_late_fusion``).
+    """The trained network of ``run_dir`` (``stage``: ``train`` for the found network, a baseline's
+    checkpoint name such as ``baseline_late_fusion``, or ``recommended`` for the one ``bmnas run``
+    recommends).
 
     Reads ``model.pt`` when present (found network), else ``<stage>.ckpt.pt`` with ``config.yaml``
     and ``metrics.json``. Raises :class:`ModelError` naming what is missing.
@@ -271,6 +306,8 @@ def load(run_dir: str | Path, stage: str = FOUND_STAGE) -> LoadedModel:
     run = Path(run_dir)
     if not run.is_dir():
         raise ModelError(f"{run}: no such run directory")
+    if stage == RECOMMENDED:
+        stage = recommended_stage(run)
     if stage == FOUND_STAGE and (run / MODEL_FILE).is_file():
         return _from_model_file(run / MODEL_FILE)
     path = run / f"{stage}.ckpt.pt"
@@ -313,6 +350,14 @@ def load(run_dir: str | Path, stage: str = FOUND_STAGE) -> LoadedModel:
         source=path,
         config=_read_yaml(run / "config.yaml") or cfg,
     )
+
+
+def recommended_stage(run: Path) -> str:
+    """The checkpoint name of the network ``bmnas run`` recommends (``metrics.json``)."""
+    method = (((_read_json(run / "metrics.json") or {}).get("recommended")) or {}).get("method")
+    if not method:
+        raise ModelError(f"{run}: metrics.json names no recommended network (`bmnas run` writes one)")
+    return FOUND_STAGE if method == "searched" else "baseline_" + method.replace(":", "_")
 
 
 def _from_model_file(path: Path) -> LoadedModel:
@@ -445,18 +490,27 @@ def check_labels(labels: np.ndarray, task: TaskInfo, n: int, where: str) -> None
 
 def run_features(model: LoadedModel, cache: str | Path, split: str, progress: bool = False):
     """Pooled features and labels of ``split`` of the run's own data (from its ``config.yaml``)."""
+    if split not in SPLITS:
+        raise DataError(f"--split {split!r}: choose one of {list(SPLITS)}")
     data = run_data(model.config, model.L, cache, progress)
     sp = data[split]
     return sp.features, sp.labels, f"{data.name}/{split}"
 
 
-def run_data(config: Mapping, L: int, cache: str | Path, progress: bool = False) -> FeatureData:
-    """The run's data as its configuration describes it (generic directory or registered dataset)."""
+def run_data(
+    config: Mapping, L: int, cache: str | Path, progress: bool = False, data_dir: str | Path | None = None
+) -> FeatureData:
+    """The run's data as its configuration describes it (generic directory or registered dataset).
+
+    ``data_dir``: a generic directory to use instead (e.g. the run's data, moved).
+    """
     d = (config or {}).get("data") or {}
-    if d.get("dir"):
+    if data_dir or d.get("dir"):
         from .data import load_generic_dir
 
-        data = load_generic_dir(d["dir"], L, d.get("pooling", "max"), d.get("task"), d.get("num_outputs"))
+        data = load_generic_dir(
+            data_dir or d["dir"], L, d.get("pooling", "max"), d.get("task"), d.get("num_outputs")
+        )
     elif d.get("dataset"):
         from .pipeline import dataset_features
 
@@ -473,12 +527,36 @@ def run_data(config: Mapping, L: int, cache: str | Path, progress: bool = False)
     return data.select(list(d["features"])) if d.get("features") else data
 
 
+def run_backbones(model: LoadedModel, cache: str | Path, progress: bool = False) -> list[Backbone]:
+    """The frozen backbones of a run on a registered dataset (loaded from the cache root)."""
+    d = (model.config or {}).get("data") or {}
+    if not d.get("dataset"):
+        raise DataError(
+            "--raw needs a run on a registered dataset (bmnas run --dataset NAME); this run read "
+            "pre-extracted features: predict from features with --data"
+        )
+    from .pipeline import prepare_backbones
+
+    _, backbones = prepare_backbones(
+        d["dataset"], root=Path(cache), seed=int(model.config.get("seed", 0)), progress=progress
+    )
+    return backbones
+
+
 def cli(args) -> int:
-    """``bmnas predict RUN [--data DIR|FILE.npz] [--split S] --out FILE.csv|.jsonl``."""
+    """``bmnas predict RUN [--data DIR|FILE.npz | --raw FILE.npz] [--split S] --out FILE.csv|.jsonl``."""
     out = Path(args.out)
     output_kind(out)
     model = load(args.run_dir, args.stage)
-    if args.data:
+    if args.data and args.raw:
+        raise DataError("give --data (features) or --raw (raw inputs), not both")
+    if args.raw:
+        inputs, labels = read_npz(args.raw)
+        pooled = model.extract(run_backbones(model, args.cache, not args.quiet), inputs, not args.quiet)
+        preds, name = model.predict_pooled(pooled, args.batch_size), str(args.raw)
+        if labels is not None:
+            check_labels(labels, model.task, len(preds), name)
+    elif args.data:
         raw, labels, name = read_input(args.data, args.split)
         preds = model.predict(raw, args.batch_size) if raw else None
         if preds is None:

@@ -8,9 +8,14 @@ wins (ties: the earlier candidate). Candidates, in order, without repeats:
 
 1. the argmax of the final α, β, γ;
 2. the genotype of the epoch whose hypernet scored best on val (the paper's choice);
-3. the other genotypes of the search trajectory, by their epoch's hypernet val score;
-4. samples of the final architecture distribution (Gumbel-max on α, β, γ at temperature 1),
-   so that near-ties the weights did not resolve are decided by measurement.
+3. samples of the final architecture distribution (Gumbel-max on α, β, γ at temperature 1),
+   so that near-ties the weights did not resolve are decided by measurement;
+4. if samples repeat themselves (a confident search), the other genotypes of the search
+   trajectory, by their epoch's hypernet val score.
+
+The trajectory comes last because its genotypes differ little from one another (measured on
+AV-MNIST: every trajectory candidate read the same feature pair), while samples explore what the
+weights left open.
 
 Every candidate's outcome is appended to ``RUN_DIR/rerank.jsonl``; a resumed run skips those done.
 """
@@ -37,6 +42,8 @@ def candidates(
     net: HyperNet, history: list[dict], cfg: Config, k: int, metric: str
 ) -> list[tuple[str, Genotype]]:
     """Up to ``k`` distinct candidate genotypes with where each came from (see the module doc)."""
+    from .search import derive_rules
+
     s = cfg.search
     out: dict[str, tuple[str, Genotype]] = {}
 
@@ -44,15 +51,20 @@ def candidates(
         if len(out) < k:
             out.setdefault(g.to_json(indent=None), (source, g))
 
-    add("argmax", net.genotype(s.distinct_steps, s.zero_output))
-    rows = [r for r in history if r["epoch"] > s.warmup_epochs]
-    for r in sorted(rows, key=lambda r: (-r["val"][metric], -r["epoch"])):
-        add(f"epoch {r['epoch']}", Genotype.from_dict(r["genotype"]))
+    rules = derive_rules(cfg)
+    add("argmax", net.genotype(**rules))
+    rows = sorted(
+        (r for r in history if r["epoch"] > s.warmup_epochs), key=lambda r: (-r["val"][metric], -r["epoch"])
+    )
+    for r in rows[:1]:
+        add(f"best epoch {r['epoch']}", Genotype.from_dict(r["genotype"]))
     noise = torch.Generator().manual_seed(cfg.seed)
     for i in range(k * SAMPLE_TRIES):
         if len(out) >= k:
             break
-        add(f"sample {i + 1}", net.genotype(s.distinct_steps, s.zero_output, noise=noise))
+        add(f"sample {i + 1}", net.genotype(**rules, noise=noise))
+    for r in rows[1:]:
+        add(f"epoch {r['epoch']}", Genotype.from_dict(r["genotype"]))
     return list(out.values())
 
 

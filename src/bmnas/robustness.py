@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,10 +28,10 @@ import numpy as np
 from .augment import modality_of
 from .data import FeatureData, FeatureSplit
 from .metrics import primary_metric
-from .predict import FOUND_STAGE, LoadedModel, load, run_data
+from .predict import FOUND_STAGE, LoadedModel, ModelError, load, run_data
 
 NOISE_LEVELS = (0.1, 0.5, 1.0)
-FOUND_NAME = "searched (bm-nas)"
+FOUND_NAME = "searched"
 
 
 def conditions(modalities: Sequence[str], noise: Sequence[float] = NOISE_LEVELS) -> list[str]:
@@ -82,7 +83,7 @@ def perturb(
 
 
 def run_models(run_dir: str | Path) -> dict[str, LoadedModel]:
-    """The found network (``searched (bm-nas)``) and every baseline the run trained, by display name."""
+    """The found network (``searched``) and every baseline the run trained, by display name."""
     run = Path(run_dir)
     models = {FOUND_NAME: load(run, FOUND_STAGE)}
     try:
@@ -92,7 +93,10 @@ def run_models(run_dir: str | Path) -> dict[str, LoadedModel]:
     stages = {"baseline_" + n.replace(":", "_"): n for n in names}
     for path in sorted(run.glob("baseline_*.ckpt.pt")):
         stage = path.name.removesuffix(".ckpt.pt")
-        models[stages.get(stage, stage.removeprefix("baseline_"))] = load(run, stage)
+        try:
+            models[stages.get(stage, stage.removeprefix("baseline_"))] = load(run, stage)
+        except ModelError as err:  # e.g. a baseline whose training was interrupted
+            print(f"bmnas: skipping {stage}: {err}", file=sys.stderr)
     return models
 
 
@@ -146,7 +150,7 @@ def plot(rows: Sequence[dict], metric: str, path: Path) -> Path:
     from matplotlib.figure import Figure
 
     methods, conds, value = pivot(rows, metric)
-    fig = Figure(figsize=(max(6.0, 0.9 * len(conds) * max(1, len(methods)) / 2), 4.0))
+    fig = Figure(figsize=(max(6.0, 1.3 * len(conds)), 4.5))
     ax = fig.subplots()
     width = 0.8 / max(1, len(methods))
     x = np.arange(len(conds))
@@ -155,17 +159,17 @@ def plot(rows: Sequence[dict], metric: str, path: Path) -> Path:
     ax.set_xticks(x, conds, rotation=30, ha="right")
     ax.set_ylabel(f"test {metric}")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", ncols=min(4, len(methods)), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
 
 
 def cli(args) -> int:
-    """``bmnas robustness RUN [--out DIR] [--noise 0.1 0.5 1.0]``: table (md, csv), plot, json."""
+    """``bmnas robustness RUN [--data DIR] [--out DIR] [--noise σ …]``: table (md, csv, json), plot."""
     models = run_models(args.run_dir)
     found = models[FOUND_NAME]
-    data = run_data(found.config, found.L, args.cache, progress=not args.quiet)
+    data = run_data(found.config, found.L, args.cache, progress=not args.quiet, data_dir=args.data)
     metric = primary_metric(data.task)
     rows = evaluate_robustness(models, data, args.noise, args.seed)
     out = Path(args.out or args.run_dir)

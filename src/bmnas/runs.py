@@ -45,13 +45,15 @@ _STAGE_KEYS = {"search": ("seed", "data", "model", "search"), "train": ("seed", 
 _ALL_KEYS = ("seed", "data", "model", "search", "train")
 # Files holding each stage's results (globs in the run directory).
 _STAGE_FILES = {
-    "search": ("search.ckpt.pt", "genotype.json", "history.jsonl"),
+    "search": ("search.ckpt.pt", "genotype.json", "history.jsonl", "rerank.jsonl"),
     "train": (
         "train.ckpt.pt",
         "baseline_*.ckpt.pt",
         "train_history.jsonl",
         "baseline_*_history.jsonl",
         "metrics.json",
+        "*_selection.json",
+        "model.pt",
     ),
     "ablate": ("ablate/results.jsonl",),
 }
@@ -62,6 +64,24 @@ _CKPT_KEYS = {
 }
 FINGERPRINT = "fingerprint.json"
 LOCK = ".lock"
+# What ``--fresh`` removes: every file and folder a run writes (anything else in RUN_DIR stays).
+_OWNED_FILES = (
+    "config.yaml",
+    FINGERPRINT,
+    "genotype.json",
+    "recommended_genotype.json",
+    "model.pt",
+    "history.jsonl",
+    "metrics.json",
+    "smbo.jsonl",
+    "rerank.jsonl",
+    "robustness.*",
+    "*.ckpt.pt",
+    "*_history.jsonl",
+    "*_selection.json",
+    "*.tmp",
+)
+_OWNED_DIRS = ("plots", "ablate")
 
 
 class RunError(BmnasError, RuntimeError):
@@ -93,13 +113,21 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def _plain(obj: Any) -> Any:
     """``obj`` with numpy values turned into Python ones, so ``weights_only`` loading accepts it."""
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj)
     if isinstance(obj, (np.ndarray, np.generic)):
         return obj.tolist()
+    if type(obj) is dict:  # exact types only: a state_dict's OrderedDict keeps its _metadata
+        return {k: _plain(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_plain(v) for v in obj)
     return obj
+
+
+def _with_defaults(recorded: dict) -> dict:
+    """A recorded config with today's defaults for keys added since, so that they are no change."""
+    try:
+        return Config.from_dict(recorded).to_dict()
+    except BmnasError:  # a key removed since, or a value no longer valid: compare as recorded
+        return recorded
 
 
 def _ckpt_kind(stage: str) -> str | None:
@@ -211,7 +239,7 @@ class RunDir:
             raise RunError(f"{self.config_path} is damaged ({err}); use --fresh or another --out") from None
         if not isinstance(then, dict):
             raise RunError(f"{self.config_path} is damaged (not a mapping); use --fresh or another --out")
-        return then
+        return _with_defaults(then)
 
     def _recorded_data(self) -> dict | None:
         if not self.fingerprint_path.exists():
@@ -269,7 +297,7 @@ class RunDir:
         if not path.exists():
             return None
         ckpt = _read_checkpoint(path, _ckpt_kind(stage))
-        now, then = cfg.to_dict(), ckpt["config"]
+        now, then = cfg.to_dict(), _with_defaults(ckpt["config"])
         keys = _STAGE_KEYS["search" if stage == "search" else "train"]
         changes = [c for k in keys for c in _diff({k: then.get(k)}, {k: now.get(k)})]
         if changes:
@@ -280,14 +308,13 @@ class RunDir:
         return ckpt
 
     def clear(self) -> None:
-        """Remove everything a run writes except the lock (``--fresh``)."""
-        owned = {"config.yaml", FINGERPRINT, "genotype.json", "history.jsonl", "metrics.json", "smbo.jsonl"}
-        for child in self.path.iterdir():
-            name = child.name
-            if child.is_file() and (name in owned or name.endswith((".ckpt.pt", "_history.jsonl", ".tmp"))):
-                child.unlink(missing_ok=True)
-            elif child.is_dir() and name in ("plots", "ablate"):
-                shutil.rmtree(child, ignore_errors=True)
+        """Remove everything a run writes except the lock (``--fresh``); other files stay."""
+        for pattern in _OWNED_FILES:
+            for path in self.path.glob(pattern):
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+        for name in _OWNED_DIRS:
+            shutil.rmtree(self.path / name, ignore_errors=True)
 
 
 def _read_checkpoint(path: Path, kind: str | None) -> dict:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .augment import drop_modalities
 from .config import Config
 from .data import FeatureData, FeatureSplit, merge_splits
 from .found import FoundNet
@@ -119,6 +120,8 @@ def fit(
         total = 0.0
         for idx in batch_indices(len(split), t.batch_size, shuffle):
             feats, y = split.batch(idx)
+            if t.modality_dropout:
+                feats = drop_modalities({n: feats[n] for n in model.used}, t.modality_dropout, shuffle)
             loss = loss_fn(data.task, model(feats), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -11,6 +11,8 @@ never worse than late fusion on val.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +22,8 @@ from .data import FeatureData
 from .genotype import Genotype
 from .metrics import primary_metric
 from .runs import RunDir
+
+log = logging.getLogger(__name__)
 
 SEARCHED = "searched"
 FUSIONS = (SEARCHED, "late_fusion", "sum", "concat_fc")
@@ -35,6 +39,19 @@ class RunReport:
     recommended: str
     reason: str
     genotypes: dict[str, Genotype] = field(default_factory=dict)
+
+
+def fit_config_to_data(cfg: Config, data: FeatureData) -> Config:
+    """Settings that follow from the data: with vector features only, ``model.L = 1``.
+
+    A vector is one position broadcast to L; when every feature is a vector the L positions of
+    every fused tensor are copies, so L > 1 only multiplies the head's parameters (measured on
+    the 3-view digits benchmark: late fusion 0.796 at L=8, 0.806 at L=1, 3 seeds).
+    """
+    if data.feature_lengths and all(n == 1 for n in data.feature_lengths.values()) and cfg.model.L != 1:
+        log.info("every feature is a vector: model.L %d -> 1", cfg.model.L)
+        return cfg.replace(model=dataclasses.replace(cfg.model, L=1))
+    return cfg
 
 
 def recommend(rows: dict[str, dict], metric: str) -> tuple[str, str]:
@@ -68,6 +85,7 @@ def run(
         on_search: called with the :class:`~bmnas.search.SearchResult` before training (the CLI
             prints the genotype there).
     """
+    from .predict import save_model
     from .probe import linear_probe
     from .search import search
     from .train import train_found
@@ -87,6 +105,7 @@ def run(
         desc="train found net",
         selection=found.selection(cfg.train.epochs),
     )
+    save_model(run_dir.path, r.model, data, cfg.to_dict())
     rows = {SEARCHED: {**_row(r), "search_seconds": found.seconds}}
     genotypes = {SEARCHED: found.genotype}
     if baselines:

@@ -47,14 +47,22 @@ LAYERS = {"conv1": "conv1", "conv2": "conv2", "conv3": "conv3", "fc": "fc"}
 
 def _conv2d_block(c_in: int, c_out: int) -> nn.Sequential:
     """Conv 3×3 – BatchNorm – ReLU – MaxPool 2: ``(B, c_in, H, W) -> (B, c_out, H/2, W/2)``."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                         nn.ReLU(inplace=True), nn.MaxPool2d(2))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
 
 
 def _conv1d_block(c_in: int, c_out: int, k: int) -> nn.Sequential:
     """Conv k – BatchNorm – ReLU – MaxPool 2: ``(B, c_in, T) -> (B, c_out, T/2)``."""
-    return nn.Sequential(nn.Conv1d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm1d(c_out),
-                         nn.ReLU(inplace=True), nn.MaxPool1d(2))
+    return nn.Sequential(
+        nn.Conv1d(c_in, c_out, k, padding=k // 2, bias=False),
+        nn.BatchNorm1d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool1d(2),
+    )
 
 
 class ImageCNN(nn.Module):
@@ -137,14 +145,20 @@ def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 512
     net.eval()
     correct = 0
     for start in range(0, len(x), batch_size):
-        logits = net(torch.from_numpy(np.array(x[start:start + batch_size], dtype=np.float32)))
-        correct += int((logits.argmax(1).numpy() == np.asarray(y[start:start + batch_size])).sum())
+        logits = net(torch.from_numpy(np.array(x[start : start + batch_size], dtype=np.float32)))
+        correct += int((logits.argmax(1).numpy() == np.asarray(y[start : start + batch_size])).sum())
     return correct / max(len(x), 1)
 
 
-def fit_classifier(net: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                   recipe: TrainRecipe, seed: int, progress: bool = True,
-                   desc: str = "pretrain") -> tuple[dict[str, torch.Tensor], float, int]:
+def fit_classifier(
+    net: nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    recipe: TrainRecipe,
+    seed: int,
+    progress: bool = True,
+    desc: str = "pretrain",
+) -> tuple[dict[str, torch.Tensor], float, int]:
     """Train ``net`` with cross-entropy on ``train``; keep the epoch with the best val accuracy.
 
     Returns ``(best state dict, best val accuracy, best epoch)`` (epochs counted from 1).
@@ -197,9 +211,16 @@ def _load_weights(path: Path, net: nn.Module) -> dict | None:
     return meta
 
 
-def pretrain(raw: RawDataset, root: str | Path, *, seed: int = 0, recipe: TrainRecipe | None = None,
-             progress: bool = True, force: bool = False,
-             threads: int | None = 1) -> tuple[dict[str, nn.Module], list[PretrainResult]]:
+def pretrain(
+    raw: RawDataset,
+    root: str | Path,
+    *,
+    seed: int = 0,
+    recipe: TrainRecipe | None = None,
+    progress: bool = True,
+    force: bool = False,
+    threads: int | None = 1,
+) -> tuple[dict[str, nn.Module], list[PretrainResult]]:
     """Pre-train (or load from ``root``) the AV-MNIST image and audio networks.
 
     Args:
@@ -231,29 +252,56 @@ def pretrain(raw: RawDataset, root: str | Path, *, seed: int = 0, recipe: TrainR
                 torch.manual_seed(seed)
                 net = cls()  # seeded initialisation; the caller's RNG state is left untouched
                 state, acc, epoch = fit_classifier(
-                    net, (train.inputs[modality], train.labels), (val.inputs[modality], val.labels),
-                    recipe, seed, progress, desc=f"pretrain {modality}",
+                    net,
+                    (train.inputs[modality], train.labels),
+                    (val.inputs[modality], val.labels),
+                    recipe,
+                    seed,
+                    progress,
+                    desc=f"pretrain {modality}",
                 )
             net.load_state_dict(state)
             tmp = path.with_name(f".{path.name}.tmp")
             torch.save(state, tmp)
             tmp.replace(path)
-            meta = {"arch": arch, "dataset_sha256": checksum, "seed": seed, "val_accuracy": acc,
-                    "best_epoch": epoch, "recipe": asdict(recipe), "sha256": sha256_file(path),
-                    "seconds": time.perf_counter() - start}
+            meta = {
+                "arch": arch,
+                "dataset_sha256": checksum,
+                "seed": seed,
+                "val_accuracy": acc,
+                "best_epoch": epoch,
+                "recipe": asdict(recipe),
+                "sha256": sha256_file(path),
+                "seconds": time.perf_counter() - start,
+            }
             write_json_atomic(path.with_suffix(".json"), meta)
         net.eval().requires_grad_(False)
         modules[modality] = net
-        results.append(PretrainResult(modality, arch, str(path), float(meta["val_accuracy"]),
-                                      int(meta["best_epoch"]), time.perf_counter() - start, cached))
-        log.info("%s backbone %s: val accuracy %.3f (%s)", modality, arch, meta["val_accuracy"],
-                 "cached" if cached else "pre-trained")
+        results.append(
+            PretrainResult(
+                modality,
+                arch,
+                str(path),
+                float(meta["val_accuracy"]),
+                int(meta["best_epoch"]),
+                time.perf_counter() - start,
+                cached,
+            )
+        )
+        log.info(
+            "%s backbone %s: val accuracy %.3f (%s)",
+            modality,
+            arch,
+            meta["val_accuracy"],
+            "cached" if cached else "pre-trained",
+        )
     return modules, results
 
 
 @register_backbones("avmnist")
-def avmnist_backbones(raw: RawDataset, root: str | Path, seed: int = 0,
-                      progress: bool = True) -> list[Backbone]:
+def avmnist_backbones(
+    raw: RawDataset, root: str | Path, seed: int = 0, progress: bool = True
+) -> list[Backbone]:
     """The frozen AV-MNIST backbones (image, then audio), pre-trained on first use."""
     modules, _ = pretrain(raw, root, seed=seed, progress=progress)
     return [Backbone(m, modules[m], dict(LAYERS), name=f"avmnist-{m}") for m in ("image", "audio")]

@@ -103,16 +103,21 @@ class MBConvBlock(nn.Module):
 class EfficientNetLite(nn.Module):
     """Stem – 16 MBConv blocks – 1×1 head conv – global average pool – dropout – linear classifier."""
 
-    def __init__(self, stages: tuple[tuple[int, ...], ...] = LITE0_STAGES, num_classes: int = 1000,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        stages: tuple[tuple[int, ...], ...] = LITE0_STAGES,
+        num_classes: int = 1000,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2)
         self._bn0 = _bn(STEM_CHANNELS)
         blocks = []
         for repeats, kernel, stride, expand, c_in, c_out in stages:
             for r in range(repeats):
-                blocks.append(MBConvBlock(c_in if r == 0 else c_out, c_out, kernel, stride if r == 0 else 1,
-                                          expand))
+                blocks.append(
+                    MBConvBlock(c_in if r == 0 else c_out, c_out, kernel, stride if r == 0 else 1, expand)
+                )
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(stages[-1][5], HEAD_CHANNELS, 1)
         self._bn1 = _bn(HEAD_CHANNELS)
@@ -169,14 +174,18 @@ def preprocess_images(images: np.ndarray, size: int = 224) -> torch.Tensor:
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected RGB images (N, 3, H, W), got shape {tuple(x.shape)}")
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=min(x.shape[-2:]) > size)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=min(x.shape[-2:]) > size
+        )
     return (x - INPUT_MEAN) / INPUT_STD
 
 
-def efficientnet_lite0_backbone(modality: str = "image", image_size: int = 224,
-                                layers: Mapping[str, str] | None = None,
-                                pretrained: bool | str | Path = True) -> Backbone:
+def efficientnet_lite0_backbone(
+    modality: str = "image",
+    image_size: int = 224,
+    layers: Mapping[str, str] | None = None,
+    pretrained: bool | str | Path = True,
+) -> Backbone:
     """A frozen EfficientNet-Lite0 :class:`Backbone` reading uint8 RGB ``(N, 3, H, W)`` images.
 
     Args:
@@ -194,5 +203,6 @@ def efficientnet_lite0_backbone(modality: str = "image", image_size: int = 224,
     def preprocess(batch: np.ndarray) -> torch.Tensor:
         return preprocess_images(batch, image_size)
 
-    return Backbone(modality, model, dict(layers or FEATURE_LAYERS), preprocess,
-                    name=f"efficientnet-lite0@{image_size}")
+    return Backbone(
+        modality, model, dict(layers or FEATURE_LAYERS), preprocess, name=f"efficientnet-lite0@{image_size}"
+    )

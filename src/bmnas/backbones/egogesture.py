@@ -28,15 +28,24 @@ MODALITY_CHANNELS = {"rgb": 3, "depth": 1}
 
 
 def _block(c_in: int, c_out: int, pool: tuple[int, int, int], stride: tuple[int, int, int] = (1, 1, 1)):
-    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm3d(c_out), nn.ReLU(inplace=True), nn.MaxPool3d(pool, ceil_mode=True))
+    return nn.Sequential(
+        nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm3d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool3d(pool, ceil_mode=True),
+    )
 
 
 class Small3DCNN(nn.Module):
     """``(B, C, T, H, W)`` clips → ``(B, num_classes)`` logits (see the module docstring)."""
 
-    def __init__(self, in_channels: int, num_classes: int = 83, widths: Sequence[int] = (32, 64, 128, 256),
-                 dropout: float = 0.3) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int = 83,
+        widths: Sequence[int] = (32, 64, 128, 256),
+        dropout: float = 0.3,
+    ) -> None:
         super().__init__()
         self.block1 = _block(in_channels, widths[0], (1, 2, 2), stride=(1, 2, 2))
         self.block2 = _block(widths[0], widths[1], (2, 2, 2))
@@ -55,8 +64,9 @@ def clips_to_tensor(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(batch, dtype=np.float32)).div_(255.0).sub_(0.5).div_(0.25)
 
 
-def _backbone(raw, root: Path, modality: str, seed: int, progress: bool, weights, epochs: int,
-              batch_size: int) -> Backbone:
+def _backbone(
+    raw, root: Path, modality: str, seed: int, progress: bool, weights, epochs: int, batch_size: int
+) -> Backbone:
     train = raw.splits["train"]
     num_classes = len(raw.class_names) or int(train.labels.max()) + 1
     torch.manual_seed(seed)
@@ -66,21 +76,47 @@ def _backbone(raw, root: Path, modality: str, seed: int, progress: bool, weights
         freeze(net)
     else:
         shape = list(train.inputs[modality].shape[1:])
-        meta = {"arch": "small3dcnn-32-256", "modality": modality, "input": shape,
-                "data": dataset_checksum(raw), "seed": seed, "epochs": epochs, "batch_size": batch_size}
-        pretrained(net, root / "egogesture" / "backbones" / f"{modality}-small3dcnn-{weights_key(**meta)}.pt",
-                   lambda m: train_classifier(
-                       m, train.inputs[modality], train.labels, multilabel=False, epochs=epochs,
-                       batch_size=batch_size, to_tensor=clips_to_tensor, seed=seed, progress=progress,
-                       desc=f"pretrain egogesture {modality}"),
-                   meta)
+        meta = {
+            "arch": "small3dcnn-32-256",
+            "modality": modality,
+            "input": shape,
+            "data": dataset_checksum(raw),
+            "seed": seed,
+            "epochs": epochs,
+            "batch_size": batch_size,
+        }
+        pretrained(
+            net,
+            root / "egogesture" / "backbones" / f"{modality}-small3dcnn-{weights_key(**meta)}.pt",
+            lambda m: train_classifier(
+                m,
+                train.inputs[modality],
+                train.labels,
+                multilabel=False,
+                epochs=epochs,
+                batch_size=batch_size,
+                to_tensor=clips_to_tensor,
+                seed=seed,
+                progress=progress,
+                desc=f"pretrain egogesture {modality}",
+            ),
+            meta,
+        )
     return Backbone(modality, net, LAYERS, preprocess=clips_to_tensor, name="small3dcnn")
 
 
 @register_backbones("egogesture")
-def egogesture_backbones(raw, root, seed: int = 0, progress: bool = True, *, rgb_weights: str | None = None,
-                         depth_weights: str | None = None, epochs: int | None = None,
-                         batch_size: int = 32) -> list[Backbone]:
+def egogesture_backbones(
+    raw,
+    root,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    rgb_weights: str | None = None,
+    depth_weights: str | None = None,
+    epochs: int | None = None,
+    batch_size: int = 32,
+) -> list[Backbone]:
     """Frozen ``rgb`` and ``depth`` :class:`Small3DCNN` backbones, pre-trained on the train split.
 
     Args:
@@ -91,6 +127,8 @@ def egogesture_backbones(raw, root, seed: int = 0, progress: bool = True, *, rgb
     """
     root = Path(root)
     epochs = option(epochs, raw, "pretrain_epochs", default=10, cast=int)
-    weights = {"rgb": option(rgb_weights, raw, "rgb_weights"),
-               "depth": option(depth_weights, raw, "depth_weights")}
+    weights = {
+        "rgb": option(rgb_weights, raw, "rgb_weights"),
+        "depth": option(depth_weights, raw, "depth_weights"),
+    }
     return [_backbone(raw, root, m, seed, progress, weights[m], epochs, batch_size) for m in ("rgb", "depth")]

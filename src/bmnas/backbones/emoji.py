@@ -19,8 +19,9 @@ from .minilm import minilm_backbone
 
 
 @register_backbones("emoji")
-def emoji_backbones(raw, root: str | Path | None = None, seed: int = 0, progress: bool = True,
-                    image_size: int = 224) -> list[Backbone]:
+def emoji_backbones(
+    raw, root: str | Path | None = None, seed: int = 0, progress: bool = True, image_size: int = 224
+) -> list[Backbone]:
     """The frozen emoji backbones (image, then text), in eval mode.
 
     Args:

@@ -170,8 +170,10 @@ class MiniLMFeatures(nn.Module):
         self.taps = nn.ModuleDict()
         for name, (layer, kind) in (taps or DEFAULT_TAPS).items():
             if not 1 <= layer <= LAYERS or kind not in ("mean", "tokens"):
-                raise ValueError(f"tap {name!r}: need a layer in 1..{LAYERS} and 'mean' or 'tokens', "
-                                 f"got ({layer}, {kind!r})")
+                raise ValueError(
+                    f"tap {name!r}: need a layer in 1..{LAYERS} and 'mean' or 'tokens', "
+                    f"got ({layer}, {kind!r})"
+                )
             self.taps[name] = MaskedMean(layer) if kind == "mean" else TokenResample(layer)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -212,8 +214,9 @@ def load_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k not in IGNORED_KEYS}
 
 
-def minilm(pretrained: bool | str | Path = True, taps: Mapping[str, tuple[int, str]] | None = None
-           ) -> MiniLMFeatures:
+def minilm(
+    pretrained: bool | str | Path = True, taps: Mapping[str, tuple[int, str]] | None = None
+) -> MiniLMFeatures:
     """MiniLM-L6 in eval mode; ``pretrained``: True (the weights package), a safetensors path, or False."""
     model = MiniLMFeatures(taps)
     if pretrained:
@@ -247,8 +250,12 @@ class Tokenizer:
         return self._tok.encode(text).tokens
 
 
-def minilm_backbone(modality: str = "text", taps: Mapping[str, tuple[int, str]] | None = None,
-                    max_length: int = 64, pretrained: bool | str | Path = True) -> Backbone:
+def minilm_backbone(
+    modality: str = "text",
+    taps: Mapping[str, tuple[int, str]] | None = None,
+    max_length: int = 64,
+    pretrained: bool | str | Path = True,
+) -> Backbone:
     """A frozen all-MiniLM-L6-v2 :class:`Backbone` reading ``(N,)`` arrays of strings.
 
     Args:

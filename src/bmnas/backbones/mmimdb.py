@@ -41,10 +41,35 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-             512, 512, 512, 512, "M")
-VGG19_LAYERS = {"relu4_1": "features.20", "relu4_4": "features.26", "relu5_3": "features.33",
-                "pool5": "features.36"}
+VGG19_CFG = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+)
+VGG19_LAYERS = {
+    "relu4_1": "features.20",
+    "relu4_4": "features.26",
+    "relu5_3": "features.33",
+    "pool5": "features.36",
+}
 SMALL_VGG_LAYERS = {"block2": "block2", "block3": "block3", "block4": "block4", "fc": "fc"}
 MAXOUT_LAYERS = {"maxout1": "maxout1", "maxout2": "maxout2"}
 
@@ -64,8 +89,9 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def load_weights(module: nn.Module, path: str | Path, *, prefix: str = "", strict: bool = True,
-                 assign: bool = False) -> None:
+def load_weights(
+    module: nn.Module, path: str | Path, *, prefix: str = "", strict: bool = True, assign: bool = False
+) -> None:
     """Load a state dict file into ``module``; ``prefix`` selects (and strips) a key prefix.
 
     Accepts a bare state dict or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``;
@@ -84,7 +110,7 @@ def load_weights(module: nn.Module, path: str | Path, *, prefix: str = "", stric
     if not isinstance(state, dict):
         raise DataError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
     if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     if missing and strict:
@@ -92,17 +118,32 @@ def load_weights(module: nn.Module, path: str | Path, *, prefix: str = "", stric
             f"{path}: missing {len(missing)} tensors for {type(module).__name__} (first: {missing[:4]}); "
             f"the file must hold this architecture's state dict"
         )
-    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    wrong = [
+        (k, tuple(state[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     if wrong:
         raise DataError(f"{path}: tensor shapes differ from {type(module).__name__}: {wrong[:4]}")
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False, assign=assign)
 
 
-def train_classifier(model: nn.Module, inputs, labels: np.ndarray, *, multilabel: bool, epochs: int,
-                     to_tensor: Callable[[np.ndarray], torch.Tensor], batch_size: int = 64, lr: float = 1e-3,
-                     weight_decay: float = 1e-4, seed: int = 0, progress: bool = False,
-                     desc: str = "pretrain", device: str | torch.device | None = None) -> list[float]:
+def train_classifier(
+    model: nn.Module,
+    inputs,
+    labels: np.ndarray,
+    *,
+    multilabel: bool,
+    epochs: int,
+    to_tensor: Callable[[np.ndarray], torch.Tensor],
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "pretrain",
+    device: str | torch.device | None = None,
+) -> list[float]:
     """Train ``model`` (raw batch → logits) on ``inputs[i]``, ``labels[i]``; returns the epoch losses.
 
     ``inputs`` is any array-like indexed by sorted integer arrays (ndarray, memmap, lazy HDF5 rows);
@@ -126,7 +167,7 @@ def train_classifier(model: nn.Module, inputs, labels: np.ndarray, *, multilabel
     for _ in range(epochs):
         order, total = rng.permutation(n), 0.0
         for i in range(0, n, batch_size):
-            idx = np.sort(order[i: i + batch_size])
+            idx = np.sort(order[i : i + batch_size])
             if len(idx) < 2 and n > 1:  # BatchNorm needs two samples
                 continue
             x = to_tensor(inputs[idx]).to(device, non_blocking=True)
@@ -146,8 +187,9 @@ def train_classifier(model: nn.Module, inputs, labels: np.ndarray, *, multilabel
     return losses
 
 
-def pretrained(model: nn.Module, cache_file: Path, train: Callable[[nn.Module], list[float]],
-               meta: dict | None = None) -> nn.Module:
+def pretrained(
+    model: nn.Module, cache_file: Path, train: Callable[[nn.Module], list[float]], meta: dict | None = None
+) -> nn.Module:
     """Load ``model``'s weights from ``cache_file``, or run ``train(model)`` and save them there.
 
     A JSON sidecar (same name, ``.json``) records the weights' SHA-256, the epoch losses, the time
@@ -170,8 +212,15 @@ def pretrained(model: nn.Module, cache_file: Path, train: Callable[[nn.Module], 
     tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(cache_file)
-    write_json_atomic(sidecar, {**(meta or {}), "sha256": sha256_file(cache_file), "losses": losses,
-                                "seconds": round(time.perf_counter() - start, 2)})
+    write_json_atomic(
+        sidecar,
+        {
+            **(meta or {}),
+            "sha256": sha256_file(cache_file),
+            "losses": losses,
+            "seconds": round(time.perf_counter() - start, 2),
+        },
+    )
     return freeze(model)
 
 
@@ -211,12 +260,13 @@ class Maxout(nn.Module):
 class MaxoutMLP(nn.Module):
     """The GMU / BM-NAS plot encoder: ``(B, 300)`` word2vec average → ``(B, num_outputs)`` logits."""
 
-    def __init__(self, d_in: int = 300, hidden: int = 64, num_outputs: int = 23, k: int = 5,
-                 dropout: float = 0.5) -> None:
+    def __init__(
+        self, d_in: int = 300, hidden: int = 64, num_outputs: int = 23, k: int = 5, dropout: float = 0.5
+    ) -> None:
         super().__init__()
-        self.maxout1 = Maxout(d_in, hidden, k)                      # (B, 64)
+        self.maxout1 = Maxout(d_in, hidden, k)  # (B, 64)
         self.drop1 = nn.Sequential(nn.BatchNorm1d(hidden), nn.Dropout(dropout))
-        self.maxout2 = Maxout(hidden, 2 * hidden, k)                # (B, 128)
+        self.maxout2 = Maxout(hidden, 2 * hidden, k)  # (B, 128)
         self.drop2 = nn.Sequential(nn.BatchNorm1d(2 * hidden), nn.Dropout(dropout))
         self.head = nn.Linear(2 * hidden, num_outputs)
 
@@ -225,8 +275,12 @@ class MaxoutMLP(nn.Module):
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                         nn.ReLU(inplace=True), nn.MaxPool2d(2))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
 
 
 class SmallVGG(nn.Module):
@@ -237,8 +291,13 @@ class SmallVGG(nn.Module):
     ``(128, 16, 10)``, block4 ``(256, 8, 5)``, fc ``(256,)``.
     """
 
-    def __init__(self, num_outputs: int = 23, size: Sequence[int] = (128, 80),
-                 widths: Sequence[int] = (32, 64, 128, 256), dropout: float = 0.3) -> None:
+    def __init__(
+        self,
+        num_outputs: int = 23,
+        size: Sequence[int] = (128, 80),
+        widths: Sequence[int] = (32, 64, 128, 256),
+        dropout: float = 0.3,
+    ) -> None:
         super().__init__()
         self.size = tuple(int(s) for s in size)
         chans = (3, *widths)
@@ -283,16 +342,36 @@ def _text_backbone(raw, root: Path, seed: int, progress: bool, weights, epochs: 
         freeze(net)
     else:
         meta = {"arch": "maxout-mlp-64-k5", "data": dataset_checksum(raw), "seed": seed, "epochs": epochs}
-        pretrained(net, root / "mmimdb" / "backbones" / f"text-maxout-{weights_key(**meta)}.pt",
-                   lambda m: train_classifier(
-                       m, train.inputs["text"], train.labels, multilabel=True, epochs=epochs, batch_size=128,
-                       to_tensor=text_to_tensor, seed=seed, progress=progress, desc="pretrain mmimdb text"),
-                   meta)
+        pretrained(
+            net,
+            root / "mmimdb" / "backbones" / f"text-maxout-{weights_key(**meta)}.pt",
+            lambda m: train_classifier(
+                m,
+                train.inputs["text"],
+                train.labels,
+                multilabel=True,
+                epochs=epochs,
+                batch_size=128,
+                to_tensor=text_to_tensor,
+                seed=seed,
+                progress=progress,
+                desc="pretrain mmimdb text",
+            ),
+            meta,
+        )
     return Backbone("text", net, MAXOUT_LAYERS, preprocess=text_to_tensor, name="maxout-mlp")
 
 
-def _image_backbone(raw, root: Path, seed: int, progress: bool, weights, epochs: int,
-                    image_size: Sequence[int], batch_size: int) -> Backbone:
+def _image_backbone(
+    raw,
+    root: Path,
+    seed: int,
+    progress: bool,
+    weights,
+    epochs: int,
+    image_size: Sequence[int],
+    batch_size: int,
+) -> Backbone:
     if weights:
         with torch.device("meta"):  # skip the random initialisation of 20 M weights
             net = VGG19Features()
@@ -301,21 +380,47 @@ def _image_backbone(raw, root: Path, seed: int, progress: bool, weights, epochs:
     train = raw.splits["train"]
     torch.manual_seed(seed)
     net = SmallVGG(num_outputs=train.labels.shape[1], size=image_size)
-    meta = {"arch": "small-vgg-32-256", "size": list(net.size), "data": dataset_checksum(raw), "seed": seed,
-            "epochs": epochs, "batch_size": batch_size}
-    pretrained(net, root / "mmimdb" / "backbones" / f"image-smallvgg-{weights_key(**meta)}.pt",
-               lambda m: train_classifier(
-                   m, train.inputs["image"], train.labels, multilabel=True, epochs=epochs,
-                   batch_size=batch_size, to_tensor=images_to_tensor, seed=seed, progress=progress,
-                   desc="pretrain mmimdb image"),
-               meta)
+    meta = {
+        "arch": "small-vgg-32-256",
+        "size": list(net.size),
+        "data": dataset_checksum(raw),
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+    }
+    pretrained(
+        net,
+        root / "mmimdb" / "backbones" / f"image-smallvgg-{weights_key(**meta)}.pt",
+        lambda m: train_classifier(
+            m,
+            train.inputs["image"],
+            train.labels,
+            multilabel=True,
+            epochs=epochs,
+            batch_size=batch_size,
+            to_tensor=images_to_tensor,
+            seed=seed,
+            progress=progress,
+            desc="pretrain mmimdb image",
+        ),
+        meta,
+    )
     return Backbone("image", net, SMALL_VGG_LAYERS, preprocess=images_to_tensor, name="small-vgg")
 
 
 @register_backbones("mmimdb")
-def mmimdb_backbones(raw, root, seed: int = 0, progress: bool = True, *, image_weights: str | None = None,
-                     text_weights: str | None = None, epochs: int | None = None,
-                     image_size: Sequence[int] = (128, 80), batch_size: int = 64) -> list[Backbone]:
+def mmimdb_backbones(
+    raw,
+    root,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    image_weights: str | None = None,
+    text_weights: str | None = None,
+    epochs: int | None = None,
+    image_size: Sequence[int] = (128, 80),
+    batch_size: int = 64,
+) -> list[Backbone]:
     """Frozen ``image`` and ``text`` backbones for MM-IMDB, pre-training them (cached under ``root``).
 
     Args:

@@ -44,11 +44,15 @@ class BodyMax(nn.Module):
 def _stream(in_channels: int, joints: int, frames: int, out_channels: int, dropout: float) -> nn.Sequential:
     """Point-level convs, then the joints as channels (co-occurrence), ``(B, 3, T, V) → (B, 64, T/4, ·)``."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(),
+        nn.Conv2d(in_channels, out_channels, 1),
+        nn.ReLU(),
         nn.Conv2d(out_channels, frames, (3, 1), padding=(1, 0)),
         _Transpose(),  # (B, T', T, V) → (B, V, T, T')
-        nn.Conv2d(joints, out_channels // 2, 3, padding=1), nn.MaxPool2d(2),
-        nn.Conv2d(out_channels // 2, out_channels, 3, padding=1), nn.Dropout2d(dropout), nn.MaxPool2d(2),
+        nn.Conv2d(joints, out_channels // 2, 3, padding=1),
+        nn.MaxPool2d(2),
+        nn.Conv2d(out_channels // 2, out_channels, 3, padding=1),
+        nn.Dropout2d(dropout),
+        nn.MaxPool2d(2),
     )
 
 
@@ -60,18 +64,33 @@ class _Transpose(nn.Module):
 class HCN(nn.Module):
     """Hierarchical co-occurrence network: ``(B, 3, T, 25, M)`` skeletons → ``(B, classes)`` logits."""
 
-    def __init__(self, num_classes: int = 60, frames: int = 32, joints: int = 25, bodies: int = 2,
-                 channels: int = 64, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        num_classes: int = 60,
+        frames: int = 32,
+        joints: int = 25,
+        bodies: int = 2,
+        channels: int = 64,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         if frames < 16:
             raise ValueError(f"HCN needs at least 16 frames (four 2x poolings), got {frames}")
         self.bodies = bodies
         self.position = _stream(3, joints, frames, channels, dropout)
         self.motion = _stream(3, joints, frames, channels, dropout)
-        self.conv5 = nn.Sequential(nn.Conv2d(2 * channels, 2 * channels, 3, padding=1), nn.ReLU(),
-                                   nn.Dropout2d(dropout), nn.MaxPool2d(2))
-        self.conv6 = nn.Sequential(nn.Conv2d(2 * channels, 4 * channels, 3, padding=1), nn.ReLU(),
-                                   nn.Dropout2d(dropout), nn.MaxPool2d(2))
+        self.conv5 = nn.Sequential(
+            nn.Conv2d(2 * channels, 2 * channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Dropout2d(dropout),
+            nn.MaxPool2d(2),
+        )
+        self.conv6 = nn.Sequential(
+            nn.Conv2d(2 * channels, 4 * channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Dropout2d(dropout),
+            nn.MaxPool2d(2),
+        )
         self.conv5_max, self.conv6_max = BodyMax(bodies), BodyMax(bodies)
         self.flat = nn.Flatten()
         side = max(frames // 16, 1)
@@ -80,13 +99,17 @@ class HCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, t, v, m = x.shape
-        motion = x[:, :, 1:] - x[:, :, :-1]                                        # (N, C, T-1, V, M)
-        motion = F.interpolate(motion.permute(0, 1, 4, 2, 3).reshape(n, c * m, t - 1, v), size=(t, v),
-                               mode="bilinear", align_corners=False).view(n, c, m, t, v)
-        pos = x.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v)                     # bodies into the batch
+        motion = x[:, :, 1:] - x[:, :, :-1]  # (N, C, T-1, V, M)
+        motion = F.interpolate(
+            motion.permute(0, 1, 4, 2, 3).reshape(n, c * m, t - 1, v),
+            size=(t, v),
+            mode="bilinear",
+            align_corners=False,
+        ).view(n, c, m, t, v)
+        pos = x.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v)  # bodies into the batch
         mot = motion.permute(0, 2, 1, 3, 4).reshape(n * m, c, t, v)
-        h5 = self.conv5(torch.cat([self.position(pos), self.motion(mot)], 1))     # (N·M, 128, T/8, ·)
-        h6 = self.conv6(h5)                                                        # (N·M, 256, T/16, ·)
+        h5 = self.conv5(torch.cat([self.position(pos), self.motion(mot)], 1))  # (N·M, 128, T/8, ·)
+        h6 = self.conv6(h5)  # (N·M, 256, T/16, ·)
         self.conv5_max(h5)  # feature only: read by a hook
         return self.fc8(self.fc7(self.flat(self.conv6_max(h6))))
 
@@ -124,8 +147,9 @@ class PrecomputedFeatures(nn.Module):
         return out
 
 
-def _skeleton_backbone(raw, root: Path, seed: int, progress: bool, weights, epochs: int,
-                       batch_size: int) -> Backbone:
+def _skeleton_backbone(
+    raw, root: Path, seed: int, progress: bool, weights, epochs: int, batch_size: int
+) -> Backbone:
     train = raw.splits["train"]
     frames = train.inputs["skeleton"].shape[2]
     num_classes = len(raw.class_names) or int(train.labels.max()) + 1
@@ -135,20 +159,45 @@ def _skeleton_backbone(raw, root: Path, seed: int, progress: bool, weights, epoc
         load_weights(net, weights)
         freeze(net)
     else:
-        meta = {"arch": "hcn-64", "frames": frames, "data": dataset_checksum(raw), "seed": seed,
-                "epochs": epochs, "batch_size": batch_size}
-        pretrained(net, root / "ntu" / "backbones" / f"skeleton-hcn-{weights_key(**meta)}.pt",
-                   lambda m: train_classifier(
-                       m, train.inputs["skeleton"], train.labels, multilabel=False, epochs=epochs,
-                       batch_size=batch_size, to_tensor=skeletons_to_tensor, seed=seed, progress=progress,
-                       desc="pretrain ntu skeleton"),
-                   meta)
+        meta = {
+            "arch": "hcn-64",
+            "frames": frames,
+            "data": dataset_checksum(raw),
+            "seed": seed,
+            "epochs": epochs,
+            "batch_size": batch_size,
+        }
+        pretrained(
+            net,
+            root / "ntu" / "backbones" / f"skeleton-hcn-{weights_key(**meta)}.pt",
+            lambda m: train_classifier(
+                m,
+                train.inputs["skeleton"],
+                train.labels,
+                multilabel=False,
+                epochs=epochs,
+                batch_size=batch_size,
+                to_tensor=skeletons_to_tensor,
+                seed=seed,
+                progress=progress,
+                desc="pretrain ntu skeleton",
+            ),
+            meta,
+        )
     return Backbone("skeleton", net, HCN_LAYERS, preprocess=skeletons_to_tensor, name="hcn")
 
 
 @register_backbones("ntu")
-def ntu_backbones(raw, root, seed: int = 0, progress: bool = True, *, skeleton_weights: str | None = None,
-                  epochs: int | None = None, batch_size: int = 64) -> list[Backbone]:
+def ntu_backbones(
+    raw,
+    root,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    skeleton_weights: str | None = None,
+    epochs: int | None = None,
+    batch_size: int = 64,
+) -> list[Backbone]:
     """``rgb`` (when the dataset has user RGB features) then ``skeleton`` backbones, frozen.
 
     Args:
@@ -162,11 +211,18 @@ def ntu_backbones(raw, root, seed: int = 0, progress: bool = True, *, skeleton_w
     epochs = option(epochs, raw, "pretrain_epochs", default=10, cast=int)
     out = []
     if "rgb" in raw.modalities:
-        store = FeatureStore(raw.provenance["rgb_features"],
-                             raw.provenance.get("rgb_default_layer", "features"))
+        store = FeatureStore(
+            raw.provenance["rgb_features"], raw.provenance.get("rgb_default_layer", "features")
+        )
         name = f"precomputed-{hashlib.sha256(str(store.path).encode()).hexdigest()[:8]}"
-        out.append(Backbone("rgb", freeze(PrecomputedFeatures(store)),
-                            {layer: f"out.{layer}" for layer in store.layers}, preprocess=codes_to_tensor,
-                            name=name))
+        out.append(
+            Backbone(
+                "rgb",
+                freeze(PrecomputedFeatures(store)),
+                {layer: f"out.{layer}" for layer in store.layers},
+                preprocess=codes_to_tensor,
+                name=name,
+            )
+        )
     out.append(_skeleton_backbone(raw, root, seed, progress, weights, epochs, batch_size))
     return out

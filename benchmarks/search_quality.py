@@ -1,0 +1,183 @@
+"""Search quality: does the searched network beat hand-made fusion, and why (not)?
+
+A benchmark, not a test. For one dataset (``--dataset NAME`` or ``--data DIR``) and ≥ 3 seeds it
+runs :func:`bmnas.ablate.ablate` — every method trained by the same recipe on the same feature
+cache — and adds the search's own diagnostics:
+
+* **discretisation gap**: the hypernet's best val score vs the val score of the network derived
+  from it (trained on train alone by the evaluation stage's selection phase);
+* **genotype agreement** across seeds: share of seed pairs with identical genotypes, and the mean
+  Jaccard overlap of the features the genotypes read;
+* **collapse diagnostics** per epoch (normalised entropy of α, β, γ and each op's share of γ),
+  averaged over seeds, as a plot.
+
+Writes ``OUT/search_quality.md`` (table + diagnostics) and ``OUT/search_quality.png``; the
+ablation's own files stay in ``OUT`` so a rerun resumes.
+
+    python benchmarks/search_quality.py --dataset avmnist --out runs/quality_avmnist
+    python benchmarks/search_quality.py --data DIR --out runs/quality_dir --seeds 3
+    python benchmarks/search_quality.py --dataset avmnist --out runs/q --set search.rerank=0
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_METHODS = "late_fusion,linear_probe,sum,concat_fc,mha,aoa,searched,searched_paper"
+
+
+def agreement(genotypes: list[dict]) -> dict:
+    """Share of identical pairs and mean Jaccard overlap of used features, over all seed pairs."""
+    from bmnas.genotype import Genotype
+
+    gs = [Genotype.from_dict(g) for g in genotypes]
+    pairs = list(itertools.combinations(range(len(gs)), 2))
+    if not pairs:
+        return {"identical": None, "feature_jaccard": None}
+    same = [gs[i] == gs[j] for i, j in pairs]
+    jac = []
+    for i, j in pairs:
+        a, b = set(gs[i].used_features()), set(gs[j].used_features())
+        jac.append(len(a & b) / max(1, len(a | b)))
+    return {"identical": float(np.mean(same)), "feature_jaccard": float(np.mean(jac))}
+
+
+def diagnostics(root: Path, method: str, results: list[dict], metric: str) -> dict:
+    """Gap, agreement and per-epoch collapse curves of one searched method."""
+    rows = [r for r in results if r["method"] == method]
+    gaps = [
+        r[f"hypernet_val_{metric}"] - r[f"val_{metric}"]
+        for r in rows
+        if r.get(f"val_{metric}") is not None and f"hypernet_val_{metric}" in r
+    ]
+    histories = []
+    for r in rows:
+        path = root / "ablate" / method / f"seed{r['seed']}" / "history.jsonl"
+        if path.exists():
+            histories.append([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    derived = [c for r in rows for c in r.get("candidates", []) if c["source"] == "argmax"]
+    return {
+        "method": method,
+        "hypernet_val": float(np.mean([r[f"hypernet_val_{metric}"] for r in rows])) if rows else None,
+        "derived_val": float(np.mean([r[f"val_{metric}"] for r in rows])) if rows else None,
+        "gap": float(np.mean(gaps)) if gaps else None,
+        "argmax_val": float(np.mean([c["val"] for c in derived])) if derived else None,
+        "agreement": agreement([r["genotype"] for r in rows]),
+        "histories": histories,
+        "genotypes": [r["genotype"] for r in rows],
+    }
+
+
+def plot(diags: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(diags), 2, figsize=(10, 3.4 * len(diags)), squeeze=False)
+    for (ax1, ax2), d in zip(axes, diags, strict=True):
+        hs = [h for h in d["histories"] if h and "entropy" in h[-1]]
+        if not hs:
+            continue
+        n = min(len(h) for h in hs)
+        epochs = np.arange(1, n + 1)
+        for k in ("alpha", "beta", "gamma"):
+            ax1.plot(epochs, np.mean([[e["entropy"][k] for e in h[:n]] for h in hs], 0), label=k)
+        ax1.set(xlabel="epoch", ylabel="normalised entropy", ylim=(0, 1.05), title=f"{d['method']}: entropy")
+        ax1.legend(fontsize=8)
+        for op in hs[0][-1]["op_share"]:
+            ax2.plot(epochs, np.mean([[e["op_share"][op] for e in h[:n]] for h in hs], 0), label=op)
+        ax2.set(xlabel="epoch", ylabel="mean softmax(γ)", title=f"{d['method']}: op share (mean over seeds)")
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def describe(g: dict) -> str:
+    from bmnas.genotype import Genotype
+
+    return Genotype.from_dict(g).describe().replace("\n", "; ")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="registered dataset, e.g. avmnist or emoji")
+    src.add_argument("--data", metavar="DIR", help="generic-format directory")
+    p.add_argument("--out", required=True, help="output directory (resumed if it exists)")
+    p.add_argument("--seeds", default="3", help="number of seeds (3) or a list (0,1,2)")
+    p.add_argument("--methods", default=DEFAULT_METHODS)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--cache", default=os.environ.get("BMNAS_CACHE", str(Path.home() / ".cache" / "bmnas")))
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+
+    from bmnas.ablate import AblationOptions, ablate, markdown_table, parse_seeds
+    from bmnas.cli import load_data
+    from bmnas.config import Config, preset
+    from bmnas.metrics import primary_metric
+    from bmnas.workflow import fit_config_to_data
+
+    base = preset(args.dataset) if args.dataset else {}
+    cfg = Config.from_sources(None, args.set, base=base)
+    cfg = cfg.replace(data=type(cfg.data)(**{**cfg.data.__dict__, "dataset": args.dataset, "dir": args.data}))
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    data = load_data(cfg, args.cache, progress=not args.quiet)
+    cfg = fit_config_to_data(cfg, data)  # as `bmnas run` / `bmnas ablate` do
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    opts = AblationOptions(methods=methods, seeds=parse_seeds(args.seeds, cfg.seed))
+    out = Path(args.out)
+    res = ablate(data, cfg, out, opts, progress=not args.quiet, verbose=True)
+    metric = primary_metric(data.task)
+    diags = [diagnostics(out, m, res.results, metric) for m in methods if m.startswith("searched")]
+    lines = [
+        f"# Search quality on {data.name}",
+        "",
+        f"Command: `python benchmarks/search_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        "",
+        f"Seeds {list(opts.seeds)}; sizes {dict((s, len(sp)) for s, sp in data.splits.items())}; "
+        f"test {metric} of the refit (epoch count chosen on val); val = selection phase (train alone).",
+        "",
+        markdown_table(res.rows, res.cost_ratio),
+        "## Search diagnostics",
+        "",
+        f"| method | hypernet val {metric} | derived network val | gap (hypernet − derived) "
+        "| argmax candidate val | identical genotypes (seed pairs) | feature Jaccard |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v):
+        return "–" if v is None else f"{v:.4f}"
+
+    for d in diags:
+        a = d["agreement"]
+        lines.append(
+            f"| {d['method']} | {f(d['hypernet_val'])} | {f(d['derived_val'])} | {f(d['gap'])} "
+            f"| {f(d['argmax_val'])} | {f(a['identical'])} | {f(a['feature_jaccard'])} |"
+        )
+    lines += ["", "Genotypes:", ""]
+    for d in diags:
+        for s, g in zip(opts.seeds, d["genotypes"], strict=False):
+            lines.append(f"- {d['method']}, seed {s}: {describe(g)}")
+    lines.append("")
+    (out / "search_quality.md").write_text("\n".join(lines))
+    if diags:
+        plot(diags, out / "search_quality.png")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
