@@ -160,10 +160,12 @@ def test_clear_errors(trained, tmp_path, capsys):
     np.savez(tmp_path / "renamed.npz", **renamed)
     err = _error(capsys, ["predict", str(run), "--data", str(tmp_path / "renamed.npz"), "--out", out])
     assert "['image.other'] are not features of this run" in err
-    reshaped = {**arrays, "image.map": arrays["image.map"][:, :3]}
+    used = load(run).genotype.used_features()[0]  # a feature the found network reads
+    reshaped = {**arrays, used: arrays[used][:, :3]}
     np.savez(tmp_path / "reshaped.npz", **reshaped)
     err = _error(capsys, ["predict", str(run), "--data", str(tmp_path / "reshaped.npz"), "--out", out])
-    assert "feature 'image.map' has shape (12, 3, 6, 5)" in err and "C_in = 4" in err
+    shape = (12, 3, *arrays[used].shape[2:])
+    assert f"feature {used!r} has shape {shape}" in err and f"C_in = {arrays[used].shape[1]}" in err
     (tmp_path / "feats.csv").write_text("a,b\n1,2\n")
     err = _error(capsys, ["predict", str(run), "--data", str(tmp_path / "feats.csv"), "--out", out])
     assert "expected a .npz file" in err
