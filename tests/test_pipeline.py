@@ -190,3 +190,14 @@ def test_avmnist_end_to_end_and_fusion_matters(bmnas_root, forwards):
     )
     assert 0.45 < img < 0.75 and 0.5 < aud < 0.75
     assert both > max(img, aud) + 0.08
+
+
+def test_unknown_backbone_option_is_a_clear_error(tmp_path, capsys):
+    from bmnas.cli import main
+
+    argv = ["pretrain", "--dataset", "toy-pipeline", "--cache", str(tmp_path), "--quiet"]
+    assert main([*argv, "--backbone-option", "depth=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bmnas: error: unknown --backbone-option ['depth'] for 'toy-pipeline'")
+    assert "valid options: ['progress', 'seed', 'width']" in err
+    assert main([*argv, "--backbone-option", "width=3"]) == 0

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backbones.base import Backbone
+from .errors import BmnasError
 from .pooling import pool_feature
 
 INTERMEDIATES = "forward_intermediates:"
@@ -46,7 +47,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-class LayerPathError(ValueError):
+class LayerPathError(BmnasError, ValueError):
     """A feature layer path that names no submodule of the backbone."""
 
 

@@ -9,6 +9,7 @@ batch of raw inputs into the module's input (``preprocess``). Features are named
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ..datasets.base import _import_quietly
+from ..errors import BmnasError
 
 
 def _to_tensor(batch: np.ndarray) -> torch.Tensor:
@@ -68,5 +70,21 @@ def backbones_for(dataset_name: str, raw, root, **options) -> list[Backbone]:
     if dataset_name not in _FACTORIES:
         _import_quietly(f"bmnas.backbones.{dataset_name}")
     if dataset_name not in _FACTORIES:
-        raise KeyError(f"no backbones registered for dataset {dataset_name!r}; known: {sorted(_FACTORIES)}")
-    return _FACTORIES[dataset_name](raw, root, **options)
+        raise BackboneError(
+            f"no backbones registered for dataset {dataset_name!r}; known: {sorted(_FACTORIES)}"
+        )
+    factory = _FACTORIES[dataset_name]
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        valid = sorted(named[2:])  # after (raw, root)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise BackboneError(
+                f"unknown --backbone-option {unknown} for {dataset_name!r}; valid options: {valid or 'none'}"
+            )
+    return factory(raw, root, **options)
+
+
+class BackboneError(BmnasError, ValueError):
+    """Backbones that cannot be built as asked (unknown dataset or option)."""

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import make_staging_dir, publish_dir, sha256_file, write_json_atomic
+from ..errors import BmnasError
 from .base import SPLITS, RawDataset, RawSplit, register_dataset
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class AVMNISTOptions:
         return f"v{FORMAT_VERSION}-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-class PreparedDataError(RuntimeError):
+class PreparedDataError(BmnasError, RuntimeError):
     """The prepared files are missing, corrupt or stale."""
 
 

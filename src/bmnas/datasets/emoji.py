@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import make_staging_dir, publish_dir, sha256_file, write_json_atomic
+from ..errors import BmnasError
 from .base import SPLITS, RawDataset, RawSplit, register_dataset
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,11 @@ PROVENANCE = {
 }
 
 
-class EmojiDataError(RuntimeError):
+class EmojiDataError(BmnasError, RuntimeError):
     """A source file (tarball, emoji.json or a PNG) that cannot be read; the message names it."""
 
 
-class PreparedDataError(RuntimeError):
+class PreparedDataError(BmnasError, RuntimeError):
     """The prepared files are missing, corrupt or stale."""
 
 
