@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bmnas.found import FoundNet
-from bmnas.genotype import CellGene, FeatureSpec, Genotype, StepGene
+from bmnas.genotype import CellGene, FeatureSpec, Genotype, GenotypeError, StepGene
 from bmnas.hypernet import HyperNet, edge_weights
 
 FEATS = (
@@ -124,5 +124,5 @@ def test_found_net_rejects_unknown_op():
         (CellGene(("a.f2", "b.f1"), (StepGene("atention", ("x", "y")),), ("step1",)),),
         ("cell1",),
     )
-    with pytest.raises(Exception, match="cells\\[0\\]\\.steps\\[0\\]\\.op: unknown op 'atention'"):
+    with pytest.raises(GenotypeError, match="cells\\[0\\]\\.steps\\[0\\]\\.op: unknown op 'atention'"):
         FoundNet(g, 3)
