@@ -214,6 +214,8 @@ def test_recommend_takes_the_best_fusion_on_val_never_below_late_fusion():
     assert best == "sum" and "highest val accuracy (0.8200)" in reason and "searched 0.7900" in reason
     rows["searched"]["val"] = 0.82  # a tie goes to the searched network
     assert recommend(rows, "accuracy")[0] == "searched"
+    best, reason = recommend(rows, "accuracy", searched_saw_val=True)
+    assert best == "searched" and "search.arch_split=0.3 keeps val out of the search" in reason
     rows["searched"]["val"] = 0.5
     rows["sum"]["val"] = rows["concat_fc"]["val"] = 0.7
     assert recommend(rows, "accuracy")[0] == "late_fusion"
