@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+import pytest
 import yaml
 
 from bmnas.cli import main
@@ -46,7 +48,13 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
     m = json.loads((out / "metrics.json").read_text())
-    assert 0.0 <= m["test"]["accuracy"] <= 1.0
+    # the test accuracy is that of the refit network's predictions: recompute it from model.pt
+    from bmnas.predict import load
+
+    test = np.load(data / "test.npz")
+    labels = test["label"]
+    pred = load(out).predict({k: test[k] for k in test.files if k != "label"}).predicted
+    assert m["test"]["accuracy"] == pytest.approx(float((pred == labels).mean()))
     assert m["params"]["total"] == m["params"]["fusion"] + m["params"]["classifier"] > 0
     assert m["search_seconds"] > 0 and m["train_seconds"] > 0
     assert set(m["baselines"]) == {
@@ -129,3 +137,19 @@ def test_yaml_config_and_overrides(tmp_path):
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert (cfg["model"]["cells"], cfg["search"]["batch_size"], cfg["search"]["epochs"]) == (1, 8, 1)
     assert len(Genotype.load(out / "genotype.json").cells) == 1
+
+
+def test_show_prints_the_results_table_and_version(tmp_path, capsys):
+    data = write_generic(tmp_path / "d")
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(data), "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    assert shown.startswith("cell1: ")
+    assert f"{m['test']['accuracy']:.4f}" in shown and "late_fusion" in shown
+    assert f"* recommended: {m['recommended']['method']}" in shown
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("bmnas 0.")

@@ -202,7 +202,7 @@ def test_a_search_needs_two_features(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------- bad config
 BAD_CONFIG = {
-    "threads=-1": "threads: must be in [0, 1024] (0: torch's default), got -1",
+    "threads=-1": "threads: must be in [0, 1024] (0: bmnas' thread policy), got -1",
     "seed=12345678901234567890": "seed: must be in [0, 4294967295], got 12345678901234567890",
     "search.arch_betas=[2.0,0.999]": "search.arch_betas: Adam's betas must be in [0, 1), got [2.0, 0.999]",
     "search.weight_decay=-1": "search.weight_decay: must be >= 0, got -1.0",

@@ -378,8 +378,8 @@ def write_outputs(results: Sequence[dict], methods: Sequence[str], metric: str, 
 def _spec(cfg: Config, opts: AblationOptions) -> dict:
     """What the stored results depend on (not the seeds or methods: those may grow)."""
     c = cfg.to_dict()
-    c.pop("seed")
-    c.pop("threads")
+    for key in ("seed", "threads", "device", "precision"):  # not part of what the results mean
+        c.pop(key, None)
     return {"config": c, "smbo": asdict(opts.smbo), "random_seed": cfg.seed}
 
 

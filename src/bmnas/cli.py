@@ -62,6 +62,11 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
         help="where datasets, backbones and feature caches live (env BMNAS_CACHE)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="auto (default: a GPU if present), cpu, cuda or cuda:N; same as --set device=...",
+    )
     if out:
         p.add_argument("--out", metavar="RUN_DIR", required=True, help="run directory (resumed if it exists)")
         p.add_argument("--fresh", action="store_true", help="discard all a run wrote in RUN_DIR; start over")
@@ -72,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an internal error (env BMNAS_DEBUG=1)"
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"bmnas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("search", help="search a fusion architecture; writes genotype.json")
     _common(p)
@@ -159,7 +167,8 @@ def _use_parsers(sub) -> None:
 
 def resolve_config(args: argparse.Namespace) -> Config:
     base = preset(args.dataset) if args.dataset else {}
-    cfg = Config.from_sources(args.config, args.overrides, base=base)
+    overrides = [*args.overrides, *([f"device={args.device}"] if getattr(args, "device", None) else [])]
+    cfg = Config.from_sources(args.config, overrides, base=base)
     if args.dataset and args.data:
         raise ConfigError("give either --dataset or --data, not both")
     if args.dataset or args.data:
@@ -196,17 +205,21 @@ def load_data(
             raise ConfigError("--dataset-option and --backbone-option apply to --dataset, not to --data DIR")
         data = load_generic_dir(d.dir, cfg.model.L, d.pooling, d.task, d.num_outputs)
     else:
+        from .device import resolve_device
         from .pipeline import dataset_features
 
+        dataset_options = dict(dataset_options or {})
+        progress = bool(dataset_options.pop("progress", progress)) and progress  # the builder's bars too
         data = dataset_features(
             d.dataset,
             root=Path(cache),
+            device=resolve_device(cfg.device),
             length=cfg.model.L,
             pooling=d.pooling,
             seed=cfg.seed,
             progress=progress,
             backbone_options=backbone_options,
-            **(dataset_options or {}),
+            **dataset_options,
         )
         if d.task or d.num_outputs:
             from .data import infer_task
@@ -224,17 +237,59 @@ def _options(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def _open_run(args: argparse.Namespace, cfg: Config, data: FeatureData) -> RunDir:
-    """Lock ``--out`` and check that it holds this run (or none) before anything is written."""
-    run = RunDir(args.out)
-    run.open(cfg, fingerprint(data), fresh=args.fresh)
-    return run
+    """Lock ``--out`` and check that it holds this run (or none) before anything is written.
+
+    Under ``torchrun`` rank 0 opens (and locks) the directory; the other ranks only read from it.
+    """
+    from .distributed import barrier, current
+
+    ranks = current()
+    if ranks.main:
+        run = RunDir(args.out)
+        run.open(cfg, fingerprint(data), fresh=args.fresh)
+    barrier(ranks)
+    return run if ranks.main else RunDir(args.out, create=False)
+
+
+def _setup_processes(args: argparse.Namespace, cfg: Config) -> None:
+    """Join ``torchrun``'s process group (one search over several processes), before any data is read."""
+    from .device import resolve_device
+    from .distributed import current, init_from_env, launched
+
+    if not launched() or current().active:
+        return
+    if args.command not in ("search", "train"):
+        raise ConfigError(
+            f"bmnas {args.command} runs in one process; under torchrun use `bmnas search` or `bmnas train`"
+        )
+    init_from_env(resolve_device(cfg.device))
+    args.owns_process_group = True  # left in main's cleanup
+
+
+def _set_threads(cfg: Config, data: FeatureData) -> int:
+    """Process-wide CPU settings of a run: intra-op threads (``threads``, else the policy) and malloc."""
+    import torch
+
+    from .device import available_cores, choose_threads, step_elements
+    from .loop import keep_freed_memory
+
+    keep_freed_memory()  # activations reuse freed memory: no page faults every iteration
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes of this run on this machine
+    n = cfg.threads or choose_threads(
+        step_elements(cfg.search.batch_size, len(data.feature_names), cfg.model.C, cfg.model.L),
+        cores=max(1, available_cores() // local),
+    )
+    torch.set_num_threads(n)
+    return n
 
 
 def cmd_search(args: argparse.Namespace, cfg: Config, data: FeatureData, run: RunDir):
+    from .distributed import current
     from .search import search
 
     result = search(data, cfg, run, progress=not args.quiet)
-    _show_search(result, run)
+    if current().main:
+        _show_search(result, run)
     return result
 
 
@@ -252,10 +307,11 @@ def _show_search(result, run: RunDir) -> None:
 def _train(
     genotype: Genotype, data: FeatureData, cfg: Config, run: RunDir, quiet: bool, stage: str, desc: str
 ) -> dict:
+    from .distributed import current
     from .train import train_found
 
     r = train_found(genotype, data, cfg, run, progress=not quiet, stage=stage, desc=desc)
-    if stage == "train":
+    if stage == "train" and current().main:
         from .predict import save_model
 
         save_model(run.path, r.model, data, cfg.to_dict())
@@ -292,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         locks.release_all()
+        if getattr(args, "owns_process_group", False):
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def _describe(err: BaseException) -> str:
@@ -313,9 +373,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         run = RunDir(args.run_dir, create=False)
         print(Genotype.load(run.genotype_path).describe())
         if run.metrics_path.exists():
-            print(run.metrics_path.read_text())
+            from .workflow import format_table, report_from_metrics
+
+            print()
+            print(format_table(report_from_metrics(json.loads(run.metrics_path.read_text()))))
+            print(f"\nall figures: {run.metrics_path}")
         return 0
     cfg = resolve_config(args)
+    _setup_processes(args, cfg)
     progress = not args.quiet
     if args.command == "pretrain":
         data = load_data(cfg, args.cache, progress, *_options(args))
@@ -332,6 +397,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data = load_data(cfg, args.cache, progress, *_options(args))
     data_seconds = time.perf_counter() - t0
+    _set_threads(cfg, data)
     if args.command in ("search", "run", "ablate"):
         check_searchable(data)
         from .workflow import fit_config_to_data
@@ -351,9 +417,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         cmd_search(args, cfg, data, run)
         return 0
     if args.command == "train":
+        from .distributed import current
+
         result = _train(genotype, data, cfg, run, args.quiet, "train", "train found net")
-        run.write_json("metrics.json", {**result, "genotype": genotype.to_dict()})
-        print(f"test: {json.dumps(result['test'])}")
+        if current().main:
+            run.write_json("metrics.json", {**result, "genotype": genotype.to_dict()})
+            print(f"test: {json.dumps(result['test'])}")
         return 0
     # run: search, train, baselines, table, recommendation
     from .workflow import format_table

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -103,7 +104,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Config:
     seed: int = 0
-    threads: int = 0  # torch threads; 0 = torch's default
+    threads: int = 0  # torch threads; 0 = bmnas' policy (bmnas.device.choose_threads)
+    device: str = "auto"  # auto (cuda if present) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast of forward passes)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -372,5 +375,15 @@ def _check(cfg, where: str) -> None:
         need(
             0 <= cfg.threads <= MAX_THREADS,
             "threads",
-            f"must be in [0, {MAX_THREADS}] (0: torch's default), got {cfg.threads}",
+            f"must be in [0, {MAX_THREADS}] (0: bmnas' thread policy), got {cfg.threads}",
+        )
+        need(
+            cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device) is not None,
+            "device",
+            f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}",
+        )
+        need(
+            cfg.precision in ("fp32", "bf16"),
+            "precision",
+            f"must be fp32 or bf16, got {cfg.precision!r}",
         )

@@ -5,25 +5,30 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import platform
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import drop_modalities
 from .data import FeatureSplit, TaskInfo
+from .distributed import SINGLE, Ranks, average_gradients, gather_rows, shard, sum_over_ranks
 from .metrics import compute_metrics
 
 
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
+def batch_indices(
+    n: int, batch_size: int, generator: torch.Generator | None, min_rows: int = 2
+) -> list[np.ndarray]:
     """Index batches over ``n`` samples: shuffled when a generator is given, else in order.
 
-    A last batch of a single row joins the one before it (BatchNorm needs two rows to train).
+    A last batch of fewer than ``min_rows`` rows joins the one before it (BatchNorm needs two rows
+    to train; ``2 * world`` when the batch is sharded over ranks).
     """
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on a batch of one row
+    if len(batches) > 1 and len(batches[-1]) < min_rows:  # BatchNorm cannot train on a batch of one row
         batches[-2:] = [np.concatenate(batches[-2:])]
     return batches
 
@@ -89,33 +94,79 @@ def optimizer_step(
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     freeze: Sequence[nn.Parameter] = (),
+    ranks: Ranks = SINGLE,
+    amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
     """One optimiser step on one batch with ``freeze`` excluded from autograd; returns the loss, detached.
 
     The search's weight step freezes the architecture parameters, its architecture step the weights
     (SPEC §7): a frozen parameter gets no gradient and autograd skips whatever only it needs.
+    Over several ``ranks`` the gradients are averaged before the step (:mod:`bmnas.distributed`);
+    ``amp`` wraps the forward pass (bf16 autocast).
     """
     with frozen(freeze):
-        loss = loss_fn(task, model(features), labels)
+        with amp():
+            loss = loss_fn(task, model(features), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(stepped(optimizer), ranks)
         optimizer.step()
     return loss.detach()
 
 
+def stepped(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    """The parameters ``optimizer`` updates."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split: FeatureSplit, task: TaskInfo, batch_size: int = 1024, threshold: float = 0.5
+    model: nn.Module,
+    split: FeatureSplit,
+    task: TaskInfo,
+    batch_size: int = 1024,
+    threshold: float = 0.5,
+    ranks: Ranks = SINGLE,
+    amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict:
-    """Loss and metrics of ``model`` in eval mode over a whole split."""
+    """Loss and metrics of ``model`` in eval mode over a whole split.
+
+    Over several ``ranks`` each scores its shard ``rows[rank::world]`` and the logits are gathered,
+    so every rank returns the metrics of the whole split.
+    """
     was_training = model.training
     model.eval()
+    rows = shard(np.arange(len(split)), ranks)
     logits, total = [], 0.0
-    for idx in batch_indices(len(split), batch_size, None):
-        feats, y = split.batch(idx)
-        out = model(feats)
-        total += float(loss_fn(task, out, y)) * len(idx)
-        logits.append(out.float().numpy())
+    for b in batch_indices(len(rows), batch_size, None):
+        feats, y = split.batch(rows[b])
+        with amp():
+            out = model(feats)
+        total += float(loss_fn(task, out.float(), y)) * len(b)
+        logits.append(out.float().cpu().numpy())
     model.train(was_training)
-    metrics = compute_metrics(task, np.concatenate(logits), split.labels, threshold)
+    part = np.concatenate(logits) if logits else np.empty((0, task.num_outputs), np.float32)
+    scores = gather_rows(part, len(split), ranks)
+    total = sum_over_ranks(total, ranks)
+    metrics = compute_metrics(task, scores, split.labels, threshold)
     return {"loss": total / max(1, len(split)), **metrics}
+
+
+def drop_shard(
+    feats: dict[str, torch.Tensor], n_global: int, p: float, generator: torch.Generator, ranks: Ranks
+) -> dict[str, torch.Tensor]:
+    """Modality dropout of this rank's shard with the masks one process would draw for the global batch.
+
+    Every rank draws the masks of all ``n_global`` rows from the shared generator (so the
+    generators stay in step) and applies its own rows of them.
+    """
+    if not ranks.active:
+        return drop_modalities(feats, p, generator)
+    ones = {n: torch.ones(n_global, 1) for n in feats}
+    masks = drop_modalities(ones, p, generator)
+    rows = shard(np.arange(n_global), ranks)
+    out = {}
+    for n, f in feats.items():
+        keep = masks[n][rows].to(device=f.device, dtype=f.dtype)
+        out[n] = f * keep.view(len(rows), *([1] * (f.dim() - 1)))
+    return out

@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .backbones.base import Backbone, backbones_for
 from .cache import CacheKey, FeatureCache, dataset_checksum
 from .data import SPLITS, DataError, FeatureData, FeatureSplit, infer_task, validate_split
-from .datasets.base import RawDataset, create_dataset
+from .datasets.base import RawDataset, create_dataset, list_datasets
+from .datasets.base import dataset_options as dataset_options_of
 from .extract import extract_features
 
 
@@ -45,6 +47,11 @@ def prepare_backbones(
     return raw, backbones_for(name, raw, root, seed=seed, progress=progress, **(backbone_options or {}))
 
 
+def _builder_options(name: str) -> list[str]:
+    """The options of dataset ``name``'s builder ([] when it is unknown: create_dataset says so)."""
+    return (dataset_options_of(name) or []) if name in list_datasets() else []
+
+
 def cache_key(
     dataset: str, checksum: str, split: str, backbone: Backbone, weights: str, length: int, pooling: str
 ) -> CacheKey:
@@ -63,6 +70,7 @@ def dataset_features(
     progress: bool = True,
     batch_size: int = 256,
     threads: int | None = 1,
+    device: str | torch.device | None = None,
     backbone_options: Mapping[str, object] | None = None,
     **dataset_options,
 ) -> FeatureData:
@@ -78,6 +86,8 @@ def dataset_features(
         batch_size: extraction batch size.
         threads: intra-op torch threads during extraction (1 by default: the small default
             backbones run fastest on one thread; None leaves torch's setting).
+        device: where the backbones run (default: where their weights are, the CPU); the
+            features are cached on the CPU either way.
         backbone_options: extra keyword arguments for the dataset's backbone factory.
         dataset_options: passed to the dataset builder.
 
@@ -90,6 +100,8 @@ def dataset_features(
     """
     root = Path(root) if root is not None else default_root()
     t0 = time.perf_counter()
+    if "progress" in _builder_options(name):  # the builder's own progress bars follow ours
+        dataset_options = {"progress": progress, **dataset_options}
     raw = create_dataset(name, root, **dataset_options)
     t1 = time.perf_counter()
     backbones = backbones_for(name, raw, root, seed=seed, progress=progress, **(backbone_options or {}))
@@ -119,6 +131,7 @@ def dataset_features(
                     batch_size=batch_size,
                     progress=progress,
                     threads=threads,
+                    device=device,
                     desc=f"extract {name}/{split}/{backbone.modality}",
                 )
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .data import FeatureData
+from .distributed import barrier, current
 from .genotype import Genotype
 from .hypernet import HyperNet
 from .metrics import primary_metric
@@ -76,6 +77,7 @@ def rerank(
 
     epochs = cfg.search.rerank_epochs or cfg.train.epochs
     log_path = run.path / "rerank.jsonl" if run is not None else None
+    writes = current().main  # under torchrun every rank trains each candidate; rank 0 records it
     done: dict[str, dict] = {}
     if log_path is not None and log_path.exists():
         for line in log_path.read_text().splitlines():
@@ -106,8 +108,9 @@ def rerank(
             "genotype": g.to_dict(),
         }
         rows.append(row)
-        if log_path is not None:
+        if log_path is not None and writes:
             with log_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
         bar.set_postfix(best=f"{max(r['val'] for r in rows):.4f}")
+    barrier(current())
     return rows

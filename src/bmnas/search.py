@@ -11,18 +11,31 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .augment import drop_modalities
 from .config import Config
 from .data import FeatureData
+from .device import autocast, on_device, resolve_device
+from .distributed import (
+    DistributedError,
+    barrier,
+    broadcast_buffers,
+    broadcast_state,
+    check_same,
+    current,
+    local_device,
+    min_batch,
+    shard,
+    sum_over_ranks,
+)
 from .genotype import FeatureSpec, Genotype
 from .hypernet import HyperNet, edge_weights
-from .loop import batch_indices, cosine_restarts, evaluate, keep_freed_memory, optimizer_step
+from .loop import batch_indices, cosine_restarts, drop_shard, evaluate, optimizer_step
 from .metrics import primary_metric
 from .runs import RunDir
 
@@ -124,22 +137,35 @@ def search(
 ) -> SearchResult:
     """Search a fusion architecture on ``data`` (train split for weights, val split for α, β, γ).
 
+    Runs on ``cfg.device`` in ``cfg.precision``. Inside an initialised process group (``torchrun``)
+    every rank computes on its shard of each global batch and the gradients are averaged
+    (:mod:`bmnas.distributed`); every rank must derive the same genotype after each epoch, and only
+    rank 0 writes to ``run``.
+
     Args:
         run: run directory for the checkpoint and ``history.jsonl`` (resumed if a checkpoint exists).
         stop_after: end this call after that many epochs in total (the rest after a resume);
             used to test resumption.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    keep_freed_memory()  # activations reuse freed memory: no page faults every iteration (issue 6)
     run = RunDir(run) if run is not None and not isinstance(run, RunDir) else run
+    ranks = current()
+    device = local_device(resolve_device(cfg.device))
+    amp = partial(autocast, device, cfg.precision)
+    writes = run is not None and ranks.main
     torch.manual_seed(cfg.seed)
-    net = build_hypernet(data, cfg)
-    train, val, task = data["train"], data["val"], data.task
+    net = build_hypernet(data, cfg).to(device)
+    broadcast_state(net, ranks)
+    train, val, task = on_device(data["train"], device), on_device(data["val"], device), data.task
     weight_rows, arch_rows, arch_src = split_for_search(len(train), len(val), cfg)
     arch_src = train if arch_src == "train" else val
     bs = cfg.search.batch_size
-    n_batches = len(batch_indices(len(weight_rows), bs, None))
+    min_rows = min_batch(ranks)
+    if bs < min_rows:
+        raise DistributedError(
+            f"search.batch_size {bs} is the global batch: {ranks.world} processes need at least "
+            f"{min_rows} (two rows each for BatchNorm)"
+        )
+    n_batches = len(batch_indices(len(weight_rows), bs, None, min_rows))
     w_opt, a_opt, sched = _optimizers(net, cfg, n_batches)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     metric = primary_metric(task)
@@ -165,31 +191,40 @@ def search(
     for epoch in range(state["epoch"] + 1, last + 1):
         t0 = time.perf_counter()
         net.train()
-        train_batches = [weight_rows[b] for b in batch_indices(len(weight_rows), bs, shuffle)]
+        train_batches = [weight_rows[b] for b in batch_indices(len(weight_rows), bs, shuffle, min_rows)]
         val_batches: list = []
         totals = {"train_loss": 0.0, "arch_loss": 0.0}
         bar = tqdm(
-            train_batches, desc=f"search {epoch}/{cfg.search.epochs}", disable=not progress, leave=False
+            train_batches,
+            desc=f"search {epoch}/{cfg.search.epochs}",
+            disable=not progress or not ranks.main,
+            leave=False,
         )
         warm = epoch > cfg.search.warmup_epochs  # α, β, γ move only after the warm-up
         a_loss = torch.zeros(())
         for i, idx in enumerate(bar):
-            feats, y = train.batch(idx)
+            mine = shard(idx, ranks)
+            feats, y = train.batch(mine)
             if cfg.search.modality_dropout:
-                feats = drop_modalities(feats, cfg.search.modality_dropout, shuffle)
-            loss = optimizer_step(net, task, feats, y, w_opt, freeze=arch)
+                feats = drop_shard(feats, len(idx), cfg.search.modality_dropout, shuffle, ranks)
+            loss = optimizer_step(net, task, feats, y, w_opt, freeze=arch, ranks=ranks, amp=amp)
             sched.step()
             if not val_batches:
-                val_batches = [arch_rows[b] for b in batch_indices(len(arch_rows), bs, shuffle)]
-            vfeats, vy = arch_src.batch(val_batches.pop())
+                val_batches = [arch_rows[b] for b in batch_indices(len(arch_rows), bs, shuffle, min_rows)]
+            vfeats, vy = arch_src.batch(shard(val_batches.pop(), ranks))
             if warm:
-                a_loss = optimizer_step(net, task, vfeats, vy, a_opt, freeze=weights)
+                a_loss = optimizer_step(net, task, vfeats, vy, a_opt, freeze=weights, ranks=ranks, amp=amp)
                 totals["arch_loss"] += a_loss.item()
-            totals["train_loss"] += loss.item() * len(idx)
+            totals["train_loss"] += loss.item() * len(mine)
             if i % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", arch=f"{a_loss.item():.3f}")
+        if ranks.active:
+            totals = {k: sum_over_ranks(v, ranks) for k, v in totals.items()}
+            totals["arch_loss"] /= ranks.world
+            broadcast_buffers(net, ranks)  # BatchNorm's running statistics: rank 0's
         genotype = net.genotype(**derive_rules(cfg))
-        scores = evaluate(net, val, task, cfg.search.eval_batch_size, cfg.data.threshold)
+        check_same(genotype.to_dict(), f"genotype after epoch {epoch}", ranks)
+        scores = evaluate(net, val, task, cfg.search.eval_batch_size, cfg.data.threshold, ranks, amp)
         seconds = time.perf_counter() - t0
         state["seconds"] += seconds
         improved = warm and scores[metric] > state["best_score"]
@@ -211,17 +246,17 @@ def search(
             }
         )
         state["epoch"] = epoch
-        if progress:
+        if progress and ranks.main:
             tqdm.write(
                 f"search epoch {epoch}: train loss {state['history'][-1]['train_loss']:.4f}, "
                 f"val {metric} {scores[metric]:.4f}{' (best)' if improved else ''}"
             )
-        if run is not None:
+        if writes:
             run.save_checkpoint(
                 "search",
                 cfg,
                 {
-                    "model": net.state_dict(),
+                    "model": {k: v.cpu() for k, v in net.state_dict().items()},
                     "w_opt": w_opt.state_dict(),
                     "a_opt": a_opt.state_dict(),
                     "sched": sched.state_dict(),
@@ -231,22 +266,27 @@ def search(
                 },
             )
             run.write_history(state["history"])
+        barrier(ranks)  # a rank killed after this epoch resumes from the same checkpoint as the others
     if state["best_genotype"] is None and not state["history"]:
         raise RuntimeError("the search ran no epoch; set search.epochs >= 1")
+    net.cpu()  # derivation with sampled noise (re-ranking) and callers work on the CPU copy
     # stopped inside the warm-up (stop_after): the last genotype stands in for the best
     best = Genotype.from_dict(state["best_genotype"] or state["history"][-1]["genotype"])
     candidates: list[dict] = []
     seconds = state["seconds"]
     if state["epoch"] >= cfg.search.epochs:
-        warn_if_undecided(state["history"][-1])
+        if ranks.main:
+            warn_if_undecided(state["history"][-1])
         if cfg.search.rerank:
             from .rerank import rerank
 
             candidates = rerank(net, state, data, cfg, run, progress)
             seconds += sum(c["seconds"] for c in candidates)
             best = Genotype.from_dict(max(candidates, key=lambda c: (c["val"], -c["rank"]))["genotype"])
-    if run is not None and state["epoch"] >= cfg.search.epochs:
+    check_same(best.to_dict(), "searched genotype", ranks)
+    if writes and state["epoch"] >= cfg.search.epochs:
         best.save(run.genotype_path)
+    barrier(ranks)
     return SearchResult(
         best,
         state["best_epoch"],

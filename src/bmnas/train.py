@@ -18,16 +18,28 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
 
-from .augment import drop_modalities
 from .config import Config
 from .data import FeatureData, FeatureSplit, merge_splits
+from .device import autocast, on_device, resolve_device
+from .distributed import (
+    average_gradients,
+    barrier,
+    broadcast_buffers,
+    broadcast_state,
+    current,
+    local_device,
+    min_batch,
+    shard,
+    sum_over_ranks,
+)
 from .found import FoundNet
 from .genotype import Genotype
-from .loop import batch_indices, cosine_restarts, evaluate, loss_fn
+from .loop import batch_indices, cosine_restarts, drop_shard, evaluate, loss_fn
 from .metrics import primary_metric
 from .runs import RunDir
 
@@ -94,10 +106,20 @@ def fit(
     With ``val``, the val primary metric is recorded after each epoch (``state["val"]``). With
     ``run``, the state is checkpointed each epoch as ``stage`` and a checkpoint of the same
     ``genotype`` is resumed. Returns the state: ``epoch``, ``history``, ``seconds``, ``val``.
+    ``model`` is moved to ``cfg.device`` (and stays there); inside a process group each rank
+    trains on its shard of every batch with averaged gradients, and only rank 0 writes to ``run``.
     """
     t = cfg.train
+    ranks = current()
+    device = local_device(resolve_device(cfg.device))
+    amp = partial(autocast, device, cfg.precision)
+    model.to(device)
+    broadcast_state(model, ranks)
+    split = on_device(split, device)
+    val = on_device(val, device) if val is not None else None
     metric = primary_metric(data.task)
-    n_batches = len(batch_indices(len(split), t.batch_size, None))
+    min_rows = min_batch(ranks)
+    n_batches = len(batch_indices(len(split), t.batch_size, None, min_rows))
     opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     sched = cosine_restarts(opt, n_batches, t.restart_epochs, t.restart_mult, t.lr_min)
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
@@ -113,24 +135,32 @@ def fit(
         torch.set_rng_state(ckpt["torch_rng"])
         state = ckpt["state"]
     last = epochs if stop_after is None else min(epochs, stop_after)
-    bar = tqdm(range(state["epoch"] + 1, last + 1), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(
+        range(state["epoch"] + 1, last + 1), desc=desc, disable=not progress or not ranks.main, leave=False
+    )
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
         total = 0.0
-        for idx in batch_indices(len(split), t.batch_size, shuffle):
-            feats, y = split.batch(idx)
+        for idx in batch_indices(len(split), t.batch_size, shuffle, min_rows):
+            mine = shard(idx, ranks)
+            feats, y = split.batch(mine)
             if t.modality_dropout:
-                feats = drop_modalities({n: feats[n] for n in model.used}, t.modality_dropout, shuffle)
-            loss = loss_fn(data.task, model(feats), y)
+                used = {n: feats[n] for n in model.used}
+                feats = drop_shard(used, len(idx), t.modality_dropout, shuffle, ranks)
+            with amp():
+                loss = loss_fn(data.task, model(feats), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(model.parameters(), ranks)
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
+            total += loss.item() * len(mine)
+        total = sum_over_ranks(total, ranks)
+        broadcast_buffers(model, ranks)
         row = {"epoch": epoch, "train_loss": total / len(split), "lr": sched.get_last_lr()[0]}
         if val is not None:
-            scores = evaluate(model, val, data.task, t.eval_batch_size, cfg.data.threshold)
+            scores = evaluate(model, val, data.task, t.eval_batch_size, cfg.data.threshold, ranks, amp)
             state["val"].append(float(scores[metric]))
             row["val_" + metric] = scores[metric]
         seconds = time.perf_counter() - t0
@@ -138,12 +168,12 @@ def fit(
         state["history"].append({**row, "seconds": seconds})
         state["epoch"] = epoch
         bar.set_postfix(loss=f"{row['train_loss']:.4f}")
-        if run is not None:
+        if run is not None and ranks.main:
             run.save_checkpoint(
                 stage,
                 cfg,
                 {
-                    "model": model.state_dict(),
+                    "model": {k: v.cpu() for k, v in model.state_dict().items()},
                     "opt": opt.state_dict(),
                     "sched": sched.state_dict(),
                     "shuffle": shuffle.get_state(),
@@ -154,6 +184,7 @@ def fit(
                 },
             )
             run.write_jsonl(f"{stage}_history.jsonl", state["history"])
+        barrier(ranks)
     return state
 
 
@@ -204,7 +235,7 @@ def train_found(
             selection = Selection(saved["curve"], saved["metric"], saved["seconds"])
     if t.select_epochs and selection is None:
         selection = select_epochs(genotype, data, cfg, progress=progress)
-        if run is not None:
+        if run is not None and current().main:
             run.write_json(
                 f"{stage}_selection.json",
                 {
@@ -233,7 +264,17 @@ def train_found(
         desc=desc,
         stop_after=stop_after,
     )
-    test = evaluate(model, data["test"], data.task, t.eval_batch_size, cfg.data.threshold)
+    device = local_device(resolve_device(cfg.device))
+    test = evaluate(
+        model,
+        on_device(data["test"], device),
+        data.task,
+        t.eval_batch_size,
+        cfg.data.threshold,
+        current(),
+        partial(autocast, device, cfg.precision),
+    )
+    model.cpu()  # what callers save, export and predict with
     return TrainResult(
         test,
         model.param_counts(),

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import dataset_checksum
+from ..data import DataError
 from ..datasets.ntu import FeatureStore, sample_stem
 from .base import Backbone, register_backbones
 from .mmimdb import freeze, load_weights, option, pretrained, train_classifier, weights_key
@@ -75,7 +76,10 @@ class HCN(nn.Module):
     ) -> None:
         super().__init__()
         if frames < 16:
-            raise ValueError(f"HCN needs at least 16 frames (four 2x poolings), got {frames}")
+            raise DataError(
+                f"HCN needs at least 16 frames (four 2x poolings), got {frames}; "
+                f"use --dataset-option frames=16 or more"
+            )
         self.bodies = bodies
         self.position = _stream(3, joints, frames, channels, dropout)
         self.motion = _stream(3, joints, frames, channels, dropout)

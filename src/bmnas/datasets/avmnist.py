@@ -50,7 +50,7 @@ import numpy as np
 
 from ..cache import make_staging_dir, publish_dir, sha256_file, write_json_atomic
 from ..errors import BmnasError
-from .base import SPLITS, RawDataset, RawSplit, register_dataset
+from .base import SPLITS, OptionError, RawDataset, RawSplit, register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,11 @@ class AVMNISTOptions:
 
     def __post_init__(self) -> None:
         if not 0 <= self.pca_components < 784:
-            raise ValueError(f"pca_components must be in [0, 784), got {self.pca_components}")
+            raise OptionError(f"pca_components must be in [0, 784), got {self.pca_components}")
         if self.image_noise < 0 or self.audio_noise < 0:
-            raise ValueError(f"noise levels must be >= 0, got {self.image_noise}, {self.audio_noise}")
+            raise OptionError(f"noise levels must be >= 0, got {self.image_noise}, {self.audio_noise}")
         if self.frames < 4:
-            raise ValueError(f"frames must be >= 4, got {self.frames}")
+            raise OptionError(f"frames must be >= 4, got {self.frames}")
 
     def variant(self) -> str:
         """Directory name of the prepared arrays for these options."""

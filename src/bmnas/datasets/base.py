@@ -54,6 +54,10 @@ DatasetBuilder = Callable[..., RawDataset]
 _DATASETS: dict[str, DatasetBuilder] = {}
 
 
+class OptionError(BmnasError, ValueError):
+    """A --dataset-option whose value the dataset cannot use."""
+
+
 class DatasetError(BmnasError, KeyError):
     """An unknown dataset name or dataset option."""
 
@@ -124,6 +128,13 @@ def create_dataset(name: str, root: str | Path, **options) -> RawDataset:
         raise DatasetError(
             f"unknown --dataset-option {', '.join(unknown)} for dataset {name!r}; valid options: {valid}"
         )
+    params = list(inspect.signature(_DATASETS[name]).parameters.values())[1:]  # after root
+    missing = [
+        p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in options
+    ]
+    if missing:
+        example = " ".join(f"--dataset-option {m}=..." for m in missing)
+        raise DatasetError(f"dataset {name!r} needs {example} (where its files are)")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with locks.locked(root / f".{name}.prepare.lock"):  # one process prepares, the others wait

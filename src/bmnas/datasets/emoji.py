@@ -52,7 +52,7 @@ import numpy as np
 
 from ..cache import make_staging_dir, publish_dir, sha256_file, write_json_atomic
 from ..errors import BmnasError
-from .base import SPLITS, RawDataset, RawSplit, register_dataset
+from .base import SPLITS, OptionError, RawDataset, RawSplit, register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,9 @@ class EmojiOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
         if len(self.fractions) != 3 or min(self.fractions) <= 0 or abs(sum(self.fractions) - 1) > 1e-6:
-            raise ValueError(f"fractions must be 3 positive shares summing to 1, got {self.fractions}")
+            raise OptionError(f"fractions must be 3 positive shares summing to 1, got {self.fractions}")
         if self.text not in ("name", "short_name"):
-            raise ValueError(f"text must be 'name' or 'short_name', got {self.text!r}")
+            raise OptionError(f"text must be 'name' or 'short_name', got {self.text!r}")
 
     def variant(self, source: str) -> str:
         """Directory name of the prepared arrays for these options and the source tarball."""
