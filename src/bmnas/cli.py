@@ -297,10 +297,15 @@ def _show_search(result, run: RunDir) -> None:
     from .plot import plot_history
 
     plot_history(result.history, run.plots_path)
-    print(
-        f"best genotype (epoch {result.best_epoch}, val {result.metric} {result.best_score:.4f}) "
-        f"-> {run.genotype_path}"
-    )
+    hypernet = f"hypernet's best epoch {result.best_epoch}: val {result.metric} {result.best_score:.4f}"
+    chosen = next((c for c in result.candidates if c["genotype"] == result.genotype.to_dict()), None)
+    if chosen is None:
+        print(f"best genotype ({hypernet}) -> {run.genotype_path}")
+    else:
+        print(
+            f"genotype chosen by re-ranking {len(result.candidates)} candidates: {chosen['source']}, "
+            f"val {result.metric} {chosen['val']:.4f} trained alone ({hypernet}) -> {run.genotype_path}"
+        )
     print(result.genotype.describe())
 
 
