@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import bmnas
 from bmnas.cli import main
 from bmnas.export import read_metadata
 from bmnas.genotype import CellGene, Genotype, StepGene
@@ -79,7 +80,7 @@ def test_torchscript_in_a_fresh_process_equals_predict(every_op_run, tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     meta = json.loads(done.stdout)
-    assert meta["genotype"] == genotype.to_dict() and meta["version"] == "0.1.0"
+    assert meta["genotype"] == genotype.to_dict() and meta["version"] == bmnas.__version__
     got = np.load(tmp_path / "out.npz")
     preds = model.predict_pooled(pooled)
     np.testing.assert_allclose(got["logits"], preds.logits, rtol=0, atol=ATOL)
@@ -112,7 +113,7 @@ def test_onnx_with_onnxruntime(every_op_run, tmp_path):
     np.testing.assert_allclose(probs, preds.probabilities, rtol=0, atol=ATOL)
     assert logits.argmax(axis=1).tolist() == preds.predicted.tolist()
     custom = session.get_modelmeta().custom_metadata_map
-    assert Genotype.from_json(custom["genotype"]) == genotype and custom["bmnas_version"] == "0.1.0"
+    assert Genotype.from_json(custom["genotype"]) == genotype and custom["bmnas_version"] == bmnas.__version__
     meta = read_metadata(out)
     assert meta["inputs"][0] == {"name": model.inputs[0], "shape": ["B", 4, 4]}
     assert (meta["task"], meta["L"], meta["pooling"]) == ({"type": "multiclass", "num_outputs": 3}, 4, "max")

@@ -1,28 +1,60 @@
 """bmnas: Bilevel Multimodal Neural Architecture Search.
 
-The front door: :func:`extract_features` (your models and raw inputs -> the generic ``--data``
-format) and :func:`load` (a trained run -> a network that predicts). Heavy modules load on first use.
+The Python API mirrors the command line:
+
+* data: :func:`load_data` (a config's ``--dataset``/``--data``), :func:`dataset_features` (a
+  registered dataset through its backbones), :func:`extract_features` (your own models and raw
+  inputs -> the generic ``--data`` format);
+* :func:`run` (``bmnas run``: search, train, baselines, recommended network); the stages alone
+  are :func:`bmnas.search.search` (``bmnas search``) and :func:`bmnas.train.train_found`
+  (``bmnas train``) — they keep their module paths, since a package attribute named like a
+  submodule is replaced by that submodule when it is imported;
+* :func:`load` (a trained run -> a network that predicts), :class:`Config`, :class:`Genotype`.
+
+Heavy modules (torch) load on first use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-__all__ = ["__version__", "extract_features", "load"]
+__version__ = "0.2.0"
+
+# name -> (module, attribute): resolved lazily by __getattr__
+_API = {
+    "Config": ("config", "Config"),
+    "Genotype": ("genotype", "Genotype"),
+    "load_data": ("cli", "load_data"),
+    "dataset_features": ("pipeline", "dataset_features"),
+    "extract_features": ("generic", "extract_features"),
+    "run": ("workflow", "run"),
+    "load": ("predict", "load"),
+}
+__all__ = [
+    "Config",
+    "Genotype",
+    "__version__",
+    "dataset_features",
+    "extract_features",
+    "load",
+    "load_data",
+    "run",
+]
 
 if TYPE_CHECKING:
+    from .cli import load_data
+    from .config import Config
     from .generic import extract_features
+    from .genotype import Genotype
+    from .pipeline import dataset_features
     from .predict import load
+    from .workflow import run
 
 
 def __getattr__(name: str):
-    if name == "extract_features":
-        from .generic import extract_features
+    if name in _API:
+        from importlib import import_module
 
-        return extract_features
-    if name == "load":
-        from .predict import load
-
-        return load
+        module, attr = _API[name]
+        return getattr(import_module(f"bmnas.{module}"), attr)
     raise AttributeError(f"module 'bmnas' has no attribute {name!r}")

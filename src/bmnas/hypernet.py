@@ -8,7 +8,7 @@ States ``S = [f_1 … f_K, cell_1 … cell_N]``. Cell n's input slot ``s ∈ {x,
 inputs the same way with β over ``[x, y, step_1 … step_{m-1}]`` and outputs
 ``Σ_f softmax(γ_m)[f] · f(in_x, in_y)``, skipping ``zero``.
 
-Speed (issue 6; benchmarks/README.md): no zero edge or zero op is ever materialised. Every slot
+Speed (benchmarks/README.md): no zero edge or zero op is ever materialised. Every slot
 mixture is a small matmul of its gate matrix with the stacked predecessors (the feature part of
 all N·S Cell slots is one ``(N·S, K)`` matmul with the stacked projected features; Cell and step
 slots stay stacked as ``(S, B, L, C)`` and are split with ``unbind``, whose backward is one stack

@@ -58,7 +58,7 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
 
     Every search iteration frees and re-allocates the same megabyte-sized activations. With
     glibc's defaults such blocks come from fresh ``mmap``s or are trimmed off the heap, so each
-    iteration page-faults on its memory anew (about 2,300 faults per MM-IMDB iteration, issue 6).
+    iteration page-faults on its memory anew (about 2,300 faults per MM-IMDB iteration: benchmarks/README.md).
     Process-wide; blocks up to ``mmap_threshold`` come from the heap, which keeps up to
     ``trim_threshold`` bytes free. Returns whether it applied (Linux with glibc only).
     """

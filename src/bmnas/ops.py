@@ -68,7 +68,7 @@ def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     The distribution of ``nn.Dropout``'s mask, at 2⁻³² resolution: keep iff a uniform 32-bit
     ``u ≥ T = round(p·2³²)``. On CPU the bits come from numpy's PCG64 (:func:`_bit_generator`):
     torch's CPU ``bernoulli_`` is a serial per-element Mersenne Twister on non-Intel CPUs and took a
-    quarter of a search iteration (issue 6). Only the top byte of ``u`` is drawn for every entry;
+    quarter of a search iteration (benchmarks/README.md). Only the top byte of ``u`` is drawn for every entry;
     the low 24 bits only where that byte equals the top byte of ``T`` (1 entry in 256), which
     decides exactly the same comparison.
     """

@@ -119,7 +119,7 @@ def split_for_search(n_train: int, n_val: int, cfg: Config) -> tuple[np.ndarray,
 
 def _optimizers(net: HyperNet, cfg: Config, batches_per_epoch: int):
     s = cfg.search
-    # fused: one kernel per step instead of ~10 per parameter tensor (7× faster on CPU; issue 6)
+    # fused: one kernel per step instead of ~10 per parameter tensor (7× faster on CPU; benchmarks/README.md)
     w_opt = torch.optim.Adam(net.weight_parameters(), lr=s.lr, weight_decay=s.weight_decay, fused=True)
     a_opt = torch.optim.Adam(
         net.arch_parameters(), lr=s.arch_lr, betas=s.arch_betas, weight_decay=s.arch_weight_decay, fused=True
