@@ -139,3 +139,26 @@ def test_load_reports_file_and_bad_json(tmp_path):
     p.write_text("{not json")
     with pytest.raises(GenotypeError, match="bad.json: not valid JSON"):
         Genotype.load(p)
+
+
+def test_describe_shows_the_residual_input():
+    g = Genotype(
+        8,
+        4,
+        FEATS,
+        (
+            CellGene(("a.f2", "b.f1"), (StepGene("sum", ("y", "y")),), ("step1",)),
+            CellGene(
+                ("cell1", "a.f1"),
+                (StepGene("sum", ("x", "y")), StepGene("attention", ("step1", "x"))),
+                ("step1", "step2"),
+            ),
+        ),
+        ("cell1", "cell2"),
+    )
+    assert g.describe().splitlines() == [
+        "cell1: x=a.f2 y=b.f1 | step1=sum(y, y) | out=LayerNorm(step1 + x)",
+        "cell2: x=cell1 y=a.f1 | step1=sum(x, y), step2=attention(step1, x) "
+        "| out=LayerNorm(conv1x1[step1; step2] + x)",
+        "head: cell1 ++ cell2",
+    ]

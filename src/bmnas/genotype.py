@@ -170,11 +170,17 @@ class Genotype:
         return cls.from_json(text, where=str(path))
 
     def describe(self) -> str:
-        """One line per Cell, e.g. ``cell1 = step2(sum(attention(x, y), x)) | x=image.conv2 ...``."""
+        """One line per Cell and one for the head, e.g.
+        ``cell1: x=image.fc y=audio.fc | step1=sum(x, y) | out=LayerNorm(step1 + x)``.
+
+        The output shows the Cell's residual: x always reaches the Cell output, so a Cell whose
+        steps read only y still fuses both inputs.
+        """
         lines = []
         for n, c in enumerate(self.cells, 1):
             steps = ", ".join(f"step{m}={s.op}({', '.join(s.inputs)})" for m, s in enumerate(c.steps, 1))
-            lines.append(f"cell{n}: x={c.inputs[0]} y={c.inputs[1]} | {steps} | out={'+'.join(c.concat)}")
+            body = c.concat[0] if len(c.concat) == 1 else f"conv1x1[{'; '.join(c.concat)}]"
+            lines.append(f"cell{n}: x={c.inputs[0]} y={c.inputs[1]} | {steps} | out=LayerNorm({body} + x)")
         lines.append(f"head: {' ++ '.join(self.output)}")
         return "\n".join(lines)
 
