@@ -1,4 +1,4 @@
-"""Command line: ``bmnas search | train | run | pretrain | export | show``; using a trained run:
+"""Command line: ``bmnas search | train | run | sweep | pretrain | export | show``; using a trained run:
 ``bmnas predict | export-model | robustness``.
 
 Every command takes its data from ``--dataset NAME`` (a registered dataset, prepared and cached on
@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .ablate import add_arguments
 
     add_arguments(p)
+    p = sub.add_parser("sweep", help="Optuna study over the search config (N, M, C, L, lrs); several workers")
+    _common(p, out=False)
+    p.add_argument("--out", metavar="DIR", required=True, help="sweep directory (shared by workers; resumed)")
+    p.add_argument("--trials", type=int, default=20, help="complete trials the study should hold (20)")
+    p.add_argument("--storage", metavar="URL", help="Optuna database URL (default sqlite:///OUT/study.db)")
+    p.add_argument("--study", default="bmnas", help="study name in the storage (default bmnas)")
+    p.add_argument("--space", metavar="YAML", help="search space (default: bmnas.sweep.SPACE)")
     p = sub.add_parser("show", help="print a run's genotype and metrics")
     p.add_argument("run_dir")
     _use_parsers(sub)
@@ -293,6 +300,34 @@ def cmd_search(args: argparse.Namespace, cfg: Config, data: FeatureData, run: Ru
     return result
 
 
+def cmd_sweep(args: argparse.Namespace, cfg: Config, data: FeatureData) -> int:
+    """``bmnas sweep``: the sweep directory is shared by its workers, so each trial's run is locked
+    (in :func:`bmnas.sweep.sweep`), not ``--out`` itself."""
+    import dataclasses
+
+    from .sweep import SPACE, format_rows, import_optuna, load_space, sweep
+
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    import_optuna().logging.set_verbosity(30)  # WARNING: bmnas prints one line per trial
+    loaded = {cfg.model.L: data}
+
+    def load(L: int) -> FeatureData:
+        if L not in loaded:
+            c = cfg.replace(model=dataclasses.replace(cfg.model, L=L))
+            loaded[L] = load_data(c, args.cache, not args.quiet, *_options(args))
+        return loaded[L]
+
+    space = load_space(args.space) if args.space else SPACE
+    r = sweep(load, cfg, args.out, args.trials, args.storage, args.study, space, progress=not args.quiet)
+    print()
+    print(format_rows(r.rows, r.space, r.best_number))
+    print(f"\nbest: trial {r.best_number}, val {r.best_value:.4f}")
+    print(r.genotype.describe())
+    print(f"written: {', '.join(str(p) for p in r.paths.values())}")
+    return 0
+
+
 def _show_search(result, run: RunDir) -> None:
     from .plot import plot_history
 
@@ -403,7 +438,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     data = load_data(cfg, args.cache, progress, *_options(args))
     data_seconds = time.perf_counter() - t0
     _set_threads(cfg, data)
-    if args.command in ("search", "run", "ablate"):
+    if args.command in ("search", "run", "ablate", "sweep"):
         check_searchable(data)
         from .workflow import fit_config_to_data
 
@@ -413,6 +448,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         genotype = Genotype.load(genotype_path)
         arity = {name: get_op(name).arity for name in list_ops()}
         check_data(genotype, data.feature_channels, data.feature_lengths, str(genotype_path), arity)
+    if args.command == "sweep":
+        return cmd_sweep(args, cfg, data)
     run = _open_run(args, cfg, data)
     if args.command == "ablate":
         from .ablate import cli as ablate_cli

@@ -1,0 +1,36 @@
+"""The README's Python example runs as written and does what it says."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+import bmnas
+
+
+def readme_block(marker: str) -> str:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index(f"<!-- example: {marker}")
+    return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+
+
+def test_readme_python_api_example(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(readme_block("python api"), "README.md", "exec"), ns)
+    found, result, report = ns["found"], ns["result"], ns["report"]
+    assert (tmp_path / "runs" / "py_search" / "genotype.json").exists()
+    assert bmnas.Genotype.load(tmp_path / "runs" / "py_search" / "genotype.json") == found.genotype
+    # train_found is the evaluation stage: the refit lasts the best val epoch of the selection phase
+    assert result.epochs == 1 + max(range(3), key=lambda i: (result.val_curve[i], -i))
+    # bmnas.run: every method of `bmnas run`, and the recommendation is the best fusion on val
+    assert set(report.rows) == {
+        "unimodal:a", "unimodal:b", "late_fusion", "sum", "concat_fc", "linear_probe", "searched"
+    }  # fmt: skip
+    fusions = {n: report.rows[n]["val"] for n in ("searched", "late_fusion", "sum", "concat_fc")}
+    assert report.recommended == max(fusions, key=lambda n: (fusions[n], n == "searched"))
+    assert report.rows["searched"]["test"]["accuracy"] == pytest.approx(
+        __import__("json").loads((tmp_path / "runs" / "py_run" / "metrics.json").read_text())["test"][
+            "accuracy"
+        ]
+    )
