@@ -100,6 +100,7 @@ def test_fixed_cells_train(data, name):
             "train.lr=1e-2",
             "model.dropout=0.0",
             "train.select_epochs=false",
+            "model.linear_skip=false",  # the counts below are the Cells' alone
         ],
     )
     r = train_found(g, data, cfg, progress=False)
@@ -166,3 +167,32 @@ def test_random_genotype_builds_and_honours_sizes(data):
     assert len(g.cells) == 2 and all(len(c.steps) == 3 and c.concat == ("step2", "step3") for c in g.cells)
     assert g.output == ("cell2",)
     assert FoundNet(g, 2).param_counts()["total"] > 0
+
+
+def test_linear_path_adds_a_probe_of_the_last_features(data):
+    """``logits = head(states) + W · BN(flat features) + b``, BN without affine parameters."""
+    from bmnas.train import with_recipe
+
+    specs = feature_specs(data)
+    g = fixed_fusion("sum", specs, C, L, num_cells=1)
+    cfg = Config()
+    wide = with_recipe(g, cfg)
+    assert wide.linear == ("a.f3", "b.f3") and with_recipe(wide, cfg) == wide
+    assert with_recipe(unimodal(specs, "a", C, L), cfg).linear == ("a.f3",)  # stays unimodal
+    assert with_recipe(g, Config.from_sources(None, ["model.linear_skip=false"])) == g
+    plain, net = FoundNet(g, 2), FoundNet(wide, 2)
+    width = sum(f.channels * f.length for f in specs if f.name in ("a.f3", "b.f3"))
+    assert net.param_counts()["total"] - plain.param_counts()["total"] == width * 2 + 2
+    assert "linear(a.f3, b.f3)" in wide.describe() and Genotype.from_dict(wide.to_dict()) == wide
+    net.eval()
+    with torch.no_grad():
+        net.linear[1].weight.normal_()
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("linear.")}
+    plain.load_state_dict(state)
+    plain.eval()
+    feats, _ = data["test"].batch(slice(0, 16))
+    flat = torch.cat([feats[n].reshape(16, -1) for n in ("a.f3", "b.f3")], 1)
+    norm = net.linear[0]
+    with torch.no_grad():
+        probe = net.linear[1]((flat - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps))
+        assert torch.allclose(net(feats), plain(feats) + probe, atol=1e-5)

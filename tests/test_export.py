@@ -15,9 +15,11 @@ import torch
 
 import bmnas
 from bmnas.cli import main
+from bmnas.config import Config
 from bmnas.export import read_metadata
 from bmnas.genotype import CellGene, Genotype, StepGene
 from bmnas.predict import load
+from bmnas.train import with_recipe
 from test_data import write_generic
 from test_predict import FAST, _tiny_dataset
 
@@ -49,7 +51,7 @@ def every_op_run(tmp_path_factory):
     genotype.save(path)
     train_dir = root / "trained"
     assert main(["train", "--data", str(data), "--out", str(train_dir), "--genotype", str(path), *FAST]) == 0
-    return data, train_dir, genotype
+    return data, train_dir, with_recipe(genotype, Config())  # as trained: with its linear path
 
 
 def pooled_test(model, data) -> dict[str, np.ndarray]:

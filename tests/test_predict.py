@@ -16,6 +16,7 @@ from bmnas.cli import main
 from bmnas.data import load_generic_dir
 from bmnas.datasets.base import RawDataset, RawSplit, register_dataset
 from bmnas.predict import load, save_model
+from bmnas.train import with_recipe
 from test_data import write_generic
 
 FAST = [
@@ -91,7 +92,9 @@ def test_predict_csv_matches_the_runs_metrics_and_sklearn(trained, tmp_path, cap
 def test_load_has_everything_inference_needs(trained):
     data, run = trained
     model = bmnas.load(run)
-    assert model.genotype == bmnas.genotype.Genotype.load(run / "genotype.json")
+    # the searched architecture as the evaluation stage trained it (with its linear path)
+    searched = bmnas.genotype.Genotype.load(run / "genotype.json")
+    assert model.genotype == with_recipe(searched, bmnas.Config()) and model.genotype.linear
     assert (model.task.type, model.task.num_outputs) == ("multiclass", 3)
     assert (model.threshold, model.pooling, model.L) == (0.5, "max", 4)
     assert model.class_names == ("0", "1", "2")

@@ -58,6 +58,7 @@ class ModelConfig:
     ops: tuple[str, ...] = DEFAULT_OPS
     input_mode: str = "separate"  # separate | shared (the authors' behaviour)
     relaxation: str = "gate"  # gate (paper: independent identity/zero gates) | softmax (predecessors compete)
+    linear_skip: bool = True  # trained networks get a linear path from each modality's last feature
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,11 @@
 
 Only the features the genotype reads get a projection (unused features get no parameters and
 are never touched). Each step runs its one op; a ``zero`` step outputs zeros.
+
+With ``genotype.linear`` the logits also get a linear path from those raw (pooled) features,
+``logits = head(states) + W · BN([f_1; …; f_k]) + b`` with ``f_i`` flattened to ``L_i · C_i`` values
+and BN a batch normalisation without affine parameters (wide & deep): every network then contains
+a linear probe of those features, which small datasets need (docs/DESIGN.md §8).
 """
 
 from __future__ import annotations
@@ -46,25 +51,38 @@ class FoundNet(nn.Module):
         self.genotype = genotype
         C, L = genotype.C, genotype.L
         channels = {f.name: f.channels for f in genotype.features}
-        self.used = genotype.used_features()
-        self.projections = nn.ModuleList(FeatureProjection(channels[n], C, dropout) for n in self.used)
+        self.used = genotype.used_features()  # every feature forward() reads
+        read = {i for c in genotype.cells for i in c.inputs} | set(genotype.output)
+        self.projected = tuple(n for n in self.used if n in read)
+        self.projections = nn.ModuleList(FeatureProjection(channels[n], C, dropout) for n in self.projected)
         self.cells = nn.ModuleList(FoundCell(c, C, L, dropout) for c in genotype.cells)
         self.head = Head(C, L, len(genotype.output), num_outputs, dropout)
+        self.linear: nn.Sequential | None = None
+        if genotype.linear:
+            sizes = {f.name: f.channels * f.length for f in genotype.features}
+            width = sum(sizes[n] for n in genotype.linear)
+            self.linear = nn.Sequential(nn.BatchNorm1d(width, affine=False), nn.Linear(width, num_outputs))
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         missing = [n for n in self.used if n not in features]
         if missing:
             raise KeyError(f"missing features {missing}; this network reads {list(self.used)}")
-        states = {n: proj(features[n]) for n, proj in zip(self.used, self.projections, strict=True)}
+        states = {n: proj(features[n]) for n, proj in zip(self.projected, self.projections, strict=True)}
         B = next(iter(states.values())).shape[0]
         L = self.genotype.L
         for n, (gene, cell) in enumerate(zip(self.genotype.cells, self.cells, strict=True), 1):
             x, y = (states[i].expand(B, L, states[i].shape[-1]) for i in gene.inputs)
             states[f"cell{n}"] = cell(x, y)
-        return self.head([states[name] for name in self.genotype.output])
+        logits = self.head([states[name] for name in self.genotype.output])
+        if self.linear is not None:
+            flat = torch.cat([features[n].reshape(B, -1) for n in self.genotype.linear], dim=1)
+            logits = logits + self.linear(flat)
+        return logits
 
     def param_counts(self) -> dict[str, int]:
         """Parameters of the fusion part (projections + Cells + head norm) and of the classifier."""
         classifier = sum(p.numel() for p in self.head.classifier.parameters())
+        if self.linear is not None:
+            classifier += sum(p.numel() for p in self.linear.parameters())
         total = sum(p.numel() for p in self.parameters())
         return {"fusion": total - classifier, "classifier": classifier, "total": total}

@@ -28,6 +28,7 @@ with no Cells whose ``output`` names features.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -88,6 +89,7 @@ class Genotype:
     cells: tuple[CellGene, ...]
     output: tuple[str, ...]
     version: int = VERSION
+    linear: tuple[str, ...] = ()  # features with a linear path to the logits (wide & deep)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -98,7 +100,7 @@ class Genotype:
 
     def used_features(self) -> tuple[str, ...]:
         """Features read by some Cell or by the head, in feature order."""
-        used = {i for c in self.cells for i in c.inputs} | set(self.output)
+        used = {i for c in self.cells for i in c.inputs} | set(self.output) | set(self.linear)
         return tuple(n for n in self.feature_names if n in used)
 
     def ops(self) -> tuple[str, ...]:
@@ -120,7 +122,12 @@ class Genotype:
                 for c in self.cells
             ],
             "output": list(self.output),
+            **({"linear": list(self.linear)} if self.linear else {}),
         }
+
+    def with_linear(self, features: tuple[str, ...]) -> Genotype:
+        """The same architecture with a linear path from ``features`` to the logits."""
+        return dataclasses.replace(self, linear=tuple(features))
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -181,7 +188,8 @@ class Genotype:
             steps = ", ".join(f"step{m}={s.op}({', '.join(s.inputs)})" for m, s in enumerate(c.steps, 1))
             body = c.concat[0] if len(c.concat) == 1 else f"conv1x1[{'; '.join(c.concat)}]"
             lines.append(f"cell{n}: x={c.inputs[0]} y={c.inputs[1]} | {steps} | out=LayerNorm({body} + x)")
-        lines.append(f"head: {' ++ '.join(self.output)}")
+        linear = f" + linear({', '.join(self.linear)})" if self.linear else ""
+        lines.append(f"head: {' ++ '.join(self.output)}{linear}")
         return "\n".join(lines)
 
 
@@ -282,6 +290,10 @@ def validate(
             f"{where}.output",
             f"{name!r} is neither a feature nor a Cell; available: {states}",
         )
+    names = [f.name for f in g.features]
+    _require(len(set(g.linear)) == len(g.linear), f"{where}.linear", f"repeated features in {list(g.linear)}")
+    for name in g.linear:
+        _require(name in names, f"{where}.linear", f"{name!r} is not a feature; available: {names}")
 
 
 def check_data(
@@ -376,6 +388,7 @@ def from_dict(d: Mapping, where: str = "genotype") -> Genotype:
             tuple(cells),
             _str_list(d, "output", where),
             version,
+            _str_list(d, "linear", where) if "linear" in d else (),
         )
     except GenotypeError as err:
         raise GenotypeError(f"{where}: {err}") from None

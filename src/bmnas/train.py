@@ -188,10 +188,28 @@ def fit(
     return state
 
 
+def with_recipe(genotype: Genotype, cfg: Config) -> Genotype:
+    """The genotype as the evaluation stage trains it.
+
+    With ``model.linear_skip`` (default) a genotype without a linear path gets one from the last
+    feature of each modality it already reads (:class:`bmnas.found.FoundNet`; a unimodal network
+    stays unimodal): measured over 3 seeds it lifted late fusion and the searched network on
+    AV-MNIST, emoji and the 3-view digits by 0.4–1.3 points.
+    """
+    if not cfg.model.linear_skip or genotype.linear:
+        return genotype
+    from .baselines import last_feature
+
+    used = {n.split(".", 1)[0] for n in genotype.used_features()}
+    mods = [m for m in dict.fromkeys(f.name.split(".", 1)[0] for f in genotype.features) if m in used]
+    return genotype.with_linear(tuple(last_feature(genotype.features, m) for m in mods))
+
+
 def select_epochs(
     genotype: Genotype, data: FeatureData, cfg: Config, epochs: int | None = None, progress: bool = False
 ) -> Selection:
     """Train ``FoundNet(genotype)`` on the train split alone and score the val split after each epoch."""
+    genotype = with_recipe(genotype, cfg)
     torch.manual_seed(cfg.seed)
     model = FoundNet(genotype, data.task.num_outputs, dropout=cfg.model.dropout)
     state = fit(
@@ -227,6 +245,7 @@ def train_found(
         stop_after: end this call after that many refit epochs in total (to test resumption).
         selection: an already measured selection of this genotype (e.g. from re-ranking).
     """
+    genotype = with_recipe(genotype, cfg)
     t = cfg.train
     seconds = 0.0
     if t.select_epochs and selection is None and run is not None:

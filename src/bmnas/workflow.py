@@ -119,7 +119,7 @@ def run(
     )
     save_model(run_dir.path, r.model, data, cfg.to_dict())
     rows = {SEARCHED: {**_row(r), "search_seconds": found.seconds}}
-    genotypes = {SEARCHED: found.genotype}
+    genotypes = {SEARCHED: r.model.genotype}  # as trained: with its linear path (model.linear_skip)
     if baselines:
         specs, m = found.genotype.features, cfg.model
         fixed = {f"unimodal:{mod}": unimodal(specs, mod, m.C, m.L) for mod in modalities(specs)}
@@ -130,7 +130,7 @@ def run(
             stage = "baseline_" + name.replace(":", "_")
             b = train_found(g, data, cfg, run_dir, progress=progress, stage=stage, desc=f"train {name}")
             rows[name] = _row(b)
-            genotypes[name] = g
+            genotypes[name] = b.model.genotype
         t0 = time.perf_counter()
         probe = linear_probe(data, cfg.seed, cfg.data.threshold)
         rows["linear_probe"] = {**probe, "epochs": 0, "train_seconds": time.perf_counter() - t0}
