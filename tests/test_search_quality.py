@@ -215,7 +215,7 @@ def test_recommend_takes_the_best_fusion_on_val_never_below_late_fusion():
     rows["searched"]["val"] = 0.82  # a tie goes to the searched network
     assert recommend(rows, "accuracy")[0] == "searched"
     best, reason = recommend(rows, "accuracy", searched_saw_val=True)
-    assert best == "searched" and "search.arch_split=0.3 keeps val out of the search" in reason
+    assert best == "searched" and "its architecture was chosen on val" in reason
     rows["searched"]["val"] = 0.5
     rows["sum"]["val"] = rows["concat_fc"]["val"] = 0.7
     assert recommend(rows, "accuracy")[0] == "late_fusion"

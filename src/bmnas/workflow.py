@@ -55,8 +55,8 @@ def fit_config_to_data(cfg: Config, data: FeatureData) -> Config:
 
 
 VAL_FITTED_NOTE = (
-    " (the search fitted its architecture on val, which flatters the searched network's val score "
-    "by about 2.5 points on AV-MNIST; search.arch_split=0.3 keeps val out of the search)"
+    " (its architecture was chosen on val, so its val score is optimistic: by 1-3 points on AV-MNIST "
+    "and emoji, see docs/DESIGN.md; compare on a split the search never saw before relying on a small margin)"
 )
 
 
