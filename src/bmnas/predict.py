@@ -31,7 +31,7 @@ from .found import FoundNet
 from .genotype import Genotype, GenotypeError
 from .metrics import compute_metrics
 from .pooling import pool_feature
-from .runs import RunError
+from .runs import RunError, read_json
 
 MODEL_FILE = "model.pt"
 MODEL_FORMAT = "bmnas.model"
@@ -330,7 +330,7 @@ def load(run_dir: str | Path, stage: str = FOUND_STAGE) -> LoadedModel:
             f"{path}: training stopped after epoch {done} of {total}; rerun the same command to finish it"
         )
     genotype = _genotype(ckpt.get("genotype"), run, path)
-    metrics = _read_json(run / "metrics.json")
+    metrics = read_json(run / "metrics.json")
     num_outputs = int(ckpt["model"]["head.classifier.weight"].shape[0])
     task_type = cfg.get("data", {}).get("task") or _task_from_metrics(metrics)
     if task_type is None:
@@ -354,7 +354,7 @@ def load(run_dir: str | Path, stage: str = FOUND_STAGE) -> LoadedModel:
 
 def recommended_stage(run: Path) -> str:
     """The checkpoint name of the network ``bmnas run`` recommends (``metrics.json``)."""
-    method = (((_read_json(run / "metrics.json") or {}).get("recommended")) or {}).get("method")
+    method = (((read_json(run / "metrics.json") or {}).get("recommended")) or {}).get("method")
     if not method:
         raise ModelError(f"{run}: metrics.json names no recommended network (`bmnas run` writes one)")
     return FOUND_STAGE if method == "searched" else "baseline_" + method.replace(":", "_")
@@ -427,13 +427,6 @@ def _task_from_metrics(metrics: Mapping | None) -> str | None:
         return task
     test = metrics.get("test") or {}
     return "multiclass" if "accuracy" in test else "multilabel" if "f1_weighted" in test else None
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _read_yaml(path: Path) -> dict | None:

@@ -34,7 +34,7 @@ from .distributed import barrier, current
 from .genotype import Genotype
 from .hypernet import HyperNet
 from .metrics import primary_metric
-from .runs import RunDir
+from .runs import RunDir, read_jsonl
 
 SAMPLE_TRIES = 20  # samples drawn per missing candidate before giving up on new ones
 
@@ -78,14 +78,7 @@ def rerank(
     epochs = cfg.search.rerank_epochs or cfg.train.epochs
     log_path = run.path / "rerank.jsonl" if run is not None else None
     writes = current().main  # under torchrun every rank trains each candidate; rank 0 records it
-    done: dict[str, dict] = {}
-    if log_path is not None and log_path.exists():
-        for line in log_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                break  # a line cut by a kill: redo it
-            done[json.dumps(row["genotype"], sort_keys=True)] = row
+    done = {json.dumps(row["genotype"], sort_keys=True): row for row in read_jsonl(log_path)}
     rows = []
     cands = candidates(net, state["history"], cfg, cfg.search.rerank, primary_metric(data.task))
     bar = tqdm(cands, desc="re-rank candidates", disable=not progress, leave=False)

@@ -88,6 +88,27 @@ class RunError(BmnasError, RuntimeError):
     """A run directory that cannot be used as asked."""
 
 
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``, or None when the file is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_jsonl(path: Path | None) -> list[dict]:
+    """The rows of a JSON-lines log, up to the first line a kill cut short (that row is redone)."""
+    if path is None or not Path(path).exists():
+        return []
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows
+
+
 def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """``write(tmp)`` to a uniquely named file beside ``path``, then rename it over ``path``."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

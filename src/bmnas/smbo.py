@@ -32,6 +32,7 @@ from .data import FeatureData
 from .genotype import CELL_INPUTS, Genotype
 from .metrics import primary_metric
 from .ops import ZERO, get_op
+from .runs import read_jsonl
 from .search import feature_specs
 
 
@@ -121,18 +122,6 @@ def brief_score(genotype: Genotype, data: FeatureData, cfg: Config, epochs: int)
     return select_epochs(genotype, data, cfg, epochs).best_score
 
 
-def _read_log(path: Path | None) -> list[dict]:
-    if path is None or not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a kill: that round runs again
-    return rows
-
-
 def _pick(
     data: FeatureData, cfg: Config, opts: SMBOConfig, rng: np.random.Generator, done: list[dict]
 ) -> tuple[Genotype, float | None]:
@@ -177,7 +166,7 @@ def smbo(
         log: JSON-lines file of the evaluated genotypes (appended per round; resumed if present).
     """
     log = Path(log) if log is not None else None
-    done = _read_log(log)[: opts.budget]
+    done = read_jsonl(log)[: opts.budget]  # a line cut by a kill: that round runs again
     metric = primary_metric(data.task)
     bar = tqdm(total=opts.budget, initial=len(done), desc="smbo", disable=not progress, leave=False)
     for r in range(len(done), opts.budget):

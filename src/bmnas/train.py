@@ -15,7 +15,6 @@ refit is checkpointed each epoch and the selection's outcome is saved, so a kill
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,14 +40,7 @@ from .found import FoundNet
 from .genotype import Genotype
 from .loop import batch_indices, cosine_restarts, drop_shard, evaluate, loss_fn
 from .metrics import primary_metric
-from .runs import RunDir
-
-
-def _read_json(path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+from .runs import RunDir, read_json
 
 
 @dataclass
@@ -249,7 +241,7 @@ def train_found(
     t = cfg.train
     seconds = 0.0
     if t.select_epochs and selection is None and run is not None:
-        saved = _read_json(run.path / f"{stage}_selection.json")
+        saved = read_json(run.path / f"{stage}_selection.json")
         if saved and saved.get("genotype") == genotype.to_dict() and len(saved.get("curve", [])) == t.epochs:
             selection = Selection(saved["curve"], saved["metric"], saved["seconds"])
     if t.select_epochs and selection is None:
