@@ -8,6 +8,7 @@ import torch
 
 from bmnas.baselines import (
     FIXED_CELLS,
+    baseline,
     fixed_fusion,
     fixed_inputs,
     late_fusion,
@@ -196,3 +197,12 @@ def test_linear_path_adds_a_probe_of_the_last_features(data):
     with torch.no_grad():
         probe = net.linear[1]((flat - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps))
         assert torch.allclose(net(feats), plain(feats) + probe, atol=1e-5)
+
+
+def test_baseline_by_name_is_the_builder_of_that_name(data):
+    specs = feature_specs(data)
+    assert baseline("unimodal:b", specs, C, L) == unimodal(specs, "b", C, L)
+    assert baseline("late_fusion", specs, C, L) == late_fusion(specs, C, L)
+    assert baseline("aoa", specs, C, L, 3, 1) == fixed_fusion("aoa", specs, C, L, 3, 1)
+    with pytest.raises(ValueError, match="'random' is not a baseline"):
+        baseline("random", specs, C, L)

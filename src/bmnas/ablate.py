@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .baselines import FIXED_CELLS, fixed_fusion, late_fusion, random_genotype, unimodal
+from .baselines import FIXED_CELLS, baseline, random_genotype
 from .config import Config, ConfigError
 from .data import FeatureData
 from .genotype import Genotype
@@ -144,12 +144,8 @@ def genotype_for(job: Job, data: FeatureData, cfg: Config) -> Genotype:
     from .search import feature_specs
 
     specs, m = feature_specs(data), cfg.model
-    if job.method.startswith("unimodal:"):
-        return unimodal(specs, job.method.split(":", 1)[1], m.C, m.L)
-    if job.method == "late_fusion":
-        return late_fusion(specs, m.C, m.L)
-    if job.method in FIXED:
-        return fixed_fusion(job.method, specs, m.C, m.L, m.cells, m.multiplier)
+    if job.method.startswith("unimodal:") or job.method in ("late_fusion", *FIXED):
+        return baseline(job.method, specs, m.C, m.L, m.cells, m.multiplier)
     if job.method == "random":
         rng = np.random.default_rng([cfg.seed, job.sample or 0])
         return random_genotype(

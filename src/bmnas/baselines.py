@@ -106,6 +106,21 @@ def fixed_fusion(
     return Genotype(C, L, tuple(features), cells, output)
 
 
+def baseline(
+    name: str, features: Sequence[FeatureSpec], C: int, L: int, num_cells: int = 2, multiplier: int = 0
+) -> Genotype:
+    """A hand-made baseline by name: ``unimodal:<modality>``, ``late_fusion`` or a fixed-fusion Cell."""
+    if name.startswith("unimodal:"):
+        return unimodal(features, name.split(":", 1)[1], C, L)
+    if name == "late_fusion":
+        return late_fusion(features, C, L)
+    if name in FIXED_CELLS:
+        return fixed_fusion(name, features, C, L, num_cells, multiplier)
+    raise ValueError(
+        f"{name!r} is not a baseline; choose unimodal:<modality>, late_fusion or {sorted(FIXED_CELLS)}"
+    )
+
+
 def random_genotype(
     features: Sequence[FeatureSpec],
     ops: Sequence[str],

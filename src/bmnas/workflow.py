@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .baselines import fixed_fusion, late_fusion, modalities, unimodal
+from .baselines import baseline, modalities
 from .config import Config
 from .data import FeatureData
 from .genotype import Genotype
@@ -122,11 +122,9 @@ def run(
     genotypes = {SEARCHED: r.model.genotype}  # as trained: with its linear path (model.linear_skip)
     if baselines:
         specs, m = found.genotype.features, cfg.model
-        fixed = {f"unimodal:{mod}": unimodal(specs, mod, m.C, m.L) for mod in modalities(specs)}
-        fixed["late_fusion"] = late_fusion(specs, m.C, m.L)
-        for name in ("sum", "concat_fc"):
-            fixed[name] = fixed_fusion(name, specs, m.C, m.L, m.cells, m.multiplier)
-        for name, g in fixed.items():
+        names = [f"unimodal:{mod}" for mod in modalities(specs)] + ["late_fusion", "sum", "concat_fc"]
+        for name in names:
+            g = baseline(name, specs, m.C, m.L, m.cells, m.multiplier)
             stage = "baseline_" + name.replace(":", "_")
             b = train_found(g, data, cfg, run_dir, progress=progress, stage=stage, desc=f"train {name}")
             rows[name] = _row(b)
