@@ -355,7 +355,7 @@ def _train(
         from .predict import save_model
 
         save_model(run.path, r.model, data, cfg.to_dict())
-    return {"test": r.test, "val": r.val, "epochs": r.epochs, "params": r.params, "train_seconds": r.seconds}
+    return r.row()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ from sklearn.preprocessing import StandardScaler
 
 from .baselines import last_feature, modalities
 from .data import FeatureData, FeatureSplit
-from .genotype import FeatureSpec
 from .metrics import compute_metrics, primary_metric
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -29,7 +28,9 @@ MAX_ITER = 500
 
 def probe_features(data: FeatureData) -> list[str]:
     """The features the probe reads: the last feature of each modality."""
-    specs = [FeatureSpec(n, data.feature_channels[n], data.feature_lengths[n]) for n in data.feature_names]
+    from .search import feature_specs
+
+    specs = feature_specs(data)
     return [last_feature(specs, m) for m in modalities(specs)]
 
 

@@ -60,6 +60,16 @@ class TrainResult:
     val: float | None = None
     val_curve: list[float] = field(default_factory=list)
 
+    def row(self) -> dict:
+        """The figures a results table and ``metrics.json`` report for this network."""
+        return {
+            "test": self.test,
+            "val": self.val,
+            "params": self.params,
+            "epochs": self.epochs,
+            "train_seconds": self.seconds,
+        }
+
 
 @dataclass
 class Selection:
@@ -190,10 +200,10 @@ def with_recipe(genotype: Genotype, cfg: Config) -> Genotype:
     """
     if not cfg.model.linear_skip or genotype.linear:
         return genotype
-    from .baselines import last_feature
+    from .baselines import last_feature, modalities
 
-    used = {n.split(".", 1)[0] for n in genotype.used_features()}
-    mods = [m for m in dict.fromkeys(f.name.split(".", 1)[0] for f in genotype.features) if m in used]
+    reads = set(modalities([f for f in genotype.features if f.name in genotype.used_features()]))
+    mods = [m for m in modalities(genotype.features) if m in reads]
     return genotype.with_linear(tuple(last_feature(genotype.features, m) for m in mods))
 
 

@@ -77,10 +77,6 @@ def recommend(rows: dict[str, dict], metric: str, searched_saw_val: bool = False
     return best, reason
 
 
-def _row(r) -> dict:
-    return {"test": r.test, "val": r.val, "params": r.params, "epochs": r.epochs, "train_seconds": r.seconds}
-
-
 def run(
     data: FeatureData,
     cfg: Config,
@@ -118,7 +114,7 @@ def run(
         selection=found.selection(cfg.train.epochs),
     )
     save_model(run_dir.path, r.model, data, cfg.to_dict())
-    rows = {SEARCHED: {**_row(r), "search_seconds": found.seconds}}
+    rows = {SEARCHED: {**r.row(), "search_seconds": found.seconds}}
     genotypes = {SEARCHED: r.model.genotype}  # as trained: with its linear path (model.linear_skip)
     if baselines:
         specs, m = found.genotype.features, cfg.model
@@ -127,7 +123,7 @@ def run(
             g = baseline(name, specs, m.C, m.L, m.cells, m.multiplier)
             stage = "baseline_" + name.replace(":", "_")
             b = train_found(g, data, cfg, run_dir, progress=progress, stage=stage, desc=f"train {name}")
-            rows[name] = _row(b)
+            rows[name] = b.row()
             genotypes[name] = b.model.genotype
         t0 = time.perf_counter()
         probe = linear_probe(data, cfg.seed, cfg.data.threshold)
