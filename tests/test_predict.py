@@ -17,21 +17,8 @@ from bmnas.data import load_generic_dir
 from bmnas.datasets.base import RawDataset, RawSplit, register_dataset
 from bmnas.predict import load, save_model
 from bmnas.train import with_recipe
+from test_cli import FAST  # the same small run settings as the CLI tests
 from test_data import write_generic
-
-FAST = [
-    "--set",
-    "search.epochs=2",
-    "--set",
-    "train.epochs=2",
-    "--set",
-    "model.C=8",
-    "--set",
-    "model.L=4",
-    "--set",
-    "search.batch_size=16",
-    "--quiet",
-]
 
 
 def make_run(root: Path, multilabel: bool = False, baselines: bool = True) -> tuple[Path, Path]:
