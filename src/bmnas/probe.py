@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import time
 import warnings
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 
 from .baselines import last_feature, modalities
-from .data import FeatureData, FeatureSplit
+from .data import FeatureData, FeatureSplit, TaskInfo
 from .metrics import compute_metrics, primary_metric
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -54,22 +58,104 @@ def _logits(model, x: np.ndarray, multilabel: bool) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class LinearFit:
+    """A fitted probe in the form of a network's linear path: ``logits = W · (x − μ) / σ + b``.
+
+    ``mean``/``var`` (D,) standardise the flattened features, ``weight`` (num_outputs, D) and
+    ``bias`` (num_outputs,) are the logistic regression's, laid out as the network's logits.
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    C: float
+
+
+def fit_linear(
+    split: FeatureSplit, names: Sequence[str], task: TaskInfo, C: float, seed: int = 0
+) -> LinearFit:
+    """Standardise ``names`` on ``split`` and fit the logistic regression of inverse strength ``C``."""
+    multilabel = task.type == "multilabel"
+    x = _design(split, list(names))
+    scaler = StandardScaler().fit(x)
+    model = _fit(scaler.transform(x), split.labels, C, multilabel, seed)
+    D, K = x.shape[1], task.num_outputs
+    weight, bias = np.zeros((K, D)), np.zeros(K)
+    if multilabel:  # one binary regression per label; a label constant in train has no coefficients
+        for k, est in enumerate(model.estimators_):
+            if hasattr(est, "coef_"):
+                weight[k], bias[k] = est.coef_[0], est.intercept_[0]
+    else:
+        rows = model.classes_.astype(int)
+        if model.coef_.shape[0] == 1:  # binary: sklearn keeps the positive class's margin only
+            weight[rows[1]], bias[rows[1]] = model.coef_[0], model.intercept_[0]
+        else:
+            weight[rows], bias[rows] = model.coef_, model.intercept_
+    var = np.where(scaler.scale_ == 1.0, 1.0, scaler.var_)  # StandardScaler leaves constant columns unscaled
+    return LinearFit(scaler.mean_, var, weight, bias, C)
+
+
+def choose_C(
+    data: FeatureData, names: Sequence[str], seed: int = 0, threshold: float = 0.5
+) -> tuple[float, float]:
+    """The ``C`` of :data:`C_GRID` with the best val score when fitted on train (ties: stronger
+    regularisation), and that score. Memoised per train split, features and seed.
+    """
+    key = (tuple(names), seed, threshold, data["val"].labels.tobytes())
+    memo = _memo_for(data["train"].labels)
+    if key not in memo:
+        metric = primary_metric(data.task)
+        multilabel = data.task.type == "multilabel"
+        xs = {s: _design(data[s], list(names)) for s in ("train", "val")}
+        scaler = StandardScaler().fit(xs["train"])
+        z = {s: scaler.transform(x) for s, x in xs.items()}
+        scores = {}
+        for C in C_GRID:
+            model = _fit(z["train"], data["train"].labels, C, multilabel, seed)
+            logits = _logits(model, z["val"], multilabel)
+            scores[C] = compute_metrics(data.task, logits, data["val"].labels, threshold)[metric]
+        best = max(C_GRID, key=lambda c: (scores[c], -c))
+        memo[key] = (best, scores[best])
+    return memo[key]
+
+
+_C_MEMO: dict[int, dict] = {}
+
+
+def _memo_for(labels: np.ndarray) -> dict:
+    """The memo of one train split, dropped when its label array is freed (so ids never collide)."""
+    key = id(labels)
+    if key not in _C_MEMO:
+        _C_MEMO[key] = {}
+        weakref.finalize(labels, _C_MEMO.pop, key, None)
+    return _C_MEMO[key]
+
+
+@torch.no_grad()
+def init_from_probe(model, fit: LinearFit) -> None:
+    """Start ``model`` (a FoundNet with a linear path) as the probe ``fit``: the linear path gets the
+    probe's standardisation and weights and the head's classifier starts at zero, so before training
+    ``logits = W · (x − μ) / σ + b`` exactly (in eval mode) and training learns a residual on top.
+    """
+    norm, linear = model.linear[0], model.linear[1]
+    norm.running_mean.copy_(torch.as_tensor(fit.mean, dtype=norm.running_mean.dtype))
+    norm.running_var.copy_(torch.as_tensor(fit.var, dtype=norm.running_var.dtype))
+    linear.weight.copy_(torch.as_tensor(fit.weight, dtype=linear.weight.dtype))
+    linear.bias.copy_(torch.as_tensor(fit.bias, dtype=linear.bias.dtype))
+    torch.nn.init.zeros_(model.head.classifier.weight)
+    torch.nn.init.zeros_(model.head.classifier.bias)
+
+
 def linear_probe(data: FeatureData, seed: int = 0, threshold: float = 0.5) -> dict:
     """Fit, select ``C`` on val, refit on train + val, test: a result row like a trained network's."""
     t0 = time.perf_counter()
     names = probe_features(data)
-    task, metric = data.task, primary_metric(data.task)
+    task = data.task
     multilabel = task.type == "multilabel"
+    best_C, val_score = choose_C(data, names, seed, threshold)
     xs = {s: _design(data[s], names) for s in ("train", "val", "test")}
-    scaler = StandardScaler().fit(xs["train"])
-    z = {s: scaler.transform(x) for s, x in xs.items()}
-    val_scores = {}
-    for C in C_GRID:
-        model = _fit(z["train"], data["train"].labels, C, multilabel, seed)
-        val_scores[C] = compute_metrics(
-            task, _logits(model, z["val"], multilabel), data["val"].labels, threshold
-        )[metric]
-    best_C = max(C_GRID, key=lambda c: (val_scores[c], -c))  # ties: the stronger regularisation
     fit_x = np.concatenate([xs["train"], xs["val"]])
     scaler = StandardScaler().fit(fit_x)
     model = _fit(
@@ -86,7 +172,7 @@ def linear_probe(data: FeatureData, seed: int = 0, threshold: float = 0.5) -> di
     n_params = (n_in + 1) * (task.num_outputs if (multilabel or task.num_outputs > 2) else 1)
     return {
         "test": test,
-        "val": val_scores[best_C],
+        "val": val_score,
         "C": best_C,
         "features": names,
         "params": {"total": int(n_params), "fusion": 0, "classifier": int(n_params)},

@@ -95,6 +95,7 @@ def rerank(
             "val": sel.best_score,
             "best_epoch": sel.best_epoch,
             "curve": sel.curve,
+            "initial": sel.initial,
             "metric": sel.metric,
             "epochs": epochs,
             "seconds": time.perf_counter() - t0,

@@ -65,7 +65,7 @@ class SearchResult:
         chosen = self.genotype.to_dict()
         for c in self.candidates:
             if c["genotype"] == chosen and c["epochs"] == epochs:
-                return Selection(c["curve"], c["metric"], c["seconds"])
+                return Selection.from_dict(c)
         return None
 
 

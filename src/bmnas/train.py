@@ -78,14 +78,25 @@ class Selection:
     curve: list[float]
     metric: str
     seconds: float
+    initial: float | None = None  # val score before training (a network started as the probe)
 
     @property
     def best_epoch(self) -> int:
-        return max(range(len(self.curve)), key=lambda i: (self.curve[i], -i)) + 1
+        """Epochs to train (ties: fewer); 0 when the untrained start (``initial``) scores best."""
+        scores = [self.initial, *self.curve] if self.initial is not None else [None, *self.curve]
+        first = 0 if self.initial is not None else 1
+        return max(range(first, len(scores)), key=lambda i: (scores[i], -i))
 
     @property
     def best_score(self) -> float:
-        return self.curve[self.best_epoch - 1]
+        return self.initial if self.best_epoch == 0 else self.curve[self.best_epoch - 1]
+
+    def to_dict(self) -> dict:
+        return {"curve": self.curve, "metric": self.metric, "seconds": self.seconds, "initial": self.initial}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Selection:
+        return cls(d["curve"], d["metric"], d["seconds"], d.get("initial"))
 
 
 def fit(
@@ -207,13 +218,42 @@ def with_recipe(genotype: Genotype, cfg: Config) -> Genotype:
     return genotype.with_linear(tuple(last_feature(genotype.features, m) for m in mods))
 
 
+def build_model(genotype: Genotype, data: FeatureData, cfg: Config, split: FeatureSplit) -> FoundNet:
+    """``FoundNet(genotype)`` seeded by ``cfg.seed``, ready to train on ``split``.
+
+    With ``model.linear_init = probe`` its linear path starts as the linear probe fitted on
+    ``split`` (``C`` chosen on val by the probe's own rule) and its head at zero, so training
+    learns a residual on top of the linear model and an epoch count of 0 is the probe itself.
+    """
+    torch.manual_seed(cfg.seed)
+    model = FoundNet(genotype, data.task.num_outputs, dropout=cfg.model.dropout)
+    if cfg.model.linear_init == "probe" and model.linear is not None:
+        from .probe import choose_C, fit_linear, init_from_probe
+
+        C, _ = choose_C(data, genotype.linear, cfg.seed, cfg.data.threshold)
+        init_from_probe(model, fit_linear(split, genotype.linear, data.task, C, cfg.seed))
+    return model
+
+
 def select_epochs(
     genotype: Genotype, data: FeatureData, cfg: Config, epochs: int | None = None, progress: bool = False
 ) -> Selection:
     """Train ``FoundNet(genotype)`` on the train split alone and score the val split after each epoch."""
     genotype = with_recipe(genotype, cfg)
-    torch.manual_seed(cfg.seed)
-    model = FoundNet(genotype, data.task.num_outputs, dropout=cfg.model.dropout)
+    model = build_model(genotype, data, cfg, data["train"])
+    initial = None
+    if cfg.model.linear_init == "probe" and model.linear is not None:
+        device = local_device(resolve_device(cfg.device))
+        scores = evaluate(
+            model.to(device),
+            on_device(data["val"], device),
+            data.task,
+            cfg.train.eval_batch_size,
+            cfg.data.threshold,
+            current(),
+            partial(autocast, device, cfg.precision),
+        )
+        initial = float(scores[primary_metric(data.task)])
     state = fit(
         model,
         data["train"],
@@ -224,7 +264,7 @@ def select_epochs(
         progress=progress,
         desc="select epochs",
     )
-    return Selection(state["val"], primary_metric(data.task), state["seconds"])
+    return Selection(state["val"], primary_metric(data.task), state["seconds"], initial)
 
 
 def train_found(
@@ -253,28 +293,22 @@ def train_found(
     if t.select_epochs and selection is None and run is not None:
         saved = read_json(run.path / f"{stage}_selection.json")
         if saved and saved.get("genotype") == genotype.to_dict() and len(saved.get("curve", [])) == t.epochs:
-            selection = Selection(saved["curve"], saved["metric"], saved["seconds"])
+            selection = Selection.from_dict(saved)
     if t.select_epochs and selection is None:
         selection = select_epochs(genotype, data, cfg, progress=progress)
         if run is not None and current().main:
             run.write_json(
                 f"{stage}_selection.json",
-                {
-                    "genotype": genotype.to_dict(),
-                    "curve": selection.curve,
-                    "metric": selection.metric,
-                    "seconds": selection.seconds,
-                    "best_epoch": selection.best_epoch,
-                },
+                {"genotype": genotype.to_dict(), **selection.to_dict(), "best_epoch": selection.best_epoch},
             )
     if selection is not None:
         seconds += selection.seconds
     epochs = selection.best_epoch if selection is not None else t.epochs
-    torch.manual_seed(cfg.seed)
-    model = FoundNet(genotype, data.task.num_outputs, dropout=cfg.model.dropout)
+    train_val = merge_splits(data["train"], data["val"])
+    model = build_model(genotype, data, cfg, train_val)
     state = fit(
         model,
-        merge_splits(data["train"], data["val"]),
+        train_val,
         data,
         cfg,
         epochs,

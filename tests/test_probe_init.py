@@ -1,0 +1,88 @@
+"""``model.linear_init=probe``: every trained network starts as the linear probe and learns a residual."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bmnas.baselines import baseline
+from bmnas.cli import main
+from bmnas.config import Config
+from bmnas.data import FeatureData, FeatureSplit, TaskInfo
+from bmnas.probe import choose_C, linear_probe
+from bmnas.search import feature_specs
+from bmnas.train import Selection, build_model, select_epochs, train_found, with_recipe
+
+PROBE = ["model.C=8", "model.L=2", "train.epochs=3", "model.linear_init=probe"]
+
+
+def linear_blobs(n=(240, 90, 90), classes=3, seed=0) -> FeatureData:
+    """Two modalities whose class shifts the mean: a linear model is near the best one can do."""
+    rng = np.random.default_rng(seed)
+    centres = {m: rng.normal(size=(classes, d)) for m, d in (("a", 5), ("b", 4))}
+    splits = {}
+    for split, k in zip(("train", "val", "test"), n, strict=True):
+        y = rng.integers(0, classes, k)
+        feats = {
+            f"{m}.last": (c[y] + 1.5 * rng.normal(size=(k, c.shape[1])))[:, None, :].astype(np.float32)
+            for m, c in centres.items()
+        }
+        splits[split] = FeatureSplit(feats, y.astype(np.int64))
+    return FeatureData(splits, TaskInfo("multiclass", classes), "blobs")
+
+
+def late_fusion(data, cfg):
+    return with_recipe(baseline("late_fusion", feature_specs(data), cfg.model.C, cfg.model.L, 2, 0), cfg)
+
+
+def test_an_untrained_network_is_the_probe_fitted_on_its_split():
+    data = linear_blobs()
+    cfg = Config.from_sources(None, PROBE)
+    g = late_fusion(data, cfg)
+    model = build_model(g, data, cfg, data["train"]).eval()
+    feats, y = data["val"].batch(slice(None))
+    with torch.no_grad():
+        pred = model(feats).argmax(1)
+    C, val_score = choose_C(data, g.linear, cfg.seed)
+    assert linear_probe(data, cfg.seed)["C"] == C
+    assert float((pred == y).float().mean()) == pytest.approx(val_score)  # the probe's own val accuracy
+    assert torch.count_nonzero(model.head.classifier.weight) == 0
+    random = build_model(g, data, Config.from_sources(None, PROBE[:-1]), data["train"])
+    assert torch.count_nonzero(random.head.classifier.weight) > 0  # the default keeps random init
+
+
+def test_selection_can_choose_zero_epochs_and_the_refit_is_then_the_probe():
+    sel = Selection([0.5, 0.6], "accuracy", 1.0, initial=0.6)
+    assert sel.best_epoch == 0 and sel.best_score == 0.6  # ties: fewer epochs
+    assert Selection([0.5, 0.7], "accuracy", 1.0, initial=0.6).best_epoch == 2
+    assert Selection([0.5, 0.7, 0.7], "accuracy", 1.0).best_epoch == 2  # without a start: from 1
+    assert Selection.from_dict(sel.to_dict()) == sel
+
+    data = linear_blobs(seed=1)
+    cfg = Config.from_sources(None, PROBE)
+    g = late_fusion(data, cfg)
+    chosen = select_epochs(g, data, cfg)
+    assert chosen.initial == pytest.approx(choose_C(data, g.linear, cfg.seed)[1])
+    assert chosen.best_score >= chosen.initial
+    r = train_found(g, data, cfg, progress=False, selection=Selection([0.0, 0.0, 0.0], "accuracy", 0.0, 0.5))
+    assert r.epochs == 0
+    probe = linear_probe(data, cfg.seed)
+    assert r.test["accuracy"] == pytest.approx(probe["test"]["accuracy"], abs=1 / 90)  # same model, float32
+
+
+def test_cli_run_with_probe_init_never_scores_below_the_probe_on_val(tmp_path, capsys):
+    data = linear_blobs(seed=2)
+    root = tmp_path / "d"
+    root.mkdir()
+    for s, sp in data.splits.items():
+        np.savez(root / f"{s}.npz", label=sp.labels, **{k: v[:, 0, :] for k, v in sp.features.items()})
+    out = tmp_path / "run"
+    args = ["run", "--data", str(root), "--out", str(out), "--quiet"]
+    sets = ["search.epochs=2", "search.rerank=2", "search.batch_size=32", *PROBE]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    probe_val = m["baselines"]["linear_probe"]["val"]
+    assert m["val"] >= probe_val
+    assert m["baselines"]["late_fusion"]["val"] >= probe_val
+    assert "linear_probe" in capsys.readouterr().out
