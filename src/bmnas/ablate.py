@@ -208,7 +208,7 @@ def run_job(
         cfg = search_config(job.method, cfg)
         found = search(data, cfg, run, progress=progress)
         genotype, search_seconds = found.genotype, found.seconds
-        selection = found.selection(cfg.train.epochs)
+        selection = found.selection(cfg.train.epochs, cfg.train.select_folds)
         extra = {
             "best_epoch": found.best_epoch,
             f"hypernet_val_{found.metric}": found.best_score,

@@ -100,6 +100,7 @@ class TrainConfig:
     restart_mult: int = 2
     eval_batch_size: int = 1024
     select_epochs: bool = True  # choose the epoch count on val (trained on train), then refit on train + val
+    select_folds: int = 0  # >= 2: score and choose epochs by k-fold cross-validation over train + val
     modality_dropout: float = 0.0  # per sample, drop each whole modality with this probability (keep >= 1)
 
 
@@ -341,6 +342,12 @@ def _check(cfg, where: str) -> None:
             f"must be in [0, 1), got {cfg.modality_dropout}",
         )
         need(cfg.weight_decay >= 0, f"{section}.weight_decay", f"must be >= 0, got {cfg.weight_decay}")
+    if isinstance(cfg, TrainConfig):
+        need(
+            cfg.select_folds == 0 or 2 <= cfg.select_folds <= 10,
+            "train.select_folds",
+            f"must be 0 (score on val) or 2..10 folds, got {cfg.select_folds}",
+        )
     if isinstance(cfg, SearchConfig):
         need(cfg.arch_lr > 0, "search.arch_lr", f"must be > 0, got {cfg.arch_lr}")
         need(

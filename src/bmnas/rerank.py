@@ -76,6 +76,7 @@ def rerank(
     from .train import select_epochs
 
     epochs = cfg.search.rerank_epochs or cfg.train.epochs
+    sel_folds = cfg.train.select_folds
     log_path = run.path / "rerank.jsonl" if run is not None else None
     writes = current().main  # under torchrun every rank trains each candidate; rank 0 records it
     done = {json.dumps(row["genotype"], sort_keys=True): row for row in read_jsonl(log_path)}
@@ -84,7 +85,7 @@ def rerank(
     bar = tqdm(cands, desc="re-rank candidates", disable=not progress, leave=False)
     for rank, (source, g) in enumerate(bar):
         key = json.dumps(g.to_dict(), sort_keys=True)
-        if key in done and done[key].get("epochs") == epochs:
+        if key in done and done[key].get("epochs") == epochs and done[key].get("folds", 0) == sel_folds:
             rows.append({**done[key], "rank": rank, "source": source})
             continue
         t0 = time.perf_counter()
@@ -96,6 +97,7 @@ def rerank(
             "best_epoch": sel.best_epoch,
             "curve": sel.curve,
             "initial": sel.initial,
+            "folds": sel.folds,
             "metric": sel.metric,
             "epochs": epochs,
             "seconds": time.perf_counter() - t0,

@@ -55,7 +55,7 @@ class SearchResult:
     hypernet: HyperNet
     candidates: list[dict] = field(default_factory=list)
 
-    def selection(self, epochs: int):
+    def selection(self, epochs: int, folds: int = 0):
         """The re-ranking's selection phase of the chosen genotype, if it ran for ``epochs`` epochs.
 
         Lets the evaluation stage skip training the same network on train a second time.
@@ -64,7 +64,7 @@ class SearchResult:
 
         chosen = self.genotype.to_dict()
         for c in self.candidates:
-            if c["genotype"] == chosen and c["epochs"] == epochs:
+            if c["genotype"] == chosen and c["epochs"] == epochs and c.get("folds", 0) == folds:
                 return Selection.from_dict(c)
         return None
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -79,6 +80,7 @@ class Selection:
     metric: str
     seconds: float
     initial: float | None = None  # val score before training (a network started as the probe)
+    folds: int = 0  # 0: scored on val; k: the mean over k folds of train + val
 
     @property
     def best_epoch(self) -> int:
@@ -92,11 +94,29 @@ class Selection:
         return self.initial if self.best_epoch == 0 else self.curve[self.best_epoch - 1]
 
     def to_dict(self) -> dict:
-        return {"curve": self.curve, "metric": self.metric, "seconds": self.seconds, "initial": self.initial}
+        return {
+            "curve": self.curve,
+            "metric": self.metric,
+            "seconds": self.seconds,
+            "initial": self.initial,
+            "folds": self.folds,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Selection:
-        return cls(d["curve"], d["metric"], d["seconds"], d.get("initial"))
+        return cls(d["curve"], d["metric"], d["seconds"], d.get("initial"), d.get("folds", 0))
+
+    @classmethod
+    def mean(cls, folds: list[Selection]) -> Selection:
+        """The cross-validated selection: the per-epoch mean of the folds' curves."""
+        initial = [f.initial for f in folds]
+        return cls(
+            [float(v) for v in np.mean([f.curve for f in folds], axis=0)],
+            folds[0].metric,
+            sum(f.seconds for f in folds),
+            float(np.mean(initial)) if None not in initial else None,
+            len(folds),
+        )
 
 
 def fit(
@@ -238,7 +258,25 @@ def build_model(genotype: Genotype, data: FeatureData, cfg: Config, split: Featu
 def select_epochs(
     genotype: Genotype, data: FeatureData, cfg: Config, epochs: int | None = None, progress: bool = False
 ) -> Selection:
-    """Train ``FoundNet(genotype)`` on the train split alone and score the val split after each epoch."""
+    """Train ``FoundNet(genotype)`` on the train split alone and score the val split after each epoch.
+
+    With ``train.select_folds = k`` the same is done on each of the ``k`` folds of train ∪ val
+    (:func:`bmnas.folds.kfold`) and the curves are averaged: a score every network comparison can
+    rely on to a point, where one val split of a few hundred rows cannot.
+    """
+    k = cfg.train.select_folds
+    if k >= 2:
+        from .folds import kfold
+
+        return Selection.mean(
+            [_select_on(genotype, d, cfg, epochs, progress) for d in kfold(data, k, cfg.seed)]
+        )
+    return _select_on(genotype, data, cfg, epochs, progress)
+
+
+def _select_on(
+    genotype: Genotype, data: FeatureData, cfg: Config, epochs: int | None, progress: bool
+) -> Selection:
     genotype = with_recipe(genotype, cfg)
     model = build_model(genotype, data, cfg, data["train"])
     initial = None
@@ -292,7 +330,12 @@ def train_found(
     seconds = 0.0
     if t.select_epochs and selection is None and run is not None:
         saved = read_json(run.path / f"{stage}_selection.json")
-        if saved and saved.get("genotype") == genotype.to_dict() and len(saved.get("curve", [])) == t.epochs:
+        if (
+            saved
+            and saved.get("genotype") == genotype.to_dict()
+            and len(saved.get("curve", [])) == t.epochs
+            and saved.get("folds", 0) == t.select_folds
+        ):
             selection = Selection.from_dict(saved)
     if t.select_epochs and selection is None:
         selection = select_epochs(genotype, data, cfg, progress=progress)

@@ -111,7 +111,7 @@ def run(
         progress=progress,
         stage="train",
         desc="train found net",
-        selection=found.selection(cfg.train.epochs),
+        selection=found.selection(cfg.train.epochs, cfg.train.select_folds),
     )
     save_model(run_dir.path, r.model, data, cfg.to_dict())
     rows = {SEARCHED: {**r.row(), "search_seconds": found.seconds}}

@@ -10,6 +10,7 @@ from bmnas.baselines import baseline
 from bmnas.cli import main
 from bmnas.config import Config
 from bmnas.data import FeatureData, FeatureSplit, TaskInfo
+from bmnas.folds import kfold
 from bmnas.probe import choose_C, linear_probe
 from bmnas.search import feature_specs
 from bmnas.train import Selection, build_model, select_epochs, train_found, with_recipe
@@ -86,3 +87,61 @@ def test_cli_run_with_probe_init_never_scores_below_the_probe_on_val(tmp_path, c
     assert m["val"] >= probe_val
     assert m["baselines"]["late_fusion"]["val"] >= probe_val
     assert "linear_probe" in capsys.readouterr().out
+
+
+# -- k-fold selection (train.select_folds) -----------------------------------------------------
+
+
+def test_kfold_partitions_train_and_val_and_is_shared_across_calls():
+    data = linear_blobs(n=(100, 50, 30))
+    folds = kfold(data, 3, seed=0)
+    assert kfold(data, 3, seed=0) is folds  # memoised: every network of a run sees the same folds
+    assert [len(f["val"]) for f in folds] == [50, 50, 50]
+    assert all(len(f["train"]) == 100 for f in folds) and all(f["test"] is data["test"] for f in folds)
+    pool = np.concatenate([data["train"].features["a.last"], data["val"].features["a.last"]])
+    held = np.concatenate([f["val"].features["a.last"] for f in folds])
+    assert sorted(map(tuple, held[:, 0])) == sorted(map(tuple, pool[:, 0]))  # each row held out once
+    for f in folds:
+        rows = {tuple(r) for r in f["train"].features["a.last"][:, 0]}
+        assert not rows & {tuple(r) for r in f["val"].features["a.last"][:, 0]}
+    assert kfold(data, 3, seed=1)[0]["val"].labels.tolist() != folds[0]["val"].labels.tolist()
+
+
+def test_select_epochs_with_folds_is_the_mean_curve_of_the_folds():
+    data = linear_blobs(seed=3)
+    cfg = Config.from_sources(None, [*PROBE[:-1], "train.select_folds=3"])
+    g = late_fusion(data, cfg)
+    sel = select_epochs(g, data, cfg)
+    one = Config.from_sources(None, PROBE[:-1])
+    per_fold = [select_epochs(g, d, one).curve for d in kfold(data, 3, cfg.seed)]
+    assert sel.folds == 3 and len(sel.curve) == 3
+    assert sel.curve == pytest.approx(np.mean(per_fold, axis=0).tolist())
+    assert sel.best_epoch == int(np.argmax(sel.curve)) + 1
+
+
+def test_cli_run_with_folds_reports_cross_validated_val_scores(tmp_path):
+    data = linear_blobs(seed=4)
+    root = tmp_path / "d"
+    root.mkdir()
+    for s, sp in data.splits.items():
+        np.savez(root / f"{s}.npz", label=sp.labels, **{k: v[:, 0, :] for k, v in sp.features.items()})
+    out = tmp_path / "run"
+    sets = ["search.epochs=2", "search.rerank=2", "search.batch_size=32", *PROBE[:-1], "train.select_folds=2"]
+    assert (
+        main(
+            [
+                "run",
+                "--data",
+                str(root),
+                "--out",
+                str(out),
+                "--quiet",
+                *[a for s in sets for a in ("--set", s)],
+            ]
+        )
+        == 0
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    saved = json.loads((out / "baseline_late_fusion_selection.json").read_text())
+    assert saved["folds"] == 2 and m["baselines"]["late_fusion"]["val"] == pytest.approx(max(saved["curve"]))
+    assert [c["folds"] for c in map(json.loads, (out / "rerank.jsonl").read_text().splitlines())] == [2, 2]
