@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import dataset_checksum, sha256_file, write_json_atomic
-from ..data import DataError
+from ..errors import DataError
 from .base import Backbone, register_backbones
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import dataset_checksum
-from ..data import DataError
 from ..datasets.ntu import FeatureStore, sample_stem
+from ..errors import DataError
 from .base import Backbone, register_backbones
 from .mmimdb import freeze, load_weights, option, pretrained, train_classifier, weights_key
 

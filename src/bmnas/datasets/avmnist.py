@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import make_staging_dir, publish_dir, sha256_file, write_json_atomic
-from ..errors import BmnasError
+from ..errors import PreparedDataError
 from .base import SPLITS, OptionError, RawDataset, RawSplit, register_dataset
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,6 @@ class AVMNISTOptions:
         """Directory name of the prepared arrays for these options."""
         text = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
         return f"v{FORMAT_VERSION}-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-class PreparedDataError(BmnasError, RuntimeError):
-    """The prepared files are missing, corrupt or stale."""
 
 
 # --------------------------------------------------------------------------------------------- sources

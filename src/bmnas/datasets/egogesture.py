@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import make_staging_dir, publish_dir, remove_dir, sha256_file, write_json_atomic
-from ..data import DataError
+from ..errors import DataError
 from .base import RawDataset, RawSplit, register_dataset
 
 TEST_SUBJECTS = (2, 9, 11, 14, 18, 19, 28, 31, 41, 47)

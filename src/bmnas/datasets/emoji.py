@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import make_staging_dir, publish_dir, sha256_file, write_json_atomic
-from ..errors import BmnasError
+from ..errors import BmnasError, PreparedDataError
 from .base import SPLITS, OptionError, RawDataset, RawSplit, register_dataset
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,6 @@ PROVENANCE = {
 
 class EmojiDataError(BmnasError, RuntimeError):
     """A source file (tarball, emoji.json or a PNG) that cannot be read; the message names it."""
-
-
-class PreparedDataError(BmnasError, RuntimeError):
-    """The prepared files are missing, corrupt or stale."""
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cache import make_staging_dir, publish_dir, remove_dir, sha256_file, write_json_atomic
-from ..data import DataError
+from ..errors import DataError
 from .base import RawDataset, RawSplit, register_dataset
 
 TRAIN_SUBJECTS = (1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38)
