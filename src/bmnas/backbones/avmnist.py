@@ -37,8 +37,7 @@ from tqdm.auto import tqdm
 
 from ..cache import dataset_checksum, sha256_file, write_json_atomic
 from ..datasets.base import RawDataset
-from ..extract import torch_threads
-from .base import Backbone, register_backbones
+from .base import Backbone, register_backbones, torch_threads
 
 log = logging.getLogger(__name__)
 
