@@ -49,6 +49,14 @@ class Backbone:
         return h.hexdigest()[:16]
 
 
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: a frozen backbone."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
 BackboneFactory = Callable[..., list[Backbone]]
 _FACTORIES: dict[str, BackboneFactory] = {}
 
