@@ -10,10 +10,12 @@ pre-training and feature extraction alike.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,6 +100,20 @@ def backbones_for(dataset_name: str, raw, root, **options) -> list[Backbone]:
 
 class BackboneError(BmnasError, ValueError):
     """Backbones that cannot be built as asked (unknown dataset or option)."""
+
+
+def package_dir(module: str, requirement: str, needs: str) -> Path:
+    """The folder of the installed package ``module``, which ships backbone weights.
+
+    The package is located, not imported: only its files are needed. Raises
+    ``ModuleNotFoundError`` (``needs``, then how to install ``requirement``) when it is missing.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"{needs}: pip install '{requirement}' (or pip install 'bmnas[pretrained]')", name=module
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @contextmanager
