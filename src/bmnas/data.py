@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets.base import SPLITS  # one definition, with the raw datasets below this module
+from .datasets.base import SPLITS, Labelled  # shared with the raw datasets, a layer below
 from .errors import DataError  # raised here, and imported from here by callers
 from .pooling import pool_feature
 
@@ -47,14 +47,11 @@ class TaskInfo:
 
 
 @dataclass(frozen=True)
-class FeatureSplit:
+class FeatureSplit(Labelled):
     """One split: pooled features ``name -> (N, L_k, C_in)`` float32 and labels."""
 
     features: Mapping[str, np.ndarray]
     labels: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
 
     def batch(self, index: np.ndarray | slice) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Gather rows ``index`` as torch tensors (one copy out of a memory map, none else)."""

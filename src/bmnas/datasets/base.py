@@ -26,15 +26,21 @@ from ..registry import import_quietly
 SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
-class RawSplit:
-    """One split of raw inputs: ``modality -> (N, ...)`` arrays and labels ``(N,)`` or ``(N, K)``."""
+class Labelled:
+    """A split of ``N`` labelled samples (raw here, pooled features in :mod:`bmnas.data`): ``len`` is N."""
 
-    inputs: Mapping[str, np.ndarray]
     labels: np.ndarray
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class RawSplit(Labelled):
+    """One split of raw inputs: ``modality -> (N, ...)`` arrays and labels ``(N,)`` or ``(N, K)``."""
+
+    inputs: Mapping[str, np.ndarray]
+    labels: np.ndarray
 
 
 @dataclass(frozen=True)
