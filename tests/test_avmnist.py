@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from bmnas.backbones.avmnist import (
-    LAYERS,
-    AudioCNN,
-    TrainRecipe,
-    _load_weights,
-    fit_classifier,
-    pretrain,
-)
+from bmnas.backbones.avmnist import LAYERS, AudioCNN, TrainRecipe, fit_classifier, pretrain
 from bmnas.backbones.base import backbones_for
+from bmnas.backbones.pretrain import load_cached
 from bmnas.datasets.avmnist import (
     AVMNISTOptions,
     fetch_fsdd,
@@ -169,11 +163,11 @@ def test_corrupted_weights_are_not_loaded(raw, bmnas_root, tmp_path):
     src = tmp_path / "w.pt"
     shutil.copy(audio.path, src)
     shutil.copy(audio.path.removesuffix(".pt") + ".json", tmp_path / "w.json")
-    assert _load_weights(src, AudioCNN()) is not None
+    assert load_cached(AudioCNN(), src) is not None
     data = bytearray(src.read_bytes())
     data[len(data) // 2] ^= 0x01
     src.write_bytes(bytes(data))
-    assert _load_weights(src, AudioCNN()) is None
+    assert load_cached(AudioCNN(), src) is None
 
 
 def test_fit_classifier_is_seeded_and_keeps_the_best_val_epoch():

@@ -20,20 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BmnasError
+from .datasets.base import SPLITS, Labelled  # shared with the raw datasets, a layer below
+from .errors import DataError  # raised here, and imported from here by callers
 from .pooling import pool_feature
 
-SPLITS = ("train", "val", "test")
 TASK_TYPES = ("multiclass", "multilabel")
 FEATURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*\.[A-Za-z0-9_.-]+$")
 MIN_ROWS = {"train": 2, "val": 2, "test": 1}  # training-mode BatchNorm needs two rows per batch
 MAX_CLASSES = 100_000
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 RAW_SHAPES = "(N, C), (N, C, T), (N, C, H, W) or (N, C, T, H, W)"
-
-
-class DataError(BmnasError, ValueError):
-    """Invalid input data; the message says what is wrong, where, and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -51,14 +47,11 @@ class TaskInfo:
 
 
 @dataclass(frozen=True)
-class FeatureSplit:
+class FeatureSplit(Labelled):
     """One split: pooled features ``name -> (N, L_k, C_in)`` float32 and labels."""
 
     features: Mapping[str, np.ndarray]
     labels: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
 
     def batch(self, index: np.ndarray | slice) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Gather rows ``index`` as torch tensors (one copy out of a memory map, none else)."""

@@ -9,3 +9,11 @@ from __future__ import annotations
 
 class BmnasError(Exception):
     """Invalid input; the message says what is wrong, where, and how to fix it."""
+
+
+class DataError(BmnasError, ValueError):
+    """Invalid input data; the message says what is wrong, where, and how to fix it."""
+
+
+class PreparedDataError(BmnasError, RuntimeError):
+    """A dataset's prepared files are missing, corrupt or stale; the dataset prepares them again."""

@@ -14,37 +14,20 @@ are ever alive. Raw outputs must be channels-first: ``(B, C)``, ``(B, C, T)``, `
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .backbones.base import Backbone
+from .backbones.base import Backbone, torch_threads
 from .errors import BmnasError
 from .pooling import pool_feature
 
 INTERMEDIATES = "forward_intermediates:"
 MAX_LISTED = 60
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` intra-op torch threads (None: leave the setting alone), then restore.
-
-    Small backbones run fastest on one thread, and on a 2-core machine shared with another torch
-    process two threads each can be 10–30× slower than one.
-    """
-    before = torch.get_num_threads()
-    if n is not None and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 class LayerPathError(BmnasError, ValueError):

@@ -3,22 +3,26 @@
 A :class:`Backbone` says which modality it reads, which submodules' outputs are features
 (``layers``: feature layer name -> dotted module path, read with forward hooks), and how to turn a
 batch of raw inputs into the module's input (``preprocess``). Features are named
-``<modality>.<layer>``.
+``<modality>.<layer>``. :func:`torch_threads` sets how many threads a backbone runs on, for
+pre-training and feature extraction alike.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..datasets.base import _import_quietly
 from ..errors import BmnasError
+from ..registry import import_quietly
 
 
 def _to_tensor(batch: np.ndarray) -> torch.Tensor:
@@ -47,6 +51,14 @@ class Backbone:
         return h.hexdigest()[:16]
 
 
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: a frozen backbone."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
 BackboneFactory = Callable[..., list[Backbone]]
 _FACTORIES: dict[str, BackboneFactory] = {}
 
@@ -68,7 +80,7 @@ def register_backbones(dataset_name: str) -> Callable[[BackboneFactory], Backbon
 def backbones_for(dataset_name: str, raw, root, **options) -> list[Backbone]:
     """The registered backbones of ``dataset_name`` (see :func:`register_backbones`)."""
     if dataset_name not in _FACTORIES:
-        _import_quietly(f"bmnas.backbones.{dataset_name}")
+        import_quietly(f"bmnas.backbones.{dataset_name}")
     if dataset_name not in _FACTORIES:
         raise BackboneError(
             f"no backbones registered for dataset {dataset_name!r}; known: {sorted(_FACTORIES)}"
@@ -88,3 +100,34 @@ def backbones_for(dataset_name: str, raw, root, **options) -> list[Backbone]:
 
 class BackboneError(BmnasError, ValueError):
     """Backbones that cannot be built as asked (unknown dataset or option)."""
+
+
+def package_dir(module: str, requirement: str, needs: str) -> Path:
+    """The folder of the installed package ``module``, which ships backbone weights.
+
+    The package is located, not imported: only its files are needed. Raises
+    ``ModuleNotFoundError`` (``needs``, then how to install ``requirement``) when it is missing.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"{needs}: pip install '{requirement}' (or pip install 'bmnas[pretrained]')", name=module
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op torch threads (None: leave the setting alone), then restore.
+
+    Small backbones run fastest on one thread, and on a 2-core machine shared with another torch
+    process two threads each can be 10–30× slower than one.
+    """
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

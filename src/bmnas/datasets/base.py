@@ -21,19 +21,26 @@ import numpy as np
 
 from .. import locks
 from ..errors import BmnasError
+from ..registry import import_quietly
 
 SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
-class RawSplit:
-    """One split of raw inputs: ``modality -> (N, ...)`` arrays and labels ``(N,)`` or ``(N, K)``."""
+class Labelled:
+    """A split of ``N`` labelled samples (raw here, pooled features in :mod:`bmnas.data`): ``len`` is N."""
 
-    inputs: Mapping[str, np.ndarray]
     labels: np.ndarray
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class RawSplit(Labelled):
+    """One split of raw inputs: ``modality -> (N, ...)`` arrays and labels ``(N,)`` or ``(N, K)``."""
+
+    inputs: Mapping[str, np.ndarray]
+    labels: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -75,21 +82,12 @@ def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
     return wrap
 
 
-def _import_quietly(module: str) -> None:
-    """Import ``module`` so that its ``@register_*`` decorators run; a missing module is fine."""
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name != module:
-            raise
-
-
 def _import_all() -> None:
     """Import every module of :mod:`bmnas.datasets`, so that all builders are registered."""
     package = importlib.import_module("bmnas.datasets")
     for module in pkgutil.iter_modules(package.__path__):
         if module.name != "base":
-            _import_quietly(f"bmnas.datasets.{module.name}")
+            import_quietly(f"bmnas.datasets.{module.name}")
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
@@ -119,7 +117,7 @@ def dataset_options(name: str) -> list[str] | None:
 def create_dataset(name: str, root: str | Path, **options) -> RawDataset:
     """Build (preparing on first use) the dataset ``name`` under ``root``."""
     if name not in _DATASETS:
-        _import_quietly(f"bmnas.datasets.{name}")
+        import_quietly(f"bmnas.datasets.{name}")
     if name not in _DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; registered datasets: {list_datasets()}")
     valid = dataset_options(name)

@@ -37,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import make_staging_dir, publish_dir, remove_dir, sha256_file, write_json_atomic
-from ..data import DataError
+from ..cache import sha256_file, write_json_atomic
+from ..errors import DataError
 from .base import RawDataset, RawSplit, register_dataset
+from .prepared import publish, write_manifest
 
 TEST_SUBJECTS = (2, 9, 11, 14, 18, 19, 28, 31, 41, 47)
 VAL_SUBJECTS = (1, 7, 12, 13, 24, 29, 33, 34, 35, 37)
@@ -241,23 +242,6 @@ def _cache_key(path: Path, labels: Path, clips: list[Clip], **options) -> str:
     return h.hexdigest()[:16]
 
 
-def _build_cache(
-    cache: Path,
-    members: dict[str, list[Clip]],
-    frames: int,
-    size: Sequence[int],
-    workers: int,
-    progress: bool,
-) -> None:
-    staging = make_staging_dir(cache)
-    try:
-        _write_clips(staging, members, frames, size, workers, progress)
-    except BaseException:
-        remove_dir(staging)
-        raise
-    publish_dir(staging, cache)
-
-
 def _write_clips(
     staging: Path,
     members: dict[str, list[Clip]],
@@ -266,6 +250,7 @@ def _write_clips(
     workers: int,
     progress: bool,
 ) -> None:
+    """Decode every clip once into ``staging/<split>_{rgb,depth}.npy`` (+ labels, clip keys, manifest)."""
     bar = None
     if progress:
         from tqdm import tqdm
@@ -294,10 +279,7 @@ def _write_clips(
                 files[f"{split}_{kind}.npy"] = sha256_file(staging / f"{split}_{kind}.npy")
     if bar is not None:
         bar.close()
-    checksum = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    write_json_atomic(
-        staging / "manifest.json", {"files": files, "sha256": checksum, "frames": frames, "size": list(size)}
-    )
+    write_manifest(staging, files, frames=frames, size=list(size))
 
 
 @register_dataset("egogesture")
@@ -355,7 +337,7 @@ def egogesture(
     )
     cache = Path(root) / "egogesture" / f"clips-{key}"
     if not (cache / "manifest.json").is_file():
-        _build_cache(cache, members, frames, size, workers, progress)
+        publish(cache, lambda staging: _write_clips(staging, members, frames, size, workers, progress))
     manifest = json.loads((cache / "manifest.json").read_text())
     splits = {
         split: RawSplit(

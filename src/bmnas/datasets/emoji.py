@@ -50,9 +50,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import make_staging_dir, publish_dir, sha256_file, write_json_atomic
-from ..errors import BmnasError
+from ..cache import sha256_file
+from ..errors import BmnasError, PreparedDataError
 from .base import SPLITS, OptionError, RawDataset, RawSplit, register_dataset
+from .prepared import publish_arrays, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,6 @@ PROVENANCE = {
 
 class EmojiDataError(BmnasError, RuntimeError):
     """A source file (tarball, emoji.json or a PNG) that cannot be read; the message names it."""
-
-
-class PreparedDataError(BmnasError, RuntimeError):
-    """The prepared files are missing, corrupt or stale."""
 
 
 @dataclass(frozen=True)
@@ -376,34 +373,18 @@ def prepare(directory: Path, tarball: Path, opts: EmojiOptions) -> dict:
     """Build the arrays from ``tarball`` and publish them with their manifest to ``directory`` atomically."""
     catalogue, images = read_tarball(tarball)
     arrays = build_arrays(catalogue, images, opts, where=str(tarball))
-    staging = make_staging_dir(directory)
-    files = {}
-    for key, arr in arrays.items():
-        np.save(staging / f"{key}.npy", arr, allow_pickle=False)
-        files[f"{key}.npy"] = sha256_file(staging / f"{key}.npy")
-    checksum = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    manifest = {
-        "format": FORMAT_VERSION,
-        "options": json.loads(json.dumps(asdict(opts))),
-        "sources": {tarball.name: sha256_file(tarball)},
-        "files": files,
-        "sha256": checksum,
-    }
-    write_json_atomic(staging / "manifest.json", manifest)
-    publish_dir(staging, directory)
-    return manifest
+    sources = {tarball.name: sha256_file(tarball)}
+    return publish_arrays(directory, arrays, format=FORMAT_VERSION, options=_options(opts), sources=sources)
+
+
+def _options(opts: EmojiOptions) -> dict:
+    """``opts`` as its manifest holds them (JSON: tuples become lists)."""
+    return json.loads(json.dumps(asdict(opts)))
 
 
 def load_prepared(directory: Path, opts: EmojiOptions) -> tuple[dict, dict[str, np.ndarray]]:
     """``(manifest, arrays)`` after checking every file's SHA-256; raises :class:`PreparedDataError`."""
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError) as err:
-        raise PreparedDataError(f"no readable manifest ({err})") from err
-    if manifest.get("format") != FORMAT_VERSION or manifest.get("options") != json.loads(
-        json.dumps(asdict(opts))
-    ):
-        raise PreparedDataError("stale manifest (other format or options)")
+    manifest = read_manifest(directory, format=FORMAT_VERSION, options=_options(opts))
     arrays = {}
     for file, digest in manifest["files"].items():
         path = directory / file

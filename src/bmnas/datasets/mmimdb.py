@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import sha256_file, write_json_atomic
-from ..data import DataError
+from ..errors import DataError
 from .base import RawDataset, RawSplit, register_dataset
 
 SPLIT_SIZES = {"train": 15552, "val": 2608, "test": 7799}

@@ -56,9 +56,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cache import make_staging_dir, publish_dir, remove_dir, sha256_file, write_json_atomic
-from ..data import DataError
+from ..cache import sha256_file, write_json_atomic
+from ..errors import DataError
 from .base import RawDataset, RawSplit, register_dataset
+from .prepared import publish, write_manifest
 
 TRAIN_SUBJECTS = (1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38)
 VAL_SUBJECTS = (2, 5, 9, 14)
@@ -477,24 +478,6 @@ def _cache_key(files: dict[str, Path], **options) -> str:
     return h.hexdigest()[:16]
 
 
-def _build_cache(
-    cache: Path,
-    members: dict[str, list[str]],
-    files: dict[str, Path],
-    frames: int,
-    center: bool,
-    progress: bool,
-) -> None:
-    """Parse every member file once into ``cache/<split>_skeleton.npy`` (+ labels, names, manifest)."""
-    staging = make_staging_dir(cache)
-    try:
-        _write_skeletons(staging, members, files, frames, center, progress)
-    except BaseException:
-        remove_dir(staging)
-        raise
-    publish_dir(staging, cache)
-
-
 def _write_skeletons(
     staging: Path,
     members: dict[str, list[str]],
@@ -503,6 +486,7 @@ def _write_skeletons(
     center: bool,
     progress: bool,
 ) -> None:
+    """Parse every member file once into ``staging/<split>_skeleton.npy`` (+ labels, names, manifest)."""
     empty: list[str] = []
     sums: dict[str, str] = {}
     bar = None
@@ -553,11 +537,7 @@ def _write_skeletons(
             sums[f"{split}_{kind}.npy"] = sha256_file(staging / f"{split}_{kind}.npy")
     if bar is not None:
         bar.close()
-    checksum = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()
-    write_json_atomic(
-        staging / "manifest.json",
-        {"files": sums, "sha256": checksum, "empty": sorted(empty), "frames": frames, "center": center},
-    )
+    write_manifest(staging, sums, empty=sorted(empty), frames=frames, center=center)
 
 
 @register_dataset("ntu")
@@ -612,7 +592,7 @@ def ntu(
     key = _cache_key(files, frames=frames, center=center, members=members, version=CACHE_VERSION)
     cache = Path(root) / "ntu" / f"skeletons-{key}"
     if not (cache / "manifest.json").is_file():
-        _build_cache(cache, members, files, frames, center, progress)
+        publish(cache, lambda staging: _write_skeletons(staging, members, files, frames, center, progress))
     manifest = json.loads((cache / "manifest.json").read_text())
     _report(manifest["empty"], "have no body in any frame (missing skeletons)", on_empty)
     splits = {}
