@@ -6,9 +6,9 @@ import pytest
 
 from bmnas.config import Config
 from bmnas.runs import RunDir, RunError
-from bmnas.search import search
+from bmnas.searcher import search
 from bmnas.synthetic import planted_interaction
-from bmnas.train import train_found
+from bmnas.trainer import train_found
 
 PLANTED = [
     "model.C=16",

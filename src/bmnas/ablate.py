@@ -1,6 +1,6 @@
 """Baselines and ablations (paper Tables 5–7) on one feature cache, recipe and set of seeds.
 
-Methods (each trained by :func:`bmnas.train.train_found` on a :class:`~bmnas.genotype.Genotype`):
+Methods (each trained by :func:`bmnas.trainer.train_found` on a :class:`~bmnas.genotype.Genotype`):
 
 ============================ ===================================================================
 ``unimodal:<modality>``      that modality's last feature + head (:func:`baselines.unimodal`)
@@ -8,7 +8,7 @@ Methods (each trained by :func:`bmnas.train.train_found` on a :class:`~bmnas.gen
 ``sum`` ``concat_fc``        fixed-fusion Cells (paper Fig. 2, Table 7) on the fixed feature
 ``mha`` ``aoa``              selection of :func:`baselines.fixed_inputs`, N Cells as configured
 ``random``                   ``random_samples`` genotypes of the search space (paper Table 6)
-``searched``                 :func:`bmnas.search.search`, config as given, ``input_mode = separate``
+``searched``                 :func:`bmnas.searcher.search`, config as given, ``input_mode = separate``
 ``searched_shared``          the same with ``model.input_mode = shared`` (the authors' inputs)
 ``searched_no_zero``         ``searched`` without ``zero`` in ``model.ops``
 ``smbo``                     the best genotype of :func:`bmnas.smbo.smbo` (its cost: Table 5)
@@ -141,7 +141,7 @@ def _with_model(cfg: Config, **changes) -> Config:
 
 def genotype_for(job: Job, data: FeatureData, cfg: Config) -> Genotype:
     """The fixed genotype of a baseline job (every method but the searched ones and ``smbo``)."""
-    from .search import feature_specs
+    from .searcher import feature_specs
 
     specs, m = feature_specs(data), cfg.model
     if job.method.startswith("unimodal:") or job.method in ("late_fusion", *FIXED):
@@ -181,8 +181,8 @@ def run_job(
     job: Job, data: FeatureData, cfg: Config, opts: AblationOptions, root: Path, progress: bool
 ) -> dict:
     """Search (if the method searches) and train one job; return its result row."""
-    from .search import search
-    from .train import train_found
+    from .searcher import search
+    from .trainer import train_found
 
     run = RunDir(root / job.key)
     if job.method == "linear_probe":

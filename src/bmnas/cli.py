@@ -292,7 +292,7 @@ def _set_threads(cfg: Config, data: FeatureData) -> int:
 
 def cmd_search(args: argparse.Namespace, cfg: Config, data: FeatureData, run: RunDir):
     from .distributed import current
-    from .search import search
+    from .searcher import search
 
     result = search(data, cfg, run, progress=not args.quiet)
     if current().main:
@@ -348,7 +348,7 @@ def _train(
     genotype: Genotype, data: FeatureData, cfg: Config, run: RunDir, quiet: bool, stage: str, desc: str
 ) -> dict:
     from .distributed import current
-    from .train import train_found
+    from .trainer import train_found
 
     r = train_found(genotype, data, cfg, run, progress=not quiet, stage=stage, desc=desc)
     if stage == "train" and current().main:

@@ -1,7 +1,7 @@
 """``bmnas sweep``: an Optuna study over the search configuration, shared by any number of workers.
 
 The paper tuned N (Cells), M (steps), C, L and the learning rates per dataset and kept the setting
-whose search scored best on val (Table 8, Fig. 8). A trial here is one :func:`bmnas.search.search`
+whose search scored best on val (Table 8, Fig. 8). A trial here is one :func:`bmnas.searcher.search`
 with a sampled configuration, in its own run directory ``OUT/trials/<number>``; its objective is the
 search's own val score of the genotype it returns: the chosen candidate's val score when the search
 re-ranks (``search.rerank > 0``), else the hypernet's best val score. The test split never takes part.
@@ -317,7 +317,7 @@ def sweep(
     complete = optuna.trial.TrialState.COMPLETE
 
     def objective(trial) -> float:
-        from .search import search
+        from .searcher import search
 
         params = suggest(trial, space)
         trial_cfg = apply_params(cfg, params)

@@ -60,7 +60,7 @@ class SearchResult:
 
         Lets the evaluation stage skip training the same network on train a second time.
         """
-        from .train import Selection
+        from .trainer import Selection
 
         chosen = self.genotype.to_dict()
         for c in self.candidates:
