@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
+import io
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from .baselines import FIXED_CELLS, baseline, random_genotype
 from .config import Config, ConfigError
 from .data import FeatureData
+from .fileio import append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_text_atomic
 from .genotype import Genotype
 from .metrics import primary_metric
 from .ops import ZERO
@@ -242,19 +243,6 @@ def run_job(
 # ----------------------------------------------------------------------------------------------
 
 
-def read_results(path: Path) -> list[dict]:
-    """Finished rows of ``results.jsonl`` (a line cut by a kill is ignored)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def _job_of(row: dict) -> Job:
     return Job(row["method"], int(row["seed"]), row.get("sample"))
 
@@ -315,14 +303,12 @@ def markdown_table(rows: Sequence[MethodSummary], ratio: float | None = None) ->
 
 def write_csv(rows: Sequence[MethodSummary], path: Path) -> Path:
     names = list(asdict(rows[0])) if rows else list(MethodSummary.__dataclass_fields__)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=names)
-        w.writeheader()
-        for r in rows:
-            w.writerow(asdict(r))
-    tmp.replace(path)
-    return path
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=names)
+    w.writeheader()
+    for r in rows:
+        w.writerow(asdict(r))
+    return write_text_atomic(path, buf.getvalue())
 
 
 def plot_table(rows: Sequence[MethodSummary], path: Path) -> Path:
@@ -345,10 +331,8 @@ def plot_table(rows: Sequence[MethodSummary], path: Path) -> Path:
     ax.set_ylabel(f"test {rows[0].metric if rows else ''}")
     ax.set_title("baselines and ablations (mean ± std over runs)")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -356,10 +340,7 @@ def write_outputs(results: Sequence[dict], methods: Sequence[str], metric: str, 
     """Write ``ablation.md``, ``ablation.csv`` and (``plot``) ``ablation.png``; return rows, ratio, paths."""
     rows = summarize(results, methods, metric)
     ratio = cost_ratio(rows)
-    md = out / "ablation.md"
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(markdown_table(rows, ratio))
-    tmp.replace(md)
+    md = write_text_atomic(out / "ablation.md", markdown_table(rows, ratio))
     paths = {"markdown": md, "csv": write_csv(rows, out / "ablation.csv")}
     if rows and plot:
         paths["plot"] = plot_table(rows, out / "ablation.png")
@@ -457,16 +438,16 @@ def _run(
     verbose: bool,
 ) -> AblationResult:
     spec, spec_path = _spec(cfg, opts), root / "spec.json"
-    if spec_path.exists() and json.loads(spec_path.read_text()) != spec:
+    if spec_path.exists() and read_json(spec_path) != spec:
         raise RunError(
             f"{root} holds results of another configuration; rerun with the same config, "
             f"use a new --out directory, or --fresh to discard them"
         )
-    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+    write_json(spec_path, spec)
     methods = expand_methods(opts.methods, data)
     metric = primary_metric(data.task)
     results_path = root / "results.jsonl"
-    results = read_results(results_path)
+    results = read_jsonl(results_path)  # a last line cut by a kill is skipped: that job reruns
     done = {_job_of(r) for r in results}
     jobs = plan(methods, opts)
     todo = [j for j in jobs if j not in done]
@@ -477,8 +458,7 @@ def _run(
     )
     for i, job in enumerate(todo, len(jobs) - len(todo) + 1):
         row = run_job(job, data, cfg, opts, root, progress)
-        with results_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(results_path, row)
         results.append(row)
         say(
             f"[{i}/{len(jobs)}] {job.key}: test {metric} {row['test'][metric]:.4f} | "

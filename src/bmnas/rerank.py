@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 from .config import Config
 from .data import FeatureData
 from .distributed import barrier, current
+from .fileio import append_jsonl, read_jsonl
 from .genotype import Genotype
 from .hypernet import HyperNet
 from .metrics import primary_metric
-from .runs import RunDir, read_jsonl
+from .runs import RunDir
 
 SAMPLE_TRIES = 20  # samples drawn per missing candidate before giving up on new ones
 
@@ -102,8 +103,7 @@ def rerank(
         }
         rows.append(row)
         if log_path is not None and writes:
-            with log_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_jsonl(log_path, row)
         bar.set_postfix(best=f"{max(r['val'] for r in rows):.4f}")
     barrier(current())
     return rows

@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 from .baselines import random_genotype
 from .config import Config
 from .data import FeatureData
+from .fileio import append_jsonl, read_jsonl
 from .genotype import CELL_INPUTS, Genotype
 from .metrics import primary_metric
 from .ops import ZERO, get_op
-from .runs import read_jsonl
 from .searcher import feature_specs
 
 
@@ -182,9 +182,7 @@ def smbo(
         }
         done.append(row)
         if log is not None:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_jsonl(log, row)
         bar.update(1)
         bar.set_postfix(val=f"{score:.4f}", best=f"{max(d['score'] for d in done):.4f}")
     bar.close()

@@ -43,8 +43,9 @@ from . import locks
 from .config import Config, ConfigError
 from .data import FeatureData, fingerprint
 from .errors import BmnasError
+from .fileio import atomic_write, write_text_atomic
 from .genotype import Genotype
-from .runs import RunDir, _atomic_write
+from .runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -379,14 +380,14 @@ def write_outputs(optuna, study, out: Path, space: Mapping[str, dict]) -> SweepR
     best_cfg = Config.from_dict(best.user_attrs["config"])
     genotype = Genotype.from_dict(best.user_attrs["genotype"])
     text = best_cfg.to_yaml()
-    _atomic_write(out / "best_config.yaml", lambda p: p.write_text(text))
+    write_text_atomic(out / "best_config.yaml", text)
     genotype.save(out / "genotype.json")
     rows = trial_rows(optuna, study, space)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(out / "trials.csv", lambda p: p.write_text(buf.getvalue()))
+    write_text_atomic(out / "trials.csv", buf.getvalue())
     paths = {
         "best_config": out / "best_config.yaml",
         "genotype": out / "genotype.json",
@@ -430,6 +431,6 @@ def plot_trials(rows: list[dict], path: Path) -> Path:
     ax.set(xlabel="trial", ylabel=f"val {metric} of the search's genotype", title="bmnas sweep")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
     return path

@@ -36,11 +36,12 @@ from .distributed import (
     shard,
     sum_over_ranks,
 )
+from .fileio import read_json
 from .found import FoundNet
 from .genotype import Genotype
 from .loop import batch_indices, cosine_restarts, drop_shard, evaluate, loss_fn
 from .metrics import primary_metric
-from .runs import RunDir, read_json
+from .runs import RunDir
 
 
 @dataclass
@@ -251,7 +252,7 @@ def train_found(
     t = cfg.train
     seconds = 0.0
     if t.select_epochs and selection is None and run is not None:
-        saved = read_json(run.path / f"{stage}_selection.json")
+        saved = read_json(run.path / f"{stage}_selection.json", default=None)  # damaged: redone
         if saved and saved.get("genotype") == genotype.to_dict() and len(saved.get("curve", [])) == t.epochs:
             selection = Selection(saved["curve"], saved["metric"], saved["seconds"])
     if t.select_epochs and selection is None:
