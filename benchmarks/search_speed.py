@@ -55,7 +55,8 @@ except ImportError:  # a bare checkout: use its src/
 from bmnas import ops as bmnas_ops  # noqa: E402
 from bmnas.config import Config, ModelConfig, SearchConfig
 from bmnas.data import FeatureData, FeatureSplit, TaskInfo
-from bmnas.loop import batch_indices, keep_freed_memory
+from bmnas.device import keep_freed_memory
+from bmnas.loop import batch_indices
 from bmnas.pooling import pool_feature
 from bmnas.searcher import search
 
@@ -781,7 +782,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--no-malloc-tune",
         action="store_true",
-        help="leave glibc malloc at its defaults (search() calls bmnas.loop.keep_freed_memory)",
+        help="leave glibc malloc at its defaults (bmnas' command line calls bmnas.device.keep_freed_memory)",
     )
     args = ap.parse_args(argv)
 

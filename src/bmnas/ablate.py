@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .baselines import FIXED_CELLS, baseline, random_genotype
+from .baselines import FIXED_CELLS, baseline
 from .config import Config, ConfigError
 from .data import FeatureData
 from .fileio import append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_text_atomic
@@ -53,7 +53,7 @@ from .genotype import Genotype
 from .metrics import primary_metric
 from .ops import ZERO
 from .runs import RunDir, RunError
-from .smbo import SMBOConfig, smbo
+from .smbo import SMBOConfig, sample, smbo
 
 FIXED = tuple(FIXED_CELLS)
 SEARCHED = ("searched", "searched_paper", "searched_shared", "searched_no_zero")
@@ -147,19 +147,8 @@ def genotype_for(job: Job, data: FeatureData, cfg: Config) -> Genotype:
     specs, m = feature_specs(data), cfg.model
     if job.method.startswith("unimodal:") or job.method in ("late_fusion", *FIXED):
         return baseline(job.method, specs, m.C, m.L, m.cells, m.multiplier)
-    if job.method == "random":
-        rng = np.random.default_rng([cfg.seed, job.sample or 0])
-        return random_genotype(
-            specs,
-            m.ops,
-            m.C,
-            m.L,
-            m.cells,
-            m.steps,
-            rng,
-            inner_multiplier=m.inner_multiplier,
-            multiplier=m.multiplier,
-        )
+    if job.method == "random":  # the genotypes SMBO draws, from the same search space
+        return sample(data, cfg, np.random.default_rng([cfg.seed, job.sample or 0]))
     raise ValueError(f"method {job.method!r} has no fixed genotype")
 
 
@@ -312,13 +301,14 @@ def write_csv(rows: Sequence[MethodSummary], path: Path) -> Path:
 
 
 def plot_table(rows: Sequence[MethodSummary], path: Path) -> Path:
-    """Bar chart of the test metric per method, with ± std error bars (matplotlib, Agg)."""
-    import matplotlib
+    """Bar chart of the test metric per method, with ± std error bars.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A bare :class:`~matplotlib.figure.Figure`: pyplot's backend is process-wide, not ours to set.
+    """
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rows) + 1.5), 3.8))
+    fig = Figure(figsize=(max(5.0, 0.7 * len(rows) + 1.5), 3.8))
+    ax = fig.subplots()
     colors = [
         "tab:orange" if r.method in SEARCHED else "tab:purple" if r.method == "smbo" else "tab:blue"
         for r in rows
@@ -331,9 +321,7 @@ def plot_table(rows: Sequence[MethodSummary], path: Path) -> Path:
     ax.set_ylabel(f"test {rows[0].metric if rows else ''}")
     ax.set_title("baselines and ablations (mean ± std over runs)")
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
-    return path
+    return atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
 
 
 def write_outputs(results: Sequence[dict], methods: Sequence[str], metric: str, out: Path, plot: bool = True):

@@ -277,8 +277,7 @@ def _set_threads(cfg: Config, data: FeatureData) -> int:
     """Process-wide CPU settings of a run: intra-op threads (``threads``, else the policy) and malloc."""
     import torch
 
-    from .device import available_cores, choose_threads, step_elements
-    from .loop import keep_freed_memory
+    from .device import available_cores, choose_threads, keep_freed_memory, step_elements
 
     keep_freed_memory()  # activations reuse freed memory: no page faults every iteration
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes of this run on this machine

@@ -415,22 +415,18 @@ def format_rows(rows: list[dict], space: Mapping[str, dict], best: int) -> str:
 
 def plot_trials(rows: list[dict], path: Path) -> Path:
     """Objective per complete trial (dots) and the best so far (step line)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: its backend is process-wide
 
     done = [r for r in rows if r["value"] is not None]
     x = [r["number"] for r in done]
     y = [r["value"] for r in done]
     best = list(itertools.accumulate(y, max))
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     ax.plot(x, y, "o", color="tab:blue", label="trial")
     ax.step(x, best, where="post", color="tab:orange", label="best so far")
     metric = next((r["metric"] for r in done if r.get("metric")), "score")
     ax.set(xlabel="trial", ylabel=f"val {metric} of the search's genotype", title="bmnas sweep")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
