@@ -1,6 +1,6 @@
 """Search speed of the bmnas hypernet (issue 6): one search iteration, forward, memory, FLOPs, an epoch.
 
-A benchmark, not a test. It times exactly what :func:`bmnas.search.search` runs per iteration (the
+A benchmark, not a test. It times exactly what :func:`bmnas.searcher.search` runs per iteration (the
 hypernet from ``build_hypernet``, the optimisers and schedule from ``_optimizers``, and
 :func:`bmnas.loop.optimizer_step` for the weight step with α, β, γ frozen and the architecture step
 with the weights frozen) on random *pooled* features ``(B, L_k, C_in)``, ``L_k ∈ {1, L}``, whose
@@ -55,9 +55,10 @@ except ImportError:  # a bare checkout: use its src/
 from bmnas import ops as bmnas_ops  # noqa: E402
 from bmnas.config import Config, ModelConfig, SearchConfig
 from bmnas.data import FeatureData, FeatureSplit, TaskInfo
-from bmnas.loop import batch_indices, keep_freed_memory
+from bmnas.device import keep_freed_memory
+from bmnas.loop import batch_indices
 from bmnas.pooling import pool_feature
-from bmnas.search import search
+from bmnas.searcher import search
 
 # Raw per-sample backbone feature shapes (SPEC §1) and the paper's sizes (Table 8).
 PRESETS: dict[str, dict] = {
@@ -266,7 +267,10 @@ class Library:
     """What a search iteration uses from a version of bmnas: this checkout's, or ``--reference``'s."""
 
     def __init__(self, package: str = "bmnas"):
-        search_mod = importlib.import_module(f"{package}.search")
+        try:  # ``searcher`` since the package exports ``bmnas.search()``; older references: ``search``
+            search_mod = importlib.import_module(f"{package}.searcher")
+        except ModuleNotFoundError:
+            search_mod = importlib.import_module(f"{package}.search")
         loop = importlib.import_module(f"{package}.loop")
         self.name = package
         self.build_hypernet = search_mod.build_hypernet
@@ -275,7 +279,7 @@ class Library:
         self.optimizer_step = getattr(loop, "optimizer_step", self._optimizer_step)
 
     def _optimizer_step(self, model, task, features, labels, optimizer, freeze=()):
-        """search.py's step before it was shared as ``bmnas.loop.optimizer_step`` (same code)."""
+        """The search's step before it was shared as ``bmnas.loop.optimizer_step`` (same code)."""
         with self.frozen(freeze):
             loss = self.loss_fn(task, model(features), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -778,7 +782,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--no-malloc-tune",
         action="store_true",
-        help="leave glibc malloc at its defaults (search() calls bmnas.loop.keep_freed_memory)",
+        help="leave glibc malloc at its defaults (bmnas' command line calls bmnas.device.keep_freed_memory)",
     )
     args = ap.parse_args(argv)
 

@@ -43,7 +43,7 @@ def worker(workload: str, setting: str, seconds: float) -> dict:
     from bmnas.data import FeatureData, FeatureSplit, TaskInfo
     from bmnas.device import busy_cores, choose_threads, step_elements
     from bmnas.loop import optimizer_step
-    from bmnas.search import _optimizers, build_hypernet
+    from bmnas.searcher import _optimizers, build_hypernet
 
     w = WORKLOADS[workload]
     batch = 96

@@ -19,9 +19,9 @@ from bmnas.config import Config
 from bmnas.found import FoundNet
 from bmnas.genotype import FeatureSpec, Genotype, validate
 from bmnas.ops import DEFAULT_OPS, get_op, list_ops
-from bmnas.search import feature_specs
+from bmnas.searcher import feature_specs
 from bmnas.synthetic import planted_interaction
-from bmnas.train import train_found
+from bmnas.trainer import train_found
 
 C, L, CH = 8, 4, 8  # fused channels, positions, input channels of every planted feature
 
@@ -172,7 +172,7 @@ def test_random_genotype_builds_and_honours_sizes(data):
 
 def test_linear_path_adds_a_probe_of_the_last_features(data):
     """``logits = head(states) + W · BN(flat features) + b``, BN without affine parameters."""
-    from bmnas.train import with_recipe
+    from bmnas.trainer import with_recipe
 
     specs = feature_specs(data)
     g = fixed_fusion("sum", specs, C, L, num_cells=1)

@@ -19,7 +19,7 @@ from bmnas.device import (
 )
 from bmnas.errors import BmnasError
 from bmnas.loop import evaluate
-from bmnas.search import build_hypernet, search
+from bmnas.searcher import build_hypernet, search
 from bmnas.synthetic import planted_interaction
 from test_data import write_generic
 from test_search import PLANTED

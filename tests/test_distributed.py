@@ -27,7 +27,7 @@ from bmnas.config import Config
 from bmnas.distributed import SINGLE, Ranks, current
 from bmnas.loop import batch_indices, drop_shard, evaluate, loss_fn, optimizer_step
 from bmnas.runs import RunDir
-from bmnas.search import build_hypernet, search
+from bmnas.searcher import build_hypernet, search
 from bmnas.synthetic import planted_interaction
 from test_data import write_generic
 

@@ -19,7 +19,7 @@ from bmnas.config import Config
 from bmnas.export import read_metadata
 from bmnas.genotype import CellGene, Genotype, StepGene
 from bmnas.predict import load
-from bmnas.train import with_recipe
+from bmnas.trainer import with_recipe
 from test_data import write_generic
 from test_predict import FAST, _tiny_dataset
 

@@ -16,7 +16,7 @@ from bmnas.cli import main
 from bmnas.data import load_generic_dir
 from bmnas.datasets.base import RawDataset, RawSplit, register_dataset
 from bmnas.predict import load, save_model
-from bmnas.train import with_recipe
+from bmnas.trainer import with_recipe
 from test_cli import FAST  # the same small run settings as the CLI tests
 from test_data import write_generic
 

@@ -21,7 +21,7 @@ def test_readme_python_api_example(tmp_path, monkeypatch):
     found, result, report = ns["found"], ns["result"], ns["report"]
     assert (tmp_path / "runs" / "py_search" / "genotype.json").exists()
     assert bmnas.Genotype.load(tmp_path / "runs" / "py_search" / "genotype.json") == found.genotype
-    # train_found is the evaluation stage: the refit lasts the best val epoch of the selection phase
+    # bmnas.train is the evaluation stage: the refit lasts the best val epoch of the selection phase
     assert result.epochs == 1 + max(range(3), key=lambda i: (result.val_curve[i], -i))
     # bmnas.run: every method of `bmnas run`, and the recommendation is the best fusion on val
     assert set(report.rows) == {

@@ -6,9 +6,9 @@ import pytest
 
 from bmnas.config import Config
 from bmnas.runs import RunDir, RunError
-from bmnas.search import search
+from bmnas.searcher import search
 from bmnas.synthetic import planted_interaction
-from bmnas.train import train_found
+from bmnas.trainer import train_found
 
 PLANTED = [
     "model.C=16",
@@ -100,6 +100,8 @@ def test_train_found_resumes_and_reports_final_epoch(tmp_path):
     train_found(g, data, cfg, run, progress=False, stop_after=1)
     resumed = train_found(g, data, cfg, RunDir(tmp_path), progress=False)
     assert resumed.test == straight.test
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+    assert len(RunDir(tmp_path).read_history("train_history.jsonl")) == resumed.epochs
     # the refit lasts the epoch count with the best val score of the selection phase (train alone)
     assert len(resumed.val_curve) == 3
     assert resumed.epochs == 1 + max(range(3), key=lambda i: (resumed.val_curve[i], -i))

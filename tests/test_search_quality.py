@@ -9,13 +9,13 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-import bmnas.train as train_mod
+import bmnas.trainer as trainer
 from bmnas.config import Config, ConfigError
 from bmnas.genotype import FeatureSpec, StepGene, derive
 from bmnas.hypernet import HyperNet, edge_weights
 from bmnas.probe import linear_probe
 from bmnas.runs import RunDir
-from bmnas.search import arch_diagnostics, search, split_for_search
+from bmnas.searcher import arch_diagnostics, search, split_for_search
 from bmnas.synthetic import planted_interaction
 from bmnas.workflow import recommend
 
@@ -174,8 +174,8 @@ def test_rerank_trains_candidates_keeps_the_best_on_val_and_resumes(tmp_path, mo
     assert r.selection(2).curve == best["curve"] and r.selection(5) is None
     # resumed: no candidate is trained again
     calls = []
-    real = train_mod.select_epochs
-    monkeypatch.setattr(train_mod, "select_epochs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = trainer.select_epochs
+    monkeypatch.setattr(trainer, "select_epochs", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = search(data, cfg, RunDir(tmp_path), progress=False)
     assert calls == [] and again.genotype == r.genotype
 

@@ -12,8 +12,8 @@ from bmnas.config import Config
 from bmnas.data import FeatureData, FeatureSplit, TaskInfo
 from bmnas.folds import kfold
 from bmnas.probe import choose_C, linear_probe
-from bmnas.search import feature_specs
-from bmnas.train import Selection, build_model, select_epochs, train_found, with_recipe
+from bmnas.searcher import feature_specs
+from bmnas.trainer import Selection, build_model, select_epochs, train_found, with_recipe
 
 PROBE = ["model.C=8", "model.L=2", "train.epochs=3", "model.linear_init=probe"]
 

@@ -36,16 +36,16 @@ def _study(out):
 
 
 def _count_searches(monkeypatch):
-    import bmnas.search
+    import bmnas.searcher
 
     calls = []
-    real = bmnas.search.search
+    real = bmnas.searcher.search
 
     def counted(data, cfg, run, *a, **k):
         calls.append(run.path.name)
         return real(data, cfg, run, *a, **k)
 
-    monkeypatch.setattr(bmnas.search, "search", counted)
+    monkeypatch.setattr(bmnas.searcher, "search", counted)
     return calls
 
 

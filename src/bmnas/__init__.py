@@ -6,9 +6,9 @@ The Python API mirrors the command line:
   registered dataset through its backbones), :func:`extract_features` (your own models and raw
   inputs -> the generic ``--data`` format);
 * :func:`run` (``bmnas run``: search, train, baselines, recommended network); the stages alone
-  are :func:`bmnas.search.search` (``bmnas search``) and :func:`bmnas.train.train_found`
-  (``bmnas train``) — they keep their module paths, since a package attribute named like a
-  submodule is replaced by that submodule when it is imported;
+  are :func:`search` (``bmnas search``, :func:`bmnas.searcher.search`) and :func:`train`
+  (``bmnas train``, the evaluation stage :func:`bmnas.trainer.train_found`). Their modules are
+  named ``searcher`` and ``trainer`` so that importing them never replaces these functions;
 * :func:`load` (a trained run -> a network that predicts), :class:`Config`, :class:`Genotype`.
 
 Heavy modules (torch) load on first use.
@@ -29,6 +29,8 @@ _API = {
     "extract_features": ("generic", "extract_features"),
     "run": ("workflow", "run"),
     "load": ("predict", "load"),
+    "search": ("searcher", "search"),
+    "train": ("trainer", "train_found"),
 }
 __all__ = [
     "Config",
@@ -39,6 +41,8 @@ __all__ = [
     "load",
     "load_data",
     "run",
+    "search",
+    "train",
 ]
 
 if TYPE_CHECKING:
@@ -48,6 +52,8 @@ if TYPE_CHECKING:
     from .genotype import Genotype
     from .pipeline import dataset_features
     from .predict import load
+    from .searcher import search
+    from .trainer import train_found as train
     from .workflow import run
 
 

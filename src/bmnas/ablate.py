@@ -1,6 +1,6 @@
 """Baselines and ablations (paper Tables 5–7) on one feature cache, recipe and set of seeds.
 
-Methods (each trained by :func:`bmnas.train.train_found` on a :class:`~bmnas.genotype.Genotype`):
+Methods (each trained by :func:`bmnas.trainer.train_found` on a :class:`~bmnas.genotype.Genotype`):
 
 ============================ ===================================================================
 ``unimodal:<modality>``      that modality's last feature + head (:func:`baselines.unimodal`)
@@ -8,7 +8,7 @@ Methods (each trained by :func:`bmnas.train.train_found` on a :class:`~bmnas.gen
 ``sum`` ``concat_fc``        fixed-fusion Cells (paper Fig. 2, Table 7) on the fixed feature
 ``mha`` ``aoa``              selection of :func:`baselines.fixed_inputs`, N Cells as configured
 ``random``                   ``random_samples`` genotypes of the search space (paper Table 6)
-``searched``                 :func:`bmnas.search.search`, config as given, ``input_mode = separate``
+``searched``                 :func:`bmnas.searcher.search`, config as given, ``input_mode = separate``
 ``searched_shared``          the same with ``model.input_mode = shared`` (the authors' inputs)
 ``searched_no_zero``         ``searched`` without ``zero`` in ``model.ops``
 ``smbo``                     the best genotype of :func:`bmnas.smbo.smbo` (its cost: Table 5)
@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
+import io
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -45,14 +45,15 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .baselines import FIXED_CELLS, baseline, random_genotype
+from .baselines import FIXED_CELLS, baseline
 from .config import Config, ConfigError
 from .data import FeatureData
+from .fileio import append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_text_atomic
 from .genotype import Genotype
 from .metrics import primary_metric
 from .ops import ZERO
 from .runs import RunDir, RunError
-from .smbo import SMBOConfig, smbo
+from .smbo import SMBOConfig, sample, smbo
 
 FIXED = tuple(FIXED_CELLS)
 SEARCHED = ("searched", "searched_paper", "searched_shared", "searched_no_zero")
@@ -141,24 +142,13 @@ def _with_model(cfg: Config, **changes) -> Config:
 
 def genotype_for(job: Job, data: FeatureData, cfg: Config) -> Genotype:
     """The fixed genotype of a baseline job (every method but the searched ones and ``smbo``)."""
-    from .search import feature_specs
+    from .searcher import feature_specs
 
     specs, m = feature_specs(data), cfg.model
     if job.method.startswith("unimodal:") or job.method in ("late_fusion", *FIXED):
         return baseline(job.method, specs, m.C, m.L, m.cells, m.multiplier)
-    if job.method == "random":
-        rng = np.random.default_rng([cfg.seed, job.sample or 0])
-        return random_genotype(
-            specs,
-            m.ops,
-            m.C,
-            m.L,
-            m.cells,
-            m.steps,
-            rng,
-            inner_multiplier=m.inner_multiplier,
-            multiplier=m.multiplier,
-        )
+    if job.method == "random":  # the genotypes SMBO draws, from the same search space
+        return sample(data, cfg, np.random.default_rng([cfg.seed, job.sample or 0]))
     raise ValueError(f"method {job.method!r} has no fixed genotype")
 
 
@@ -181,8 +171,8 @@ def run_job(
     job: Job, data: FeatureData, cfg: Config, opts: AblationOptions, root: Path, progress: bool
 ) -> dict:
     """Search (if the method searches) and train one job; return its result row."""
-    from .search import search
-    from .train import train_found
+    from .searcher import search
+    from .trainer import train_found
 
     run = RunDir(root / job.key)
     if job.method == "linear_probe":
@@ -240,19 +230,6 @@ def run_job(
 # ----------------------------------------------------------------------------------------------
 # Results: resume, summary, table, plot
 # ----------------------------------------------------------------------------------------------
-
-
-def read_results(path: Path) -> list[dict]:
-    """Finished rows of ``results.jsonl`` (a line cut by a kill is ignored)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def _job_of(row: dict) -> Job:
@@ -315,24 +292,23 @@ def markdown_table(rows: Sequence[MethodSummary], ratio: float | None = None) ->
 
 def write_csv(rows: Sequence[MethodSummary], path: Path) -> Path:
     names = list(asdict(rows[0])) if rows else list(MethodSummary.__dataclass_fields__)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=names)
-        w.writeheader()
-        for r in rows:
-            w.writerow(asdict(r))
-    tmp.replace(path)
-    return path
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=names)
+    w.writeheader()
+    for r in rows:
+        w.writerow(asdict(r))
+    return write_text_atomic(path, buf.getvalue())
 
 
 def plot_table(rows: Sequence[MethodSummary], path: Path) -> Path:
-    """Bar chart of the test metric per method, with ± std error bars (matplotlib, Agg)."""
-    import matplotlib
+    """Bar chart of the test metric per method, with ± std error bars.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A bare :class:`~matplotlib.figure.Figure`: pyplot's backend is process-wide, not ours to set.
+    """
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rows) + 1.5), 3.8))
+    fig = Figure(figsize=(max(5.0, 0.7 * len(rows) + 1.5), 3.8))
+    ax = fig.subplots()
     colors = [
         "tab:orange" if r.method in SEARCHED else "tab:purple" if r.method == "smbo" else "tab:blue"
         for r in rows
@@ -345,21 +321,14 @@ def plot_table(rows: Sequence[MethodSummary], path: Path) -> Path:
     ax.set_ylabel(f"test {rows[0].metric if rows else ''}")
     ax.set_title("baselines and ablations (mean ± std over runs)")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
 
 
 def write_outputs(results: Sequence[dict], methods: Sequence[str], metric: str, out: Path, plot: bool = True):
     """Write ``ablation.md``, ``ablation.csv`` and (``plot``) ``ablation.png``; return rows, ratio, paths."""
     rows = summarize(results, methods, metric)
     ratio = cost_ratio(rows)
-    md = out / "ablation.md"
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(markdown_table(rows, ratio))
-    tmp.replace(md)
+    md = write_text_atomic(out / "ablation.md", markdown_table(rows, ratio))
     paths = {"markdown": md, "csv": write_csv(rows, out / "ablation.csv")}
     if rows and plot:
         paths["plot"] = plot_table(rows, out / "ablation.png")
@@ -457,16 +426,16 @@ def _run(
     verbose: bool,
 ) -> AblationResult:
     spec, spec_path = _spec(cfg, opts), root / "spec.json"
-    if spec_path.exists() and json.loads(spec_path.read_text()) != spec:
+    if spec_path.exists() and read_json(spec_path) != spec:
         raise RunError(
             f"{root} holds results of another configuration; rerun with the same config, "
             f"use a new --out directory, or --fresh to discard them"
         )
-    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+    write_json(spec_path, spec)
     methods = expand_methods(opts.methods, data)
     metric = primary_metric(data.task)
     results_path = root / "results.jsonl"
-    results = read_results(results_path)
+    results = read_jsonl(results_path)  # a last line cut by a kill is skipped: that job reruns
     done = {_job_of(r) for r in results}
     jobs = plan(methods, opts)
     todo = [j for j in jobs if j not in done]
@@ -477,8 +446,7 @@ def _run(
     )
     for i, job in enumerate(todo, len(jobs) - len(todo) + 1):
         row = run_job(job, data, cfg, opts, root, progress)
-        with results_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(results_path, row)
         results.append(row)
         say(
             f"[{i}/{len(jobs)}] {job.key}: test {metric} {row['test'][metric]:.4f} | "

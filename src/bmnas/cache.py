@@ -9,10 +9,10 @@ layers, L and the pooling mode. Layout::
         manifest.json       key, per-file shape, dtype and SHA-256
         00.npy, 01.npy, …   one array per feature, in the backbone's layer order
 
-An entry is built in a temporary directory and published with one ``os.replace``: a killed run leaves
-no half entry. Loading verifies the manifest's key and every file's SHA-256 (one pass over the bytes)
-before memory-mapping the arrays with ``np.load(mmap_mode="r")``; a corrupt or stale entry is logged,
-deleted and rebuilt, never used.
+An entry is built in a temporary directory and published with one ``os.replace``
+(:func:`bmnas.fileio.publish_dir`): a killed run leaves no half entry. Loading verifies the
+manifest's key and every file's SHA-256 (one pass over the bytes) before memory-mapping the arrays
+with ``np.load(mmap_mode="r")``; a corrupt or stale entry is logged, deleted and rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from . import locks
+from .fileio import make_staging_dir, publish_dir, remove_dir, write_text_atomic
+from .fileio import sha256 as sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +38,8 @@ MANIFEST = "manifest.json"
 
 
 # ----------------------------------------------------------------------------------------- checksums
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+# sha256_file, write_json_atomic, make_staging_dir, publish_dir and remove_dir are also imported
+# from here by bmnas.backbones and bmnas.datasets.
 
 
 def sha256_arrays(arrays: Mapping[str, np.ndarray]) -> str:
@@ -77,53 +71,8 @@ def dataset_checksum(raw) -> str:
 
 # ------------------------------------------------------------------------------------ atomic writes
 def write_json_atomic(path: str | Path, obj: object) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def make_staging_dir(final: Path) -> Path:
-    """A fresh temporary directory beside ``final`` (same file system, so publishing is a rename)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-
-
-def publish_dir(staging: Path, final: Path) -> bool:
-    """Move a fully written ``staging`` directory to ``final`` atomically.
-
-    An existing ``final`` is moved aside and deleted first. Returns False (and deletes ``staging``)
-    when another process published ``final`` in between; the caller then reads theirs.
-    """
-    if final.exists():
-        trash = final.with_name(f".{final.name}.{uuid.uuid4().hex}.old")
-        try:
-            os.replace(final, trash)
-        except FileNotFoundError:
-            pass
-        else:
-            shutil.rmtree(trash, ignore_errors=True)
-    try:
-        os.replace(staging, final)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if final.is_dir():
-            return False
-        raise
-    return True
-
-
-def remove_dir(path: Path) -> None:
-    """Delete a cache directory (first renamed, so that a reader never sees it half-deleted)."""
-    if not path.exists():
-        return
-    trash = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
-    try:
-        os.replace(path, trash)
-    except OSError:
-        trash = path
-    shutil.rmtree(trash, ignore_errors=True)
+    """Write ``obj`` as compact, key-sorted JSON (manifests) atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------------- feature cache

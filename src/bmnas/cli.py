@@ -277,8 +277,7 @@ def _set_threads(cfg: Config, data: FeatureData) -> int:
     """Process-wide CPU settings of a run: intra-op threads (``threads``, else the policy) and malloc."""
     import torch
 
-    from .device import available_cores, choose_threads, step_elements
-    from .loop import keep_freed_memory
+    from .device import available_cores, choose_threads, keep_freed_memory, step_elements
 
     keep_freed_memory()  # activations reuse freed memory: no page faults every iteration
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes of this run on this machine
@@ -292,7 +291,7 @@ def _set_threads(cfg: Config, data: FeatureData) -> int:
 
 def cmd_search(args: argparse.Namespace, cfg: Config, data: FeatureData, run: RunDir):
     from .distributed import current
-    from .search import search
+    from .searcher import search
 
     result = search(data, cfg, run, progress=not args.quiet)
     if current().main:
@@ -348,7 +347,7 @@ def _train(
     genotype: Genotype, data: FeatureData, cfg: Config, run: RunDir, quiet: bool, stage: str, desc: str
 ) -> dict:
     from .distributed import current
-    from .train import train_found
+    from .trainer import train_found
 
     r = train_found(genotype, data, cfg, run, progress=not quiet, stage=stage, desc=desc)
     if stage == "train" and current().main:

@@ -3,14 +3,16 @@
 Library code never names a device: :func:`resolve_device` turns ``config.device`` into a
 ``torch.device`` once, :func:`on_device` places a split's features there, :func:`autocast` wraps
 forward passes for ``precision: bf16``. :func:`choose_threads` is a *policy* the command line
-applies once at its entry (``torch.set_num_threads`` is process-wide, so library functions never
-call it).
+applies once at its entry, with :func:`keep_freed_memory` (``torch.set_num_threads`` and malloc's
+settings are process-wide, so library functions never change them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -174,3 +176,24 @@ def choose_threads(step_elements: int, cores: int | None = None, busy: float | N
 def step_elements(batch_size: int, num_features: int, C: int, L: int) -> int:
     """Elements of the fused tensors of one batch (a proxy for one step's work)."""
     return batch_size * num_features * C * L
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Have glibc's malloc keep and reuse freed memory rather than hand it back to the OS.
+
+    Every search iteration frees and re-allocates the same megabyte-sized activations. With
+    glibc's defaults such blocks come from fresh ``mmap``s or are trimmed off the heap, so each
+    iteration page-faults on its memory anew (about 2,300 faults per MM-IMDB iteration: benchmarks/README.md).
+    Process-wide; blocks up to ``mmap_threshold`` come from the heap, which keeps up to
+    ``trim_threshold`` bytes free. Returns whether it applied (Linux with glibc only).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
+    )

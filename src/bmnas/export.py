@@ -37,6 +37,7 @@ from torch import nn
 from . import __version__
 from .backbones.base import Backbone
 from .data import DataError
+from .fileio import atomic_write
 from .pooling import pool_feature
 from .predict import LoadedModel
 
@@ -199,7 +200,8 @@ def export_model(
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(module, example, check_trace=False)
-            torch.jit.save(traced, str(path), _extra_files={META_FILE: json.dumps(meta)})
+            extra = {META_FILE: json.dumps(meta)}
+            atomic_write(path, lambda p: torch.jit.save(traced, str(p), _extra_files=extra))
     else:
         _export_onnx(module, example, names, path, meta)
     return meta
@@ -245,7 +247,7 @@ def _export_onnx(module: nn.Module, example: tuple, names: list[str], path: Path
     ):
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
-    onnx.save(proto, str(path))
+    atomic_write(path, lambda p: onnx.save(proto, str(p), format="protobuf"))
 
 
 def read_metadata(path: str | Path) -> dict:

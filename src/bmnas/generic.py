@@ -19,6 +19,7 @@ from torch import nn
 from .backbones.base import Backbone, _to_tensor
 from .data import SPLITS, DataError, validate_split
 from .extract import extract_features as _extract
+from .fileio import atomic_write
 
 
 def extract_features(
@@ -92,5 +93,15 @@ def extract_features(
                 arrays[name] = v[:, 0, :] if v.shape[1] == 1 else np.ascontiguousarray(v.transpose(0, 2, 1))
         y = np.asarray(labels[split])
         validate_split(f"{root}/{split}", arrays, y)
-        np.savez(root / f"{split}.npz", label=y, **arrays)
+        _write_npz(root / f"{split}.npz", {"label": y, **arrays})
     return root
+
+
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """``np.savez`` atomically, through a file object (given a name, it would append ``.npz``)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BmnasError
+from .fileio import write_text_atomic
 
 FORMAT = "bmnas.genotype"
 VERSION = 1
@@ -133,16 +132,8 @@ class Genotype:
         return json.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> Path:
-        """Write the JSON atomically (a uniquely named temporary file, then rename)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json() + "\n")
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return path
+        """Write the JSON atomically (:func:`bmnas.fileio.atomic_write`)."""
+        return write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = "genotype") -> Genotype:

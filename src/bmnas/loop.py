@@ -1,11 +1,17 @@
-"""Pieces shared by the search and the evaluation stage: batching, loss, schedule, evaluation."""
+"""What every training loop shares: batching, loss, schedule, optimiser step, evaluation, epochs.
+
+The search, the evaluation stage, the baselines and the black-box search differ in what they
+optimise, not in how an epoch runs: each gives :func:`run_epochs` a function that trains (and
+scores) one epoch, and :func:`run_epochs` times, records and checkpoints the epochs (continuing
+from a resumed state, :class:`~bmnas.checkpoint.Checkpoint`).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import platform
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,8 +20,11 @@ from torch import nn
 
 from .augment import drop_modalities
 from .data import FeatureSplit, TaskInfo
-from .distributed import SINGLE, Ranks, average_gradients, gather_rows, shard, sum_over_ranks
+from .distributed import SINGLE, Ranks, average_gradients, barrier, gather_rows, shard, sum_over_ranks
 from .metrics import compute_metrics
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
 
 
 def batch_indices(
@@ -50,27 +59,6 @@ def cosine_restarts(
     """Per-batch cosine annealing with warm restarts, the period doubling (SGDR)."""
     return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=max(1, batches_per_epoch * restart_epochs), T_mult=restart_mult, eta_min=lr_min
-    )
-
-
-def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
-    """Have glibc's malloc keep and reuse freed memory rather than hand it back to the OS.
-
-    Every search iteration frees and re-allocates the same megabyte-sized activations. With
-    glibc's defaults such blocks come from fresh ``mmap``s or are trimmed off the heap, so each
-    iteration page-faults on its memory anew (about 2,300 faults per MM-IMDB iteration: benchmarks/README.md).
-    Process-wide; blocks up to ``mmap_threshold`` come from the heap, which keeps up to
-    ``trim_threshold`` bytes free. Returns whether it applied (Linux with glibc only).
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
     )
 
 
@@ -170,3 +158,44 @@ def drop_shard(
         keep = masks[n][rows].to(device=f.device, dtype=f.dtype)
         out[n] = f * keep.view(len(rows), *([1] * (f.dim() - 1)))
     return out
+
+
+def new_state(**fields) -> dict:
+    """A loop's state before its first epoch: what :func:`run_epochs` records into and resumes from.
+
+    ``fields`` are the loop's own (the search's best so far, the val curve of a fit).
+    """
+    return {"epoch": 0, "history": [], "seconds": 0.0, **fields}
+
+
+def run_epochs(
+    state: dict,
+    epochs: int,
+    one_epoch: Callable[[int, dict], dict],
+    checkpoint: Checkpoint,
+    stop_after: int | None = None,
+    report: Callable[[dict], object] | None = None,
+    ranks: Ranks = SINGLE,
+) -> dict:
+    """Run epochs ``state["epoch"] + 1 … epochs`` of ``one_epoch``, checkpointing each; return the state.
+
+    ``one_epoch(epoch, state)`` trains (and scores) one epoch and returns its history row; it may
+    update the loop's own fields of ``state``. The row gets the epoch's wall ``seconds``, is
+    appended to ``state["history"]`` and passed to ``report``; then ``checkpoint`` saves the state
+    and every rank waits for it, so that a rank killed after this epoch resumes from the same
+    checkpoint as the others. ``stop_after`` ends the call after that many epochs in total (as a
+    kill would; used to test resumption).
+    """
+    last = epochs if stop_after is None else min(epochs, stop_after)
+    for epoch in range(state["epoch"] + 1, last + 1):
+        t0 = time.perf_counter()
+        row = one_epoch(epoch, state)
+        seconds = time.perf_counter() - t0
+        state["seconds"] += seconds
+        state["history"].append({**row, "seconds": seconds})
+        state["epoch"] = epoch
+        if report is not None:
+            report(state["history"][-1])
+        checkpoint.save(state)
+        barrier(ranks)
+    return state

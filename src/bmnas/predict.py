@@ -27,11 +27,12 @@ from . import __version__
 from .backbones.base import Backbone
 from .data import SPLITS, DataError, FeatureData, TaskInfo
 from .extract import extract_features
+from .fileio import atomic_write, read_json, save_torch, write_json, write_jsonl
 from .found import FoundNet
 from .genotype import Genotype, GenotypeError
 from .metrics import compute_metrics
 from .pooling import pool_feature
-from .runs import RunError, read_json
+from .runs import RunError
 
 MODEL_FILE = "model.pt"
 MODEL_FORMAT = "bmnas.model"
@@ -86,8 +87,21 @@ class Predictions:
         path.parent.mkdir(parents=True, exist_ok=True)
         preds = self.label_names()
         truth = None if labels is None else self._label_names(np.asarray(labels))
-        if kind == "csv":
-            with path.open("w", newline="") as fh:
+        if kind != "csv":
+            rows = []
+            for i, (pred, probs) in enumerate(zip(preds, self.probabilities, strict=True)):
+                row = {
+                    "index": i,
+                    "prediction": pred,
+                    "probabilities": dict(zip(self.class_names, map(float, probs), strict=True)),
+                }
+                if truth:
+                    row["label"] = truth[i]
+                rows.append(row)
+            return write_jsonl(path, rows)
+
+        def write_csv(tmp: Path) -> None:
+            with tmp.open("w", newline="") as fh:
                 w = csv.writer(fh)
                 w.writerow(
                     [
@@ -103,18 +117,8 @@ class Predictions:
                         for v in [pred, *(truth[i : i + 1] if truth else [])]
                     ]
                     w.writerow([i, *cells, *(repr(float(p)) for p in probs)])
-        else:
-            with path.open("w") as fh:
-                for i, (pred, probs) in enumerate(zip(preds, self.probabilities, strict=True)):
-                    row = {
-                        "index": i,
-                        "prediction": pred,
-                        "probabilities": dict(zip(self.class_names, map(float, probs), strict=True)),
-                    }
-                    if truth:
-                        row["label"] = truth[i]
-                    fh.write(json.dumps(row) + "\n")
-        return path
+
+        return atomic_write(path, write_csv)
 
     def _label_names(self, labels: np.ndarray) -> list[str | list[str]]:
         if self.task.type == "multiclass":
@@ -288,11 +292,7 @@ def save_model(
         "pooling": str(config["data"]["pooling"]),
         "dropout": float(config["model"]["dropout"]),
     }
-    path = Path(run_dir) / name
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return save_torch(Path(run_dir) / name, payload)
 
 
 def load(run_dir: str | Path, stage: str = FOUND_STAGE) -> LoadedModel:
@@ -330,7 +330,7 @@ def load(run_dir: str | Path, stage: str = FOUND_STAGE) -> LoadedModel:
             f"{path}: training stopped after epoch {done} of {total}; rerun the same command to finish it"
         )
     genotype = _genotype(ckpt.get("genotype"), run, path)
-    metrics = read_json(run / "metrics.json")
+    metrics = read_json(run / "metrics.json", default=None)
     num_outputs = int(ckpt["model"]["head.classifier.weight"].shape[0])
     task_type = cfg.get("data", {}).get("task") or _task_from_metrics(metrics)
     if task_type is None:
@@ -354,7 +354,7 @@ def load(run_dir: str | Path, stage: str = FOUND_STAGE) -> LoadedModel:
 
 def recommended_stage(run: Path) -> str:
     """The checkpoint name of the network ``bmnas run`` recommends (``metrics.json``)."""
-    method = (((read_json(run / "metrics.json") or {}).get("recommended")) or {}).get("method")
+    method = (((read_json(run / "metrics.json", default=None) or {}).get("recommended")) or {}).get("method")
     if not method:
         raise ModelError(f"{run}: metrics.json names no recommended network (`bmnas run` writes one)")
     return FOUND_STAGE if method == "searched" else "baseline_" + method.replace(":", "_")
@@ -563,6 +563,6 @@ def cli(args) -> int:
     print(f"{len(preds)} predictions of {name} -> {out}")
     if labels is not None:
         metrics = preds.metrics(labels)
-        out.with_name(out.stem + ".metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(out.with_name(out.stem + ".metrics.json"), metrics)
         print(f"metrics: {json.dumps(metrics)}")
     return 0

@@ -32,7 +32,7 @@ MAX_ITER = 500
 
 def probe_features(data: FeatureData) -> list[str]:
     """The features the probe reads: the last feature of each modality."""
-    from .search import feature_specs
+    from .searcher import feature_specs
 
     specs = feature_specs(data)
     return [last_feature(specs, m) for m in modalities(specs)]

@@ -3,7 +3,7 @@
 α, β, γ are weights in a network where every edge and op is mixed; their argmax need not be the
 best *discrete* network (the discretisation gap; DARTS-PT's argument). After the search, a few
 candidate genotypes are each trained briefly on the train split and scored on val by the
-evaluation stage's own selection phase (:func:`bmnas.train.select_epochs`); the best val score
+evaluation stage's own selection phase (:func:`bmnas.trainer.select_epochs`); the best val score
 wins (ties: the earlier candidate). Candidates, in order, without repeats:
 
 1. the argmax of the final α, β, γ;
@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 from .config import Config
 from .data import FeatureData
 from .distributed import barrier, current
+from .fileio import append_jsonl, read_jsonl
 from .genotype import Genotype
 from .hypernet import HyperNet
 from .metrics import primary_metric
-from .runs import RunDir, read_jsonl
+from .runs import RunDir
 
 SAMPLE_TRIES = 20  # samples drawn per missing candidate before giving up on new ones
 
@@ -43,7 +44,7 @@ def candidates(
     net: HyperNet, history: list[dict], cfg: Config, k: int, metric: str
 ) -> list[tuple[str, Genotype]]:
     """Up to ``k`` distinct candidate genotypes with where each came from (see the module doc)."""
-    from .search import derive_rules
+    from .searcher import derive_rules
 
     s = cfg.search
     out: dict[str, tuple[str, Genotype]] = {}
@@ -73,7 +74,7 @@ def rerank(
     net: HyperNet, state: dict, data: FeatureData, cfg: Config, run: RunDir | None, progress: bool = True
 ) -> list[dict]:
     """Train each candidate briefly on train, score it on val; returns one row per candidate."""
-    from .train import select_epochs
+    from .trainer import select_epochs
 
     epochs = cfg.search.rerank_epochs or cfg.train.epochs
     sel_folds = cfg.train.select_folds
@@ -105,8 +106,7 @@ def rerank(
         }
         rows.append(row)
         if log_path is not None and writes:
-            with log_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_jsonl(log_path, row)
         bar.set_postfix(best=f"{max(r['val'] for r in rows):.4f}")
     barrier(current())
     return rows

@@ -18,7 +18,7 @@ table holds the primary test metric (accuracy or weighted F1) per network and co
 from __future__ import annotations
 
 import csv
-import json
+import io
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +27,7 @@ import numpy as np
 
 from .augment import modality_of
 from .data import FeatureData, FeatureSplit
+from .fileio import atomic_write, read_json, write_json, write_text_atomic
 from .metrics import primary_metric
 from .predict import FOUND_STAGE, LoadedModel, ModelError, load, run_data
 
@@ -86,10 +87,8 @@ def run_models(run_dir: str | Path) -> dict[str, LoadedModel]:
     """The found network (``searched``) and every baseline the run trained, by display name."""
     run = Path(run_dir)
     models = {FOUND_NAME: load(run, FOUND_STAGE)}
-    try:
-        names = list(json.loads((run / "metrics.json").read_text()).get("baselines") or {})
-    except (OSError, ValueError):
-        names = []
+    metrics = read_json(run / "metrics.json", default=None)
+    names = list((metrics.get("baselines") if isinstance(metrics, dict) else None) or {})
     stages = {"baseline_" + n.replace(":", "_"): n for n in names}
     for path in sorted(run.glob("baseline_*.ckpt.pt")):
         stage = path.name.removesuffix(".ckpt.pt")
@@ -137,12 +136,12 @@ def markdown_table(rows: Sequence[dict], metric: str) -> str:
 
 def write_csv(rows: Sequence[dict], metric: str, path: Path) -> Path:
     methods, conds, value = pivot(rows, metric)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["method", *conds])
-        for m in methods:
-            w.writerow([m, *(repr(float(value[m, c])) for c in conds)])
-    return path
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", *conds])
+    for m in methods:
+        w.writerow([m, *(repr(float(value[m, c])) for c in conds)])
+    return write_text_atomic(path, buf.getvalue())
 
 
 def plot(rows: Sequence[dict], metric: str, path: Path) -> Path:
@@ -161,8 +160,7 @@ def plot(rows: Sequence[dict], metric: str, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(fontsize="small", ncols=min(4, len(methods)), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
 
 
 def cli(args) -> int:
@@ -175,8 +173,8 @@ def cli(args) -> int:
     out = Path(args.out or args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows, metric)
-    (out / "robustness.md").write_text(table + "\n")
-    (out / "robustness.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(out / "robustness.md", table + "\n")
+    write_json(out / "robustness.json", rows)
     write_csv(rows, metric, out / "robustness.csv")
     plot(rows, metric, out / "robustness.png")
     print(table)

@@ -14,21 +14,18 @@
       plots/                 architecture-weight and loss curves
       .lock                  held (``flock``) by the process running in the directory
 
-Every file is written atomically (a uniquely named temporary file, then rename): a kill never leaves
-half a file, and the next run removes the temporary files a killed one left. A rerun with another
-configuration or other data is refused before anything is written. Checkpoints are read with
-``torch.load(weights_only=True)``: tensors and plain values only, so a shared run directory cannot
-run code.
+Every file is written atomically (:mod:`bmnas.fileio`: a uniquely named temporary file, then
+rename): a kill never leaves half a file, and the next run removes the temporary files a killed one
+left. A rerun with another configuration or other data is refused before anything is written.
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain values only, so a
+shared run directory cannot run code.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
 import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +36,7 @@ import yaml
 from . import locks
 from .config import Config
 from .errors import BmnasError
+from .fileio import read_json, read_jsonl, save_torch, write_json, write_jsonl, write_text_atomic
 
 # Sections whose change makes a checkpoint unusable for that stage.
 _STAGE_KEYS = {"search": ("seed", "data", "model", "search"), "train": ("seed", "data", "model", "train")}
@@ -86,39 +84,6 @@ _OWNED_DIRS = ("plots", "ablate")
 
 class RunError(BmnasError, RuntimeError):
     """A run directory that cannot be used as asked."""
-
-
-def read_json(path: Path) -> Any:
-    """The JSON value in ``path``, or None when the file is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_jsonl(path: Path | None) -> list[dict]:
-    """The rows of a JSON-lines log, up to the first line a kill cut short (that row is redone)."""
-    if path is None or not Path(path).exists():
-        return []
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    return rows
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` to a uniquely named file beside ``path``, then rename it over ``path``."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -219,7 +184,7 @@ class RunDir:
             _read_checkpoint(path, _ckpt_kind(path.name.removesuffix(".ckpt.pt")))
         text = cfg.to_yaml()
         if not self.config_path.is_file() or self.config_path.read_text() != text:
-            _atomic_write(self.config_path, lambda p: p.write_text(text))
+            write_text_atomic(self.config_path, text)
         if data_fingerprint is not None:
             self.write_json(FINGERPRINT, {"data": dict(data_fingerprint)})
 
@@ -265,10 +230,8 @@ class RunDir:
     def _recorded_data(self) -> dict | None:
         if not self.fingerprint_path.exists():
             return None
-        try:
-            recorded = json.loads(self.fingerprint_path.read_text()).get("data")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
-            recorded = "damaged"
+        recorded = read_json(self.fingerprint_path, default=None)
+        recorded = recorded.get("data") if isinstance(recorded, dict) else None
         if not isinstance(recorded, dict):
             raise RunError(f"{self.fingerprint_path} is damaged; use --fresh or another --out")
         return recorded
@@ -281,32 +244,23 @@ class RunDir:
 
     # --------------------------------------------------------------------------------------- I/O
     def write_config(self, cfg: Config) -> None:
-        _atomic_write(self.config_path, lambda p: p.write_text(cfg.to_yaml()))
+        write_text_atomic(self.config_path, cfg.to_yaml())
 
     def write_json(self, name: str, obj: Any) -> Path:
-        path = self.path / name
-        _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
-        return path
+        return write_json(self.path / name, obj)
 
     def write_jsonl(self, name: str, rows: list[dict]) -> Path:
-        path = self.path / name
-        _atomic_write(path, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows)))
-        return path
+        return write_jsonl(self.path / name, rows)
 
     def write_history(self, rows: list[dict]) -> None:
         self.write_jsonl(self.history_path.name, rows)
 
     def read_history(self, name: str = "history.jsonl") -> list[dict]:
-        path = self.path / name
-        return (
-            [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            if path.exists()
-            else []
-        )
+        return read_jsonl(self.path / name)
 
     def save_checkpoint(self, stage: str, cfg: Config, state: dict) -> None:
         payload = {"config": cfg.to_dict(), "stage": stage, **_plain(state)}
-        _atomic_write(self.checkpoint_path(stage), lambda p: torch.save(payload, p))
+        save_torch(self.checkpoint_path(stage), payload)
 
     def load_checkpoint(self, stage: str, cfg: Config) -> dict | None:
         """The stage's checkpoint, or None; a checkpoint from a different config is an error.

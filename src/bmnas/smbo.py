@@ -1,14 +1,14 @@
 """A black-box alternative to the bilevel search: sequential model-based optimisation (SMBO).
 
 In the spirit of MFAS (Pérez-Rúa et al. 2019; paper §2 and Table 5), over the same search space
-as :mod:`bmnas.search` (the genotypes :func:`bmnas.baselines.random_genotype` draws):
+as :mod:`bmnas.searcher` (the genotypes :func:`bmnas.baselines.random_genotype` draws):
 
 1. train ``initial`` random genotypes briefly (``epochs`` on the train split, scored on val),
 2. fit a surrogate (a random forest) from a one-hot encoding of each genotype to its val score,
 3. draw ``candidates`` random genotypes, train the one with the best predicted score, repeat
    until ``budget`` genotypes have been trained.
 
-Every evaluation goes through :class:`~bmnas.found.FoundNet` and :func:`~bmnas.train.train_found`,
+Every evaluation goes through :class:`~bmnas.found.FoundNet` and :func:`~bmnas.trainer.train_found`,
 so its cost is the real cost of a black-box search here: the ratio to the bilevel search's wall
 time reproduces the comparison of paper Table 5 on our data. Each evaluated genotype is appended to
 a JSON-lines log; a killed SMBO resumes from it (round ``r`` draws from ``default_rng([seed, r])``,
@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 from .baselines import random_genotype
 from .config import Config
 from .data import FeatureData
+from .fileio import append_jsonl, read_jsonl
 from .genotype import CELL_INPUTS, Genotype
 from .metrics import primary_metric
 from .ops import ZERO, get_op
-from .runs import read_jsonl
-from .search import feature_specs
+from .searcher import feature_specs
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,9 @@ def sample(data: FeatureData, cfg: Config, rng: np.random.Generator) -> Genotype
 def brief_score(genotype: Genotype, data: FeatureData, cfg: Config, epochs: int) -> float:
     """Train ``genotype`` for ``epochs`` on the train split alone; return its best val primary metric.
 
-    The evaluation stage's own selection phase (:func:`bmnas.train.select_epochs`).
+    The evaluation stage's own selection phase (:func:`bmnas.trainer.select_epochs`).
     """
-    from .train import select_epochs
+    from .trainer import select_epochs
 
     return select_epochs(genotype, data, cfg, epochs).best_score
 
@@ -182,9 +182,7 @@ def smbo(
         }
         done.append(row)
         if log is not None:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_jsonl(log, row)
         bar.update(1)
         bar.set_postfix(val=f"{score:.4f}", best=f"{max(d['score'] for d in done):.4f}")
     bar.close()

@@ -1,7 +1,7 @@
 """``bmnas sweep``: an Optuna study over the search configuration, shared by any number of workers.
 
 The paper tuned N (Cells), M (steps), C, L and the learning rates per dataset and kept the setting
-whose search scored best on val (Table 8, Fig. 8). A trial here is one :func:`bmnas.search.search`
+whose search scored best on val (Table 8, Fig. 8). A trial here is one :func:`bmnas.searcher.search`
 with a sampled configuration, in its own run directory ``OUT/trials/<number>``; its objective is the
 search's own val score of the genotype it returns: the chosen candidate's val score when the search
 re-ranks (``search.rerank > 0``), else the hypernet's best val score. The test split never takes part.
@@ -43,8 +43,9 @@ from . import locks
 from .config import Config, ConfigError
 from .data import FeatureData, fingerprint
 from .errors import BmnasError
+from .fileio import atomic_write, write_text_atomic
 from .genotype import Genotype
-from .runs import RunDir, _atomic_write
+from .runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ def sweep(
     complete = optuna.trial.TrialState.COMPLETE
 
     def objective(trial) -> float:
-        from .search import search
+        from .searcher import search
 
         params = suggest(trial, space)
         trial_cfg = apply_params(cfg, params)
@@ -379,14 +380,14 @@ def write_outputs(optuna, study, out: Path, space: Mapping[str, dict]) -> SweepR
     best_cfg = Config.from_dict(best.user_attrs["config"])
     genotype = Genotype.from_dict(best.user_attrs["genotype"])
     text = best_cfg.to_yaml()
-    _atomic_write(out / "best_config.yaml", lambda p: p.write_text(text))
+    write_text_atomic(out / "best_config.yaml", text)
     genotype.save(out / "genotype.json")
     rows = trial_rows(optuna, study, space)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(out / "trials.csv", lambda p: p.write_text(buf.getvalue()))
+    write_text_atomic(out / "trials.csv", buf.getvalue())
     paths = {
         "best_config": out / "best_config.yaml",
         "genotype": out / "genotype.json",
@@ -414,22 +415,18 @@ def format_rows(rows: list[dict], space: Mapping[str, dict], best: int) -> str:
 
 def plot_trials(rows: list[dict], path: Path) -> Path:
     """Objective per complete trial (dots) and the best so far (step line)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: its backend is process-wide
 
     done = [r for r in rows if r["value"] is not None]
     x = [r["number"] for r in done]
     y = [r["value"] for r in done]
     best = list(itertools.accumulate(y, max))
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     ax.plot(x, y, "o", color="tab:blue", label="trial")
     ax.step(x, best, where="post", color="tab:orange", label="best so far")
     metric = next((r["metric"] for r in done if r.get("metric")), "score")
     ax.set(xlabel="trial", ylabel=f"val {metric} of the search's genotype", title="bmnas sweep")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))

@@ -1,7 +1,7 @@
 """The ``bmnas run`` workflow as a function: search, evaluate, compare with baselines, recommend.
 
 :func:`run` searches (re-ranking candidates on val when ``search.rerank`` > 0), trains the found
-network and the baselines with the same recipe (:func:`bmnas.train.train_found`: epoch count
+network and the baselines with the same recipe (:func:`bmnas.trainer.train_found`: epoch count
 chosen on val, refit on train + val, tested once), fits the linear probe, and names the
 **recommended** network: the highest val score among the searched network and the hand-made
 fusions (:data:`FUSIONS`). Val scores come from training on train alone, so the test split never
@@ -90,13 +90,13 @@ def run(
 
     Args:
         baselines: also train the unimodal, late-fusion and fixed-fusion networks and the probe.
-        on_search: called with the :class:`~bmnas.search.SearchResult` before training (the CLI
+        on_search: called with the :class:`~bmnas.searcher.SearchResult` before training (the CLI
             prints the genotype there).
     """
     from .predict import save_model
     from .probe import linear_probe
-    from .search import search
-    from .train import train_found
+    from .searcher import search
+    from .trainer import train_found
 
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     metric = primary_metric(data.task)

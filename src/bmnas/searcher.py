@@ -8,8 +8,9 @@ checkpointed each epoch, so a killed search resumes and ends with the same resul
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -18,11 +19,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpoint
 from .config import Config
-from .data import FeatureData
+from .data import FeatureData, FeatureSplit, TaskInfo
 from .device import autocast, on_device, resolve_device
 from .distributed import (
     DistributedError,
+    Ranks,
     barrier,
     broadcast_buffers,
     broadcast_state,
@@ -35,7 +38,15 @@ from .distributed import (
 )
 from .genotype import FeatureSpec, Genotype
 from .hypernet import HyperNet, edge_weights
-from .loop import batch_indices, cosine_restarts, drop_shard, evaluate, optimizer_step
+from .loop import (
+    batch_indices,
+    cosine_restarts,
+    drop_shard,
+    evaluate,
+    new_state,
+    optimizer_step,
+    run_epochs,
+)
 from .metrics import primary_metric
 from .runs import RunDir
 
@@ -60,7 +71,7 @@ class SearchResult:
 
         Lets the evaluation stage skip training the same network on train a second time.
         """
-        from .train import Selection
+        from .trainer import Selection
 
         chosen = self.genotype.to_dict()
         for c in self.candidates:
@@ -128,6 +139,36 @@ def _optimizers(net: HyperNet, cfg: Config, batches_per_epoch: int):
     return w_opt, a_opt, sched
 
 
+@dataclass
+class _Bilevel:
+    """What every search epoch uses: the hypernet, its optimisers and where its batches come from."""
+
+    net: HyperNet
+    cfg: Config
+    task: TaskInfo
+    train: FeatureSplit
+    val: FeatureSplit
+    arch_src: FeatureSplit  # the split the architecture steps read: val, or train with arch_split
+    weight_rows: np.ndarray
+    arch_rows: np.ndarray
+    w_opt: torch.optim.Optimizer
+    a_opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    shuffle: torch.Generator
+    ranks: Ranks
+    amp: Callable[[], contextlib.AbstractContextManager]
+    min_rows: int
+    progress: bool
+
+    @property
+    def metric(self) -> str:
+        return primary_metric(self.task)
+
+    def stateful(self) -> dict:
+        """What the checkpoint saves, by the keys it is saved under."""
+        return {"model": self.net, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
+
+
 def search(
     data: FeatureData,
     cfg: Config,
@@ -148,16 +189,25 @@ def search(
             used to test resumption.
     """
     run = RunDir(run) if run is not None and not isinstance(run, RunDir) else run
+    s = _setup(data, cfg, progress)
+    ckpt = Checkpoint(run, "search", cfg, s.stateful(), s.shuffle, "history.jsonl", writes=s.ranks.main)
+    state = ckpt.load() or new_state(best_score=float("-inf"), best_epoch=0, best_genotype=None)
+    one_epoch, report = partial(_search_epoch, s), partial(_report, s)
+    state = run_epochs(state, cfg.search.epochs, one_epoch, ckpt, stop_after, report=report, ranks=s.ranks)
+    if not state["history"]:
+        raise RuntimeError("the search ran no epoch; set search.epochs >= 1")
+    return _searched(s, state, data, run)
+
+
+def _setup(data: FeatureData, cfg: Config, progress: bool) -> _Bilevel:
+    """The seeded hypernet on ``cfg.device``, its optimisers and schedule, the rows of each step."""
     ranks = current()
     device = local_device(resolve_device(cfg.device))
-    amp = partial(autocast, device, cfg.precision)
-    writes = run is not None and ranks.main
     torch.manual_seed(cfg.seed)
     net = build_hypernet(data, cfg).to(device)
     broadcast_state(net, ranks)
-    train, val, task = on_device(data["train"], device), on_device(data["val"], device), data.task
+    train, val = on_device(data["train"], device), on_device(data["val"], device)
     weight_rows, arch_rows, arch_src = split_for_search(len(train), len(val), cfg)
-    arch_src = train if arch_src == "train" else val
     bs = cfg.search.batch_size
     min_rows = min_batch(ranks)
     if bs < min_rows:
@@ -167,135 +217,126 @@ def search(
         )
     n_batches = len(batch_indices(len(weight_rows), bs, None, min_rows))
     w_opt, a_opt, sched = _optimizers(net, cfg, n_batches)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    metric = primary_metric(task)
-    state = {
-        "epoch": 0,
-        "history": [],
-        "best_score": float("-inf"),
-        "best_epoch": 0,
-        "best_genotype": None,
-        "seconds": 0.0,
+    return _Bilevel(
+        net,
+        cfg,
+        data.task,
+        train,
+        val,
+        train if arch_src == "train" else val,
+        weight_rows,
+        arch_rows,
+        w_opt,
+        a_opt,
+        sched,
+        torch.Generator().manual_seed(cfg.seed),
+        ranks,
+        partial(autocast, device, cfg.precision),
+        min_rows,
+        progress,
+    )
+
+
+def _search_epoch(s: _Bilevel, epoch: int, state: dict) -> dict:
+    """One epoch: the bilevel steps, then derive the genotype, score the hypernet on val, keep the best."""
+    warm = epoch > s.cfg.search.warmup_epochs  # α, β, γ move only after the warm-up
+    train_loss, arch_loss = _bilevel_steps(s, epoch, warm)
+    genotype = s.net.genotype(**derive_rules(s.cfg))
+    check_same(genotype.to_dict(), f"genotype after epoch {epoch}", s.ranks)
+    scores = evaluate(
+        s.net, s.val, s.task, s.cfg.search.eval_batch_size, s.cfg.data.threshold, s.ranks, s.amp
+    )
+    improved = warm and scores[s.metric] > state["best_score"]
+    if improved:
+        state.update(best_score=scores[s.metric], best_epoch=epoch, best_genotype=genotype.to_dict())
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "arch_loss": arch_loss,
+        "val": scores,
+        "lr": s.sched.get_last_lr()[0],
+        "best": improved,
+        "genotype": genotype.to_dict(),
+        "arch": s.net.arch.softmaxed(s.net.relaxation),
+        "ops": list(s.net.ops),
+        **arch_diagnostics(s.net),
     }
-    ckpt = run.load_checkpoint("search", cfg) if run is not None else None
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        w_opt.load_state_dict(ckpt["w_opt"])
-        a_opt.load_state_dict(ckpt["a_opt"])
-        sched.load_state_dict(ckpt["sched"])
-        shuffle.set_state(ckpt["shuffle"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        state = ckpt["state"]
+
+
+def _bilevel_steps(s: _Bilevel, epoch: int, warm: bool) -> tuple[float, float]:
+    """The epoch's iterations: a weight step on a train batch, then (once ``warm``) an architecture
+    step on a batch of the architecture rows. Returns the train loss per row and the architecture
+    loss per iteration, averaged over the epoch."""
+    net, ranks, bs = s.net, s.ranks, s.cfg.search.batch_size
     weights, arch = net.weight_parameters(), net.arch_parameters()
-    last = cfg.search.epochs if stop_after is None else min(cfg.search.epochs, stop_after)
-    for epoch in range(state["epoch"] + 1, last + 1):
-        t0 = time.perf_counter()
-        net.train()
-        train_batches = [weight_rows[b] for b in batch_indices(len(weight_rows), bs, shuffle, min_rows)]
-        val_batches: list = []
-        totals = {"train_loss": 0.0, "arch_loss": 0.0}
-        bar = tqdm(
-            train_batches,
-            desc=f"search {epoch}/{cfg.search.epochs}",
-            disable=not progress or not ranks.main,
-            leave=False,
+    net.train()
+    train_batches = [s.weight_rows[b] for b in batch_indices(len(s.weight_rows), bs, s.shuffle, s.min_rows)]
+    arch_batches: list = []
+    totals = {"train_loss": 0.0, "arch_loss": 0.0}
+    bar = tqdm(
+        train_batches,
+        desc=f"search {epoch}/{s.cfg.search.epochs}",
+        disable=not s.progress or not ranks.main,
+        leave=False,
+    )
+    a_loss = torch.zeros(())
+    for i, idx in enumerate(bar):
+        mine = shard(idx, ranks)
+        feats, y = s.train.batch(mine)
+        if s.cfg.search.modality_dropout:
+            feats = drop_shard(feats, len(idx), s.cfg.search.modality_dropout, s.shuffle, ranks)
+        loss = optimizer_step(net, s.task, feats, y, s.w_opt, freeze=arch, ranks=ranks, amp=s.amp)
+        s.sched.step()
+        if not arch_batches:
+            arch_batches = [
+                s.arch_rows[b] for b in batch_indices(len(s.arch_rows), bs, s.shuffle, s.min_rows)
+            ]
+        vfeats, vy = s.arch_src.batch(shard(arch_batches.pop(), ranks))
+        if warm:
+            a_loss = optimizer_step(net, s.task, vfeats, vy, s.a_opt, freeze=weights, ranks=ranks, amp=s.amp)
+            totals["arch_loss"] += a_loss.item()
+        totals["train_loss"] += loss.item() * len(mine)
+        if i % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", arch=f"{a_loss.item():.3f}")
+    if ranks.active:
+        totals = {k: sum_over_ranks(v, ranks) for k, v in totals.items()}
+        totals["arch_loss"] /= ranks.world
+        broadcast_buffers(net, ranks)  # BatchNorm's running statistics: rank 0's
+    return totals["train_loss"] / len(s.weight_rows), totals["arch_loss"] / len(train_batches)
+
+
+def _report(s: _Bilevel, row: dict) -> None:
+    if s.progress and s.ranks.main:
+        tqdm.write(
+            f"search epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
+            f"val {s.metric} {row['val'][s.metric]:.4f}{' (best)' if row['best'] else ''}"
         )
-        warm = epoch > cfg.search.warmup_epochs  # α, β, γ move only after the warm-up
-        a_loss = torch.zeros(())
-        for i, idx in enumerate(bar):
-            mine = shard(idx, ranks)
-            feats, y = train.batch(mine)
-            if cfg.search.modality_dropout:
-                feats = drop_shard(feats, len(idx), cfg.search.modality_dropout, shuffle, ranks)
-            loss = optimizer_step(net, task, feats, y, w_opt, freeze=arch, ranks=ranks, amp=amp)
-            sched.step()
-            if not val_batches:
-                val_batches = [arch_rows[b] for b in batch_indices(len(arch_rows), bs, shuffle, min_rows)]
-            vfeats, vy = arch_src.batch(shard(val_batches.pop(), ranks))
-            if warm:
-                a_loss = optimizer_step(net, task, vfeats, vy, a_opt, freeze=weights, ranks=ranks, amp=amp)
-                totals["arch_loss"] += a_loss.item()
-            totals["train_loss"] += loss.item() * len(mine)
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", arch=f"{a_loss.item():.3f}")
-        if ranks.active:
-            totals = {k: sum_over_ranks(v, ranks) for k, v in totals.items()}
-            totals["arch_loss"] /= ranks.world
-            broadcast_buffers(net, ranks)  # BatchNorm's running statistics: rank 0's
-        genotype = net.genotype(**derive_rules(cfg))
-        check_same(genotype.to_dict(), f"genotype after epoch {epoch}", ranks)
-        scores = evaluate(net, val, task, cfg.search.eval_batch_size, cfg.data.threshold, ranks, amp)
-        seconds = time.perf_counter() - t0
-        state["seconds"] += seconds
-        improved = warm and scores[metric] > state["best_score"]
-        if improved:
-            state.update(best_score=scores[metric], best_epoch=epoch, best_genotype=genotype.to_dict())
-        state["history"].append(
-            {
-                "epoch": epoch,
-                "train_loss": totals["train_loss"] / len(weight_rows),
-                "arch_loss": totals["arch_loss"] / len(train_batches),
-                "val": scores,
-                "lr": sched.get_last_lr()[0],
-                "seconds": seconds,
-                "best": improved,
-                "genotype": genotype.to_dict(),
-                "arch": net.arch.softmaxed(net.relaxation),
-                "ops": list(net.ops),
-                **arch_diagnostics(net),
-            }
-        )
-        state["epoch"] = epoch
-        if progress and ranks.main:
-            tqdm.write(
-                f"search epoch {epoch}: train loss {state['history'][-1]['train_loss']:.4f}, "
-                f"val {metric} {scores[metric]:.4f}{' (best)' if improved else ''}"
-            )
-        if writes:
-            run.save_checkpoint(
-                "search",
-                cfg,
-                {
-                    "model": {k: v.cpu() for k, v in net.state_dict().items()},
-                    "w_opt": w_opt.state_dict(),
-                    "a_opt": a_opt.state_dict(),
-                    "sched": sched.state_dict(),
-                    "shuffle": shuffle.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "state": state,
-                },
-            )
-            run.write_history(state["history"])
-        barrier(ranks)  # a rank killed after this epoch resumes from the same checkpoint as the others
-    if state["best_genotype"] is None and not state["history"]:
-        raise RuntimeError("the search ran no epoch; set search.epochs >= 1")
+
+
+def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -> SearchResult:
+    """The search's genotype: the best epoch's or, once every epoch ran, re-ranking's choice."""
+    cfg, ranks, net = s.cfg, s.ranks, s.net
     net.cpu()  # derivation with sampled noise (re-ranking) and callers work on the CPU copy
     # stopped inside the warm-up (stop_after): the last genotype stands in for the best
     best = Genotype.from_dict(state["best_genotype"] or state["history"][-1]["genotype"])
     candidates: list[dict] = []
     seconds = state["seconds"]
-    if state["epoch"] >= cfg.search.epochs:
+    complete = state["epoch"] >= cfg.search.epochs
+    if complete:
         if ranks.main:
             warn_if_undecided(state["history"][-1])
         if cfg.search.rerank:
             from .rerank import rerank
 
-            candidates = rerank(net, state, data, cfg, run, progress)
+            candidates = rerank(net, state, data, cfg, run, s.progress)
             seconds += sum(c["seconds"] for c in candidates)
             best = Genotype.from_dict(max(candidates, key=lambda c: (c["val"], -c["rank"]))["genotype"])
     check_same(best.to_dict(), "searched genotype", ranks)
-    if writes and state["epoch"] >= cfg.search.epochs:
+    if complete and run is not None and ranks.main:
         best.save(run.genotype_path)
     barrier(ranks)
     return SearchResult(
-        best,
-        state["best_epoch"],
-        state["best_score"],
-        metric,
-        state["history"],
-        seconds,
-        net,
-        candidates,
+        best, state["best_epoch"], state["best_score"], s.metric, state["history"], seconds, net, candidates
     )
 
 

@@ -15,7 +15,6 @@ refit is checkpointed each epoch and the selection's outcome is saved, so a kill
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -23,12 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpoint
 from .config import Config
 from .data import FeatureData, FeatureSplit, merge_splits
 from .device import autocast, on_device, resolve_device
 from .distributed import (
-    average_gradients,
-    barrier,
     broadcast_buffers,
     broadcast_state,
     current,
@@ -37,11 +35,12 @@ from .distributed import (
     shard,
     sum_over_ranks,
 )
+from .fileio import read_json
 from .found import FoundNet
 from .genotype import Genotype
-from .loop import batch_indices, cosine_restarts, drop_shard, evaluate, loss_fn
+from .loop import batch_indices, cosine_restarts, drop_shard, evaluate, new_state, optimizer_step, run_epochs
 from .metrics import primary_metric
-from .runs import RunDir, read_json
+from .runs import RunDir
 
 
 @dataclass
@@ -156,23 +155,14 @@ def fit(
     opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     sched = cosine_restarts(opt, n_batches, t.restart_epochs, t.restart_mult, t.lr_min)
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
-    state: dict = {"epoch": 0, "history": [], "seconds": 0.0, "val": []}
-    ckpt = run.load_checkpoint(stage, cfg) if run is not None else None
-    if ckpt is not None and (ckpt.get("genotype") != genotype.to_dict() or ckpt.get("epochs") != epochs):
-        ckpt = None  # a checkpoint of another architecture or length: start over
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        sched.load_state_dict(ckpt["sched"])
-        shuffle.set_state(ckpt["shuffle"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        state = ckpt["state"]
-    last = epochs if stop_after is None else min(epochs, stop_after)
-    bar = tqdm(
-        range(state["epoch"] + 1, last + 1), desc=desc, disable=not progress or not ranks.main, leave=False
-    )
-    for epoch in bar:
-        t0 = time.perf_counter()
+    # a checkpoint of another architecture or length is not resumed: the fit starts over
+    identity = {"genotype": genotype.to_dict() if genotype is not None else None, "epochs": epochs}
+    stateful = {"model": model, "opt": opt, "sched": sched}
+    history = f"{stage}_history.jsonl"
+    ckpt = Checkpoint(run, stage, cfg, stateful, shuffle, history, identity=identity, writes=ranks.main)
+    state = ckpt.load() or new_state(val=[])
+
+    def one_epoch(epoch: int, state: dict) -> dict:
         model.train()
         total = 0.0
         for idx in batch_indices(len(split), t.batch_size, shuffle, min_rows):
@@ -181,12 +171,7 @@ def fit(
             if t.modality_dropout:
                 used = {n: feats[n] for n in model.used}
                 feats = drop_shard(used, len(idx), t.modality_dropout, shuffle, ranks)
-            with amp():
-                loss = loss_fn(data.task, model(feats), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(model.parameters(), ranks)
-            opt.step()
+            loss = optimizer_step(model, data.task, feats, y, opt, ranks=ranks, amp=amp)
             sched.step()
             total += loss.item() * len(mine)
         total = sum_over_ranks(total, ranks)
@@ -196,29 +181,18 @@ def fit(
             scores = evaluate(model, val, data.task, t.eval_batch_size, cfg.data.threshold, ranks, amp)
             state["val"].append(float(scores[metric]))
             row["val_" + metric] = scores[metric]
-        seconds = time.perf_counter() - t0
-        state["seconds"] += seconds
-        state["history"].append({**row, "seconds": seconds})
-        state["epoch"] = epoch
-        bar.set_postfix(loss=f"{row['train_loss']:.4f}")
-        if run is not None and ranks.main:
-            run.save_checkpoint(
-                stage,
-                cfg,
-                {
-                    "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "opt": opt.state_dict(),
-                    "sched": sched.state_dict(),
-                    "shuffle": shuffle.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "state": state,
-                    "genotype": genotype.to_dict() if genotype is not None else None,
-                    "epochs": epochs,
-                },
-            )
-            run.write_jsonl(f"{stage}_history.jsonl", state["history"])
-        barrier(ranks)
-    return state
+        return row
+
+    last = epochs if stop_after is None else min(epochs, stop_after)
+    with tqdm(
+        total=last, initial=state["epoch"], desc=desc, disable=not progress or not ranks.main, leave=False
+    ) as bar:
+
+        def report(row: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+
+        return run_epochs(state, epochs, one_epoch, ckpt, stop_after, report=report, ranks=ranks)
 
 
 def with_recipe(genotype: Genotype, cfg: Config) -> Genotype:
@@ -329,7 +303,7 @@ def train_found(
     t = cfg.train
     seconds = 0.0
     if t.select_epochs and selection is None and run is not None:
-        saved = read_json(run.path / f"{stage}_selection.json")
+        saved = read_json(run.path / f"{stage}_selection.json", default=None)  # damaged: redone
         if (
             saved
             and saved.get("genotype") == genotype.to_dict()
