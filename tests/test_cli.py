@@ -154,3 +154,33 @@ def test_show_prints_the_results_table_and_version(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("bmnas 0.")
+
+
+def test_verbose_shows_debug_lines_and_quiet_shows_only_warnings(tmp_path, capsys, caplog):
+    """--quiet / --verbose before the command (global) or after it; logging is set up by main only."""
+    data = write_generic(tmp_path / "d")
+    argv = ["search", "--data", str(data), "--set", "search.epochs=1", "--set", "search.rerank=0"]
+    argv += ["--set", "model.C=8", "--set", "model.L=4"]
+    seen = {}
+    for name, before, after in [
+        ("verbose", ["--verbose"], []),
+        ("default", [], []),
+        ("quiet", [], ["--quiet"]),
+    ]:
+        caplog.clear()
+        assert main([*before, *argv, "--out", str(tmp_path / name), *after]) == 0
+        levels = {r.levelname for r in caplog.records if r.name.startswith("bmnas")}
+        seen[name] = capsys.readouterr().err, levels
+    err, levels = seen["verbose"]
+    assert "bmnas: debug: bmnas.cli: configuration:" in err and "bmnas: data " in err
+    assert {"DEBUG", "INFO"} <= levels
+    err, levels = seen["default"]
+    assert (
+        f"bmnas: data {data}: multiclass with 3 outputs; 4 features; train 40, val 12, test 12 samples" in err
+    )
+    assert "INFO" in levels and "DEBUG" not in levels and "bmnas: debug:" not in err
+    err, levels = seen["quiet"]
+    assert all(line.startswith("bmnas: warning: ") for line in err.splitlines()), err  # no bars, no info
+    assert levels <= {"WARNING"}
+    with pytest.raises(SystemExit):
+        main(["--quiet", "--verbose", *argv, "--out", str(tmp_path / "both")])

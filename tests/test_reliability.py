@@ -34,6 +34,7 @@ FAST += ["--set", "search.batch_size=16", "--set", "train.epochs=1"]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()  # this command's output only (earlier ones may have logged warnings)
     rc = cli.main([*argv])
     return rc, capsys.readouterr().err
 

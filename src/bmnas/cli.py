@@ -9,10 +9,13 @@ first use) or ``--data DIR`` (the generic format, SPEC §10), a YAML ``--config`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import locks
@@ -24,6 +27,20 @@ from .ops import get_op, list_ops
 from .runs import RunDir
 
 DEFAULT_CACHE = Path(os.environ.get("BMNAS_CACHE", Path.home() / ".cache" / "bmnas"))
+
+log = logging.getLogger(__name__)
+
+
+def _output_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    """``--quiet`` and ``--verbose``: before the command (global) or after it (``suppress``: the
+    subcommand then leaves the global value alone unless given)."""
+    default = {"default": argparse.SUPPRESS} if suppress else {}
+    p.add_argument(
+        "--quiet", action="store_true", help="warnings only: no progress bars, no info lines", **default
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="debug lines too (configuration, threads)", **default
+    )
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -61,7 +78,7 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
         default=str(DEFAULT_CACHE),
         help="where datasets, backbones and feature caches live (env BMNAS_CACHE)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _output_options(p, suppress=True)
     p.add_argument(
         "--device",
         metavar="DEVICE",
@@ -77,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an internal error (env BMNAS_DEBUG=1)"
     )
+    _output_options(parser, suppress=False)
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"bmnas {__version__}")
@@ -108,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", metavar="YAML", help="search space (default: bmnas.sweep.SPACE)")
     p = sub.add_parser("show", help="print a run's genotype and metrics")
     p.add_argument("run_dir")
+    _output_options(p, suppress=True)
     _use_parsers(sub)
     return parser
 
@@ -129,7 +148,7 @@ def _use_parsers(sub) -> None:
             default=str(DEFAULT_CACHE),
             help="cache root, for a run on a registered dataset (env BMNAS_CACHE)",
         )
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        _output_options(p, suppress=True)
 
     p = sub.add_parser("predict", help="predict with a run's trained network; per-sample CSV/JSONL + metrics")
     run_args(p)
@@ -287,6 +306,7 @@ def _set_threads(cfg: Config, data: FeatureData) -> int:
         cores=max(1, available_cores() // local),
     )
     torch.set_num_threads(n)
+    log.debug("%d torch threads (%s)", n, "threads" if cfg.threads else "bmnas' policy")
     return n
 
 
@@ -309,7 +329,7 @@ def cmd_sweep(args: argparse.Namespace, cfg: Config, data: FeatureData) -> int:
 
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
-    import_optuna().logging.set_verbosity(30)  # WARNING: bmnas prints one line per trial
+    import_optuna().logging.set_verbosity(logging.WARNING)  # bmnas logs one line per trial
     loaded = {cfg.model.L: data}
 
     def load(L: int) -> FeatureData:
@@ -358,9 +378,64 @@ def _train(
     return r.row()
 
 
+class _StderrHandler(logging.Handler):
+    """Writes records to the ``sys.stderr`` of the moment (tests and callers swap it), above any
+    progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+class _LogFormat(logging.Formatter):
+    """``bmnas: message``, ``bmnas: warning: message``; debug lines and other libraries' records
+    name their logger."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        kind = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        ours = record.name.split(".")[0] == "bmnas"
+        source = f"{record.name}: " if record.levelno < logging.INFO or not ours else ""
+        return f"bmnas: {kind}{source}{text}"
+
+
+@contextlib.contextmanager
+def _log_to_stderr(level: int) -> Iterator[None]:
+    """While a command runs: bmnas' records from ``level`` up, and other libraries' warnings, on stderr.
+
+    The library itself only logs (``logging.getLogger(__name__)``); this is the one place that says
+    where records go. The handler and level are removed again, so ``main`` can be called from Python.
+    """
+    handler = _StderrHandler()
+    handler.setFormatter(_LogFormat())
+    root, ours = logging.getLogger(), logging.getLogger("bmnas")
+    saved = ours.level
+    root.addHandler(handler)
+    ours.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        ours.setLevel(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input is one ``bmnas: error:`` line and exit code 2, never a traceback."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet and args.verbose:
+        parser.error("--quiet and --verbose exclude each other")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    with _log_to_stderr(level):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its errors turned into one line each and an exit code."""
     debug = args.debug or os.environ.get("BMNAS_DEBUG", "") not in ("", "0")
     try:
         return _dispatch(args)
@@ -420,6 +495,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"\nall figures: {run.metrics_path}")
         return 0
     cfg = resolve_config(args)
+    log.debug("configuration:\n%s", cfg.to_yaml().rstrip())
     _setup_processes(args, cfg)
     progress = not args.quiet
     if args.command == "pretrain":
@@ -437,6 +513,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data = load_data(cfg, args.cache, progress, *_options(args))
     data_seconds = time.perf_counter() - t0
+    sizes = ", ".join(f"{s} {len(sp)}" for s, sp in data.splits.items())
+    log.info(
+        "data %s: %s with %d outputs; %d features; %s samples (%.1f s)",
+        data.name,
+        data.task.type,
+        data.task.num_outputs,
+        len(data.feature_names),
+        sizes,
+        data_seconds,
+    )
     _set_threads(cfg, data)
     if args.command in ("search", "run", "ablate", "sweep"):
         check_searchable(data)

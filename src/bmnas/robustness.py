@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -29,6 +29,8 @@ from .augment import modality_of
 from .data import FeatureData, FeatureSplit
 from .metrics import primary_metric
 from .predict import FOUND_STAGE, LoadedModel, ModelError, load, run_data
+
+log = logging.getLogger(__name__)
 
 NOISE_LEVELS = (0.1, 0.5, 1.0)
 FOUND_NAME = "searched"
@@ -96,7 +98,7 @@ def run_models(run_dir: str | Path) -> dict[str, LoadedModel]:
         try:
             models[stages.get(stage, stage.removeprefix("baseline_"))] = load(run, stage)
         except ModelError as err:  # e.g. a baseline whose training was interrupted
-            print(f"bmnas: skipping {stage}: {err}", file=sys.stderr)
+            log.warning("skipping %s: %s", stage, err)
     return models
 
 

@@ -281,7 +281,6 @@ def sweep(
     study_name: str = "bmnas",
     space: Mapping[str, dict] | None = None,
     progress: bool = True,
-    say: Callable[[str], None] = print,
 ) -> SweepResult:
     """Run trials until the study holds ``trials`` complete ones; write the best config and genotype.
 
@@ -313,7 +312,7 @@ def sweep(
     check_space(space, cfg)
     study = open_study(optuna, storage, study_name, cfg, space, fingerprint(base_data), out / ".sweep.lock")
     if orphans := fail_orphans(optuna, study, out):
-        say(f"sweep: trials {orphans} were killed; marked failed")
+        log.warning("sweep: trials %s were killed; marked failed", orphans)
     complete = optuna.trial.TrialState.COMPLETE
 
     def objective(trial) -> float:
@@ -337,12 +336,12 @@ def sweep(
         trial.set_user_attr("metric", result.metric)
         trial.set_user_attr("hypernet_val", float(result.best_score))
         trial.set_user_attr("seconds", time.perf_counter() - t0)
-        say(f"sweep trial {trial.number}: val {result.metric} {value:.4f} ({source}) {params}")
+        log.info("sweep trial %d: val %s %.4f (%s) %s", trial.number, result.metric, value, source, params)
         return value
 
     done = len(study.get_trials(deepcopy=False, states=(complete,)))
     if done < trials:
-        say(f"sweep: {done} of {trials} trials complete in study {study_name!r} ({storage})")
+        log.info("sweep: %d of %d trials complete in study %r (%s)", done, trials, study_name, storage)
         study.optimize(
             objective,
             n_trials=trials - done,
@@ -414,16 +413,14 @@ def format_rows(rows: list[dict], space: Mapping[str, dict], best: int) -> str:
 
 def plot_trials(rows: list[dict], path: Path) -> Path:
     """Objective per complete trial (dots) and the best so far (step line)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     done = [r for r in rows if r["value"] is not None]
     x = [r["number"] for r in done]
     y = [r["value"] for r in done]
     best = list(itertools.accumulate(y, max))
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     ax.plot(x, y, "o", color="tab:blue", label="trial")
     ax.step(x, best, where="post", color="tab:orange", label="best so far")
     metric = next((r["metric"] for r in done if r.get("metric")), "score")
@@ -431,5 +428,4 @@ def plot_trials(rows: list[dict], path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     _atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
     return path
