@@ -184,3 +184,46 @@ def test_verbose_shows_debug_lines_and_quiet_shows_only_warnings(tmp_path, capsy
     assert levels <= {"WARNING"}
     with pytest.raises(SystemExit):
         main(["--quiet", "--verbose", *argv, "--out", str(tmp_path / "both")])
+
+
+COMMANDS = [
+    "run",
+    "search",
+    "train",
+    "ablate",
+    "sweep",
+    "pretrain",
+    "export",
+    "show",
+    "predict",
+    "export-model",
+    "robustness",
+]
+
+
+def _help(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_command_in_plain_text_and_ends_with_examples(capsys):
+    import shlex
+
+    from bmnas.cli import EXAMPLES, build_parser
+
+    top = _help([], capsys)
+    assert "``" not in top and ":func:" not in top  # plain text, not reStructuredText
+    for command in COMMANDS:
+        assert f"\n    {command} " in top or f"\n    {command}\n" in top, command
+    assert "\nExamples:\n  bmnas " in top
+    for command in COMMANDS:
+        text = _help([command], capsys)
+        examples = text[text.index("\nExamples:\n") :].splitlines()[2:]
+        assert 1 <= len(examples) <= 3 and all(e.startswith("  bmnas ") for e in examples), text
+        assert "configs/" not in text
+    assert set(EXAMPLES) == {None, *COMMANDS}
+    for line, _ in (row for rows in EXAMPLES.values() for row in rows):
+        if "--help" not in line:
+            build_parser().parse_args(shlex.split(line)[1:])  # every example is a valid command line
