@@ -227,3 +227,39 @@ def test_help_lists_every_command_in_plain_text_and_ends_with_examples(capsys):
     for line, _ in (row for rows in EXAMPLES.values() for row in rows):
         if "--help" not in line:
             build_parser().parse_args(shlex.split(line)[1:])  # every example is a valid command line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(command, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    import bmnas.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = str(tmp_path / "out")
+    data = ["--data", str(tmp_path / "d")]
+    argv = {
+        "show": [out],
+        "predict": [out, "--out", str(tmp_path / "p.csv")],
+        "export-model": [out, "--out", str(tmp_path / "m.pt")],
+        "robustness": [out],
+        "pretrain": data,
+        "export": [*data, "--out", out],
+        "sweep": [*data, "--out", out],
+    }.get(command, [*data, "--out", out, "--fresh"])
+    if command in ("predict", "export-model", "robustness"):
+        module = {"export-model": "export"}.get(command, command)
+        monkeypatch.setattr(importlib.import_module(f"bmnas.{module}"), "cli", interrupted)
+    else:
+        monkeypatch.setattr(bmnas.cli, "RunDir", interrupted)  # show
+        monkeypatch.setattr(bmnas.cli, "load_data", interrupted)  # every command that reads data
+    assert main([command, *argv]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bmnas: interrupted") and "Traceback" not in err, err
+    assert "rerun the same command" in err
+    if "--fresh" in argv:
+        assert f"saved in {out}: rerun the same command without --fresh to resume" in err
+    if command == "sweep":
+        assert f"finished trials are saved in {out}: rerun the same command to resume" in err

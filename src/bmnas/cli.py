@@ -528,7 +528,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"bmnas: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
-        print("bmnas: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(_interrupted(args), file=sys.stderr)
         return 130
     except OSError as err:  # disk full, permissions: the environment, not the input or a bug
         if debug:
@@ -552,6 +552,18 @@ def _run(args: argparse.Namespace) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The one line for Ctrl-C: what is kept, and how to go on from there."""
+    again = "rerun the same command" + (" without --fresh" if getattr(args, "fresh", False) else "")
+    if args.command in ("run", "search", "train", "ablate"):  # checkpointed every epoch
+        return f"bmnas: interrupted; finished epochs and stages are saved in {args.out}: {again} to resume"
+    if args.command == "sweep":
+        return f"bmnas: interrupted; finished trials are saved in {args.out}: {again} to resume"
+    if args.command in ("pretrain", "export"):
+        return f"bmnas: interrupted; prepared data and backbones are kept in {args.cache}: {again} to resume"
+    return f"bmnas: interrupted before bmnas {args.command} finished: rerun the same command to start again"
 
 
 def _describe(err: BaseException) -> str:
