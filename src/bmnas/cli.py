@@ -126,6 +126,10 @@ def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
     )
 
 
+def _cache_option(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--cache", metavar="DIR", default=str(DEFAULT_CACHE), help=f"{help} (env BMNAS_CACHE)")
+
+
 def _key_values(group, flag: str, dest: str, help: str) -> None:
     """A repeatable ``FLAG KEY=VALUE`` option; the values collect in a list."""
     group.add_argument(flag, metavar="KEY=VALUE", action="append", default=[], dest=dest, help=help)
@@ -152,12 +156,7 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
         "--set (README, 'Using it')",
     )
     _key_values(p, "--set", "overrides", "override a config value, e.g. --set search.epochs=3 (repeatable)")
-    p.add_argument(
-        "--cache",
-        metavar="DIR",
-        default=str(DEFAULT_CACHE),
-        help="where datasets, backbones and feature caches live (env BMNAS_CACHE)",
-    )
+    _cache_option(p, "where datasets, backbones and feature caches live")
     _output_options(p, suppress=True)
     p.add_argument(
         "--device",
@@ -227,12 +226,7 @@ def _use_parsers(sub) -> None:
             help="which trained network: train (the found one, default), recommended (the one "
             "`bmnas run` recommends) or a baseline's checkpoint name, e.g. baseline_late_fusion",
         )
-        p.add_argument(
-            "--cache",
-            metavar="DIR",
-            default=str(DEFAULT_CACHE),
-            help="cache root, for a run on a registered dataset (env BMNAS_CACHE)",
-        )
+        _cache_option(p, "cache root, for a run on a registered dataset")
         _output_options(p, suppress=True)
 
     p = _command(sub, "predict", "predict with a run's trained network; per-sample CSV/JSONL + metrics")
