@@ -154,3 +154,112 @@ def test_show_prints_the_results_table_and_version(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("bmnas 0.")
+
+
+def test_verbose_shows_debug_lines_and_quiet_shows_only_warnings(tmp_path, capsys, caplog):
+    """--quiet / --verbose before the command (global) or after it; logging is set up by main only."""
+    data = write_generic(tmp_path / "d")
+    argv = ["search", "--data", str(data), "--set", "search.epochs=1", "--set", "search.rerank=0"]
+    argv += ["--set", "model.C=8", "--set", "model.L=4"]
+    seen = {}
+    for name, before, after in [
+        ("verbose", ["--verbose"], []),
+        ("default", [], []),
+        ("quiet", [], ["--quiet"]),
+    ]:
+        caplog.clear()
+        assert main([*before, *argv, "--out", str(tmp_path / name), *after]) == 0
+        levels = {r.levelname for r in caplog.records if r.name.startswith("bmnas")}
+        seen[name] = capsys.readouterr().err, levels
+    err, levels = seen["verbose"]
+    assert "bmnas: debug: bmnas.cli: configuration:" in err and "bmnas: data " in err
+    assert {"DEBUG", "INFO"} <= levels
+    err, levels = seen["default"]
+    assert (
+        f"bmnas: data {data}: multiclass with 3 outputs; 4 features; train 40, val 12, test 12 samples" in err
+    )
+    assert "INFO" in levels and "DEBUG" not in levels and "bmnas: debug:" not in err
+    err, levels = seen["quiet"]
+    assert all(line.startswith("bmnas: warning: ") for line in err.splitlines()), err  # no bars, no info
+    assert levels <= {"WARNING"}
+    with pytest.raises(SystemExit):
+        main(["--quiet", "--verbose", *argv, "--out", str(tmp_path / "both")])
+
+
+COMMANDS = [
+    "run",
+    "search",
+    "train",
+    "ablate",
+    "sweep",
+    "pretrain",
+    "export",
+    "show",
+    "predict",
+    "export-model",
+    "robustness",
+]
+
+
+def _help(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_command_in_plain_text_and_ends_with_examples(capsys):
+    import shlex
+
+    from bmnas.cli import EXAMPLES, build_parser
+
+    top = _help([], capsys)
+    assert "``" not in top and ":func:" not in top  # plain text, not reStructuredText
+    for command in COMMANDS:
+        assert f"\n    {command} " in top or f"\n    {command}\n" in top, command
+    assert "\nExamples:\n  bmnas " in top
+    for command in COMMANDS:
+        text = _help([command], capsys)
+        examples = text[text.index("\nExamples:\n") :].splitlines()[2:]
+        assert 1 <= len(examples) <= 3 and all(e.startswith("  bmnas ") for e in examples), text
+        assert "configs/" not in text
+    assert set(EXAMPLES) == {None, *COMMANDS}
+    for line, _ in (row for rows in EXAMPLES.values() for row in rows):
+        if "--help" not in line:
+            build_parser().parse_args(shlex.split(line)[1:])  # every example is a valid command line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(command, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    import bmnas.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = str(tmp_path / "out")
+    data = ["--data", str(tmp_path / "d")]
+    argv = {
+        "show": [out],
+        "predict": [out, "--out", str(tmp_path / "p.csv")],
+        "export-model": [out, "--out", str(tmp_path / "m.pt")],
+        "robustness": [out],
+        "pretrain": data,
+        "export": [*data, "--out", out],
+        "sweep": [*data, "--out", out],
+    }.get(command, [*data, "--out", out, "--fresh"])
+    if command in ("predict", "export-model", "robustness"):
+        module = {"export-model": "export"}.get(command, command)
+        monkeypatch.setattr(importlib.import_module(f"bmnas.{module}"), "cli", interrupted)
+    else:
+        monkeypatch.setattr(bmnas.cli, "RunDir", interrupted)  # show
+        monkeypatch.setattr(bmnas.cli, "load_data", interrupted)  # every command that reads data
+    assert main([command, *argv]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bmnas: interrupted") and "Traceback" not in err, err
+    assert "rerun the same command" in err
+    if "--fresh" in argv:
+        assert f"saved in {out}: rerun the same command without --fresh to resume" in err
+    if command == "sweep":
+        assert f"finished trials are saved in {out}: rerun the same command to resume" in err

@@ -45,6 +45,7 @@ def features(run) -> list[tuple[str, int, int]]:
 
 
 def refused(capsys, argv: list[str], message: str) -> None:
+    capsys.readouterr()  # this command's output only (earlier ones may have logged warnings)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("bmnas: error: ") and err.count("\n") == 1, err

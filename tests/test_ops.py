@@ -1,12 +1,20 @@
 """Each primitive op against its formula on hand-made tensors (SPEC §5)."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from bmnas.config import Config, ConfigError
+from bmnas.opnames import BUILTIN_OPS, DEFAULT_OPS
 from bmnas.ops import create_op, get_op, list_ops, register_op
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def test_sum_is_x_plus_y():
@@ -90,3 +98,29 @@ def test_user_ops_binary_and_ternary():
     x = torch.full((1, 1, 2), 2.0)
     assert torch.equal(create_op("test_product", 2, 1)(x, x), torch.full((1, 1, 2), 4.0))
     assert torch.equal(create_op("test_sum3", 2, 1)(x, x, x), torch.full((1, 1, 2), 6.0))
+
+
+def test_op_names_match_the_registry_and_configs_check_them():
+    assert set(BUILTIN_OPS) <= set(list_ops()) and set(DEFAULT_OPS) <= set(BUILTIN_OPS)
+    with pytest.raises(ConfigError, match="model.ops: unknown op 'atention'; registered ops: .*attention"):
+        Config.from_sources(overrides=["model.ops=[sum,atention]"])
+
+    @register_op("test_config_op")
+    def factory(C, L, dropout):
+        return nn.Identity()
+
+    assert Config.from_sources(overrides=["model.ops=[sum,test_config_op]"]).model.ops == (
+        "sum",
+        "test_config_op",
+    )
+
+
+def test_reading_a_config_does_not_import_torch():
+    code = (
+        "import sys, bmnas.config; "
+        "bmnas.config.Config.from_sources(overrides=['model.ops=[zero,sum]']); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -34,6 +34,7 @@ FAST += ["--set", "search.batch_size=16", "--set", "train.epochs=1"]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()  # this command's output only (earlier ones may have logged warnings)
     rc = cli.main([*argv])
     return rc, capsys.readouterr().err
 
@@ -570,7 +571,10 @@ def test_interrupt_and_internal_errors(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(cli, "_dispatch", interrupted)
     rc, err = run_cli(capsys, "show", str(tmp_path))
-    assert rc == 130 and err == "bmnas: interrupted; rerun the same command to resume\n"
+    assert (
+        rc == 130
+        and err == "bmnas: interrupted before bmnas show finished: rerun the same command to start again\n"
+    )
 
     def buggy(args):
         return {}["nothing"]

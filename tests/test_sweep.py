@@ -108,7 +108,10 @@ def test_sweep_resumes_and_skips_a_killed_trial(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert _sweep(data, out, 3) == 0
     assert calls == ["0", "1", "3"]  # earlier trials not rerun; one more complete trial
-    assert f"trials [{killed.number}] were killed; marked failed" in capsys.readouterr().out
+    assert (
+        f"bmnas: warning: sweep: trials [{killed.number}] were killed; marked failed"
+        in capsys.readouterr().err
+    )
     study = _study(out)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     assert {t.number: t.value for t in study.trials[:2]} == first
@@ -147,18 +150,22 @@ def test_sweep_without_optuna_says_how_to_install_it(tmp_path, monkeypatch, caps
 def test_two_workers_share_one_study(tmp_path):
     """Two processes started together on one ``--out``: one study, no trial run twice."""
     import os
+    import re
     import subprocess
 
     data, out = write_generic(tmp_path / "d"), tmp_path / "sweep"
     cmd = [sys.executable, "-m", "bmnas", "sweep", "--data", str(data), "--out", str(out), "--trials", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    workers = [subprocess.Popen([*cmd, *FAST], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    logs = [w.communicate(timeout=300)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0]
-    ran = [
-        {int(line.split()[2][:-1]) for line in log.splitlines() if line.startswith("sweep trial ")}
-        for log in logs
+    not_quiet = [a for a in FAST if a != "--quiet"]  # each worker logs its trials as info lines
+    workers = [
+        subprocess.Popen(
+            [*cmd, *not_quiet], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
     ]
+    logs = [w.communicate(timeout=300)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0]
+    ran = [{int(n) for n in re.findall(r"bmnas: sweep trial (\d+):", log)} for log in logs]
     study = _study(out)
     complete = {t.number for t in study.trials if t.state.name == "COMPLETE"}
     assert not ran[0] & ran[1] and ran[0] | ran[1] == complete

@@ -1,18 +1,23 @@
-"""Command line: ``bmnas search | train | run | sweep | pretrain | export | show``; using a trained run:
-``bmnas predict | export-model | robustness``.
+"""The ``bmnas`` command line: ``run | search | train | ablate | sweep | pretrain | export | show``;
+using a trained run: ``predict | export-model | robustness``.
 
 Every command takes its data from ``--dataset NAME`` (a registered dataset, prepared and cached on
 first use) or ``--data DIR`` (the generic format, SPEC §10), a YAML ``--config`` and dotted
 ``--set key=value`` overrides. Runs write into ``--out RUN_DIR`` and resume from it when killed.
+Commands print their results (tables, paths) to stdout; where log records go is decided once, in
+:func:`main`: the library only logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import locks
@@ -25,43 +30,134 @@ from .runs import RunDir
 
 DEFAULT_CACHE = Path(os.environ.get("BMNAS_CACHE", Path.home() / ".cache" / "bmnas"))
 
+log = logging.getLogger(__name__)
+
+
+def _output_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    """``--quiet`` and ``--verbose``: before the command (global) or after it (``suppress``: the
+    subcommand then leaves the global value alone unless given)."""
+    default = {"default": argparse.SUPPRESS} if suppress else {}
+    p.add_argument(
+        "--quiet", action="store_true", help="warnings only: no progress bars, no info lines", **default
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="debug lines too (configuration, threads)", **default
+    )
+
+
+DESCRIPTION = """\
+Find how to fuse your modalities (BM-NAS, bilevel multimodal neural architecture search):
+search a fusion network over the features of pre-trained backbones, train it, compare it with
+baselines, and use the trained network.
+
+Commands that read data take --dataset NAME (a registered dataset such as avmnist, prepared and
+cached on first use) or --data DIR (train/val/test.npz in the generic format), a --config file
+and --set KEY=VALUE overrides. A run writes into --out RUN_DIR; rerunning the same command after
+a kill resumes it."""
+
+EXAMPLES = {
+    None: [
+        ("bmnas run --dataset avmnist --out runs/a", "search, train, baselines, table"),
+        ("bmnas show runs/a", "the run's genotype and metrics"),
+        ("bmnas run --help", "a command's options and examples"),
+    ],
+    "run": [
+        ("bmnas run --dataset avmnist --out runs/a", ""),
+        ("bmnas run --data DIR --out runs/b --set search.epochs=6 --set model.C=32", ""),
+        ("bmnas run --data DIR --config runs/sw/best_config.yaml --out runs/best", "a sweep's winner"),
+    ],
+    "search": [
+        ("bmnas search --data DIR --out runs/s", "writes runs/s/genotype.json"),
+        ("bmnas search --dataset avmnist --out runs/s --set 'model.ops=[sum,attention]'", ""),
+    ],
+    "train": [
+        ("bmnas train --data DIR --out runs/s", "trains runs/s/genotype.json"),
+        ("bmnas train --data DIR --out runs/t --genotype runs/s/genotype.json", ""),
+    ],
+    "ablate": [
+        ("bmnas ablate --dataset avmnist --out runs/abl", "every method over 3 seeds"),
+        ("bmnas ablate --data DIR --out runs/abl --seeds 0,1 --methods late_fusion,searched", ""),
+    ],
+    "sweep": [
+        ("bmnas sweep --data DIR --out runs/sw --trials 20", "study in runs/sw/study.db"),
+        ("bmnas sweep --dataset avmnist --out runs/sw --trials 40 --storage postgresql://host/db", ""),
+        ("bmnas run --data DIR --config runs/sw/best_config.yaml --out runs/best", "train the winner"),
+    ],
+    "pretrain": [
+        ("bmnas pretrain --dataset avmnist", "prepare the data, pre-train the backbones"),
+        ("bmnas pretrain --dataset mmimdb --dataset-option path=multimodal_imdb.hdf5", ""),
+    ],
+    "export": [("bmnas export --dataset avmnist --out feats/", "then: bmnas run --data feats/ ...")],
+    "show": [("bmnas show runs/a", "")],
+    "predict": [
+        ("bmnas predict runs/a --out preds.csv", "the run's own test split"),
+        ("bmnas predict runs/a --data DIR --split val --out preds.jsonl", ""),
+        ("bmnas predict runs/a --raw raw.npz --out preds.csv", "raw inputs through the backbones"),
+    ],
+    "export-model": [
+        ("bmnas export-model runs/a --out model.onnx", "needs pip install 'bmnas[onnx]'"),
+        ("bmnas export-model runs/a --format torchscript --out model.pt", ""),
+    ],
+    "robustness": [
+        ("bmnas robustness runs/a", "writes runs/a/robustness.{md,csv,json,png}"),
+        ("bmnas robustness runs/a --noise 0.2 1.0 --out report/", ""),
+    ],
+}
+
+
+def _epilog(command: str | None) -> str:
+    """``Examples:`` and one command line each, with an optional comment."""
+    rows = EXAMPLES[command]
+    width = max(len(line) for line, _ in rows)
+    if width + max(len(note) for _, note in rows) > 90:  # too wide to align the comments
+        width = 0
+    lines = [f"  {line:<{width}}  # {note}" if note else f"  {line}" for line, note in rows]
+    return "Examples:\n" + "\n".join(lines)
+
+
+def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand: ``summary`` in the command list and atop its help, examples at the end."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=_epilog(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _cache_option(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--cache", metavar="DIR", default=str(DEFAULT_CACHE), help=f"{help} (env BMNAS_CACHE)")
+
+
+def _key_values(group, flag: str, dest: str, help: str) -> None:
+    """A repeatable ``FLAG KEY=VALUE`` option; the values collect in a list."""
+    group.add_argument(flag, metavar="KEY=VALUE", action="append", default=[], dest=dest, help=help)
+
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     src = p.add_argument_group("data (one of)")
     src.add_argument("--dataset", help="registered dataset name, e.g. avmnist (prepared on first use)")
     src.add_argument("--data", metavar="DIR", help="directory with train/val/test.npz (generic format)")
-    src.add_argument(
+    _key_values(
+        src,
         "--dataset-option",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="dataset_options",
-        help="option for the dataset builder, e.g. path=multimodal_imdb.hdf5 (repeatable)",
+        "dataset_options",
+        "option for the dataset builder, e.g. path=multimodal_imdb.hdf5 (repeatable)",
     )
-    src.add_argument(
-        "--backbone-option",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="backbone_options",
-        help="option for the dataset's backbones (repeatable)",
-    )
-    p.add_argument("--config", metavar="YAML", help="configuration file (see configs/)")
-    p.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="overrides",
-        help="override a config value, e.g. --set search.epochs=3 (repeatable)",
+    _key_values(
+        src, "--backbone-option", "backbone_options", "option for the dataset's backbones (repeatable)"
     )
     p.add_argument(
-        "--cache",
-        metavar="DIR",
-        default=str(DEFAULT_CACHE),
-        help="where datasets, backbones and feature caches live (env BMNAS_CACHE)",
+        "--config",
+        metavar="YAML",
+        help="YAML file with the keys --set takes, as sections (search: {epochs: 3}), e.g. a run's "
+        "RUN_DIR/config.yaml or a sweep's best_config.yaml; applied after the dataset's preset, before "
+        "--set (README, 'Using it')",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _key_values(p, "--set", "overrides", "override a config value, e.g. --set search.epochs=3 (repeatable)")
+    _cache_option(p, "where datasets, backbones and feature caches live")
+    _output_options(p, suppress=True)
     p.add_argument(
         "--device",
         metavar="DEVICE",
@@ -73,41 +169,48 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bmnas", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="bmnas",
+        description=DESCRIPTION,
+        epilog=_epilog(None),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an internal error (env BMNAS_DEBUG=1)"
     )
+    _output_options(parser, suppress=False)
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"bmnas {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("search", help="search a fusion architecture; writes genotype.json")
-    _common(p)
-    p = sub.add_parser("train", help="evaluation stage: train a genotype on train+val, test it")
-    _common(p)
-    p.add_argument("--genotype", metavar="JSON", help="genotype to train (default: RUN_DIR/genotype.json)")
-    p = sub.add_parser("run", help="search, then train the found network and the baselines; print a table")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    p = _command(sub, "run", "search, then train the found network and the baselines; print a table")
     _common(p)
     p.add_argument("--no-baselines", action="store_true", help="skip the unimodal and late-fusion baselines")
-    p = sub.add_parser("pretrain", help="prepare a dataset and pre-train (or load) its backbones")
-    _common(p, out=False)
-    p = sub.add_parser("export", help="write a dataset's pooled features in the generic --data format")
-    _common(p, out=False)
-    p.add_argument("--out", metavar="DIR", required=True)
-    p = sub.add_parser("ablate", help="baselines and ablations (paper Tables 5-7): a table over seeds")
+    p = _command(sub, "search", "search a fusion architecture; writes RUN_DIR/genotype.json")
+    _common(p)
+    p = _command(sub, "train", "evaluation stage: train a genotype on train+val, test it")
+    _common(p)
+    p.add_argument("--genotype", metavar="JSON", help="genotype to train (default: RUN_DIR/genotype.json)")
+    p = _command(sub, "ablate", "baselines and ablations (paper Tables 5-7): a table over seeds")
     _common(p)
     from .ablate import add_arguments
 
     add_arguments(p)
-    p = sub.add_parser("sweep", help="Optuna study over the search config (N, M, C, L, lrs); several workers")
+    p = _command(sub, "sweep", "Optuna study over the search config (N, M, C, L, lrs); several workers")
     _common(p, out=False)
     p.add_argument("--out", metavar="DIR", required=True, help="sweep directory (shared by workers; resumed)")
     p.add_argument("--trials", type=int, default=20, help="complete trials the study should hold (20)")
     p.add_argument("--storage", metavar="URL", help="Optuna database URL (default sqlite:///OUT/study.db)")
     p.add_argument("--study", default="bmnas", help="study name in the storage (default bmnas)")
     p.add_argument("--space", metavar="YAML", help="search space (default: bmnas.sweep.SPACE)")
-    p = sub.add_parser("show", help="print a run's genotype and metrics")
-    p.add_argument("run_dir")
+    p = _command(sub, "pretrain", "prepare a dataset and pre-train (or load) its backbones")
+    _common(p, out=False)
+    p = _command(sub, "export", "write a dataset's pooled features in the generic --data format")
+    _common(p, out=False)
+    p.add_argument("--out", metavar="DIR", required=True)
+    p = _command(sub, "show", "print a run's genotype and metrics")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out of bmnas run, search or train")
+    _output_options(p, suppress=True)
     _use_parsers(sub)
     return parser
 
@@ -123,15 +226,10 @@ def _use_parsers(sub) -> None:
             help="which trained network: train (the found one, default), recommended (the one "
             "`bmnas run` recommends) or a baseline's checkpoint name, e.g. baseline_late_fusion",
         )
-        p.add_argument(
-            "--cache",
-            metavar="DIR",
-            default=str(DEFAULT_CACHE),
-            help="cache root, for a run on a registered dataset (env BMNAS_CACHE)",
-        )
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        _cache_option(p, "cache root, for a run on a registered dataset")
+        _output_options(p, suppress=True)
 
-    p = sub.add_parser("predict", help="predict with a run's trained network; per-sample CSV/JSONL + metrics")
+    p = _command(sub, "predict", "predict with a run's trained network; per-sample CSV/JSONL + metrics")
     run_args(p)
     p.add_argument(
         "--data",
@@ -147,7 +245,7 @@ def _use_parsers(sub) -> None:
     p.add_argument("--split", default="test", help="split of --data DIR or of the run's data (default test)")
     p.add_argument("--out", metavar="FILE.csv|FILE.jsonl", required=True)
     p.add_argument("--batch-size", type=int, default=1024)
-    p = sub.add_parser("export-model", help="export a run's trained network (TorchScript or ONNX)")
+    p = _command(sub, "export-model", "export a run's trained network (TorchScript or ONNX)")
     run_args(p)
     p.add_argument("--format", choices=["torchscript", "onnx"], help="default: from --out's suffix")
     p.add_argument("--out", metavar="FILE", required=True)
@@ -156,7 +254,7 @@ def _use_parsers(sub) -> None:
         action="store_true",
         help="export from pooled features even when the run's backbones could be included",
     )
-    p = sub.add_parser("robustness", help="test metrics with each modality missing and under noise")
+    p = _command(sub, "robustness", "test metrics with each modality missing and under noise")
     run_args(p)
     p.add_argument(
         "--out", metavar="DIR", help="where to write robustness.{md,csv,json,png} (default RUN_DIR)"
@@ -286,6 +384,7 @@ def _set_threads(cfg: Config, data: FeatureData) -> int:
         cores=max(1, available_cores() // local),
     )
     torch.set_num_threads(n)
+    log.debug("%d torch threads (%s)", n, "threads" if cfg.threads else "bmnas' policy")
     return n
 
 
@@ -308,7 +407,7 @@ def cmd_sweep(args: argparse.Namespace, cfg: Config, data: FeatureData) -> int:
 
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
-    import_optuna().logging.set_verbosity(30)  # WARNING: bmnas prints one line per trial
+    import_optuna().logging.set_verbosity(logging.WARNING)  # bmnas logs one line per trial
     loaded = {cfg.model.L: data}
 
     def load(L: int) -> FeatureData:
@@ -357,9 +456,64 @@ def _train(
     return r.row()
 
 
+class _StderrHandler(logging.Handler):
+    """Writes records to the ``sys.stderr`` of the moment (tests and callers swap it), above any
+    progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+class _LogFormat(logging.Formatter):
+    """``bmnas: message``, ``bmnas: warning: message``; debug lines and other libraries' records
+    name their logger."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        kind = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        ours = record.name.split(".")[0] == "bmnas"
+        source = f"{record.name}: " if record.levelno < logging.INFO or not ours else ""
+        return f"bmnas: {kind}{source}{text}"
+
+
+@contextlib.contextmanager
+def _log_to_stderr(level: int) -> Iterator[None]:
+    """While a command runs: bmnas' records from ``level`` up, and other libraries' warnings, on stderr.
+
+    The library itself only logs (``logging.getLogger(__name__)``); this is the one place that says
+    where records go. The handler and level are removed again, so ``main`` can be called from Python.
+    """
+    handler = _StderrHandler()
+    handler.setFormatter(_LogFormat())
+    root, ours = logging.getLogger(), logging.getLogger("bmnas")
+    saved = ours.level
+    root.addHandler(handler)
+    ours.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        ours.setLevel(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input is one ``bmnas: error:`` line and exit code 2, never a traceback."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet and args.verbose:
+        parser.error("--quiet and --verbose exclude each other")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    with _log_to_stderr(level):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its errors turned into one line each and an exit code."""
     debug = args.debug or os.environ.get("BMNAS_DEBUG", "") not in ("", "0")
     try:
         return _dispatch(args)
@@ -367,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bmnas: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
-        print("bmnas: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(_interrupted(args), file=sys.stderr)
         return 130
     except OSError as err:  # disk full, permissions: the environment, not the input or a bug
         if debug:
@@ -391,6 +545,18 @@ def main(argv: list[str] | None = None) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The one line for Ctrl-C: what is kept, and how to go on from there."""
+    again = "rerun the same command" + (" without --fresh" if getattr(args, "fresh", False) else "")
+    if args.command in ("run", "search", "train", "ablate"):  # checkpointed every epoch
+        return f"bmnas: interrupted; finished epochs and stages are saved in {args.out}: {again} to resume"
+    if args.command == "sweep":
+        return f"bmnas: interrupted; finished trials are saved in {args.out}: {again} to resume"
+    if args.command in ("pretrain", "export"):
+        return f"bmnas: interrupted; prepared data and backbones are kept in {args.cache}: {again} to resume"
+    return f"bmnas: interrupted before bmnas {args.command} finished: rerun the same command to start again"
 
 
 def _describe(err: BaseException) -> str:
@@ -419,6 +585,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"\nall figures: {run.metrics_path}")
         return 0
     cfg = resolve_config(args)
+    log.debug("configuration:\n%s", cfg.to_yaml().rstrip())
     _setup_processes(args, cfg)
     progress = not args.quiet
     if args.command == "pretrain":
@@ -436,6 +603,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data = load_data(cfg, args.cache, progress, *_options(args))
     data_seconds = time.perf_counter() - t0
+    sizes = ", ".join(f"{s} {len(sp)}" for s, sp in data.splits.items())
+    log.info(
+        "data %s: %s with %d outputs; %d features; %s samples (%.1f s)",
+        data.name,
+        data.task.type,
+        data.task.num_outputs,
+        len(data.feature_names),
+        sizes,
+        data_seconds,
+    )
     _set_threads(cfg, data)
     if args.command in ("search", "run", "ablate", "sweep"):
         check_searchable(data)

@@ -19,7 +19,7 @@ import yaml
 
 from .errors import BmnasError
 from .genotype import MAX_C, MAX_L
-from .ops import DEFAULT_OPS, list_ops
+from .opnames import DEFAULT_OPS, known_ops
 
 FLOAT32_MAX = 3.4028234663852886e38
 MAX_SEED = 2**32 - 1
@@ -63,20 +63,28 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    """Bilevel search (SPEC §7)."""
+class _WeightTraining:
+    """Weight training, the same knobs in the search and in the evaluation stage."""
 
-    epochs: int = 12
+    epochs: int = 30
     batch_size: int = 96
     lr: float = 1e-3
     lr_min: float = 1e-6
     weight_decay: float = 1e-4
     restart_epochs: int = 1  # first period of the cosine schedule with warm restarts
     restart_mult: int = 2
+    eval_batch_size: int = 1024
+    modality_dropout: float = 0.0  # per sample, drop each whole modality with this probability (keep >= 1)
+
+
+@dataclass(frozen=True)
+class SearchConfig(_WeightTraining):
+    """Bilevel search (SPEC §7)."""
+
+    epochs: int = 12
     arch_lr: float = 3e-4
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
-    eval_batch_size: int = 1024
     warmup_epochs: int = 0  # epochs of weight steps only before α, β, γ start to move
     arch_split: float = 0.0  # share of train held out for the α/β/γ steps (0: they use val, as the paper)
     distinct_steps: bool = True  # a two-input step reads two different states (paper: may read one twice)
@@ -84,24 +92,14 @@ class SearchConfig:
     cross_modal: bool = True  # a Cell may not read two features of one modality (MFAS' rule; paper: may)
     rerank: int = 8  # candidates trained and compared on val (0: the best hypernet epoch, as the paper)
     rerank_epochs: int = 0  # training epochs of each candidate (0: train.epochs)
-    modality_dropout: float = 0.0  # per sample, drop each whole modality with this probability (keep >= 1)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_WeightTraining):
     """Evaluation stage (SPEC §8): the found network on train + val."""
 
-    epochs: int = 30
-    batch_size: int = 96
-    lr: float = 1e-3
-    lr_min: float = 1e-6
-    weight_decay: float = 1e-4
-    restart_epochs: int = 1
-    restart_mult: int = 2
-    eval_batch_size: int = 1024
     select_epochs: bool = True  # choose the epoch count on val (trained on train), then refit on train + val
     select_folds: int = 0  # >= 2: score and choose epochs by k-fold cross-validation over train + val
-    modality_dropout: float = 0.0  # per sample, drop each whole modality with this probability (keep >= 1)
 
 
 @dataclass(frozen=True)
@@ -325,13 +323,10 @@ def _check(cfg, where: str) -> None:
             f"need distinct ops, got {cfg.ops}",
         )
         need(any(o != "zero" for o in cfg.ops), "model.ops", "needs at least one op besides 'zero'")
-        unknown = [o for o in cfg.ops if o not in list_ops()]
-        need(
-            not unknown,
-            "model.ops",
-            f"unknown op {', '.join(map(repr, unknown))}; registered ops: {list_ops()}",
-        )
-    if isinstance(cfg, (SearchConfig, TrainConfig)):
+        known = known_ops()
+        unknown = [o for o in cfg.ops if o not in known]
+        need(not unknown, "model.ops", f"unknown op {', '.join(map(repr, unknown))}; registered ops: {known}")
+    if isinstance(cfg, _WeightTraining):
         section = "search" if isinstance(cfg, SearchConfig) else "train"
         for k in ("epochs", "batch_size", "restart_epochs", "restart_mult", "eval_batch_size"):
             need(getattr(cfg, k) >= 1, f"{section}.{k}", f"must be >= 1, got {getattr(cfg, k)}")

@@ -41,6 +41,7 @@ from .fileio import atomic_write
 from .pooling import pool_feature
 from .predict import LoadedModel
 
+log = logging.getLogger(__name__)
 FORMATS = ("torchscript", "onnx")
 EXPORT_FORMAT = "bmnas.exported"
 META_FILE = "bmnas.json"
@@ -210,15 +211,15 @@ def export_model(
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the ONNX exporter's progress prints, warnings and notes on optional torchvision ops."""
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        log.setLevel(level)
+        onnx_log.setLevel(level)
 
 
 def _export_onnx(module: nn.Module, example: tuple, names: list[str], path: Path, meta: dict) -> None:
@@ -286,5 +287,5 @@ def cli(args) -> int:
     kind = "raw backbone inputs" if meta["inputs"][0].get("kind") == "raw" else "pooled features"
     print(f"wrote {format_for(args.out, args.format)} model {args.out}; inputs ({kind}): {ins}")
     if backbones is not None and kind == "pooled features":
-        print("note: a backbone's preprocessing does not give a tensor, so the backbones are not exported")
+        log.warning("a backbone's preprocessing does not give a tensor, so the backbones are not exported")
     return 0

@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .opnames import BUILTIN_OPS, ZERO
+from .opnames import DEFAULT_OPS as DEFAULT_OPS  # re-exported: bmnas.ops.DEFAULT_OPS
+
 OpFactory = Callable[[int, int, float], nn.Module]
 
 
@@ -40,7 +43,6 @@ class OpSpec:
 
 
 _OPS: dict[str, OpSpec] = {}
-ZERO = "zero"
 
 
 _BITS = threading.local()
@@ -211,4 +213,8 @@ class ConcatFC(nn.Module):
         return self.dropout(F.relu(self.bn(z))).view_as(x)
 
 
-DEFAULT_OPS = ("zero", "sum", "attention", "linear_glu", "concat_fc")
+# configs are checked against bmnas.opnames (torch-free): the two lists must name the same ops
+if set(_OPS) != set(BUILTIN_OPS):
+    raise ImportError(
+        f"bmnas.ops registers {sorted(_OPS)}, but bmnas.opnames.BUILTIN_OPS is {sorted(BUILTIN_OPS)}"
+    )

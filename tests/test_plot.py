@@ -1,0 +1,42 @@
+"""Figures: the genotype drawing and the search plots are written without touching matplotlib's backend."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bmnas.baselines import baseline
+from bmnas.genotype import FeatureSpec
+from bmnas.plot import plot_genotype
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+PNG = b"\x89PNG\r\n\x1a\n"
+FEATURES = [FeatureSpec("image.conv", 16, 4), FeatureSpec("image.fc", 32, 1), FeatureSpec("audio.fc", 8, 1)]
+
+
+@pytest.mark.parametrize("name", ["sum", "late_fusion", "unimodal:audio"])
+def test_drawing_a_genotype_writes_a_png(tmp_path, name):
+    g = baseline(name, FEATURES, C=8, L=4)
+    for genotype in (g, g.with_linear(("image.fc", "audio.fc"))):  # with and without the linear path
+        path = tmp_path / f"{name}{len(genotype.linear)}.png"
+        assert plot_genotype(genotype, path) == path
+        assert path.read_bytes()[:8] == PNG
+
+
+def test_importing_and_plotting_leave_the_matplotlib_backend_alone(tmp_path):
+    code = (
+        "import sys, matplotlib\n"
+        "from bmnas.baselines import baseline\n"
+        "from bmnas.genotype import FeatureSpec\n"
+        "import bmnas.plot, bmnas.cli\n"
+        "g = baseline('sum', [FeatureSpec('a.x', 4, 1), FeatureSpec('b.y', 4, 1)], C=4, L=1)\n"
+        f"bmnas.plot.plot_genotype(g, {str(tmp_path / 'g.png')!r})\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC, "MPLBACKEND": "svg", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "g.png").read_bytes()[:8] == PNG
