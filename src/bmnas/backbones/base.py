@@ -102,17 +102,17 @@ class BackboneError(BmnasError, ValueError):
     """Backbones that cannot be built as asked (unknown dataset or option)."""
 
 
-def package_dir(module: str, requirement: str, needs: str) -> Path:
+def package_dir(module: str, requirement: str, needs: str, install: str | None = None) -> Path:
     """The folder of the installed package ``module``, which ships backbone weights.
 
     The package is located, not imported: only its files are needed. Raises
-    ``ModuleNotFoundError`` (``needs``, then how to install ``requirement``) when it is missing.
+    ``ModuleNotFoundError`` (``needs``, then how to install ``requirement``; ``install``: the
+    command to show instead) when it is missing.
     """
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"{needs}: pip install '{requirement}' (or pip install 'bmnas[pretrained]')", name=module
-        )
+        how = install or f"pip install '{requirement}' (or pip install 'bmnas[pretrained]')"
+        raise ModuleNotFoundError(f"{needs}: {how}", name=module)
     return Path(next(iter(spec.submodule_search_locations)))
 
 

