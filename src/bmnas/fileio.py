@@ -72,6 +72,11 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def write_json_sorted(path: str | Path, obj: Any) -> Path:
+    """``obj`` as compact, key-sorted JSON (manifests, sidecars of checksummed files), atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     """Replace ``path`` by one JSON line per row, atomically (a log rewritten whole)."""
     return write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from .backbones.base import Backbone, backbones_for
-from .cache import CacheKey, FeatureCache, dataset_checksum
+from .cache import CacheKey, FeatureCache
 from .data import SPLITS, DataError, FeatureData, FeatureSplit, infer_task, validate_split
-from .datasets.base import RawDataset, create_dataset, list_datasets
+from .datasets.base import RawDataset, create_dataset, dataset_checksum, list_datasets
 from .datasets.base import dataset_options as dataset_options_of
 from .extract import extract_features
 

@@ -33,8 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..cache import dataset_checksum
-from ..datasets.base import RawDataset
+from ..datasets.base import RawDataset, dataset_checksum
 from .base import Backbone, freeze, register_backbones, torch_threads
 from .layers import conv_block
 from .pretrain import TrainRecipe, fit_classifier, load_cached, save_cached

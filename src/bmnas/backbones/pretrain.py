@@ -27,8 +27,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cache import dataset_checksum, sha256_file, write_json_atomic
+from ..datasets.base import dataset_checksum
 from ..errors import DataError
+from ..fileio import sha256 as sha256_file
+from ..fileio import write_json_sorted
 from .base import freeze
 
 log = logging.getLogger(__name__)
@@ -129,7 +131,7 @@ def save_cached(state: Mapping[str, torch.Tensor], path: Path, meta: Mapping[str
     """Cache ``state`` at ``path`` beside its sidecar: ``meta`` plus the file's SHA-256 (returned)."""
     save_state(state, path)
     sidecar = {**meta, "sha256": sha256_file(path)}
-    write_json_atomic(path.with_suffix(".json"), sidecar)
+    write_json_sorted(path.with_suffix(".json"), sidecar)
     return sidecar
 
 

@@ -48,8 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import sha256_file
 from ..errors import PreparedDataError
+from ..fileio import sha256 as sha256_file
 from .base import SPLITS, OptionError, RawDataset, RawSplit, register_dataset
 from .prepared import publish_arrays, read_manifest
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
 import importlib
 import inspect
 import pkgutil
@@ -150,3 +151,30 @@ def _remove_leftovers(directory: Path) -> None:
         for path in directory.glob(pattern):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def sha256_arrays(arrays: Mapping[str, np.ndarray]) -> str:
+    """Hex SHA-256 of named arrays (names, dtypes, shapes and bytes, in the mapping's order)."""
+    h = hashlib.sha256()
+    for name, arr in arrays.items():
+        a = np.ascontiguousarray(arr)
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def dataset_checksum(raw: RawDataset) -> str:
+    """SHA-256 identifying a :class:`RawDataset`'s contents (what backbone weights are trained on).
+
+    A builder that already checksums its prepared files publishes the result as
+    ``raw.provenance["sha256"]`` (cheap); otherwise every split's inputs and labels are hashed.
+    """
+    known = raw.provenance.get("sha256") if raw.provenance else None
+    if known:
+        return str(known)
+    h = hashlib.sha256(raw.name.encode())
+    for split, sp in raw.splits.items():
+        arrays = {f"{split}/{m}": np.asarray(x) for m, x in sp.inputs.items()}
+        arrays[f"{split}/label"] = np.asarray(sp.labels)
+        h.update(sha256_arrays(arrays).encode())
+    return h.hexdigest()

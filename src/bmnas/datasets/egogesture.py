@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import sha256_file, write_json_atomic
 from ..errors import DataError
+from ..fileio import sha256 as sha256_file
+from ..fileio import write_json_sorted
 from .base import RawDataset, RawSplit, register_dataset
 from .prepared import publish, write_manifest
 
@@ -274,7 +275,7 @@ def _write_clips(
             depth.flush()
             del rgb, depth
             np.save(staging / f"{split}_labels.npy", np.array([c.label for c in clips], dtype=np.int64))
-            write_json_atomic(staging / f"{split}_clips.json", [c.key for c in clips])
+            write_json_sorted(staging / f"{split}_clips.json", [c.key for c in clips])
             for kind in ("rgb", "depth", "labels"):
                 files[f"{split}_{kind}.npy"] = sha256_file(staging / f"{split}_{kind}.npy")
     if bar is not None:

@@ -49,8 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import sha256_file
 from ..errors import BmnasError, PreparedDataError
+from ..fileio import sha256 as sha256_file
 from .base import SPLITS, OptionError, RawDataset, RawSplit, register_dataset
 from .prepared import publish_arrays, read_manifest
 

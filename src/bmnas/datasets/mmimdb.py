@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import sha256_file, write_json_atomic
 from ..errors import DataError
+from ..fileio import sha256 as sha256_file
+from ..fileio import write_json_sorted
 from .base import RawDataset, RawSplit, register_dataset
 
 SPLIT_SIZES = {"train": 15552, "val": 2608, "test": 7799}
@@ -267,7 +268,7 @@ def file_checksum(path: Path, root: Path) -> str:
         pass
     digest = sha256_file(path)
     memo.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(memo, {"path": str(path), "sha256": digest})
+    write_json_sorted(memo, {"path": str(path), "sha256": digest})
     return digest
 
 

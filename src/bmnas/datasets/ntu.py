@@ -56,8 +56,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cache import sha256_file, write_json_atomic
 from ..errors import DataError
+from ..fileio import sha256 as sha256_file
+from ..fileio import write_json_sorted
 from .base import RawDataset, RawSplit, register_dataset
 from .prepared import publish, write_manifest
 
@@ -532,7 +533,7 @@ def _write_skeletons(
             staging / f"{split}_labels.npy",
             np.array([SampleName.parse(s).action - 1 for s in kept], dtype=np.int64),
         )
-        write_json_atomic(staging / f"{split}_names.json", kept)
+        write_json_sorted(staging / f"{split}_names.json", kept)
         for kind in ("skeleton", "labels"):
             sums[f"{split}_{kind}.npy"] = sha256_file(staging / f"{split}_{kind}.npy")
     if bar is not None:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import make_staging_dir, publish_dir, remove_dir, sha256_file, write_json_atomic
 from ..errors import PreparedDataError
+from ..fileio import make_staging_dir, publish_dir, remove_dir, write_json_sorted
+from ..fileio import sha256 as sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -39,7 +40,7 @@ def write_manifest(folder: Path, files: Mapping[str, str], **fields: object) -> 
     """
     checksum = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     manifest = {**fields, "files": dict(files), "sha256": checksum}
-    write_json_atomic(folder / MANIFEST, manifest)
+    write_json_sorted(folder / MANIFEST, manifest)
     return manifest
 
 
