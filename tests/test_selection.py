@@ -13,9 +13,10 @@ from bmnas.data import FeatureData, FeatureSplit, TaskInfo
 from bmnas.folds import kfold
 from bmnas.probe import choose_C, linear_probe
 from bmnas.searcher import feature_specs
-from bmnas.trainer import Selection, build_model, select_epochs, train_found, with_recipe
+from bmnas.trainer import Selection, build_model, linear_init, select_epochs, train_found, with_recipe
 
-PROBE = ["model.C=8", "model.L=2", "train.epochs=3", "model.linear_init=probe"]
+RANDOM = ["model.C=8", "model.L=2", "train.epochs=3", "model.linear_init=random"]
+PROBE = [*RANDOM[:-1], "model.linear_init=probe"]
 
 
 def linear_blobs(n=(240, 90, 90), classes=3, seed=0) -> FeatureData:
@@ -49,8 +50,24 @@ def test_an_untrained_network_is_the_probe_fitted_on_its_split():
     assert linear_probe(data, cfg.seed)["C"] == C
     assert float((pred == y).float().mean()) == pytest.approx(val_score)  # the probe's own val accuracy
     assert torch.count_nonzero(model.head.classifier.weight) == 0
-    random = build_model(g, data, Config.from_sources(None, PROBE[:-1]), data["train"])
-    assert torch.count_nonzero(random.head.classifier.weight) > 0  # the default keeps random init
+    random = build_model(g, data, Config.from_sources(None, RANDOM), data["train"])
+    assert torch.count_nonzero(random.head.classifier.weight) > 0
+
+
+def test_auto_starts_from_the_probe_only_when_every_feature_is_a_vector():
+    auto = Config.from_sources(None, RANDOM[:-1])
+    assert auto.model.linear_init == "auto"
+    vectors = linear_blobs()
+    assert linear_init(auto, vectors) == "probe"
+    maps = FeatureData(
+        {
+            s: FeatureSplit({**sp.features, "a.map": np.repeat(sp.features["a.last"], 2, axis=1)}, sp.labels)
+            for s, sp in vectors.splits.items()
+        },
+        vectors.task,
+    )
+    assert linear_init(auto, maps) == "random"
+    assert linear_init(Config.from_sources(None, RANDOM), vectors) == "random"  # an explicit choice wins
 
 
 def test_selection_can_choose_zero_epochs_and_the_refit_is_then_the_probe():
@@ -109,10 +126,10 @@ def test_kfold_partitions_train_and_val_and_is_shared_across_calls():
 
 def test_select_epochs_with_folds_is_the_mean_curve_of_the_folds():
     data = linear_blobs(seed=3)
-    cfg = Config.from_sources(None, [*PROBE[:-1], "train.select_folds=3"])
+    cfg = Config.from_sources(None, [*RANDOM, "train.select_folds=3"])
     g = late_fusion(data, cfg)
     sel = select_epochs(g, data, cfg)
-    one = Config.from_sources(None, PROBE[:-1])
+    one = Config.from_sources(None, RANDOM)
     per_fold = [select_epochs(g, d, one).curve for d in kfold(data, 3, cfg.seed)]
     assert sel.folds == 3 and len(sel.curve) == 3
     assert sel.curve == pytest.approx(np.mean(per_fold, axis=0).tolist())
@@ -126,7 +143,7 @@ def test_cli_run_with_folds_reports_cross_validated_val_scores(tmp_path):
     for s, sp in data.splits.items():
         np.savez(root / f"{s}.npz", label=sp.labels, **{k: v[:, 0, :] for k, v in sp.features.items()})
     out = tmp_path / "run"
-    sets = ["search.epochs=2", "search.rerank=2", "search.batch_size=32", *PROBE[:-1], "train.select_folds=2"]
+    sets = ["search.epochs=2", "search.rerank=2", "search.batch_size=32", *RANDOM, "train.select_folds=2"]
     assert (
         main(
             [

@@ -59,7 +59,8 @@ class ModelConfig:
     input_mode: str = "separate"  # separate | shared (the authors' behaviour)
     relaxation: str = "gate"  # gate (paper: independent identity/zero gates) | softmax (predecessors compete)
     linear_skip: bool = True  # trained networks get a linear path from each modality's last feature
-    linear_init: str = "random"  # random | probe (the linear path starts as the fitted linear probe)
+    linear_init: str = "auto"  # probe (the linear path starts as the fitted probe) | random | auto: probe
+    # when every feature is a vector (precomputed views), random otherwise
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,11 @@ def _check(cfg, where: str) -> None:
         need(0.0 <= cfg.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {cfg.dropout}")
         need(cfg.input_mode in ("separate", "shared"), "model.input_mode", "must be 'separate' or 'shared'")
         need(cfg.relaxation in ("gate", "softmax"), "model.relaxation", "must be 'gate' or 'softmax'")
-        need(cfg.linear_init in ("random", "probe"), "model.linear_init", "must be 'random' or 'probe'")
+        need(
+            cfg.linear_init in ("auto", "random", "probe"),
+            "model.linear_init",
+            "must be 'auto', 'random' or 'probe'",
+        )
         need(
             len(cfg.ops) >= 1 and len(set(cfg.ops)) == len(cfg.ops),
             "model.ops",
