@@ -171,7 +171,10 @@ def test_rerank_trains_candidates_keeps_the_best_on_val_and_resumes(tmp_path, mo
         assert c["val"] == max(c["curve"]) and len(c["curve"]) == 2
     assert json.loads((tmp_path / "genotype.json").read_text()) == best["genotype"]
     # the evaluation stage reuses the chosen candidate's selection phase
-    assert r.selection(2).curve == best["curve"] and r.selection(5) is None
+    folds = cfg.train.select_folds
+    assert folds == 3 and all(c["folds"] == folds for c in r.candidates)  # scored by 3-fold CV
+    assert r.selection(2, folds).curve == best["curve"]
+    assert r.selection(5, folds) is None and r.selection(2, 0) is None  # another recipe: trained anew
     # resumed: no candidate is trained again
     calls = []
     real = trainer.select_epochs

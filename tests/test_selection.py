@@ -15,7 +15,7 @@ from bmnas.probe import choose_C, linear_probe
 from bmnas.searcher import feature_specs
 from bmnas.trainer import Selection, build_model, linear_init, select_epochs, train_found, with_recipe
 
-RANDOM = ["model.C=8", "model.L=2", "train.epochs=3", "model.linear_init=random"]
+RANDOM = ["model.C=8", "model.L=2", "train.epochs=3", "train.select_folds=0", "model.linear_init=random"]
 PROBE = [*RANDOM[:-1], "model.linear_init=probe"]
 
 
@@ -126,7 +126,7 @@ def test_kfold_partitions_train_and_val_and_is_shared_across_calls():
 
 def test_select_epochs_with_folds_is_the_mean_curve_of_the_folds():
     data = linear_blobs(seed=3)
-    cfg = Config.from_sources(None, [*RANDOM, "train.select_folds=3"])
+    cfg = Config.from_sources(None, [*RANDOM, "train.select_folds=3"])  # the later value wins
     g = late_fusion(data, cfg)
     sel = select_epochs(g, data, cfg)
     one = Config.from_sources(None, RANDOM)

@@ -100,7 +100,7 @@ class TrainConfig(_WeightTraining):
     """Evaluation stage (SPEC §8): the found network on train + val."""
 
     select_epochs: bool = True  # choose the epoch count on val (trained on train), then refit on train + val
-    select_folds: int = 0  # >= 2: score and choose epochs by k-fold cross-validation over train + val
+    select_folds: int = 3  # k >= 2: score networks and choose epochs by k-fold CV over train + val; 0: on val
 
 
 @dataclass(frozen=True)
