@@ -219,6 +219,8 @@ def test_recommend_takes_the_best_fusion_on_val_never_below_late_fusion():
     assert recommend(rows, "accuracy")[0] == "searched"
     best, reason = recommend(rows, "accuracy", searched_saw_val=True)
     assert best == "searched" and "its architecture was chosen on val" in reason
+    best, reason = recommend(rows, "accuracy", scored_by="3-fold CV (train + val)")
+    assert "highest 3-fold CV (train + val) accuracy (0.8200)" in reason and "optimistic" not in reason
     rows["searched"]["val"] = 0.5
     rows["sum"]["val"] = rows["concat_fc"]["val"] = 0.7
     assert recommend(rows, "accuracy")[0] == "late_fusion"

@@ -1,12 +1,12 @@
 """The ``bmnas run`` workflow as a function: search, evaluate, compare with baselines, recommend.
 
-:func:`run` searches (re-ranking candidates on val when ``search.rerank`` > 0), trains the found
-network and the baselines with the same recipe (:func:`bmnas.trainer.train_found`: epoch count
-chosen on val, refit on train + val, tested once), fits the linear probe, and names the
-**recommended** network: the highest val score among the searched network and the hand-made
-fusions (:data:`FUSIONS`). Val scores come from training on train alone, so the test split never
-takes part in a choice; since late fusion is always a contender, the recommended network is
-never worse than late fusion on val.
+:func:`run` searches (re-ranking its candidates when ``search.rerank`` > 0), trains the found
+network and the baselines with the same recipe (:func:`bmnas.trainer.train_found`: score and
+epoch count from 3-fold cross-validation over train + val — or from val with
+``train.select_folds=0`` —, refit on train + val, tested once), fits the linear probe, and names
+the **recommended** network: the highest such score among the searched network and the hand-made
+fusions (:data:`FUSIONS`). The test split never takes part in a choice; since late fusion is
+always a contender, the recommended network is never worse than late fusion on that score.
 """
 
 from __future__ import annotations
@@ -60,18 +60,23 @@ VAL_FITTED_NOTE = (
 )
 
 
-def recommend(rows: dict[str, dict], metric: str, searched_saw_val: bool = False) -> tuple[str, str]:
-    """The best row of :data:`FUSIONS` on val (ties: the searched one, then table order), and why.
+def recommend(
+    rows: dict[str, dict], metric: str, searched_saw_val: bool = False, scored_by: str = "val"
+) -> tuple[str, str]:
+    """The best row of :data:`FUSIONS` by its ``val`` score (ties: the searched one, then table
+    order), and why.
 
-    ``searched_saw_val``: the search's architecture steps used the val split (``arch_split = 0``);
-    if the searched network wins, the reason says that its val score is optimistic.
+    ``scored_by`` names that score in the reason (``val``, or e.g. ``3-fold CV``).
+    ``searched_saw_val``: the score is on the val split the search's architecture steps used
+    (``arch_split = 0``, ``train.select_folds = 0``); if the searched network wins, the reason says
+    that its score is optimistic.
     """
     eligible = [n for n in rows if n in FUSIONS and rows[n].get("val") is not None]
     if not eligible:
         return SEARCHED, "no val score to compare (train.select_epochs is off): the searched network"
     best = max(eligible, key=lambda n: (rows[n]["val"], n == SEARCHED, -eligible.index(n)))
     others = ", ".join(f"{n} {rows[n]['val']:.4f}" for n in eligible if n != best)
-    reason = f"highest val {metric} ({rows[best]['val']:.4f})" + (f"; {others}" if others else "")
+    reason = f"highest {scored_by} {metric} ({rows[best]['val']:.4f})" + (f"; {others}" if others else "")
     if best == SEARCHED and searched_saw_val:
         reason += VAL_FITTED_NOTE
     return best, reason
@@ -128,7 +133,12 @@ def run(
         t0 = time.perf_counter()
         probe = linear_probe(data, cfg.seed, cfg.data.threshold)
         rows["linear_probe"] = {**probe, "epochs": 0, "train_seconds": time.perf_counter() - t0}
-    best, reason = recommend(rows, metric, searched_saw_val=cfg.search.arch_split == 0)
+    saw_val = (
+        cfg.search.arch_split == 0 and cfg.train.select_folds == 0
+    )  # scored on the split α was fitted on
+    folds = cfg.train.select_folds
+    scored_by = f"{folds}-fold CV (train + val)" if folds else "val"
+    best, reason = recommend(rows, metric, searched_saw_val=saw_val, scored_by=scored_by)
     genotypes[best].save(run_dir.path / "recommended_genotype.json")
     metrics = {
         **rows[SEARCHED],
