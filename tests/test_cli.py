@@ -41,6 +41,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     ):
         assert f" {name} " in printed
     assert "* recommended: " in printed
+    assert " cv accuracy " in printed and "highest 3-fold CV (train + val) accuracy" in printed  # the default
     assert "genotype chosen by re-ranking " in printed and "hypernet's best epoch" in printed
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["search"]["epochs"] == 2 and cfg["data"]["dir"] == str(data)

@@ -435,9 +435,15 @@ def _show_search(result, run: RunDir) -> None:
     if chosen is None:
         print(f"best genotype ({hypernet}) -> {run.genotype_path}")
     else:
+        folds = chosen.get("folds", 0)
+        scored = (
+            f"{folds}-fold CV {result.metric} (train + val)"
+            if folds
+            else f"val {result.metric} trained alone"
+        )
         print(
             f"genotype chosen by re-ranking {len(result.candidates)} candidates: {chosen['source']}, "
-            f"val {result.metric} {chosen['val']:.4f} trained alone ({hypernet}) -> {run.genotype_path}"
+            f"{scored} {chosen['val']:.4f} ({hypernet}) -> {run.genotype_path}"
         )
     print(result.genotype.describe())
 

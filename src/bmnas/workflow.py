@@ -39,6 +39,7 @@ class RunReport:
     recommended: str
     reason: str
     genotypes: dict[str, Genotype] = field(default_factory=dict)
+    folds: int = 0  # the val column: 0 = the val split, k = k-fold CV over train + val
 
 
 def fit_config_to_data(cfg: Config, data: FeatureData) -> Config:
@@ -151,6 +152,7 @@ def run(
             {k: c[k] for k in ("source", "val", "best_epoch", "seconds")} for c in found.candidates
         ],
         "recommended": {"method": best, "reason": reason, "genotype": genotypes[best].to_dict()},
+        "val_folds": folds,
         "baselines": {n: v for n, v in rows.items() if n != SEARCHED},
         "data": {
             "name": data.name,
@@ -161,7 +163,7 @@ def run(
     }
     run_dir.write_json("metrics.json", metrics)
     order = [n for n in rows if n != SEARCHED] + [SEARCHED]
-    return RunReport({n: rows[n] for n in order}, metric, best, reason, genotypes)
+    return RunReport({n: rows[n] for n in order}, metric, best, reason, genotypes, folds)
 
 
 def report_from_metrics(metrics: dict) -> RunReport:
@@ -174,14 +176,16 @@ def report_from_metrics(metrics: dict) -> RunReport:
     }
     rows[SEARCHED]["search_seconds"] = metrics.get("search_seconds", 0.0)
     rec = metrics.get("recommended") or {"method": SEARCHED, "reason": "the only network of this run"}
-    return RunReport(rows, metric, rec["method"], rec["reason"])
+    return RunReport(rows, metric, rec["method"], rec["reason"], folds=metrics.get("val_folds", 0))
 
 
 def format_table(report: RunReport) -> str:
-    """Plain-text table: val and test score, size, epochs and seconds per method; ``*`` = recommended."""
+    """Plain-text table: selection score (``cv`` or ``val``) and test score, size, epochs and seconds
+    per method; ``*`` = recommended."""
     m = report.metric
+    score = ("cv " if report.folds else "val ") + m
     head = (
-        f"  {'method':<20} {'val ' + m:>13} {'test ' + m:>14} {'params':>9} {'epochs':>6} "
+        f"  {'method':<20} {score:>13} {'test ' + m:>14} {'params':>9} {'epochs':>6} "
         f"{'search s':>8} {'train s':>7}"
     )
     lines = [head, "-" * len(head)]
