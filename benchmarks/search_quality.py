@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default=os.environ.get("BMNAS_CACHE", str(Path.home() / ".cache" / "bmnas")))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # ablate's per-run lines
 
     from bmnas.ablate import AblationOptions, ablate, markdown_table, parse_seeds
     from bmnas.cli import load_data

@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import csv
 import io
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -43,7 +44,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .baselines import FIXED_CELLS, baseline
 from .config import Config, ConfigError
@@ -54,6 +54,8 @@ from .metrics import primary_metric
 from .ops import ZERO
 from .runs import RunDir, RunError
 from .smbo import SMBOConfig, sample, smbo
+
+log = logging.getLogger(__name__)
 
 FIXED = tuple(FIXED_CELLS)
 SEARCHED = ("searched", "searched_paper", "searched_shared", "searched_no_zero")
@@ -439,7 +441,7 @@ def _run(
     done = {_job_of(r) for r in results}
     jobs = plan(methods, opts)
     todo = [j for j in jobs if j not in done]
-    say = tqdm.write if verbose else (lambda s: None)
+    say = log.info if verbose else (lambda s: None)  # shown by the CLI unless --quiet
     say(
         f"ablate: {len(jobs)} runs ({len(methods)} methods x {len(opts.seeds)} seeds), "
         f"{len(jobs) - len(todo)} already done -> {results_path}"

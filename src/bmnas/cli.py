@@ -24,6 +24,7 @@ from . import locks
 from .config import Config, ConfigError, _parse_value, _short, preset
 from .data import FeatureData, check_searchable, fingerprint, load_generic_dir
 from .errors import BmnasError
+from .fileio import read_json
 from .genotype import Genotype, check_data
 from .ops import get_op, list_ops
 from .runs import RunDir
@@ -587,7 +588,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             from .workflow import format_table, report_from_metrics
 
             print()
-            print(format_table(report_from_metrics(json.loads(run.metrics_path.read_text()))))
+            print(format_table(report_from_metrics(read_json(run.metrics_path))))
             print(f"\nall figures: {run.metrics_path}")
         return 0
     cfg = resolve_config(args)

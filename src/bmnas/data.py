@@ -22,6 +22,7 @@ import torch
 
 from .datasets.base import SPLITS, Labelled  # shared with the raw datasets, a layer below
 from .errors import DataError  # raised here, and imported from here by callers
+from .fileio import atomic_write, sha256
 from .pooling import pool_feature
 
 TASK_TYPES = ("multiclass", "multilabel")
@@ -345,14 +346,6 @@ def _read_npz(file: Path) -> dict[str, np.ndarray]:
             raise DataError(f"{file}: damaged .npz ({type(err).__name__}: {err}); {fix}") from None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_generic_dir(
     path: str | Path,
     length: int,
@@ -363,7 +356,7 @@ def load_generic_dir(
     """Load and pool the generic format (SPEC §10)."""
     raw = read_generic_dir(path)
     data = build_feature_data(raw, length, pooling, task_type, num_outputs, name=str(path))
-    sums = {f"{s}.npz": _sha256(Path(path) / f"{s}.npz") for s in SPLITS}
+    sums = {f"{s}.npz": sha256(Path(path) / f"{s}.npz") for s in SPLITS}
     return FeatureData(data.splits, data.task, data.name, {"files_sha256": sums})
 
 
@@ -417,5 +410,11 @@ def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
         arrays = {}
         for k, v in sp.features.items():
             arrays[k] = v[:, 0, :] if v.shape[1] == 1 else np.ascontiguousarray(v.transpose(0, 2, 1))
-        np.savez(root / f"{split}.npz", label=sp.labels, **arrays)
+        # np.savez appends ".npz" to a name without it: the temp file gets a file object instead
+        atomic_write(root / f"{split}.npz", lambda p, a=arrays, y=sp.labels: _savez(p, y, a))
     return root
+
+
+def _savez(path: Path, labels: np.ndarray, arrays: Mapping[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, label=labels, **arrays)

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
 
+from .fileio import atomic_write
 from .genotype import Genotype
 
 LEGEND = {"fontsize": 8}
@@ -48,8 +49,7 @@ def _figure(width: float, height: float, dpi: int = 100) -> Figure:
 
 def _save(fig: Figure, path: Path, dpi: int = 110) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    return path
+    return atomic_write(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))
 
 
 def _diagnostics(history: list[dict], path: Path) -> Path:
@@ -199,8 +199,8 @@ def plot_genotype(genotype: Genotype, path: str | Path) -> Path:
     fig.canvas.draw()  # places the node boxes, which the arrows below are clipped to
     for src, dst, color, style, rad, label in edges:
         _arrow(ax, nodes[src], nodes[dst], color, style, rad, label)
-    fig.savefig(path, dpi=fig.dpi)
-    return Path(path)
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda p: fig.savefig(p, dpi=fig.dpi, format=fmt))
 
 
 def _arrow(ax, src, dst, color: str, style: str, rad: float, label: str | None) -> None:

@@ -306,10 +306,14 @@ def _bilevel_steps(s: _Bilevel, epoch: int, warm: bool) -> tuple[float, float]:
 
 
 def _report(s: _Bilevel, row: dict) -> None:
-    if s.progress and s.ranks.main:
-        tqdm.write(
-            f"search epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
-            f"val {s.metric} {row['val'][s.metric]:.4f}{' (best)' if row['best'] else ''}"
+    if s.ranks.main:  # logged (the CLI shows info lines unless --quiet), not printed: a library call
+        log.info(
+            "search epoch %d: train loss %.4f, val %s %.4f%s",
+            row["epoch"],
+            row["train_loss"],
+            s.metric,
+            row["val"][s.metric],
+            " (best)" if row["best"] else "",
         )
 
 
