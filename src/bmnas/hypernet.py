@@ -284,9 +284,10 @@ class HyperNet(nn.Module):
         zero_output: bool = False,
         noise: torch.Generator | None = None,
         temperature: float = 1.0,
-        cross_modal: bool = False,
+        cross_modal: bool = True,
     ) -> Genotype:
-        """The discrete architecture the current α, β, γ select (rules: :func:`bmnas.genotype.derive`).
+        """The discrete architecture the current α, β, γ select (rules: :func:`bmnas.genotype.derive`;
+        the defaults are the ``search`` config's, :func:`bmnas.searcher.derive_rules` passes a config's).
 
         With ``noise``, a *sample* instead of the argmax: Gumbel noise ``temperature · G`` is added to
         every edge's identity logit and every op logit before deriving (Gumbel-max: a slot then
