@@ -19,6 +19,7 @@ PLANTED = [
     "search.epochs=10",
     "search.batch_size=64",
     "search.arch_lr=1e-2",
+    "train.epochs=10",  # re-ranking trains each candidate this long (3 folds): the pair is clear by then
 ]
 
 
