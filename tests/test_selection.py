@@ -89,17 +89,30 @@ def test_selection_can_choose_zero_epochs_and_the_refit_is_then_the_probe():
     assert r.test["accuracy"] == pytest.approx(probe["test"]["accuracy"], abs=1 / 90)  # same model, float32
 
 
-def test_cli_run_with_probe_init_never_scores_below_the_probe_on_val(tmp_path, capsys):
-    data = linear_blobs(seed=2)
+def bmnas_run(tmp_path, seed: int, sets: list[str]) -> tuple[dict, object]:
+    """``bmnas run`` on :func:`linear_blobs` written in the generic format; metrics.json and the run dir."""
+    data = linear_blobs(seed=seed)
     root = tmp_path / "d"
     root.mkdir()
     for s, sp in data.splits.items():
         np.savez(root / f"{s}.npz", label=sp.labels, **{k: v[:, 0, :] for k, v in sp.features.items()})
     out = tmp_path / "run"
-    args = ["run", "--data", str(root), "--out", str(out), "--quiet"]
-    sets = ["search.epochs=2", "search.rerank=2", "search.batch_size=32", *PROBE]
-    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
-    m = json.loads((out / "metrics.json").read_text())
+    sets = ["search.epochs=2", "search.rerank=2", "search.batch_size=32", *sets]
+    args = [
+        "run",
+        "--data",
+        str(root),
+        "--out",
+        str(out),
+        "--quiet",
+        *[a for s in sets for a in ("--set", s)],
+    ]
+    assert main(args) == 0
+    return json.loads((out / "metrics.json").read_text()), out
+
+
+def test_cli_run_with_probe_init_never_scores_below_the_probe_on_val(tmp_path, capsys):
+    m, _ = bmnas_run(tmp_path, 2, PROBE)
     probe_val = m["baselines"]["linear_probe"]["val"]
     assert m["val"] >= probe_val
     assert m["baselines"]["late_fusion"]["val"] >= probe_val
@@ -137,28 +150,7 @@ def test_select_epochs_with_folds_is_the_mean_curve_of_the_folds():
 
 
 def test_cli_run_with_folds_reports_cross_validated_val_scores(tmp_path):
-    data = linear_blobs(seed=4)
-    root = tmp_path / "d"
-    root.mkdir()
-    for s, sp in data.splits.items():
-        np.savez(root / f"{s}.npz", label=sp.labels, **{k: v[:, 0, :] for k, v in sp.features.items()})
-    out = tmp_path / "run"
-    sets = ["search.epochs=2", "search.rerank=2", "search.batch_size=32", *RANDOM, "train.select_folds=2"]
-    assert (
-        main(
-            [
-                "run",
-                "--data",
-                str(root),
-                "--out",
-                str(out),
-                "--quiet",
-                *[a for s in sets for a in ("--set", s)],
-            ]
-        )
-        == 0
-    )
-    m = json.loads((out / "metrics.json").read_text())
+    m, out = bmnas_run(tmp_path, 4, [*RANDOM, "train.select_folds=2"])
     saved = json.loads((out / "baseline_late_fusion_selection.json").read_text())
     assert saved["folds"] == 2 and m["baselines"]["late_fusion"]["val"] == pytest.approx(max(saved["curve"]))
     assert [c["folds"] for c in map(json.loads, (out / "rerank.jsonl").read_text().splitlines())] == [2, 2]
