@@ -5,15 +5,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from sklearn.preprocessing import StandardScaler
 
 from bmnas.baselines import baseline
 from bmnas.cli import main
 from bmnas.config import Config
-from bmnas.data import FeatureData, FeatureSplit, TaskInfo
+from bmnas.data import FeatureData, FeatureSplit, TaskInfo, load_generic_dir
 from bmnas.folds import kfold
-from bmnas.probe import choose_C, linear_probe
+from bmnas.probe import _design, _fit, _logits, choose_C, linear_probe
 from bmnas.searcher import feature_specs
 from bmnas.trainer import Selection, build_model, linear_init, select_epochs, train_found, with_recipe
+from test_data import write_generic
 
 RANDOM = ["model.C=8", "model.L=2", "train.epochs=3", "train.select_folds=0", "model.linear_init=random"]
 PROBE = [*RANDOM[:-1], "model.linear_init=probe"]
@@ -154,3 +156,22 @@ def test_cli_run_with_folds_reports_cross_validated_val_scores(tmp_path):
     saved = json.loads((out / "baseline_late_fusion_selection.json").read_text())
     assert saved["folds"] == 2 and m["baselines"]["late_fusion"]["val"] == pytest.approx(max(saved["curve"]))
     assert [c["folds"] for c in map(json.loads, (out / "rerank.jsonl").read_text().splitlines())] == [2, 2]
+
+
+def test_probe_init_on_a_multilabel_task_starts_as_one_binary_probe_per_label(tmp_path):
+    data = load_generic_dir(write_generic(tmp_path / "g", n=(80, 30, 30), multilabel=True), 4)
+    cfg = Config.from_sources(None, [*PROBE, "model.L=4"])
+    g = late_fusion(data, cfg)
+    model = build_model(g, data, cfg, data["train"]).eval()
+    feats, _ = data["val"].batch(slice(None))
+    with torch.no_grad():
+        out = model(feats).numpy()
+    C, _ = choose_C(data, g.linear, cfg.seed)
+    x = _design(data["train"], list(g.linear))
+    sc = StandardScaler().fit(x)
+    ref = _logits(
+        _fit(sc.transform(x), data["train"].labels, C, True, 0),
+        sc.transform(_design(data["val"], list(g.linear))),
+        True,
+    )
+    assert out.shape == (30, 4) and np.abs(out - ref).max() < 1e-3
