@@ -135,3 +135,17 @@ def test_a_staged_directory_is_published_over_the_old_one(tmp_path):
     assert publish_dir(staging, final)
     assert [p.name for p in tmp_path.iterdir()] == ["entry"]
     assert [p.name for p in final.iterdir()] == ["new.npy"]
+
+
+def test_written_files_get_the_permissions_open_would_give(tmp_path):
+    import os
+    import stat
+
+    from bmnas.fileio import write_json
+
+    old = os.umask(0o027)
+    try:
+        path = write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # not mkstemp's 0600

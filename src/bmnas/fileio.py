@@ -49,11 +49,15 @@ def atomic_write(path: str | Path, write_fn: Callable[[Path], object]) -> Path:
     ``write_fn`` receives the temporary file's path (it exists, empty) and writes the content;
     library writers that pick a format from the file name need the format passed explicitly
     (the temporary name ends in ``.tmp``). If ``write_fn`` raises, ``path`` is untouched and the
-    temporary file is removed.
+    temporary file is removed. The file gets the permissions ``open()`` would give it (mkstemp's
+    0600 would hide a shared run directory or cache from the rest of a group).
     """
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     tmp = Path(name)
     try:
         write_fn(tmp)
@@ -61,6 +65,12 @@ def atomic_write(path: str | Path, write_fn: Callable[[Path], object]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,8 +27,8 @@ from tqdm.auto import tqdm
 
 from ..datasets.base import dataset_checksum
 from ..errors import DataError
+from ..fileio import save_torch, write_json_sorted
 from ..fileio import sha256 as sha256_file
-from ..fileio import write_json_sorted
 from .base import freeze
 
 log = logging.getLogger(__name__)
@@ -83,27 +81,10 @@ def load_weights(
 
 
 def save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """``torch.save`` to ``path`` atomically: readers see the old file or the whole new one.
-
-    The temporary file is unique (several processes may pre-train the same backbone at once) and
-    sits in ``path``'s folder, so that ``os.replace`` is a rename on one file system.
-    """
+    """``torch.save`` to ``path`` atomically (:func:`bmnas.fileio.save_torch`): readers see the old
+    file or the whole new one, even when several processes pre-train the same backbone at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide a shared cache from others
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    save_torch(path, state)
 
 
 def load_cached(module: nn.Module, path: Path) -> dict | None:
