@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+import stat
 
 import pytest
 import torch
@@ -138,11 +140,6 @@ def test_a_staged_directory_is_published_over_the_old_one(tmp_path):
 
 
 def test_written_files_get_the_permissions_open_would_give(tmp_path):
-    import os
-    import stat
-
-    from bmnas.fileio import write_json
-
     old = os.umask(0o027)
     try:
         path = write_json(tmp_path / "m.json", {"a": 1})
