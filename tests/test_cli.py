@@ -30,15 +30,8 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--data", str(data), "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
-    for name in (
-        "unimodal:image",
-        "unimodal:audio",
-        "late_fusion",
-        "sum",
-        "concat_fc",
-        "linear_probe",
-        "searched",
-    ):
+    baselines = ("unimodal:image", "unimodal:audio", "late_fusion", "sum", "concat_fc", "linear_probe")
+    for name in (*baselines, "searched"):
         assert f" {name} " in printed
     assert "* recommended: " in printed
     assert " cv accuracy " in printed and "highest 3-fold CV (train + val) accuracy" in printed  # the default
@@ -59,14 +52,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert m["test"]["accuracy"] == pytest.approx(float((pred == labels).mean()))
     assert m["params"]["total"] == m["params"]["fusion"] + m["params"]["classifier"] > 0
     assert m["search_seconds"] > 0 and m["train_seconds"] > 0
-    assert set(m["baselines"]) == {
-        "unimodal:image",
-        "unimodal:audio",
-        "late_fusion",
-        "sum",
-        "concat_fc",
-        "linear_probe",
-    }
+    assert set(m["baselines"]) == set(baselines)
     # the recommended network is the best on val among the searched one and the hand-made fusions
     fusions = {
         "searched": m["val"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import weakref
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -97,6 +98,22 @@ class FeatureData:
             s: FeatureSplit({n: sp.features[n] for n in names}, sp.labels) for s, sp in self.splits.items()
         }
         return FeatureData(splits, self.task, self.name, self.info)
+
+
+_MEMOS: dict[int, dict] = {}
+
+
+def memo_of(array: np.ndarray) -> dict:
+    """A cache dict tied to ``array``'s identity and dropped when it is freed (so ids never collide).
+
+    Caches of work derived from one split (its k folds, the probe's chosen ``C``) key on that
+    split's label array: a run shares them across every network it trains.
+    """
+    key = id(array)
+    if key not in _MEMOS:
+        _MEMOS[key] = {}
+        weakref.finalize(array, _MEMOS.pop, key, None)
+    return _MEMOS[key]
 
 
 def merge_splits(a: FeatureSplit, b: FeatureSplit) -> FeatureSplit:

@@ -9,13 +9,9 @@ the other ``k − 1`` parts and is scored on part ``i``. The test split is never
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
-from .data import FeatureData, FeatureSplit, merge_splits
-
-_MEMO: dict[int, dict] = {}
+from .data import FeatureData, FeatureSplit, memo_of, merge_splits
 
 
 def kfold(data: FeatureData, k: int, seed: int = 0) -> tuple[FeatureData, ...]:
@@ -26,12 +22,8 @@ def kfold(data: FeatureData, k: int, seed: int = 0) -> tuple[FeatureData, ...]:
     """
     if k < 2:
         raise ValueError(f"k-fold needs k >= 2, got {k}")
-    labels = data["train"].labels
-    memo = _MEMO.get(id(labels))
-    if memo is None:
-        memo = _MEMO[id(labels)] = {}
-        weakref.finalize(labels, _MEMO.pop, id(labels), None)
-    key = (k, seed, data["val"].labels.tobytes())
+    memo = memo_of(data["train"].labels)
+    key = ("kfold", k, seed, data["val"].labels.tobytes())
     if key not in memo:
         pool = merge_splits(data["train"], data["val"])
         parts = np.array_split(np.random.default_rng(seed).permutation(len(pool)), k)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import warnings
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 
 from .baselines import last_feature, modalities
-from .data import FeatureData, FeatureSplit, TaskInfo
+from .data import FeatureData, FeatureSplit, TaskInfo, memo_of
 from .metrics import compute_metrics, primary_metric
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -103,8 +102,8 @@ def choose_C(
     """The ``C`` of :data:`C_GRID` with the best val score when fitted on train (ties: stronger
     regularisation), and that score. Memoised per train split, features and seed.
     """
-    key = (tuple(names), seed, threshold, data["val"].labels.tobytes())
-    memo = _memo_for(data["train"].labels)
+    key = ("probe C", tuple(names), seed, threshold, data["val"].labels.tobytes())
+    memo = memo_of(data["train"].labels)
     if key not in memo:
         metric = primary_metric(data.task)
         multilabel = data.task.type == "multilabel"
@@ -119,18 +118,6 @@ def choose_C(
         best = max(C_GRID, key=lambda c: (scores[c], -c))
         memo[key] = (best, scores[best])
     return memo[key]
-
-
-_C_MEMO: dict[int, dict] = {}
-
-
-def _memo_for(labels: np.ndarray) -> dict:
-    """The memo of one train split, dropped when its label array is freed (so ids never collide)."""
-    key = id(labels)
-    if key not in _C_MEMO:
-        _C_MEMO[key] = {}
-        weakref.finalize(labels, _C_MEMO.pop, key, None)
-    return _C_MEMO[key]
 
 
 @torch.no_grad()

@@ -74,7 +74,7 @@ def rerank(
     net: HyperNet, state: dict, data: FeatureData, cfg: Config, run: RunDir | None, progress: bool = True
 ) -> list[dict]:
     """Train each candidate briefly on train, score it on val; returns one row per candidate."""
-    from .trainer import select_epochs
+    from .trainer import Selection, select_epochs
 
     epochs = cfg.search.rerank_epochs or cfg.train.epochs
     sel_folds = cfg.train.select_folds
@@ -86,7 +86,7 @@ def rerank(
     bar = tqdm(cands, desc="re-rank candidates", disable=not progress, leave=False)
     for rank, (source, g) in enumerate(bar):
         key = json.dumps(g.to_dict(), sort_keys=True)
-        if key in done and done[key].get("epochs") == epochs and done[key].get("folds", 0) == sel_folds:
+        if key in done and Selection.from_dict(done[key]).matches(epochs, sel_folds):
             rows.append({**done[key], "rank": rank, "source": source})
             continue
         t0 = time.perf_counter()
@@ -96,10 +96,7 @@ def rerank(
             "source": source,
             "val": sel.best_score,
             "best_epoch": sel.best_epoch,
-            "curve": sel.curve,
-            "initial": sel.initial,
-            "folds": sel.folds,
-            "metric": sel.metric,
+            **sel.to_dict(),
             "epochs": epochs,
             "seconds": time.perf_counter() - t0,
             "genotype": g.to_dict(),

@@ -75,8 +75,8 @@ class SearchResult:
 
         chosen = self.genotype.to_dict()
         for c in self.candidates:
-            if c["genotype"] == chosen and c["epochs"] == epochs and c.get("folds", 0) == folds:
-                return Selection.from_dict(c)
+            if c["genotype"] == chosen and (sel := Selection.from_dict(c)).matches(epochs, folds):
+                return sel
         return None
 
 

@@ -101,6 +101,10 @@ class Selection:
             "folds": self.folds,
         }
 
+    def matches(self, epochs: int, folds: int) -> bool:
+        """Whether this selection was measured by the recipe of ``epochs`` epochs and ``folds`` folds."""
+        return len(self.curve) == epochs and self.folds == folds
+
     @classmethod
     def from_dict(cls, d: dict) -> Selection:
         return cls(d["curve"], d["metric"], d["seconds"], d.get("initial"), d.get("folds", 0))
@@ -242,6 +246,20 @@ def build_model(genotype: Genotype, data: FeatureData, cfg: Config, split: Featu
     return model
 
 
+def score(model: FoundNet, split: FeatureSplit, data: FeatureData, cfg: Config) -> dict:
+    """Metrics of ``model`` on ``split``, evaluated on ``cfg.device`` (where the model is moved)."""
+    device = local_device(resolve_device(cfg.device))
+    return evaluate(
+        model.to(device),
+        on_device(split, device),
+        data.task,
+        cfg.train.eval_batch_size,
+        cfg.data.threshold,
+        current(),
+        partial(autocast, device, cfg.precision),
+    )
+
+
 def select_epochs(
     genotype: Genotype, data: FeatureData, cfg: Config, epochs: int | None = None, progress: bool = False
 ) -> Selection:
@@ -268,17 +286,7 @@ def _select_on(
     model = build_model(genotype, data, cfg, data["train"])
     initial = None
     if linear_init(cfg, data) == "probe" and model.linear is not None:
-        device = local_device(resolve_device(cfg.device))
-        scores = evaluate(
-            model.to(device),
-            on_device(data["val"], device),
-            data.task,
-            cfg.train.eval_batch_size,
-            cfg.data.threshold,
-            current(),
-            partial(autocast, device, cfg.precision),
-        )
-        initial = float(scores[primary_metric(data.task)])
+        initial = float(score(model, data["val"], data, cfg)[primary_metric(data.task)])
     state = fit(
         model,
         data["train"],
@@ -317,13 +325,10 @@ def train_found(
     seconds = 0.0
     if t.select_epochs and selection is None and run is not None:
         saved = read_json(run.path / f"{stage}_selection.json", default=None)  # damaged: redone
-        if (
-            saved
-            and saved.get("genotype") == genotype.to_dict()
-            and len(saved.get("curve", [])) == t.epochs
-            and saved.get("folds", 0) == t.select_folds
-        ):
+        if saved and saved.get("genotype") == genotype.to_dict() and "curve" in saved:
             selection = Selection.from_dict(saved)
+            if not selection.matches(t.epochs, t.select_folds):
+                selection = None
     if t.select_epochs and selection is None:
         selection = select_epochs(genotype, data, cfg, progress=progress)
         if run is not None and current().main:
@@ -349,16 +354,7 @@ def train_found(
         desc=desc,
         stop_after=stop_after,
     )
-    device = local_device(resolve_device(cfg.device))
-    test = evaluate(
-        model,
-        on_device(data["test"], device),
-        data.task,
-        t.eval_batch_size,
-        cfg.data.threshold,
-        current(),
-        partial(autocast, device, cfg.precision),
-    )
+    test = score(model, data["test"], data, cfg)
     model.cpu()  # what callers save, export and predict with
     return TrainResult(
         test,
