@@ -11,21 +11,15 @@ from sklearn.preprocessing import StandardScaler
 
 import bmnas.trainer as trainer
 from bmnas.config import Config, ConfigError
-from bmnas.genotype import FeatureSpec, StepGene, derive
+from bmnas.genotype import StepGene, derive
 from bmnas.hypernet import HyperNet, edge_weights
 from bmnas.probe import linear_probe
 from bmnas.runs import RunDir
 from bmnas.searcher import arch_diagnostics, search, split_for_search
 from bmnas.synthetic import planted_interaction
 from bmnas.workflow import recommend
+from test_genotype import FEATS, OPS
 
-FEATS = (
-    FeatureSpec("a.f1", 8, 1),
-    FeatureSpec("a.f2", 8, 4),
-    FeatureSpec("b.f1", 6, 4),
-    FeatureSpec("b.f2", 6, 4),
-)
-OPS = ("zero", "sum", "attention", "linear_glu", "concat_fc")
 SMALL = [
     "model.C=8",
     "model.L=4",
