@@ -15,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bmnas.cli import main as bmnas_main
+from bmnas.cli.main import main as bmnas_main
 
 
 def run_seed(seed: int, out: Path, overrides: list[str], dataset: str) -> dict:

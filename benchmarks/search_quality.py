@@ -1,7 +1,7 @@
 """Search quality: does the searched network beat hand-made fusion, and why (not)?
 
 A benchmark, not a test. For one dataset (``--dataset NAME`` or ``--data DIR``) and ≥ 3 seeds it
-runs :func:`bmnas.ablate.ablate` — every method trained by the same recipe on the same feature
+runs :func:`bmnas.studies.ablate.ablate` — every method trained by the same recipe on the same feature
 cache — and adds the search's own diagnostics:
 
 * **discretisation gap**: the hypernet's best val score vs the val
@@ -37,7 +37,7 @@ DEFAULT_METHODS = "late_fusion,linear_probe,sum,concat_fc,mha,aoa,searched,searc
 
 def agreement(genotypes: list[dict]) -> dict:
     """Share of identical pairs and mean Jaccard overlap of used features, over all seed pairs."""
-    from bmnas.genotype import Genotype
+    from bmnas.core.genotype import Genotype
 
     gs = [Genotype.from_dict(g) for g in genotypes]
     pairs = list(itertools.combinations(range(len(gs)), 2))
@@ -111,7 +111,7 @@ def plot(diags: list[dict], path: Path) -> Path:
 
 
 def describe(g: dict) -> str:
-    from bmnas.genotype import Genotype
+    from bmnas.core.genotype import Genotype
 
     return Genotype.from_dict(g).describe().replace("\n", "; ")
 
@@ -130,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # ablate's per-run lines
 
-    from bmnas.ablate import AblationOptions, ablate, markdown_table, parse_seeds
-    from bmnas.cli import load_data
-    from bmnas.config import Config, preset
-    from bmnas.metrics import primary_metric
-    from bmnas.workflow import fit_config_to_data
+    from bmnas.cli.main import load_data
+    from bmnas.core.config import Config, preset
+    from bmnas.engine.metrics import primary_metric
+    from bmnas.method.run import fit_config_to_data
+    from bmnas.studies.ablate import AblationOptions, ablate, markdown_table, parse_seeds
 
     base = preset(args.dataset) if args.dataset else {}
     cfg = Config.from_sources(None, args.set, base=base)
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if folds:  # the gap needs the derived network scored on val, like the hypernet
         import dataclasses
 
-        from bmnas.genotype import Genotype
-        from bmnas.trainer import select_epochs
+        from bmnas.core.genotype import Genotype
+        from bmnas.method.train import select_epochs
 
         def val_score(genotype: dict, seed: int) -> float:
             on_val = cfg.replace(seed=seed, train=dataclasses.replace(cfg.train, select_folds=0))

@@ -1,10 +1,10 @@
 """Search speed of the bmnas hypernet (issue 6): one search iteration, forward, memory, FLOPs, an epoch.
 
-A benchmark, not a test. It times exactly what :func:`bmnas.searcher.search` runs per iteration (the
+A benchmark, not a test. It times exactly what :func:`bmnas.method.search.search` runs per iteration (the
 hypernet from ``build_hypernet``, the optimisers and schedule from ``_optimizers``, and
-:func:`bmnas.loop.optimizer_step` for the weight step with α, β, γ frozen and the architecture step
+:func:`bmnas.engine.loop.optimizer_step` for the weight step with α, β, γ frozen and the architecture step
 with the weights frozen) on random *pooled* features ``(B, L_k, C_in)``, ``L_k ∈ {1, L}``, whose
-shapes come from :func:`bmnas.pooling.pool_feature` applied to the raw backbone shapes of a preset.
+shapes come from :func:`bmnas.features.pooling.pool_feature` applied to the raw backbone shapes of a preset.
 
     python benchmarks/search_speed.py --preset mmimdb              # step timings, FLOPs, memory
     python benchmarks/search_speed.py --preset ntu --batch 64 --C 96
@@ -52,13 +52,13 @@ try:
 except ImportError:  # a bare checkout: use its src/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bmnas import ops as bmnas_ops  # noqa: E402
-from bmnas.config import Config, ModelConfig, SearchConfig
-from bmnas.data import FeatureData, FeatureSplit, TaskInfo
-from bmnas.device import keep_freed_memory
-from bmnas.loop import batch_indices
-from bmnas.pooling import pool_feature
-from bmnas.searcher import search
+from bmnas.core.config import Config, ModelConfig, SearchConfig
+from bmnas.core.data import FeatureData, FeatureSplit, TaskInfo
+from bmnas.engine.device import keep_freed_memory
+from bmnas.engine.loop import batch_indices
+from bmnas.features.pooling import pool_feature
+from bmnas.method.search import search
+from bmnas.space import ops as bmnas_ops  # noqa: E402
 
 # Raw per-sample backbone feature shapes (SPEC §1) and the paper's sizes (Table 8).
 PRESETS: dict[str, dict] = {
@@ -279,7 +279,7 @@ class Library:
         self.optimizer_step = getattr(loop, "optimizer_step", self._optimizer_step)
 
     def _optimizer_step(self, model, task, features, labels, optimizer, freeze=()):
-        """The search's step before it was shared as ``bmnas.loop.optimizer_step`` (same code)."""
+        """The search's step before it was shared as ``bmnas.engine.loop.optimizer_step`` (same code)."""
         with self.frozen(freeze):
             loss = self.loss_fn(task, model(features), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -782,7 +782,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--no-malloc-tune",
         action="store_true",
-        help="leave glibc malloc at its defaults (bmnas' command line calls bmnas.device.keep_freed_memory)",
+        help="leave glibc malloc at its defaults (the command line calls engine.device.keep_freed_memory)",
     )
     args = ap.parse_args(argv)
 

@@ -2,11 +2,11 @@
 
 A benchmark, not a test. Each setting runs in its own Python process (``OMP_WAIT_POLICY`` is read
 when torch loads OpenMP, so it cannot be changed inside one process) and times search iterations
-(weight step + architecture step, :func:`bmnas.loop.optimizer_step`) for ``--seconds``:
+(weight step + architecture step, :func:`bmnas.engine.loop.optimizer_step`) for ``--seconds``:
 
 * ``default``: torch's default thread count (one per core), OpenMP's default (active) waiting;
 * ``passive``: the same thread count with ``OMP_WAIT_POLICY=PASSIVE``;
-* ``policy``: the count :func:`bmnas.device.choose_threads` picks (what ``bmnas`` uses when
+* ``policy``: the count :func:`bmnas.engine.device.choose_threads` picks (what ``bmnas`` uses when
   ``threads: 0``), measuring the load at that moment;
 * ``one``: one thread.
 
@@ -39,11 +39,11 @@ def worker(workload: str, setting: str, seconds: float) -> dict:
     import numpy as np
     import torch
 
-    from bmnas.config import Config
-    from bmnas.data import FeatureData, FeatureSplit, TaskInfo
-    from bmnas.device import busy_cores, choose_threads, step_elements
-    from bmnas.loop import optimizer_step
-    from bmnas.searcher import _optimizers, build_hypernet
+    from bmnas.core.config import Config
+    from bmnas.core.data import FeatureData, FeatureSplit, TaskInfo
+    from bmnas.engine.device import busy_cores, choose_threads, step_elements
+    from bmnas.engine.loop import optimizer_step
+    from bmnas.method.search import _optimizers, build_hypernet
 
     w = WORKLOADS[workload]
     batch = 96

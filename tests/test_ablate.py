@@ -8,15 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-import bmnas.ablate as ablate_mod
-from bmnas.ablate import METHODS, AblationOptions, Job, ablate, expand_methods, parse_seeds, plan, summarize
-from bmnas.cli import main
-from bmnas.config import Config
-from bmnas.found import FoundNet
-from bmnas.genotype import Genotype
-from bmnas.runs import RunError
-from bmnas.smbo import SMBOConfig, encode, smbo
-from bmnas.synthetic import planted_interaction
+import bmnas.studies.ablate as ablate_mod
+from bmnas.cli.main import main
+from bmnas.core.config import Config
+from bmnas.core.genotype import Genotype
+from bmnas.engine.rundir import RunError
+from bmnas.features.synthetic import planted_interaction
+from bmnas.space.found import FoundNet
+from bmnas.studies.ablate import (
+    METHODS,
+    AblationOptions,
+    Job,
+    ablate,
+    expand_methods,
+    parse_seeds,
+    plan,
+    summarize,
+)
+from bmnas.studies.smbo import SMBOConfig, encode, smbo
 from test_data import write_generic
 
 TINY = [

@@ -6,17 +6,19 @@ import inspect
 import pytest
 
 import bmnas
-from bmnas.baselines import late_fusion
-from bmnas.loop import evaluate
-from bmnas.searcher import feature_specs
-from bmnas.synthetic import planted_interaction
-from bmnas.trainer import with_recipe
+from bmnas.engine.loop import evaluate
+from bmnas.features.synthetic import planted_interaction
+from bmnas.method.train import with_recipe
+from bmnas.space.baselines import late_fusion
 
 
 def test_search_and_train_are_the_stage_functions():
-    searcher, trainer = importlib.import_module("bmnas.searcher"), importlib.import_module("bmnas.trainer")
+    searcher, trainer = (
+        importlib.import_module("bmnas.method.search"),
+        importlib.import_module("bmnas.method.train"),
+    )
     # importing the stage modules must not replace the functions of the same name
-    assert bmnas.search is searcher.search and bmnas.train is trainer.train_found
+    assert bmnas.search is searcher.search and bmnas.train is trainer.train
     assert {"search", "train"} <= set(bmnas.__all__)
     assert list(inspect.signature(bmnas.search).parameters) == [
         "data",
@@ -40,7 +42,7 @@ def test_train_trains_a_genotype_and_tests_the_network_it_returns():
     cfg = bmnas.Config.from_sources(
         None, ["model.C=8", "model.L=4", "train.epochs=2", "train.select_epochs=false"]
     )
-    genotype = late_fusion(feature_specs(data), C=8, L=4)
+    genotype = late_fusion(data.specs(), C=8, L=4)
     r = bmnas.train(genotype, data, cfg, progress=False)
     assert (r.epochs, [h["epoch"] for h in r.history], r.val) == (2, [1, 2], None)
     assert r.model.genotype == with_recipe(genotype, cfg)  # with its linear path

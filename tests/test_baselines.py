@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from bmnas.baselines import (
+from bmnas.core.config import Config
+from bmnas.core.genotype import FeatureSpec, Genotype, validate
+from bmnas.features.synthetic import planted_interaction
+from bmnas.method.train import train
+from bmnas.space.baselines import (
     FIXED_CELLS,
     baseline,
     fixed_fusion,
@@ -15,13 +19,8 @@ from bmnas.baselines import (
     random_genotype,
     unimodal,
 )
-from bmnas.config import Config
-from bmnas.found import FoundNet
-from bmnas.genotype import FeatureSpec, Genotype, validate
-from bmnas.ops import DEFAULT_OPS, get_op, list_ops
-from bmnas.searcher import feature_specs
-from bmnas.synthetic import planted_interaction
-from bmnas.trainer import train_found
+from bmnas.space.found import FoundNet
+from bmnas.space.ops import DEFAULT_OPS, get_op, list_ops
 
 C, L, CH = 8, 4, 8  # fused channels, positions, input channels of every planted feature
 
@@ -54,7 +53,7 @@ def data():
 
 
 def test_fixed_feature_selection():
-    specs = feature_specs(planted_interaction(n=30, L=L, channels=CH))
+    specs = planted_interaction(n=30, L=L, channels=CH).specs()
     assert fixed_inputs(specs, 3) == [("a.f3", "b.f3"), ("cell1", "a.f3"), ("cell2", "b.f3")]
     three = specs + (FeatureSpec("c.x", 4, 1),)
     assert fixed_inputs(three, 3) == [("a.f3", "b.f3"), ("cell1", "c.x"), ("cell2", "a.f3")]
@@ -64,7 +63,7 @@ def test_fixed_feature_selection():
 
 @pytest.mark.parametrize("name", sorted(FIXED_CELLS))
 def test_fixed_cells_are_valid_genotypes_with_exact_parameter_counts(data, name):
-    g = fixed_fusion(name, feature_specs(data), C, L, num_cells=2)
+    g = fixed_fusion(name, data.specs(), C, L, num_cells=2)
     validate(g, known_ops=list_ops(), arity={o: get_op(o).arity for o in g.ops()})
     assert Genotype.from_json(g.to_json()) == g
     assert g.output == ("cell1", "cell2") and g.used_features() == ("a.f3", "b.f3")
@@ -75,7 +74,7 @@ def test_fixed_cells_are_valid_genotypes_with_exact_parameter_counts(data, name)
 
 
 def test_fixed_cell_bodies_follow_paper_fig2(data):
-    specs = feature_specs(data)
+    specs = data.specs()
     mha = fixed_fusion("mha", specs, C, L).cells[0]
     assert [(s.op, s.inputs) for s in mha.steps] == [("attention", ("x", "y")), ("attention", ("y", "x"))]
     assert mha.concat == ("step1", "step2")  # two heads, concatenated
@@ -92,7 +91,7 @@ def test_fixed_cell_bodies_follow_paper_fig2(data):
 
 @pytest.mark.parametrize("name", sorted(FIXED_CELLS))
 def test_fixed_cells_train(data, name):
-    g = fixed_fusion(name, feature_specs(data), C, L, num_cells=2)
+    g = fixed_fusion(name, data.specs(), C, L, num_cells=2)
     cfg = Config.from_sources(
         None,
         [
@@ -104,7 +103,7 @@ def test_fixed_cells_train(data, name):
             "model.linear_skip=false",  # the counts below are the Cells' alone
         ],
     )
-    r = train_found(g, data, cfg, progress=False)
+    r = train(g, data, cfg, progress=False)
     losses = [h["train_loss"] for h in r.history]
     assert losses[-1] < losses[0]
     assert r.params["total"] == EXPECTED_PARAMS[name]
@@ -116,13 +115,13 @@ def test_fixed_cells_train(data, name):
 
 
 def test_unimodal_and_late_fusion_parameter_counts(data):
-    specs = feature_specs(data)
+    specs = data.specs()
     assert FoundNet(unimodal(specs, "a", C, L), 2).param_counts()["total"] == _projection(CH) + _head(1)
     assert FoundNet(late_fusion(specs, C, L), 2).param_counts()["total"] == 2 * _projection(CH) + _head(2)
 
 
 def test_random_genotypes_cover_the_space_and_respect_the_rules(data):
-    specs = feature_specs(data)
+    specs = data.specs()
     rng = np.random.default_rng(0)
     ops, features, cell_inputs, step_inputs = Counter(), Counter(), Counter(), Counter()
     orders = set()
@@ -155,7 +154,7 @@ def test_random_genotypes_cover_the_space_and_respect_the_rules(data):
 
 def test_random_genotype_builds_and_honours_sizes(data):
     g = random_genotype(
-        feature_specs(data),
+        data.specs(),
         ("sum", "attention"),
         C,
         L,
@@ -172,9 +171,9 @@ def test_random_genotype_builds_and_honours_sizes(data):
 
 def test_linear_path_adds_a_probe_of_the_last_features(data):
     """``logits = head(states) + W · BN(flat features) + b``, BN without affine parameters."""
-    from bmnas.trainer import with_recipe
+    from bmnas.method.train import with_recipe
 
-    specs = feature_specs(data)
+    specs = data.specs()
     g = fixed_fusion("sum", specs, C, L, num_cells=1)
     cfg = Config()
     wide = with_recipe(g, cfg)
@@ -200,7 +199,7 @@ def test_linear_path_adds_a_probe_of_the_last_features(data):
 
 
 def test_baseline_by_name_is_the_builder_of_that_name(data):
-    specs = feature_specs(data)
+    specs = data.specs()
     assert baseline("unimodal:b", specs, C, L) == unimodal(specs, "b", C, L)
     assert baseline("late_fusion", specs, C, L) == late_fusion(specs, C, L)
     assert baseline("aoa", specs, C, L, 3, 1) == fixed_fusion("aoa", specs, C, L, 3, 1)

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from bmnas.cache import CacheKey, FeatureCache
-from bmnas.datasets.base import RawDataset, RawSplit, dataset_checksum, sha256_arrays
+from bmnas.features.cache import CacheKey, FeatureCache
+from bmnas.features.datasets.base import RawDataset, RawSplit, dataset_checksum, sha256_arrays
 
 KEY = CacheKey(
     "toy",

@@ -5,10 +5,10 @@ import json
 import torch
 from torch import nn
 
-from bmnas.checkpoint import Checkpoint
-from bmnas.config import Config
-from bmnas.loop import new_state, run_epochs
-from bmnas.runs import RunDir
+from bmnas.core.config import Config
+from bmnas.engine.checkpoint import Checkpoint
+from bmnas.engine.loop import new_state, run_epochs
+from bmnas.engine.rundir import RunDir
 
 X, Y = torch.randn(40, 5, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 3
 

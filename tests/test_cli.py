@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bmnas.cli import main
-from bmnas.genotype import Genotype
+from bmnas.cli.main import main
+from bmnas.core.genotype import Genotype
 from test_data import write_generic
 
 FAST = [
@@ -44,7 +44,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert [h["epoch"] for h in history] == [1, 2]
     m = json.loads((out / "metrics.json").read_text())
     # the test accuracy is that of the refit network's predictions: recompute it from model.pt
-    from bmnas.predict import load
+    from bmnas.serve.predict import load
 
     test = np.load(data / "test.npz")
     labels = test["label"]
@@ -159,7 +159,7 @@ def test_verbose_shows_debug_lines_and_quiet_shows_only_warnings(tmp_path, capsy
         levels = {r.levelname for r in caplog.records if r.name.startswith("bmnas")}
         seen[name] = capsys.readouterr().err, levels
     err, levels = seen["verbose"]
-    assert "bmnas: debug: bmnas.cli: configuration:" in err and "bmnas: data " in err
+    assert "bmnas: debug: bmnas.cli.main: configuration:" in err and "bmnas: data " in err
     assert {"DEBUG", "INFO"} <= levels
     err, levels = seen["default"]
     assert (
@@ -198,7 +198,7 @@ def _help(argv: list[str], capsys) -> str:
 def test_help_lists_every_command_in_plain_text_and_ends_with_examples(capsys):
     import shlex
 
-    from bmnas.cli import EXAMPLES, build_parser
+    from bmnas.cli.main import EXAMPLES, build_parser
 
     top = _help([], capsys)
     assert "``" not in top and ":func:" not in top  # plain text, not reStructuredText
@@ -220,7 +220,7 @@ def test_help_lists_every_command_in_plain_text_and_ends_with_examples(capsys):
 def test_ctrl_c_in_any_command_is_one_line_and_exit_130(command, tmp_path, monkeypatch, capsys):
     import importlib
 
-    import bmnas.cli
+    import bmnas.cli.main
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -238,10 +238,10 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(command, tmp_path, monke
     }.get(command, [*data, "--out", out, "--fresh"])
     if command in ("predict", "export-model", "robustness"):
         module = {"export-model": "export"}.get(command, command)
-        monkeypatch.setattr(importlib.import_module(f"bmnas.{module}"), "cli", interrupted)
+        monkeypatch.setattr(importlib.import_module(f"bmnas.serve.{module}"), "cli", interrupted)
     else:
-        monkeypatch.setattr(bmnas.cli, "RunDir", interrupted)  # show
-        monkeypatch.setattr(bmnas.cli, "load_data", interrupted)  # every command that reads data
+        monkeypatch.setattr(bmnas.cli.main, "RunDir", interrupted)  # show
+        monkeypatch.setattr(bmnas.cli.main, "load_data", interrupted)  # every command that reads data
     assert main([command, *argv]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("bmnas: interrupted") and "Traceback" not in err, err

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from bmnas.cli import main
-from bmnas.config import Config, ConfigError
-from bmnas.data import DataError, export_generic_dir, infer_task, load_generic_dir
-from bmnas.pooling import grid_for, pool_feature
-from bmnas.synthetic import planted_interaction
+from bmnas.cli.main import main
+from bmnas.core.config import Config, ConfigError
+from bmnas.core.errors import DataError
+from bmnas.features.generic import export_generic_dir, load_generic_dir
+from bmnas.features.pooling import grid_for, pool_feature
+from bmnas.features.synthetic import planted_interaction
+from bmnas.features.validate import infer_task
 
 
 def write_generic(root, n=(40, 12, 12), classes=3, seed=0, multilabel=False):

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from bmnas.cli import main
+from bmnas.cli.main import main
 from test_egogesture import make_tree
 from test_ntu import skeleton_text
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bmnas.cli import main
-from bmnas.config import Config, ConfigError
-from bmnas.device import (
+from bmnas.cli.main import main
+from bmnas.core.config import Config, ConfigError
+from bmnas.core.errors import BmnasError
+from bmnas.engine.device import (
     LARGE_STEP,
     DeviceError,
     DeviceSplit,
@@ -17,10 +18,9 @@ from bmnas.device import (
     on_device,
     resolve_device,
 )
-from bmnas.errors import BmnasError
-from bmnas.loop import evaluate
-from bmnas.searcher import build_hypernet, search
-from bmnas.synthetic import planted_interaction
+from bmnas.engine.loop import evaluate
+from bmnas.features.synthetic import planted_interaction
+from bmnas.method.search import build_hypernet, search
 from test_data import write_generic
 from test_search import PLANTED
 

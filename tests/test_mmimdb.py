@@ -12,11 +12,11 @@ import torch
 
 h5py = pytest.importorskip("h5py")
 
-from bmnas.backbones.base import backbones_for  # noqa: E402
-from bmnas.backbones.mmimdb import VGG19_LAYERS, VGG19Features  # noqa: E402
-from bmnas.data import DataError  # noqa: E402
-from bmnas.datasets.base import create_dataset  # noqa: E402
-from bmnas.datasets.mmimdb import CAFFE_BGR_MEAN, HDF5Rows  # noqa: E402
+from bmnas.core.errors import DataError  # noqa: E402
+from bmnas.features.backbones.base import backbones_for  # noqa: E402
+from bmnas.features.backbones.mmimdb import VGG19_LAYERS, VGG19Features  # noqa: E402
+from bmnas.features.datasets.base import create_dataset  # noqa: E402
+from bmnas.features.datasets.mmimdb import CAFFE_BGR_MEAN, HDF5Rows  # noqa: E402
 
 N, SIZES, H, W = 30, (18, 6, 6), 256, 160
 GENRES = [f"genre{i}" for i in range(23)]

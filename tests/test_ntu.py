@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from bmnas.backbones.base import backbones_for
-from bmnas.backbones.ntu import HCN
-from bmnas.data import DataError
-from bmnas.datasets.base import create_dataset
-from bmnas.datasets.ntu import (
+from bmnas.core.errors import DataError
+from bmnas.features.backbones.base import backbones_for
+from bmnas.features.backbones.ntu import HCN
+from bmnas.features.datasets.base import create_dataset
+from bmnas.features.datasets.ntu import (
     FeatureStore,
     SampleName,
     read_skeleton,
@@ -18,8 +18,8 @@ from bmnas.datasets.ntu import (
     sample_stem,
     skeleton_array,
 )
-from bmnas.extract import extract_features
-from bmnas.pooling import pool_feature
+from bmnas.features.extract import extract_features
+from bmnas.features.pooling import pool_feature
 
 BODY_ID = 72057594037931101  # a real-looking Kinect tracking id (> 2**53)
 

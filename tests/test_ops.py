@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from bmnas.config import Config, ConfigError
-from bmnas.opnames import BUILTIN_OPS, DEFAULT_OPS
-from bmnas.ops import create_op, get_op, list_ops, register_op
+from bmnas.core.config import Config, ConfigError
+from bmnas.core.opnames import BUILTIN_OPS, DEFAULT_OPS
+from bmnas.space.ops import create_op, get_op, list_ops, register_op
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -117,8 +117,8 @@ def test_op_names_match_the_registry_and_configs_check_them():
 
 def test_reading_a_config_does_not_import_torch():
     code = (
-        "import sys, bmnas.config; "
-        "bmnas.config.Config.from_sources(overrides=['model.ops=[zero,sum]']); "
+        "import sys, bmnas.core.config; "
+        "bmnas.core.config.Config.from_sources(overrides=['model.ops=[zero,sum]']); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     env = {**os.environ, "PYTHONPATH": SRC}

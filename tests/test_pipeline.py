@@ -8,11 +8,11 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-import bmnas.extract
-from bmnas.backbones.base import Backbone, register_backbones
-from bmnas.data import FeatureData
-from bmnas.datasets.base import RawDataset, RawSplit, register_dataset
-from bmnas.pipeline import dataset_features, default_root, prepare_backbones
+import bmnas.features.extract
+from bmnas.core.data import FeatureData
+from bmnas.features.backbones.base import Backbone, register_backbones
+from bmnas.features.datasets.base import RawDataset, RawSplit, register_dataset
+from bmnas.features.pipeline import dataset_features, default_root, prepare_backbones
 
 SIZES = {"train": 12, "val": 5, "test": 7}
 
@@ -52,13 +52,13 @@ def toy_registered():
 def forwards(monkeypatch):
     """Counts the backbones' forward passes during extraction."""
     calls = []
-    real = bmnas.extract._forward
+    real = bmnas.features.extract._forward
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bmnas.extract, "_forward", counting)
+    monkeypatch.setattr(bmnas.features.extract, "_forward", counting)
     return calls
 
 
@@ -193,7 +193,7 @@ def test_avmnist_end_to_end_and_fusion_matters(bmnas_root, forwards):
 
 
 def test_unknown_backbone_option_is_a_clear_error(tmp_path, capsys):
-    from bmnas.cli import main
+    from bmnas.cli.main import main
 
     argv = ["pretrain", "--dataset", "toy-pipeline", "--cache", str(tmp_path), "--quiet"]
     assert main([*argv, "--backbone-option", "depth=3"]) == 2

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bmnas.baselines import baseline
-from bmnas.genotype import FeatureSpec
-from bmnas.plot import plot_genotype
+from bmnas.core.genotype import FeatureSpec
+from bmnas.report.plots import plot_genotype
+from bmnas.space.baselines import baseline
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -28,11 +28,11 @@ def test_drawing_a_genotype_writes_a_png(tmp_path, name):
 def test_importing_and_plotting_leave_the_matplotlib_backend_alone(tmp_path):
     code = (
         "import sys, matplotlib\n"
-        "from bmnas.baselines import baseline\n"
-        "from bmnas.genotype import FeatureSpec\n"
-        "import bmnas.plot, bmnas.cli\n"
+        "from bmnas.space.baselines import baseline\n"
+        "from bmnas.core.genotype import FeatureSpec\n"
+        "import bmnas.report.plots, bmnas.cli.main\n"
         "g = baseline('sum', [FeatureSpec('a.x', 4, 1), FeatureSpec('b.y', 4, 1)], C=4, L=1)\n"
-        f"bmnas.plot.plot_genotype(g, {str(tmp_path / 'g.png')!r})\n"
+        f"bmnas.report.plots.plot_genotype(g, {str(tmp_path / 'g.png')!r})\n"
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )

@@ -11,12 +11,12 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 import bmnas
-from bmnas.backbones.base import Backbone, register_backbones
-from bmnas.cli import main
-from bmnas.data import load_generic_dir
-from bmnas.datasets.base import RawDataset, RawSplit, register_dataset
-from bmnas.predict import load, save_model
-from bmnas.trainer import with_recipe
+from bmnas.cli.main import main
+from bmnas.features.backbones.base import Backbone, register_backbones
+from bmnas.features.datasets.base import RawDataset, RawSplit, register_dataset
+from bmnas.features.generic import load_generic_dir
+from bmnas.method.train import with_recipe
+from bmnas.serve.predict import load, save_model
 from test_cli import FAST  # the same small run settings as the CLI tests
 from test_data import write_generic
 
@@ -80,7 +80,7 @@ def test_load_has_everything_inference_needs(trained):
     data, run = trained
     model = bmnas.load(run)
     # the searched architecture as the evaluation stage trained it (with its linear path)
-    searched = bmnas.genotype.Genotype.load(run / "genotype.json")
+    searched = bmnas.core.genotype.Genotype.load(run / "genotype.json")
     assert model.genotype == with_recipe(searched, bmnas.Config()) and model.genotype.linear
     assert (model.task.type, model.task.num_outputs) == ("multiclass", 3)
     assert (model.threshold, model.pooling, model.L) == (0.5, "max", 4)
@@ -94,7 +94,7 @@ def test_load_has_everything_inference_needs(trained):
     # a baseline by its checkpoint name: late fusion reads one feature per modality
     late = load(run, "baseline_late_fusion")
     assert late.genotype.cells == () and len(late.inputs) == 2
-    recommended = bmnas.genotype.Genotype.load(run / "recommended_genotype.json")
+    recommended = bmnas.core.genotype.Genotype.load(run / "recommended_genotype.json")
     assert load(run, "recommended").genotype == recommended
 
 

@@ -6,7 +6,7 @@ import stat
 import torch
 from torch import nn
 
-from bmnas.backbones.pretrain import load_cached, pretrained, save_cached, save_state
+from bmnas.features.backbones.pretrain import load_cached, pretrained, save_cached, save_state
 
 
 def _net(seed: int = 0) -> nn.Module:

@@ -19,14 +19,15 @@ import pytest
 import torch
 import yaml
 
-from bmnas import cli, locks
-from bmnas.cache import MANIFEST, CacheKey, FeatureCache
-from bmnas.config import Config, ConfigError
-from bmnas.data import load_generic_dir
-from bmnas.datasets import base as datasets_base
-from bmnas.datasets.base import DatasetError, RawDataset, RawSplit, create_dataset, register_dataset
-from bmnas.genotype import CellGene, FeatureSpec, Genotype, GenotypeError, StepGene
-from bmnas.runs import RunDir, RunError
+from bmnas.cli import main as cli
+from bmnas.core import locks
+from bmnas.core.config import Config, ConfigError
+from bmnas.core.genotype import CellGene, FeatureSpec, Genotype, GenotypeError, StepGene
+from bmnas.engine.rundir import RunDir, RunError
+from bmnas.features.cache import MANIFEST, CacheKey, FeatureCache
+from bmnas.features.datasets import base as datasets_base
+from bmnas.features.datasets.base import DatasetError, RawDataset, RawSplit, create_dataset, register_dataset
+from bmnas.features.generic import load_generic_dir
 from test_data import corrupt, write_generic
 
 FAST = ["--set", "search.epochs=1", "--set", "model.C=8", "--set", "model.L=4", "--quiet"]
@@ -530,7 +531,7 @@ def test_damaged_manifests_of_any_shape_are_rebuilt(manifest, reason, tmp_path, 
         manifest = {**good, "features": [{**entry_0, "file": "../../outside.npy"}]}
     (entry / MANIFEST).write_text(json.dumps(manifest))
     calls = []
-    with caplog.at_level(logging.WARNING, logger="bmnas.cache"):
+    with caplog.at_level(logging.WARNING, logger="bmnas.features.cache"):
         arrays, hit = cache.get_or_compute(
             KEY, lambda: calls.append(1) or {"image.a": np.zeros((3, 4, 2), np.float32)}
         )

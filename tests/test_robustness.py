@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from bmnas.augment import drop_modalities
-from bmnas.cli import main
-from bmnas.data import FeatureSplit
-from bmnas.robustness import conditions, perturb, train_stats
+from bmnas.cli.main import main
+from bmnas.core.data import FeatureSplit
+from bmnas.engine.augment import drop_modalities
+from bmnas.serve.robustness import conditions, perturb, train_stats
 from test_predict import make_run
 
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from bmnas.config import Config
-from bmnas.runs import RunDir, RunError
-from bmnas.searcher import search
-from bmnas.synthetic import planted_interaction
-from bmnas.trainer import train_found
+from bmnas.core.config import Config
+from bmnas.engine.rundir import RunDir, RunError
+from bmnas.features.synthetic import planted_interaction
+from bmnas.method.search import search
+from bmnas.method.train import train
 
 PLANTED = [
     "model.C=16",
@@ -92,14 +92,14 @@ def test_resume_with_another_config_is_refused(tmp_path):
         search(data, Config.from_sources(None, SMALL + ["model.C=16"]), RunDir(tmp_path), progress=False)
 
 
-def test_train_found_resumes_and_reports_final_epoch(tmp_path):
+def test_train_resumes_and_reports_final_epoch(tmp_path):
     data = planted_interaction(n=600, L=4, seed=3)
     cfg = Config.from_sources(None, SMALL)
     g = search(data, cfg, progress=False).genotype
-    straight = train_found(g, data, cfg, progress=False)
+    straight = train(g, data, cfg, progress=False)
     run = RunDir(tmp_path)
-    train_found(g, data, cfg, run, progress=False, stop_after=1)
-    resumed = train_found(g, data, cfg, RunDir(tmp_path), progress=False)
+    train(g, data, cfg, run, progress=False, stop_after=1)
+    resumed = train(g, data, cfg, RunDir(tmp_path), progress=False)
     assert resumed.test == straight.test
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
     assert len(RunDir(tmp_path).read_history("train_history.jsonl")) == resumed.epochs
@@ -111,9 +111,9 @@ def test_train_found_resumes_and_reports_final_epoch(tmp_path):
     assert resumed.params["total"] == resumed.params["fusion"] + resumed.params["classifier"]
 
 
-def test_train_found_without_selection_runs_the_fixed_epoch_count():
+def test_train_without_selection_runs_the_fixed_epoch_count():
     data = planted_interaction(n=300, L=4, seed=3)
     cfg = Config.from_sources(None, SMALL + ["train.select_epochs=false"])
     g = search(data, Config.from_sources(None, SMALL), progress=False).genotype
-    r = train_found(g, data, cfg, progress=False)
+    r = train(g, data, cfg, progress=False)
     assert (r.epochs, len(r.history), r.val, r.val_curve) == (3, 3, None, [])

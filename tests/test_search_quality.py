@@ -2,6 +2,7 @@
 collapse diagnostics, the linear probe and the recommended network."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,15 +10,16 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-import bmnas.trainer as trainer
-from bmnas.config import Config, ConfigError
-from bmnas.genotype import StepGene, derive
-from bmnas.hypernet import HyperNet, edge_weights
-from bmnas.probe import linear_probe
-from bmnas.runs import RunDir
-from bmnas.searcher import arch_diagnostics, search, split_for_search
-from bmnas.synthetic import planted_interaction
-from bmnas.workflow import recommend
+import bmnas.method.train as trainer
+from bmnas.core.config import Config, ConfigError
+from bmnas.core.genotype import PAPER_RULES, StepGene
+from bmnas.engine.rundir import RunDir
+from bmnas.features.synthetic import planted_interaction
+from bmnas.method.probe import linear_probe
+from bmnas.method.run import recommend
+from bmnas.method.search import arch_diagnostics, search, split_for_search
+from bmnas.space.derive import derive
+from bmnas.space.hypernet import HyperNet, edge_weights
 from test_genotype import FEATS, OPS
 
 SMALL = [
@@ -45,8 +47,8 @@ def test_distinct_steps_reads_two_different_states():
     # both slots of step 1 prefer y (index 1); x is second best for slot 2
     beta = [[np.stack([np.array([0.3, 0.9]), np.array([0.6, 0.8])])]]
     gamma = [np.array([[0, 9.0, 0, 0, 0]])]
-    paper = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4)
-    ours = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, distinct_steps=True)
+    paper = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, rules=PAPER_RULES)
+    ours = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, rules=replace(PAPER_RULES, distinct_steps=True))
     assert paper.cells[0].steps == (StepGene("sum", ("y", "y")),)
     # argmax_{i≠j} β_x(i)·β_y(j): (x, y) scores 0.3·0.8 = 0.24 < (y, x) 0.9·0.6 = 0.54
     assert ours.cells[0].steps == (StepGene("sum", ("y", "x")),)
@@ -56,8 +58,8 @@ def test_no_zero_output_takes_the_best_other_op_for_the_output_step_only():
     alpha = [np.stack([one_hot(4, 0), one_hot(4, 2)])]
     beta = [[np.full((2, 2), 0.5), np.full((2, 3), 0.5)]]
     gamma = [np.array([[9.0, 0, 0, 1.0, 0], [9.0, 0, 2.0, 0, 0]])]  # zero wins both steps
-    paper = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4)
-    ours = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, zero_output=False)
+    paper = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, rules=PAPER_RULES)
+    ours = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, rules=replace(PAPER_RULES, zero_output=False))
     assert [s.op for s in paper.cells[0].steps] == ["zero", "zero"]
     # step 1 is not the Cell's output (inner_multiplier 1): it may stay zero; step 2 becomes attention
     assert [s.op for s in ours.cells[0].steps] == ["zero", "attention"]
@@ -67,8 +69,8 @@ def test_cross_modal_rule_refuses_two_features_of_one_modality():
     alpha = [np.stack([one_hot(4, 2), one_hot(4, 3)]), np.stack([one_hot(5, 0), one_hot(5, 1)])]
     beta = [[np.full((2, 2), 0.5)]] * 2
     gamma = [np.array([[0, 9.0, 0, 0, 0]])] * 2
-    paper = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4)
-    ours = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, cross_modal=True)
+    paper = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, rules=PAPER_RULES)
+    ours = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, rules=replace(PAPER_RULES, cross_modal=True))
     assert [c.inputs for c in paper.cells] == [("b.f1", "b.f2"), ("a.f1", "a.f2")]
     # every cross-modal pair scores 0.9 · 0.1: ties go to the lowest (i, j) in row-major order
     assert [c.inputs for c in ours.cells] == [("a.f1", "b.f2"), ("a.f1", "b.f1")]

@@ -7,14 +7,14 @@ import pytest
 import torch
 from sklearn.preprocessing import StandardScaler
 
-from bmnas.baselines import baseline
-from bmnas.cli import main
-from bmnas.config import Config
-from bmnas.data import FeatureData, FeatureSplit, TaskInfo, load_generic_dir
-from bmnas.folds import kfold
-from bmnas.probe import _design, _fit, _logits, choose_C, linear_probe
-from bmnas.searcher import feature_specs
-from bmnas.trainer import Selection, build_model, linear_init, select_epochs, train_found, with_recipe
+from bmnas.cli.main import main
+from bmnas.core.config import Config
+from bmnas.core.data import FeatureData, FeatureSplit, TaskInfo
+from bmnas.engine.folds import kfold
+from bmnas.features.generic import load_generic_dir
+from bmnas.method.probe import _design, _fit, _logits, choose_C, linear_probe
+from bmnas.method.train import Selection, build_model, linear_init, select_epochs, train, with_recipe
+from bmnas.space.baselines import baseline
 from test_data import write_generic
 
 RANDOM = ["model.C=8", "model.L=2", "train.epochs=3", "train.select_folds=0", "model.linear_init=random"]
@@ -37,7 +37,7 @@ def linear_blobs(n=(240, 90, 90), classes=3, seed=0) -> FeatureData:
 
 
 def late_fusion(data, cfg):
-    return with_recipe(baseline("late_fusion", feature_specs(data), cfg.model.C, cfg.model.L, 2, 0), cfg)
+    return with_recipe(baseline("late_fusion", data.specs(), cfg.model.C, cfg.model.L, 2, 0), cfg)
 
 
 def test_an_untrained_network_is_the_probe_fitted_on_its_split():
@@ -85,7 +85,7 @@ def test_selection_can_choose_zero_epochs_and_the_refit_is_then_the_probe():
     chosen = select_epochs(g, data, cfg)
     assert chosen.initial == pytest.approx(choose_C(data, g.linear, cfg.seed)[1])
     assert chosen.best_score >= chosen.initial
-    r = train_found(g, data, cfg, progress=False, selection=Selection([0.0, 0.0, 0.0], "accuracy", 0.0, 0.5))
+    r = train(g, data, cfg, progress=False, selection=Selection([0.0, 0.0, 0.0], "accuracy", 0.0, 0.5))
     assert r.epochs == 0
     probe = linear_probe(data, cfg.seed)
     assert r.test["accuracy"] == pytest.approx(probe["test"]["accuracy"], abs=1 / 90)  # same model, float32

@@ -10,9 +10,9 @@ every architecture parameter must agree, in both input modes, with and without `
 import pytest
 import torch
 
-from bmnas.genotype import FeatureSpec
-from bmnas.hypernet import HyperNet
-from bmnas.ops import ZERO, dropout, dropout_mask, get_op
+from bmnas.core.genotype import FeatureSpec
+from bmnas.space.hypernet import HyperNet
+from bmnas.space.ops import ZERO, dropout, dropout_mask, get_op
 
 FEATS = (
     FeatureSpec("a.f1", 5, 1),
@@ -183,9 +183,9 @@ def test_dropout_matches_nn_dropout_semantics():
 
 
 def test_optimizer_step_moves_only_the_unfrozen_group():
-    """The search's two steps share bmnas.loop.optimizer_step (also timed by benchmarks/search_speed.py)."""
-    from bmnas.data import TaskInfo
-    from bmnas.loop import optimizer_step
+    """The search's two steps share engine.loop.optimizer_step (also timed by benchmarks/search_speed.py)."""
+    from bmnas.core.data import TaskInfo
+    from bmnas.engine.loop import optimizer_step
 
     net = build("separate", ALL_OPS).float()
     f = {k: v.float() for k, v in batch().items()}

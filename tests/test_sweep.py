@@ -7,9 +7,9 @@ import sys
 import pytest
 import yaml
 
-from bmnas.cli import main
-from bmnas.config import Config
-from bmnas.genotype import Genotype
+from bmnas.cli.main import main
+from bmnas.core.config import Config
+from bmnas.core.genotype import Genotype
 from test_data import write_generic
 
 optuna = pytest.importorskip("optuna")
@@ -36,16 +36,16 @@ def _study(out):
 
 
 def _count_searches(monkeypatch):
-    import bmnas.searcher
+    import bmnas.studies.sweep
 
     calls = []
-    real = bmnas.searcher.search
+    real = bmnas.studies.sweep.search
 
     def counted(data, cfg, run, *a, **k):
         calls.append(run.path.name)
         return real(data, cfg, run, *a, **k)
 
-    monkeypatch.setattr(bmnas.searcher, "search", counted)
+    monkeypatch.setattr(bmnas.studies.sweep, "search", counted)  # where the sweep looks it up
     return calls
 
 

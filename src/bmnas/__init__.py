@@ -6,8 +6,8 @@ The Python API mirrors the command line:
   registered dataset through its backbones), :func:`extract_features` (your own models and raw
   inputs -> the generic ``--data`` format);
 * :func:`run` (``bmnas run``: search, train, baselines, recommended network); the stages alone
-  are :func:`search` (``bmnas search``, :func:`bmnas.searcher.search`) and :func:`train`
-  (``bmnas train``, the evaluation stage :func:`bmnas.trainer.train_found`). Their modules are
+  are :func:`search` (``bmnas search``, :func:`bmnas.method.search.search`) and :func:`train`
+  (``bmnas train``, the evaluation stage :func:`bmnas.method.train.train`). Their modules are
   named ``searcher`` and ``trainer`` so that importing them never replaces these functions;
 * :func:`load` (a trained run -> a network that predicts), :class:`Config`, :class:`Genotype`.
 
@@ -18,19 +18,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.2.0"
+from ._version import __version__
 
-# name -> (module, attribute): resolved lazily by __getattr__
+# name -> (module, attribute): resolved lazily by __getattr__; attribute None = the module itself
 _API = {
-    "Config": ("config", "Config"),
-    "Genotype": ("genotype", "Genotype"),
-    "load_data": ("cli", "load_data"),
-    "dataset_features": ("pipeline", "dataset_features"),
-    "extract_features": ("generic", "extract_features"),
-    "run": ("workflow", "run"),
-    "load": ("predict", "load"),
-    "search": ("searcher", "search"),
-    "train": ("trainer", "train_found"),
+    "Config": ("core.config", "Config"),
+    "Genotype": ("core.genotype", "Genotype"),
+    "load_data": ("features.pipeline", "load_data"),
+    "dataset_features": ("features.pipeline", "dataset_features"),
+    "extract_features": ("features.from_modules", "extract_features"),
+    "register_op": ("space.ops", "register_op"),
+    "ops": ("space.ops", None),
+    "run": ("method.run", "run"),
+    "load": ("serve.predict", "load"),
+    "search": ("method.search", "search"),
+    "train": ("method.train", "train"),
 }
 __all__ = [
     "Config",
@@ -40,27 +42,30 @@ __all__ = [
     "extract_features",
     "load",
     "load_data",
+    "register_op",
     "run",
     "search",
     "train",
 ]
 
 if TYPE_CHECKING:
-    from .cli import load_data
-    from .config import Config
-    from .generic import extract_features
-    from .genotype import Genotype
-    from .pipeline import dataset_features
-    from .predict import load
-    from .searcher import search
-    from .trainer import train_found as train
-    from .workflow import run
+    from .core.config import Config
+    from .core.genotype import Genotype
+    from .features.from_modules import extract_features
+    from .features.pipeline import dataset_features, load_data
+    from .method.run import run
+    from .method.search import search
+    from .method.train import train
+    from .serve.predict import load
+    from .space import ops as ops
+    from .space.ops import register_op
 
 
 def __getattr__(name: str):
     if name in _API:
-        from importlib import import_module
+        from importlib import import_module  # allowed: the API loads torch only on first use
 
         module, attr = _API[name]
-        return getattr(import_module(f"bmnas.{module}"), attr)
+        mod = import_module(f"bmnas.{module}")
+        return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module 'bmnas' has no attribute {name!r}")

@@ -1,0 +1,400 @@
+"""Typed, frozen configuration: defaults here, YAML files and ``key=value`` overrides on top.
+
+``Config.from_sources(yaml_path, ["search.epochs=3", "model.C=32"])`` merges a YAML file and dotted
+overrides; unknown keys and values of the wrong type are rejected with the list of valid keys.
+The resolved config is saved in every run directory so a run can be rebuilt and resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import BmnasError
+from .genotype import MAX_C, MAX_L, DeriveRules
+from .opnames import DEFAULT_OPS, known_ops
+
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_SEED = 2**32 - 1
+MAX_THREADS = 1024
+MAX_CELLS = 256  # Cells, and steps per Cell: far beyond any searched network
+
+
+class ConfigError(BmnasError, ValueError):
+    """An invalid configuration key or value."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where features come from and what the labels mean."""
+
+    dataset: str | None = None  # a registered dataset name (e.g. "avmnist"), or
+    dir: str | None = None  # a directory in the generic format (SPEC §10)
+    pooling: str = "max"
+    task: str | None = None  # multiclass | multilabel | None (inferred from the labels)
+    num_outputs: int | None = None  # classes / labels (None: inferred)
+    threshold: float = 0.5  # multilabel decision threshold
+    features: tuple[str, ...] = ()  # restrict to these features (default: all)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Search space and sizes (SPEC §1–§6)."""
+
+    C: int = 64
+    L: int = 8
+    cells: int = 2  # N
+    steps: int = 2  # M
+    inner_multiplier: int = 1
+    multiplier: int = 0  # last Cells read by the head; 0 = all
+    dropout: float = 0.1
+    ops: tuple[str, ...] = DEFAULT_OPS
+    input_mode: str = "separate"  # separate | shared (the authors' behaviour)
+    relaxation: str = "gate"  # gate (paper: independent identity/zero gates) | softmax (predecessors compete)
+    linear_skip: bool = True  # trained networks get a linear path from each modality's last feature
+    linear_init: str = "auto"  # probe (the linear path starts as the fitted probe) | random | auto: probe
+    # when every feature is a vector (precomputed views), random otherwise
+
+
+@dataclass(frozen=True)
+class _WeightTraining:
+    """Weight training, the same knobs in the search and in the evaluation stage."""
+
+    epochs: int = 30
+    batch_size: int = 96
+    lr: float = 1e-3
+    lr_min: float = 1e-6
+    weight_decay: float = 1e-4
+    restart_epochs: int = 1  # first period of the cosine schedule with warm restarts
+    restart_mult: int = 2
+    eval_batch_size: int = 1024
+    modality_dropout: float = 0.0  # per sample, drop each whole modality with this probability (keep >= 1)
+
+
+@dataclass(frozen=True)
+class SearchConfig(_WeightTraining):
+    """Bilevel search (SPEC §7)."""
+
+    epochs: int = 12
+    arch_lr: float = 3e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    warmup_epochs: int = 0  # epochs of weight steps only before α, β, γ start to move
+    arch_split: float = 0.0  # share of train held out for the α/β/γ steps (0: they use val, as the paper)
+    # derivation rules (bmnas.core.genotype.DeriveRules holds the defaults; the paper's: False, True, False)
+    distinct_steps: bool = DeriveRules.distinct_steps  # a two-input step reads two different states
+    zero_output: bool = DeriveRules.zero_output  # may a Cell's output step derive `zero`
+    cross_modal: bool = DeriveRules.cross_modal  # a Cell never reads two features of one modality (MFAS)
+    rerank: int = 8  # candidates trained and compared on val (0: the best hypernet epoch, as the paper)
+    rerank_epochs: int = 0  # training epochs of each candidate (0: train.epochs)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_WeightTraining):
+    """Evaluation stage (SPEC §8): the found network on train + val."""
+
+    select_epochs: bool = True  # choose the epoch count on val (trained on train), then refit on train + val
+    select_folds: int = 3  # k >= 2: score networks and choose epochs by k-fold CV over train + val; 0: on val
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = bmnas' policy (bmnas.engine.device.choose_threads)
+    device: str = "auto"  # auto (cuda if present) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast of forward passes)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        def plain(v):
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+
+        return plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> Config:
+        return _build(cls, d or {}, where)
+
+    @classmethod
+    def from_sources(
+        cls, path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None
+    ) -> Config:
+        """Defaults, then ``base`` (e.g. a dataset preset), then the YAML file, then ``key=value``s."""
+        d: dict = _deep_copy(base or {})
+        if path is not None:
+            path = Path(path)
+            loaded = _read_yaml(path)
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: the top level must be a mapping of sections")
+            _deep_merge(d, loaded)
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"override {item!r} must look like key=value, e.g. search.epochs=3")
+            node = d
+            *parents, leaf = key.strip().split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node[leaf] = _parse_value(value, f"override {_short(item)}")
+        return cls.from_dict(d, where=str(path) if path else "config")
+
+    def replace(self, **sections) -> Config:
+        return dataclasses.replace(self, **sections)
+
+
+def _read_yaml(path: Path) -> object:
+    """The YAML document in ``path`` ({} when empty); a missing, unreadable or bad file is a ConfigError."""
+    if not path.exists():
+        raise ConfigError(f"--config {path}: no such file")
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: not a file; name a YAML configuration file")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"--config {path}: cannot be read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a text file; name a YAML configuration file") from None
+    except RecursionError:
+        raise ConfigError(f"--config {path}: nested too deeply to be a configuration") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: invalid YAML ({' '.join(str(err).split())})") from None
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``repr(text)``, cut to ``limit`` characters for an error message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def _brief(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _parse_value(value: str, where: str) -> object:
+    """A ``key=value`` override's value as YAML (an empty value is null)."""
+    if not value.strip():
+        return None
+    try:
+        return yaml.safe_load(value)
+    except RecursionError:
+        raise ConfigError(f"{where}: the value is nested too deeply") from None
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"{where}: the value is not valid YAML ({first})") from None
+
+
+def _deep_copy(d: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def _deep_merge(into: dict, other: dict) -> dict:
+    for k, v in other.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _deep_merge(into[k], v)
+        else:
+            into[k] = v
+    return into
+
+
+def preset(name: str) -> dict:
+    """The packaged default configuration of dataset ``name`` (``bmnas/presets/<name>.yaml``), or {}."""
+    from importlib import resources
+
+    file = resources.files("bmnas").joinpath("presets", f"{name}.yaml")
+    return (yaml.safe_load(file.read_text()) or {}) if file.is_file() else {}
+
+
+def _coerce(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {_brief(value)}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value] if isinstance(value, str) else value
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {_brief(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {_brief(value)}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if tp is float and not isinstance(value, bool):
+        return _finite_float(value, where)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {_brief(value)}")
+
+
+def _finite_float(value: object, where: str) -> float:
+    """``value`` as a float that float32 holds: NaN, inf and 1e300 are refused, not rounded to inf."""
+    if isinstance(value, (int, float)):
+        number = float(value) if abs(value) <= FLOAT32_MAX else math.inf
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {_brief(value)}") from None
+    else:
+        raise ConfigError(f"{where}: expected float, got {_brief(value)}")
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise ConfigError(
+            f"{where}: must be a finite number of at most {FLOAT32_MAX:.1e} in size, got {_brief(value)}"
+        )
+    return number
+
+
+def _build(cls, d: dict, where: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        tp = hints[name]
+        key = f"{where}.{name}" if where != "config" else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, key)
+        else:
+            kwargs[name] = _coerce(tp, value, key)
+    cfg = cls(**kwargs)
+    _check(cfg, where)
+    return cfg
+
+
+def _check(cfg, where: str) -> None:
+    """Value checks beyond types."""
+
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{key}: {msg}")
+
+    if isinstance(cfg, ModelConfig):
+        for k in ("C", "L", "cells", "steps", "inner_multiplier"):
+            need(getattr(cfg, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(cfg, k)}")
+        need(cfg.C <= MAX_C, "model.C", f"must be <= {MAX_C}, got {cfg.C}")
+        need(cfg.L <= MAX_L, "model.L", f"must be <= {MAX_L}, got {cfg.L}")
+        for k in ("cells", "steps"):
+            need(getattr(cfg, k) <= MAX_CELLS, f"model.{k}", f"must be <= {MAX_CELLS}, got {getattr(cfg, k)}")
+        need(cfg.inner_multiplier <= cfg.steps, "model.inner_multiplier", f"must be <= steps ({cfg.steps})")
+        need(0 <= cfg.multiplier <= cfg.cells, "model.multiplier", f"must be in [0, cells={cfg.cells}]")
+        need(0.0 <= cfg.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {cfg.dropout}")
+        need(cfg.input_mode in ("separate", "shared"), "model.input_mode", "must be 'separate' or 'shared'")
+        need(cfg.relaxation in ("gate", "softmax"), "model.relaxation", "must be 'gate' or 'softmax'")
+        need(
+            cfg.linear_init in ("auto", "random", "probe"),
+            "model.linear_init",
+            "must be 'auto', 'random' or 'probe'",
+        )
+        need(
+            len(cfg.ops) >= 1 and len(set(cfg.ops)) == len(cfg.ops),
+            "model.ops",
+            f"need distinct ops, got {cfg.ops}",
+        )
+        need(any(o != "zero" for o in cfg.ops), "model.ops", "needs at least one op besides 'zero'")
+        known = known_ops()
+        unknown = [o for o in cfg.ops if o not in known]
+        need(not unknown, "model.ops", f"unknown op {', '.join(map(repr, unknown))}; registered ops: {known}")
+    if isinstance(cfg, _WeightTraining):
+        section = "search" if isinstance(cfg, SearchConfig) else "train"
+        for k in ("epochs", "batch_size", "restart_epochs", "restart_mult", "eval_batch_size"):
+            need(getattr(cfg, k) >= 1, f"{section}.{k}", f"must be >= 1, got {getattr(cfg, k)}")
+        need(cfg.lr > 0 and 0 <= cfg.lr_min <= cfg.lr, f"{section}.lr", "need lr > 0 and 0 <= lr_min <= lr")
+        need(
+            0.0 <= cfg.modality_dropout < 1.0,
+            f"{section}.modality_dropout",
+            f"must be in [0, 1), got {cfg.modality_dropout}",
+        )
+        need(cfg.weight_decay >= 0, f"{section}.weight_decay", f"must be >= 0, got {cfg.weight_decay}")
+    if isinstance(cfg, TrainConfig):
+        need(
+            cfg.select_folds == 0 or 2 <= cfg.select_folds <= 10,
+            "train.select_folds",
+            f"must be 0 (score on val) or 2..10 folds, got {cfg.select_folds}",
+        )
+    if isinstance(cfg, SearchConfig):
+        need(cfg.arch_lr > 0, "search.arch_lr", f"must be > 0, got {cfg.arch_lr}")
+        need(
+            cfg.arch_weight_decay >= 0,
+            "search.arch_weight_decay",
+            f"must be >= 0, got {cfg.arch_weight_decay}",
+        )
+        need(
+            all(0.0 <= b < 1.0 for b in cfg.arch_betas),
+            "search.arch_betas",
+            f"Adam's betas must be in [0, 1), got {list(cfg.arch_betas)}",
+        )
+    if isinstance(cfg, SearchConfig):
+        for k in ("warmup_epochs", "rerank", "rerank_epochs"):
+            need(getattr(cfg, k) >= 0, f"search.{k}", f"must be >= 0, got {getattr(cfg, k)}")
+        need(
+            cfg.warmup_epochs < cfg.epochs, "search.warmup_epochs", f"must be < search.epochs ({cfg.epochs})"
+        )
+        need(0.0 <= cfg.arch_split < 1.0, "search.arch_split", f"must be in [0, 1), got {cfg.arch_split}")
+    if isinstance(cfg, DataConfig):
+        need(cfg.pooling in ("max", "avg"), "data.pooling", f"must be 'max' or 'avg', got {cfg.pooling!r}")
+        need(
+            cfg.task in (None, "multiclass", "multilabel"),
+            "data.task",
+            "must be multiclass, multilabel or null",
+        )
+        need(0.0 < cfg.threshold < 1.0, "data.threshold", f"must be in (0, 1), got {cfg.threshold}")
+        need(
+            cfg.num_outputs is None or cfg.num_outputs >= 1,
+            "data.num_outputs",
+            f"must be >= 1, or null to infer it from the labels; got {cfg.num_outputs}",
+        )
+    if isinstance(cfg, Config):
+        need(0 <= cfg.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}], got {cfg.seed}")
+        need(
+            0 <= cfg.threads <= MAX_THREADS,
+            "threads",
+            f"must be in [0, {MAX_THREADS}] (0: bmnas' thread policy), got {cfg.threads}",
+        )
+        need(
+            cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device) is not None,
+            "device",
+            f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}",
+        )
+        need(
+            cfg.precision in ("fp32", "bf16"),
+            "precision",
+            f"must be fp32 or bf16, got {cfg.precision!r}",
+        )

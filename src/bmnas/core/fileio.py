@@ -1,0 +1,242 @@
+"""Every file bmnas writes goes through here: atomic writes, JSON and JSON lines, checksums.
+
+Why one module: a run can be killed at any instant (Ctrl-C, a cluster's time limit, OOM), and the
+next run must find either the old file or the new one, never half of one. So:
+
+* :func:`atomic_write` writes to a uniquely named temporary file in the target's directory
+  (``.<name>.<random>.tmp``, :func:`tempfile.mkstemp`: two writers never share it) and renames it
+  over the target with :func:`os.replace`; on any error the temporary file is removed and the old
+  file stays as it was. :class:`~bmnas.engine.rundir.RunDir` deletes the ``*.tmp`` a killed process left.
+* JSON lines are the one format that is appended to (a row per finished unit of work, so that a
+  killed run resumes after the last one). Appending is not atomic, so :func:`read_jsonl` has one
+  policy for damage: an unparsable **last** line is what a kill in the middle of an append leaves;
+  it is skipped with a warning (that unit of work is redone) and the next :func:`append_jsonl`
+  cuts it off. An unparsable line anywhere else is not a kill but a damaged file: a
+  :class:`~bmnas.core.errors.BmnasError` naming the file and the line.
+* Directories (cache entries, prepared datasets) are built in a staging directory and published
+  with one rename (:func:`make_staging_dir`, :func:`publish_dir`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import BmnasError
+
+log = logging.getLogger(__name__)
+
+TMP_SUFFIX = ".tmp"
+_NO_DEFAULT: Any = object()
+
+
+class FileFormatError(BmnasError, ValueError):
+    """A file bmnas wrote earlier that can no longer be parsed (damaged or edited by hand)."""
+
+
+# ------------------------------------------------------------------------------------------- writes
+def atomic_write(path: str | Path, write_fn: Callable[[Path], object]) -> Path:
+    """Call ``write_fn(tmp)`` on a fresh temporary file beside ``path``, then rename it to ``path``.
+
+    ``write_fn`` receives the temporary file's path (it exists, empty) and writes the content;
+    library writers that pick a format from the file name need the format passed explicitly
+    (the temporary name ends in ``.tmp``). If ``write_fn`` raises, ``path`` is untouched and the
+    temporary file is removed. The file gets the permissions ``open()`` would give it (mkstemp's
+    0600 would hide a shared run directory or cache from the rest of a group).
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    tmp = Path(name)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    """``obj`` as JSON (one line per value at ``indent``, a final newline), atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def write_json_sorted(path: str | Path, obj: Any) -> Path:
+    """``obj`` as compact, key-sorted JSON (manifests, sidecars of checksummed files), atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    """Replace ``path`` by one JSON line per row, atomically (a log rewritten whole)."""
+    return write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def save_torch(path: str | Path, obj: Any) -> Path:
+    """``torch.save(obj)`` atomically.
+
+    Write only tensors and plain Python values, so that the file loads with
+    ``torch.load(weights_only=True)`` and a shared file cannot run code.
+    """
+    import torch
+
+    return atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Append ``row`` as one JSON line; an unparsable last line a killed append left is cut first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row) + "\n").encode()
+    with path.open("a+b") as f:
+        _end_with_complete_line(f, path)
+        f.write(line)
+
+
+def _end_with_complete_line(f, path: Path) -> None:
+    """Make the file open in ``f`` end with a newline: add one, or cut an incomplete last line."""
+    end = f.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    f.seek(end - 1)
+    if f.read(1) == b"\n":
+        return
+    start = end
+    while start > 0:  # find the start of the last line, reading backwards
+        chunk_start = max(0, start - 65536)
+        f.seek(chunk_start)
+        newline = f.read(start - chunk_start).rfind(b"\n")
+        if newline >= 0:
+            start = chunk_start + newline + 1
+            break
+        start = chunk_start
+    f.seek(start)
+    tail = f.read()
+    try:
+        json.loads(tail)
+    except ValueError:  # cut short by a kill: the reader skips it, so drop it before appending
+        log.warning("%s: removing an incomplete last line (a run killed while appending it)", path)
+        f.truncate(start)
+    else:  # a whole row without its newline
+        f.write(b"\n")
+
+
+# -------------------------------------------------------------------------------------------- reads
+def read_json(path: str | Path, default: Any = _NO_DEFAULT) -> Any:
+    """The JSON value in ``path``.
+
+    Without ``default``: a missing file raises :class:`FileNotFoundError`, one that is not JSON a
+    :class:`FileFormatError` naming it. With ``default`` (for files that are simply redone when
+    unusable, such as a memo of earlier work), either case returns ``default``.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        if default is not _NO_DEFAULT:
+            return default
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        if default is not _NO_DEFAULT:
+            return default
+        raise FileFormatError(f"{path}: not a readable JSON file ({err}); repair or delete it") from None
+
+
+def read_jsonl(path: str | Path | None) -> list[Any]:
+    """The rows of a JSON-lines file; ``[]`` when there is none (``path`` missing or None).
+
+    Blank lines are ignored. An unparsable last line (a kill during an append) is skipped with a
+    warning; an unparsable line before it raises :class:`FileFormatError` with its line number.
+    """
+    if path is None or not Path(path).exists():
+        return []
+    path = Path(path)
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()  # a cut character too
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except (ValueError, RecursionError) as err:
+            if i == last:
+                log.warning("%s: skipping line %d, cut short (a run killed while writing it)", path, i + 1)
+                break
+            raise FileFormatError(
+                f"{path}, line {i + 1}: not valid JSON ({err}); the file is damaged: repair or delete "
+                f"that line (its work is then redone)"
+            ) from None
+    return rows
+
+
+def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -------------------------------------------------------------------------------------- directories
+def make_staging_dir(final: Path) -> Path:
+    """A fresh temporary directory beside ``final`` (same file system, so publishing is a rename)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent))
+
+
+def publish_dir(staging: Path, final: Path) -> bool:
+    """Move a fully written ``staging`` directory to ``final`` atomically.
+
+    An existing ``final`` is moved aside and deleted first. Returns False (and deletes ``staging``)
+    when another process published ``final`` in between; the caller then reads theirs.
+    """
+    if final.exists():
+        trash = final.with_name(f".{final.name}.{uuid.uuid4().hex}.old")
+        try:
+            os.replace(final, trash)
+        except FileNotFoundError:
+            pass
+        else:
+            shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.replace(staging, final)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if final.is_dir():
+            return False
+        raise
+    return True
+
+
+def remove_dir(path: Path) -> None:
+    """Delete a directory (first renamed, so that a reader never sees it half-deleted)."""
+    if not path.exists():
+        return
+    trash = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+    try:
+        os.replace(path, trash)
+    except OSError:
+        trash = path
+    shutil.rmtree(trash, ignore_errors=True)

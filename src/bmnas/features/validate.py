@@ -1,0 +1,267 @@
+"""Checks of feature data before anything trains: names, shapes, values, labels, task."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from ..core.config import FLOAT32_MAX
+from ..core.data import SPLITS, TASK_TYPES, FeatureData, FeatureSplit, TaskInfo
+from ..core.errors import DataError
+from ..features.pooling import pool_feature
+
+FEATURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*\.[A-Za-z0-9_.-]+$")
+
+
+MIN_ROWS = {"train": 2, "val": 2, "test": 1}  # training-mode BatchNorm needs two rows per batch
+
+
+MAX_CLASSES = 100_000
+
+
+RAW_SHAPES = "(N, C), (N, C, T), (N, C, H, W) or (N, C, T, H, W)"
+
+
+def infer_task(
+    labels: Mapping[str, np.ndarray], override: str | None = None, num_outputs: int | None = None
+) -> TaskInfo:
+    """Infer the task from label arrays: 1-D integers → multiclass, 2-D 0/1 → multilabel.
+
+    Raises :class:`DataError` for labels that fit neither, or that fall outside ``num_outputs``.
+    """
+    shapes = {s: y.shape for s, y in labels.items()}
+    ndims = {len(sh) for sh in shapes.values()}
+    if len(ndims) != 1 or ndims.pop() not in (1, 2):
+        raise DataError(
+            f"labels must be (N,) integer classes or (N, K) multi-hot in every split; got shapes {shapes}"
+        )
+    for split, y in labels.items():
+        _check_labels(f"split {split!r}", y)
+    first = next(iter(labels.values()))
+    kind = override or ("multiclass" if first.ndim == 1 else "multilabel")
+    if kind not in TASK_TYPES:
+        raise DataError(f"task.type must be one of {TASK_TYPES} or empty (infer), got {kind!r}")
+    if kind == "multiclass":
+        if first.ndim != 1:
+            raise DataError(f"multiclass labels must be 1-D class indices; got shapes {shapes}")
+        for split, y in labels.items():
+            if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+                row = int(np.flatnonzero(np.mod(y, 1) != 0)[0])
+                raise DataError(
+                    f"split {split!r}: multiclass labels must be integers; row {row} has {y[row].item()!r}"
+                )
+        train = labels.get("train", np.concatenate(list(labels.values())))
+        n = num_outputs or int(train.max()) + 1
+        if n > MAX_CLASSES:
+            raise DataError(
+                f"labels imply {n} classes (more than {MAX_CLASSES}); multiclass labels must be class "
+                f"indices 0..K-1"
+            )
+        inferred = "" if num_outputs else " (the classes are inferred from train's labels)"
+        for split, y in labels.items():
+            bad = np.flatnonzero((y < 0) | (y >= n))
+            if bad.size:
+                raise DataError(
+                    f"split {split!r}: label {y[bad[0]].item()!r} at row {bad[0]} is out of range "
+                    f"[0, {n}) ({bad.size} such rows); labels must be class indices 0..{n - 1}{inferred}"
+                )
+        _check_classes(labels, train)
+        return TaskInfo("multiclass", n)
+    widths = {y.shape[-1] for y in labels.values()}
+    if first.ndim != 2 or len(widths) != 1:
+        raise DataError(f"multilabel labels must be (N, K) with the same K everywhere; got {shapes}")
+    for split, y in labels.items():
+        bad = np.argwhere((y != 0) & (y != 1))
+        if bad.size:
+            r, c = bad[0]
+            raise DataError(
+                f"split {split!r}: multi-hot label [{r}, {c}] = {y[r, c].item()!r}; multilabel targets "
+                f"must be 0 or 1"
+            )
+    return TaskInfo("multilabel", widths.pop())
+
+
+def _check_labels(name: str, y: np.ndarray) -> None:
+    """Labels are a non-empty ``(N,)`` or ``(N, K)`` array of numbers."""
+    if y.ndim not in (1, 2):
+        raise DataError(
+            f"{name}: 'label' has shape {y.shape}; labels must be (N,) integer classes or (N, K) multi-hot"
+        )
+    if y.dtype.kind not in "biuf":
+        raise DataError(
+            f"{name}: 'label' has dtype {y.dtype}; labels must be integer class indices 0..K-1 (map "
+            f"class names to indices first) or 0/1 multi-hot"
+        )
+    if y.shape[0] == 0:
+        raise DataError(f"{name}: no samples ('label' is empty); every split needs samples")
+
+
+def _check_classes(labels: Mapping[str, np.ndarray], train: np.ndarray) -> None:
+    """At least two classes in train, and no val/test class that train never shows."""
+    seen = np.unique(train)
+    if seen.size < 2:
+        raise DataError(
+            f"split 'train': every label is {seen[0].item()!r}; a classification task needs at least 2 "
+            f"classes in train"
+        )
+    for split, y in labels.items():
+        unseen = ~np.isin(y, seen)
+        if split != "train" and unseen.any():
+            row = int(np.flatnonzero(unseen)[0])
+            raise DataError(
+                f"split {split!r}: label {y[row].item()!r} at row {row} never occurs in train "
+                f"({int(unseen.sum())} such rows); a class the model never trains on cannot be predicted: "
+                f"fix the labels or re-split the data"
+            )
+
+
+def _check_feature(name: str, key: str, arr: np.ndarray, n: int) -> None:
+    """One raw feature: ``(N, *raw_shape)`` of real, finite numbers that fit float32."""
+    if not FEATURE_NAME.match(key):
+        raise DataError(
+            f"{name}: array {key!r} is not a feature name; name features "
+            f"'<modality>.<layer>', e.g. 'image.block3'"
+        )
+    if not 2 <= arr.ndim <= 5:
+        raise DataError(f"{name}: feature {key!r} has shape {arr.shape}; a raw feature must be {RAW_SHAPES}")
+    if arr.shape[0] != n:
+        raise DataError(
+            f"{name}: feature {key!r} has {arr.shape[0]} samples but 'label' has {n}; every "
+            f"array of a split must have the same first dimension"
+        )
+    if 0 in arr.shape[1:]:
+        raise DataError(
+            f"{name}: feature {key!r} has shape {arr.shape} with an empty dimension; every dimension "
+            f"after N must be at least 1"
+        )
+    if arr.dtype.kind == "c":
+        raise DataError(
+            f"{name}: feature {key!r} is complex ({arr.dtype}); store the real and imaginary parts (or "
+            f"the magnitude) as real features"
+        )
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{name}: feature {key!r} has non-numeric dtype {arr.dtype}")
+
+
+def _check_values(name: str, key: str, arr: np.ndarray) -> None:
+    """No NaN/inf, and nothing that becomes inf as float32."""
+    if arr.dtype.kind != "f":
+        return
+    finite = np.isfinite(arr)
+    if not finite.all():
+        row = int(np.argwhere(~finite)[0][0])
+        raise DataError(
+            f"{name}: feature {key!r} has {int((~finite).sum())} NaN/inf values "
+            f"(first in sample {row}); clean or impute them before the search"
+        )
+    if arr.dtype.itemsize > 4 and arr.size:
+        big = np.abs(arr) > FLOAT32_MAX
+        if big.any():
+            row = int(np.argwhere(big)[0][0])
+            raise DataError(
+                f"{name}: feature {key!r} has {int(big.sum())} values beyond float32's range "
+                f"(|x| > {FLOAT32_MAX:.2e}, first in sample {row}); rescale the feature"
+            )
+
+
+def validate_split(name: str, split: Mapping[str, np.ndarray], labels: np.ndarray, min_rows: int = 1) -> None:
+    """Check one split's arrays: labels, names, shapes, dtypes, sample counts and finiteness."""
+    labels = np.asarray(labels)
+    _check_labels(name, labels)
+    n = labels.shape[0]
+    if n < min_rows:
+        raise DataError(
+            f"{name}: {n} sample(s); this split needs at least {min_rows} (batch normalisation trains on "
+            f"batches of two or more)"
+        )
+    if not split:
+        raise DataError(f"{name}: no feature arrays; expected arrays named '<modality>.<layer>'")
+    for key, arr in split.items():
+        _check_feature(name, key, arr, n)
+        _check_values(name, key, arr)
+
+
+def build_feature_data(
+    raw: Mapping[str, tuple[Mapping[str, np.ndarray], np.ndarray]],
+    length: int,
+    pooling: str = "max",
+    task_type: str | None = None,
+    num_outputs: int | None = None,
+    name: str = "data",
+) -> FeatureData:
+    """Validate raw per-split features and labels, pool them, and infer the task.
+
+    Args:
+        raw: ``split -> (features name -> (N, *raw_shape), labels)`` for train, val and test.
+    """
+    missing = [s for s in SPLITS if s not in raw]
+    if missing:
+        raise DataError(f"{name}: missing split(s) {missing}; need {list(SPLITS)}")
+    ref_names = list(raw["train"][0])
+    for split in SPLITS:
+        feats, labels = raw[split]
+        validate_split(f"{name}/{split}", feats, labels, MIN_ROWS[split])
+        if list(feats) != ref_names:
+            raise DataError(
+                f"{name}/{split}: features {sorted(feats)} differ from train's {sorted(ref_names)}; "
+                f"every split needs the same features"
+            )
+        for key, arr in feats.items():
+            ref = raw["train"][0][key]
+            if arr.shape[1:] != ref.shape[1:]:
+                raise DataError(
+                    f"{name}/{split}: feature {key!r} has per-sample shape {arr.shape[1:]} but "
+                    f"train has {ref.shape[1:]}"
+                )
+    task = infer_task({s: np.asarray(raw[s][1]) for s in SPLITS}, task_type, num_outputs)
+    splits = {}
+    for split in SPLITS:
+        feats, labels = raw[split]
+        pooled = {
+            k: pool_feature(torch.as_tensor(np.asarray(v)), length, pooling).numpy() for k, v in feats.items()
+        }
+        y = np.asarray(labels)
+        y = y.astype(np.int64) if task.type == "multiclass" else y.astype(np.float32)
+        splits[split] = FeatureSplit(pooled, y)
+    return FeatureData(splits, task, name)
+
+
+def fingerprint(data: FeatureData) -> dict[str, object]:
+    """What a run's results depend on in ``data``: checksums of its sources, features and task.
+
+    The generic format is identified by its files' SHA-256, a registered dataset by its dataset and
+    backbone-weights checksums (with L and pooling in the config, they are the feature cache's key);
+    anything else by a hash of the arrays themselves.
+    """
+    info = data.info or {}
+    if "files_sha256" in info:
+        source: object = dict(info["files_sha256"])
+    elif "dataset_sha256" in info:
+        source = {"dataset_sha256": info["dataset_sha256"], "weights": dict(info.get("weights", {}))}
+    else:
+        h = hashlib.sha256()
+        for split, sp in data.splits.items():
+            for k, v in {**sp.features, "label": sp.labels}.items():
+                a = np.ascontiguousarray(v)
+                h.update(f"{split}/{k}|{a.dtype.str}|{a.shape}|".encode())
+                h.update(memoryview(a).cast("B"))
+        source = {"arrays_sha256": h.hexdigest()}
+    return {
+        "source": source,
+        "features": {k: [data.feature_lengths[k], data.feature_channels[k]] for k in data.feature_names},
+        "sizes": {s: len(sp) for s, sp in data.splits.items()},
+        "task": [data.task.type, data.task.num_outputs],
+    }
+
+
+def check_searchable(data: FeatureData) -> None:
+    """A search fuses pairs of features: it needs at least two."""
+    if len(data.feature_names) < 2:
+        raise DataError(
+            f"{data.name}: a search needs at least 2 features (each Cell fuses two inputs), the data has "
+            f"{list(data.feature_names)}; add features, or widen data.features"
+        )

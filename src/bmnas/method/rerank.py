@@ -1,0 +1,107 @@
+"""Re-ranking: let the val split, not α's magnitude, pick the final genotype among the search's candidates.
+
+α, β, γ are weights in a network where every edge and op is mixed; their argmax need not be the
+best *discrete* network (the discretisation gap; DARTS-PT's argument). After the search, a few
+candidate genotypes are each trained briefly on the train split and scored on val by the
+evaluation stage's own selection phase (:func:`bmnas.method.train.select_epochs`); the best val score
+wins (ties: the earlier candidate). Candidates, in order, without repeats:
+
+1. the argmax of the final α, β, γ;
+2. the genotype of the epoch whose hypernet scored best on val (the paper's choice);
+3. samples of the final architecture distribution (Gumbel-max on α, β, γ at temperature 1),
+   so that near-ties the weights did not resolve are decided by measurement;
+4. if samples repeat themselves (a confident search), the other genotypes of the search
+   trajectory, by their epoch's hypernet val score.
+
+The trajectory comes last because its genotypes differ little from one another (measured on
+AV-MNIST: every trajectory candidate read the same feature pair), while samples explore what the
+weights left open.
+
+Every candidate's outcome is appended to ``RUN_DIR/rerank.jsonl``; a resumed run skips those done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.config import Config
+from ..core.data import FeatureData
+from ..core.fileio import append_jsonl, read_jsonl
+from ..core.genotype import DeriveRules, Genotype
+from ..engine.distributed import barrier, current
+from ..engine.metrics import primary_metric
+from ..engine.rundir import RunDir
+from ..space.hypernet import HyperNet
+from .train import Selection, select_epochs
+
+SAMPLE_TRIES = 20  # samples drawn per missing candidate before giving up on new ones
+
+
+def candidates(
+    net: HyperNet, history: list[dict], cfg: Config, k: int, metric: str
+) -> list[tuple[str, Genotype]]:
+    """Up to ``k`` distinct candidate genotypes with where each came from (see the module doc)."""
+    s = cfg.search
+    out: dict[str, tuple[str, Genotype]] = {}
+
+    def add(source: str, g: Genotype) -> None:
+        if len(out) < k:
+            out.setdefault(g.to_json(indent=None), (source, g))
+
+    rules = DeriveRules.of(s)
+    add("argmax", net.genotype(rules))
+    rows = sorted(
+        (r for r in history if r["epoch"] > s.warmup_epochs), key=lambda r: (-r["val"][metric], -r["epoch"])
+    )
+    for r in rows[:1]:
+        add(f"best epoch {r['epoch']}", Genotype.from_dict(r["genotype"]))
+    noise = torch.Generator().manual_seed(cfg.seed)
+    for i in range(k * SAMPLE_TRIES):
+        if len(out) >= k:
+            break
+        add(f"sample {i + 1}", net.genotype(rules, noise=noise))
+    for r in rows[1:]:
+        add(f"epoch {r['epoch']}", Genotype.from_dict(r["genotype"]))
+    return list(out.values())
+
+
+def rerank(
+    net: HyperNet, state: dict, data: FeatureData, cfg: Config, run: RunDir | None, progress: bool = True
+) -> list[dict]:
+    """Train each candidate briefly on train, score it on val; returns one row per candidate."""
+
+    epochs = cfg.search.rerank_epochs or cfg.train.epochs
+    sel_folds = cfg.train.select_folds
+    log_path = run.path / "rerank.jsonl" if run is not None else None
+    writes = current().main  # under torchrun every rank trains each candidate; rank 0 records it
+    done = {json.dumps(row["genotype"], sort_keys=True): row for row in read_jsonl(log_path)}
+    rows = []
+    cands = candidates(net, state["history"], cfg, cfg.search.rerank, primary_metric(data.task))
+    bar = tqdm(cands, desc="re-rank candidates", disable=not progress, leave=False)
+    for rank, (source, g) in enumerate(bar):
+        key = json.dumps(g.to_dict(), sort_keys=True)
+        if key in done and Selection.from_dict(done[key]).matches(epochs, sel_folds):
+            rows.append({**done[key], "rank": rank, "source": source})
+            continue
+        t0 = time.perf_counter()
+        sel = select_epochs(g, data, cfg, epochs)
+        row = {
+            "rank": rank,
+            "source": source,
+            "val": sel.best_score,
+            "best_epoch": sel.best_epoch,
+            **sel.to_dict(),
+            "epochs": epochs,
+            "seconds": time.perf_counter() - t0,
+            "genotype": g.to_dict(),
+        }
+        rows.append(row)
+        if log_path is not None and writes:
+            append_jsonl(log_path, row)
+        bar.set_postfix(best=f"{max(r['val'] for r in rows):.4f}")
+    barrier(current())
+    return rows

@@ -1,0 +1,1 @@
+"""What a run shows: plots and tables. Imports only bmnas.core."""

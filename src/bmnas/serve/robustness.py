@@ -1,0 +1,184 @@
+"""How a run's networks fail without a modality or under noise (the test split, perturbed).
+
+Conditions, applied to the pooled ``(N, L_k, C_in)`` test features every network reads:
+
+* ``clean``: unchanged.
+* ``missing:<m>:zeros``: every feature of modality ``m`` replaced by zeros (what
+  :func:`bmnas.engine.augment.drop_modalities` trains for).
+* ``missing:<m>:mean``: every feature of ``m`` replaced by its train mean ``μ = mean_n f_n``
+  (per position and channel), i.e. the prediction a constant, uninformative input gets.
+* ``noise:<σ>``: ``f + σ · s ⊙ ε`` on every feature, ``ε ~ N(0, 1)``, ``s`` the feature's per-channel
+  train std over samples and positions (so σ is relative); drawn with a fixed seed, the same
+  draw for every network.
+
+Networks: the run's found network and each baseline it trained (``baseline_*.ckpt.pt``). The
+table holds the primary test metric (accuracy or weighted F1) per network and condition.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..core.data import FeatureData, FeatureSplit
+from ..core.fileio import atomic_write, read_json, write_json, write_text_atomic
+from ..engine.augment import modality_of
+from ..engine.metrics import primary_metric
+from .predict import FOUND_STAGE, LoadedModel, ModelError, load, run_data
+
+log = logging.getLogger(__name__)
+
+NOISE_LEVELS = (0.1, 0.5, 1.0)
+FOUND_NAME = "searched"
+
+
+def conditions(modalities: Sequence[str], noise: Sequence[float] = NOISE_LEVELS) -> list[str]:
+    """``clean``, then per modality ``missing:<m>:zeros`` and ``missing:<m>:mean``, then ``noise:<σ>``."""
+    out = ["clean"]
+    for m in modalities:
+        out += [f"missing:{m}:zeros", f"missing:{m}:mean"]
+    return out + [f"noise:{s:g}" for s in noise]
+
+
+def train_stats(train: FeatureSplit) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per feature: train mean ``(L_k, C_in)`` over samples and std ``(C_in,)`` over samples and positions."""
+    return {
+        k: (
+            v.mean(axis=0, dtype=np.float64).astype(np.float32),
+            v.std(axis=(0, 1), dtype=np.float64).astype(np.float32),
+        )
+        for k, v in train.features.items()
+    }
+
+
+def perturb(
+    features: Mapping[str, np.ndarray],
+    condition: str,
+    stats: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """``features`` under ``condition`` (see the module docstring); a new dict, inputs untouched."""
+    if condition == "clean":
+        return dict(features)
+    kind, _, rest = condition.partition(":")
+    if kind == "missing":
+        modality, _, fill = rest.rpartition(":")
+        if fill not in ("zeros", "mean"):
+            raise ValueError(f"unknown fill {fill!r} in {condition!r}; use zeros or mean")
+        out = dict(features)
+        for k, v in features.items():
+            if modality_of(k) == modality:
+                out[k] = np.zeros_like(v) if fill == "zeros" else np.broadcast_to(stats[k][0], v.shape).copy()
+        return out
+    if kind == "noise":
+        sigma = float(rest)
+        rng = np.random.default_rng(seed)
+        return {
+            k: (v + sigma * stats[k][1] * rng.standard_normal(v.shape, dtype=np.float32)).astype(np.float32)
+            for k, v in features.items()
+        }
+    raise ValueError(f"unknown condition {condition!r}")
+
+
+def run_models(run_dir: str | Path) -> dict[str, LoadedModel]:
+    """The found network (``searched``) and every baseline the run trained, by display name."""
+    run = Path(run_dir)
+    models = {FOUND_NAME: load(run, FOUND_STAGE)}
+    metrics = read_json(run / "metrics.json", default=None)
+    names = list((metrics.get("baselines") if isinstance(metrics, dict) else None) or {})
+    stages = {"baseline_" + n.replace(":", "_"): n for n in names}
+    for path in sorted(run.glob("baseline_*.ckpt.pt")):
+        stage = path.name.removesuffix(".ckpt.pt")
+        try:
+            models[stages.get(stage, stage.removeprefix("baseline_"))] = load(run, stage)
+        except ModelError as err:  # e.g. a baseline whose training was interrupted
+            log.warning("skipping %s: %s", stage, err)
+    return models
+
+
+def evaluate_robustness(
+    models: Mapping[str, LoadedModel],
+    data: FeatureData,
+    noise: Sequence[float] = NOISE_LEVELS,
+    seed: int = 0,
+    split: str = "test",
+) -> list[dict]:
+    """Rows ``{"method", "condition", <metric>: value}`` for every network and condition."""
+    metric = primary_metric(data.task)
+    stats = train_stats(data["train"])
+    test = data[split]
+    rows = []
+    for cond in conditions(data.modalities, noise):
+        feats = perturb(test.features, cond, stats, seed)
+        for name, model in models.items():
+            value = model.predict_pooled(feats).metrics(test.labels)[metric]
+            rows.append({"method": name, "condition": cond, metric: value})
+    return rows
+
+
+def pivot(rows: Sequence[dict], metric: str) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    conds = list(dict.fromkeys(r["condition"] for r in rows))
+    return methods, conds, {(r["method"], r["condition"]): r[metric] for r in rows}
+
+
+def markdown_table(rows: Sequence[dict], metric: str) -> str:
+    """Methods as rows, conditions as columns, the metric to 4 decimals."""
+    methods, conds, value = pivot(rows, metric)
+    lines = [f"| method ({metric}) | " + " | ".join(conds) + " |", "|---|" + "---:|" * len(conds)]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(f"{value[m, c]:.4f}" for c in conds) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict], metric: str, path: Path) -> Path:
+    methods, conds, value = pivot(rows, metric)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", *conds])
+    for m in methods:
+        w.writerow([m, *(repr(float(value[m, c])) for c in conds)])
+    return write_text_atomic(path, buf.getvalue())
+
+
+def plot(rows: Sequence[dict], metric: str, path: Path) -> Path:
+    """Grouped bars: one group per condition, one bar per network."""
+
+    methods, conds, value = pivot(rows, metric)
+    fig = Figure(figsize=(max(6.0, 1.3 * len(conds)), 4.5))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(conds))
+    for i, m in enumerate(methods):
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, [value[m, c] for c in conds], width, label=m)
+    ax.set_xticks(x, conds, rotation=30, ha="right")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize="small", ncols=min(4, len(methods)), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    return atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+
+
+def cli(args) -> int:
+    """``bmnas robustness RUN [--data DIR] [--out DIR] [--noise σ …]``: table (md, csv, json), plot."""
+    models = run_models(args.run_dir)
+    found = models[FOUND_NAME]
+    data = run_data(found.config, found.L, args.cache, progress=not args.quiet, data_dir=args.data)
+    metric = primary_metric(data.task)
+    rows = evaluate_robustness(models, data, args.noise, args.seed)
+    out = Path(args.out or args.run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(rows, metric)
+    write_text_atomic(out / "robustness.md", table + "\n")
+    write_json(out / "robustness.json", rows)
+    write_csv(rows, metric, out / "robustness.csv")
+    plot(rows, metric, out / "robustness.png")
+    print(table)
+    print(f"\nwrote {out / 'robustness.md'}, robustness.csv, robustness.json, robustness.png")
+    return 0
