@@ -2,7 +2,8 @@
 
 import csv
 import json
-import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 import bmnas.studies.ablate as ablate_mod
 from bmnas.cli.main import main
+from bmnas.core import locks
 from bmnas.core.config import Config
 from bmnas.core.genotype import Genotype
 from bmnas.engine.rundir import RunError
@@ -43,6 +45,13 @@ SMBO = SMBOConfig(budget=3, initial=2, candidates=16, epochs=1, trees=8)
 @pytest.fixture(scope="module")
 def data():
     return planted_interaction(n=160, L=4, channels=8, seed=0)
+
+
+HOLD_LOCK = (
+    "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+    "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, f'{os.getpid()}'.encode()); print('locked', flush=True); "
+    "time.sleep(60)"
+)
 
 
 def test_smbo_returns_a_valid_genotype_and_its_cost_and_resumes(data, tmp_path):
@@ -239,12 +248,19 @@ def test_lock_and_duplicate_rows(data, tmp_path):
     opts = AblationOptions(methods=("unimodal:a",), seeds=(0,), smbo=SMBO)
     lock = tmp_path / "ablate" / "lock"
     lock.parent.mkdir(parents=True)
-    lock.write_text(f"{os.getppid()}\n")  # a live process that is not us
-    with pytest.raises(RunError, match="in use by another ablation"):
-        ablate(data, cfg, tmp_path, opts, progress=False)
-    lock.write_text("999999999\n")  # a process that is gone: the lock is stale
-    res = ablate(data, cfg, tmp_path, opts, progress=False)
-    assert not lock.exists() and res.rows[0].runs == 1
+    holder = subprocess.Popen(  # another process holds the ablation's lock
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunError, match=rf"in use by another ablation \(process {holder.pid}\)"):
+            ablate(data, cfg, tmp_path, opts, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    res = ablate(data, cfg, tmp_path, opts, progress=False)  # the kernel dropped the dead process's lock
+    assert res.rows[0].runs == 1 and locks.try_lock(lock)  # and ablate released its own
+    locks.release(lock)
     results = tmp_path / "ablate" / "results.jsonl"
     results.write_text(results.read_text() * 2)  # e.g. two runs that raced before locks existed
     again = ablate(data, cfg, tmp_path, opts, progress=False)

@@ -70,7 +70,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, 
     assert (tmp_path / "probe-ran").exists()  # the payload is live: unsafe loading would run it
 
     out, marker = tmp_path / "run", tmp_path / "pwned"
-    out.mkdir()
+    RunDir(out)  # a bmnas run directory (its marker), where a checkpoint is then planted
     torch.save({"config": {}, "model": _RunsCode(marker)}, out / "search.ckpt.pt")
     rc, err = run_cli(capsys, "search", "--data", str(data), "--out", str(out), *FAST)
     assert_refused(rc, err, "search.ckpt.pt: refused to load", "could run code", "--fresh")
@@ -89,7 +89,7 @@ def test_checkpoints_save_only_tensors_and_plain_values(tmp_path):
 
 def test_a_checkpoint_without_its_model_is_refused_by_name(tmp_path, data, capsys):
     out = tmp_path / "run"
-    out.mkdir()
+    RunDir(out)
     torch.save({"config": {}, "stage": "search", "state": {"epoch": 1}}, out / "search.ckpt.pt")
     rc, err = run_cli(capsys, "search", "--data", str(data), "--out", str(out), *FAST)
     assert_refused(rc, err, "search.ckpt.pt: damaged checkpoint (missing ['model', 'w_opt'")
@@ -458,7 +458,7 @@ def test_a_changed_config_or_data_is_refused_before_config_yaml_is_touched(tmp_p
 
 def test_a_run_directory_in_use_is_refused(tmp_path, data, capsys):
     out = tmp_path / "run"
-    out.mkdir()
+    RunDir(out)
     fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # another process's lock: a second open file description
@@ -490,10 +490,19 @@ def test_keys_added_to_the_config_since_a_run_are_no_change(tmp_path):
 
 def test_leftover_temporary_files_are_removed_and_writes_use_unique_names(tmp_path):
     run = RunDir(tmp_path / "run")
-    for name in ("genotype.json.tmp", ".metrics.json.k1ll3d.tmp"):
+    for name in ("genotype.json.tmp", ".metrics.json.k1ll3d_x.tmp", "plots/.genotype.png.a_b2c3d4.tmp"):
+        (run.path / name).parent.mkdir(exist_ok=True)
         (run.path / name).write_text("half")
+    (run.path / "draft.tmp").write_text("a user's")  # not a temporary file of bmnas'
     run.open(Config())
-    assert sorted(p.name for p in run.path.iterdir()) == [".lock", "config.yaml"]
+    assert sorted(p.name for p in run.path.iterdir()) == [
+        ".bmnas-run",
+        ".lock",
+        "config.yaml",
+        "draft.tmp",
+        "plots",
+    ]
+    assert list((run.path / "plots").iterdir()) == [] and (run.path / "draft.tmp").read_text() == "a user's"
     locks.release_all()
 
 

@@ -15,5 +15,9 @@ class DataError(BmnasError, ValueError):
     """Invalid input data; the message says what is wrong, where, and how to fix it."""
 
 
+class NotOursError(BmnasError, RuntimeError):
+    """A file or directory bmnas did not write (a user's, a link, a device) where bmnas would write."""
+
+
 class PreparedDataError(BmnasError, RuntimeError):
     """A dataset's prepared files are missing, corrupt or stale; the dataset prepares them again."""

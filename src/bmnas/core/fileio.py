@@ -23,18 +23,22 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import BmnasError
+from .errors import BmnasError, NotOursError
 
 log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
+# atomic_write's temporary files: ``.<name>.<8 characters of mkstemp>.tmp`` (a user's ``draft.tmp`` is not)
+_OWN_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 _NO_DEFAULT: Any = object()
 
 
@@ -103,12 +107,40 @@ def save_torch(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda p: torch.save(obj, p))
 
 
+def is_own_temp(path: Path) -> bool:
+    """Is ``path`` a temporary file that an interrupted :func:`atomic_write` left?"""
+    return bool(_OWN_TEMP.match(path.name))
+
+
+def open_no_follow(path: str | Path, flags: int) -> int:
+    """``os.open(path, flags)`` that refuses a symbolic link, a non-regular and a hard-linked file.
+
+    Whatever bmnas appends to, truncates or locks in place goes through here: a link planted in a
+    run directory or cache can never make bmnas change the file it points to.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        if path.is_symlink():
+            raise NotOursError(
+                f"{path} is a symbolic link; bmnas never writes through links: remove the link"
+            ) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = "hard-linked" if st.st_nlink > 1 else "not a regular file"
+        raise NotOursError(f"{path} is not a plain file of bmnas' ({what}); remove it")
+    return fd
+
+
 def append_jsonl(path: str | Path, row: dict) -> None:
     """Append ``row`` as one JSON line; an unparsable last line a killed append left is cut first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row) + "\n").encode()
-    with path.open("a+b") as f:
+    with os.fdopen(open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+b") as f:
         _end_with_complete_line(f, path)
         f.write(line)
 

@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from .fileio import open_no_follow
+
 _HELD: dict[Path, int] = {}  # lock file -> file descriptor, for the locks this process holds
 
 
@@ -20,13 +22,13 @@ def try_lock(path: str | Path) -> bool:
     path = Path(path)
     if path in _HELD:
         return True
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)  # no truncation before the lock is ours
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return False
-    os.ftruncate(fd, 0)
+    os.ftruncate(fd, 0)  # our own plain, singly linked file (open_no_follow checked)
     os.write(fd, f"{os.getpid()}\n".encode())
     _HELD[path] = fd
     return True
@@ -58,7 +60,7 @@ def release_all() -> None:
 def locked(path: str | Path) -> Iterator[None]:
     """Hold the lock ``path`` for the ``with`` block, waiting for another holder to finish."""
     path = Path(path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -13,10 +13,13 @@
       metrics.json           test metrics, parameter counts, search/train seconds
       plots/                 architecture-weight and loss curves
       .lock                  held (``flock``) by the process running in the directory
+      .bmnas-run             the marker: bmnas made this directory (:mod:`bmnas.engine.owned`)
 
 Every file is written atomically (:mod:`bmnas.core.fileio`: a uniquely named temporary file, then
 rename): a kill never leaves half a file, and the next run removes the temporary files a killed one
-left. A rerun with another configuration or other data is refused before anything is written.
+left. bmnas writes only into a new, empty or bmnas run directory, never through a symbolic link,
+and ``--fresh`` removes only what bmnas wrote (:mod:`bmnas.engine.owned`). A rerun with another
+configuration or other data is refused before anything is written.
 Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain values only, so a
 shared run directory cannot run code.
 """
@@ -24,7 +27,6 @@ shared run directory cannot run code.
 from __future__ import annotations
 
 import pickle
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from ..core import locks
 from ..core.config import Config
 from ..core.errors import BmnasError
 from ..core.fileio import read_json, read_jsonl, save_torch, write_json, write_jsonl, write_text_atomic
+from . import owned
 
 # Sections whose change makes a checkpoint unusable for that stage.
 _STAGE_KEYS = {"search": ("seed", "data", "model", "search"), "train": ("seed", "data", "model", "train")}
@@ -61,25 +64,7 @@ _CKPT_KEYS = {
     "train": ("config", "model", "opt", "sched", "shuffle", "torch_rng", "state", "genotype"),
 }
 FINGERPRINT = "fingerprint.json"
-LOCK = ".lock"
-# What ``--fresh`` removes: every file and folder a run writes (anything else in RUN_DIR stays).
-_OWNED_FILES = (
-    "config.yaml",
-    FINGERPRINT,
-    "genotype.json",
-    "recommended_genotype.json",
-    "model.pt",
-    "history.jsonl",
-    "metrics.json",
-    "smbo.jsonl",
-    "rerank.jsonl",
-    "robustness.*",
-    "*.ckpt.pt",
-    "*_history.jsonl",
-    "*_selection.json",
-    "*.tmp",
-)
-_OWNED_DIRS = ("plots", "ablate")
+LOCK = owned.LOCK
 
 
 class RunError(BmnasError, RuntimeError):
@@ -136,11 +121,8 @@ class RunDir:
             raise RunError(
                 f"{self.path} is a file, not a directory; give --out a new or existing run directory"
             )
-        if create:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise RunError(f"cannot create the run directory {self.path} ({err.strerror})") from err
+        if create:  # a new, empty or bmnas run directory, else refused before anything is written
+            owned.claim(self.path)
         elif not self.path.is_dir():
             raise RunError(f"{self.path}: no such run directory")
 
@@ -175,6 +157,7 @@ class RunDir:
         Raises :class:`RunError`, before writing anything, when the directory holds results of another
         configuration or other data (``fresh`` discards them first).
         """
+        owned.refuse_links(self.path)
         self.lock()
         self.remove_temporary_files()
         if fresh:
@@ -237,10 +220,8 @@ class RunDir:
         return recorded
 
     def remove_temporary_files(self) -> None:
-        """Delete the temporary files a killed process left (call with the lock held)."""
-        for tmp in self.path.glob("*.tmp"):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
+        """Delete the temporary files killed writes left, in sub-folders too (call with the lock held)."""
+        owned.remove_own_temps(self.path)
 
     # --------------------------------------------------------------------------------------- I/O
     def write_config(self, cfg: Config) -> None:
@@ -283,13 +264,8 @@ class RunDir:
         return ckpt
 
     def clear(self) -> None:
-        """Remove everything a run writes except the lock (``--fresh``); other files stay."""
-        for pattern in _OWNED_FILES:
-            for path in self.path.glob(pattern):
-                if path.is_file():
-                    path.unlink(missing_ok=True)
-        for name in _OWNED_DIRS:
-            shutil.rmtree(self.path / name, ignore_errors=True)
+        """``--fresh``: remove what bmnas wrote here (not the marker, not the lock); other files stay."""
+        owned.clear(self.path)
 
 
 def _read_checkpoint(path: Path, kind: str | None) -> dict:

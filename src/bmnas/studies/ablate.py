@@ -33,23 +33,22 @@ Std is the sample standard deviation (``ddof = 1``), 0 for a single run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import logging
-import os
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..core import locks
 from ..core.config import Config, ConfigError
 from ..core.data import FeatureData
 from ..core.fileio import append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_text_atomic
 from ..core.genotype import Genotype
+from ..engine import owned
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir, RunError
 from ..method.probe import linear_probe
@@ -367,53 +366,22 @@ def ablate(
     """
     out = Path(out)
     root = out / "ablate"
-    with _lock(root):
-        if fresh:
-            for child in root.iterdir():
-                if child.is_dir():
-                    shutil.rmtree(child)
-                elif child.name != LOCK:
-                    child.unlink()
-        return _run(data, cfg, out, root, opts, progress, progress if verbose is None else verbose)
-
-
-LOCK = "lock"
-
-
-@contextlib.contextmanager
-def _lock(root: Path) -> Iterator[None]:
-    """Hold ``root/lock`` (our pid) while running: two ablations in one directory would collide."""
     root.mkdir(parents=True, exist_ok=True)
-    path = root / LOCK
+    lock = root / LOCK
+    if not locks.try_lock(lock):
+        raise RunError(
+            f"{root} is in use by another ablation (process {locks.holder(lock)}); wait for it or use "
+            f"another --out"
+        )
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            pid = int(path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            pid = 0
-        if pid and pid != os.getpid() and _alive(pid):
-            raise RunError(
-                f"{root} is in use by another ablation (process {pid}); wait for it or use another --out"
-            ) from None
-        path.unlink(missing_ok=True)  # stale: its process is gone
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    try:
-        yield
+        if fresh:
+            owned.clear_folder(root, owned.OWNED_DIRS["ablate"], keep=(LOCK,))  # a user's files stay
+        return _run(data, cfg, out, root, opts, progress, progress if verbose is None else verbose)
     finally:
-        path.unlink(missing_ok=True)
+        locks.release(lock)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+LOCK = "lock"  # flock-ed by the running ablation (its pid inside), like a run directory's .lock
 
 
 def _run(

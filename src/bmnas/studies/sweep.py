@@ -46,6 +46,7 @@ from ..core.data import FeatureData
 from ..core.errors import BmnasError
 from ..core.fileio import atomic_write, write_text_atomic
 from ..core.genotype import Genotype
+from ..engine import owned
 from ..engine.rundir import RunDir, _diff
 from ..features.validate import fingerprint
 from ..method.run import fit_config_to_data
@@ -296,6 +297,7 @@ def sweep(
     optuna = import_optuna()
 
     out = Path(out)
+    owned.claim(out)  # a new, empty or bmnas directory: a user's files are never written over
     (out / "trials").mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     cache: dict[int, FeatureData] = {}
