@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -168,7 +169,13 @@ def _read_yaml(path: Path) -> object:
     if not path.is_file():
         raise ConfigError(f"--config {path}: not a file; name a YAML configuration file")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"--config {path}: {size} bytes is too large for a configuration (at most "
+                f"{MAX_CONFIG_BYTES >> 10} KiB); name a YAML configuration file"
+            )
+        loaded = yaml.safe_load(path.read_text()) or {}
     except OSError as err:
         raise ConfigError(f"--config {path}: cannot be read ({err.strerror})") from None
     except UnicodeDecodeError:
@@ -176,7 +183,34 @@ def _read_yaml(path: Path) -> object:
     except RecursionError:
         raise ConfigError(f"--config {path}: nested too deeply to be a configuration") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: invalid YAML ({' '.join(str(err).split())})") from None
+        raise ConfigError(f"--config {path}: invalid YAML ({' '.join(str(err).split())[:200]})") from None
+    check_size(loaded, f"--config {path}")
+    return loaded
+
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000  # values after YAML aliases are expanded (a config has about 60)
+MAX_CONFIG_DEPTH = 32
+
+
+def check_size(value: object, where: str) -> None:
+    """Refuse a document whose aliases expand to a bomb, or that nests deeper than any config.
+
+    Counts the values a full walk would visit (an alias counts again each time it is used) and
+    stops at :data:`MAX_CONFIG_VALUES`: the walk costs at most that many steps, whatever the file.
+    """
+    seen, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES or depth > MAX_CONFIG_DEPTH:
+            what = "nested too deeply" if depth > MAX_CONFIG_DEPTH else "too large (aliases expand it)"
+            raise ConfigError(f"{where}: {what} to be a configuration; write the values out plainly")
+        if isinstance(node, dict):
+            stack += [(v, depth + 1) for v in node.values()]
+            stack += [(k, depth + 1) for k in node if isinstance(k, (tuple, list, dict))]
+        elif isinstance(node, (list, tuple)):
+            stack += [(v, depth + 1) for v in node]
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -184,10 +218,18 @@ def _short(text: str, limit: int = 80) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
+_BRIEF = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_BRIEF.maxlevel, _BRIEF.maxdict, _BRIEF.maxlist, _BRIEF.maxtuple = 3, 6, 6, 6
+_BRIEF.maxstring = _BRIEF.maxother = 60
+
+
 def _brief(value: object, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters for an error message."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    """``repr(value)`` for an error message, cut to ``limit`` characters *before* it is built whole.
+
+    (A few hundred bytes of YAML aliases expand to a value whose full repr has 10^9 characters.)
+    """
+    text = _BRIEF.repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _parse_value(value: str, where: str) -> object:
@@ -195,12 +237,14 @@ def _parse_value(value: str, where: str) -> object:
     if not value.strip():
         return None
     try:
-        return yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except RecursionError:
         raise ConfigError(f"{where}: the value is nested too deeply") from None
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0]
-        raise ConfigError(f"{where}: the value is not valid YAML ({first})") from None
+        raise ConfigError(f"{where}: the value is not valid YAML ({first[:200]})") from None
+    check_size(parsed, where)
+    return parsed
 
 
 def _deep_copy(d: dict) -> dict:

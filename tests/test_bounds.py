@@ -1,0 +1,60 @@
+"""Sizes are bounded before work starts: configuration files, overrides, error messages."""
+
+from __future__ import annotations
+
+import time
+
+from bmnas.cli import main as cli
+from bmnas.core.config import MAX_CONFIG_VALUES, _brief
+
+BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = cli.main([*argv])
+    return rc, capsys.readouterr().err
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_and_nothing_is_written(tmp_path, capsys):
+    config = tmp_path / "bomb.yaml"
+    config.write_text(BOMB + "search: {epochs: *i}\n")  # 9^9 ≈ 3.9e8 values once expanded
+    assert len(config.read_bytes()) < 500
+    start = time.perf_counter()
+    rc, err = run_cli(
+        capsys, "search", "--data", str(tmp_path), "--config", str(config), "--out", str(tmp_path / "o")
+    )
+    assert time.perf_counter() - start < 5  # the walk stops after MAX_CONFIG_VALUES values
+    why = "too large (aliases expand it) to be a configuration; write the values out plainly"
+    assert rc == 2 and err == f"bmnas: error: --config {config}: {why}\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_override_nested_too_deeply_is_refused(tmp_path, capsys):
+    value = "[" * 40 + "1" + "]" * 40
+    rc, err = run_cli(
+        capsys,
+        "search",
+        "--data",
+        str(tmp_path),
+        "--set",
+        f"search.epochs={value}",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert rc == 2 and err.endswith(
+        ": nested too deeply to be a configuration; write the values out plainly\n"
+    )
+    assert len(err) < 300
+
+
+def test_an_error_message_is_cut_before_the_value_is_written_out_whole():
+    inner = ["lol"] * 9
+    for _ in range(8):  # 9^9 strings, shared: its full repr would be gigabytes
+        inner = [inner] * 9
+    start = time.perf_counter()
+    text = _brief(inner)
+    assert time.perf_counter() - start < 0.1 and len(text) <= 83 and text.startswith("[[[")
+    assert MAX_CONFIG_VALUES == 100_000
