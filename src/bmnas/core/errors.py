@@ -19,5 +19,9 @@ class NotOursError(BmnasError, RuntimeError):
     """A file or directory bmnas did not write (a user's, a link, a device) where bmnas would write."""
 
 
+class MissingDependencyError(BmnasError, ImportError):
+    """An optional package a feature needs is not installed; the message says how to install it."""
+
+
 class PreparedDataError(BmnasError, RuntimeError):
     """A dataset's prepared files are missing, corrupt or stale; the dataset prepares them again."""

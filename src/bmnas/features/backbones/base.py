@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...core.errors import BmnasError
+from ...core.errors import BmnasError, MissingDependencyError
 from ...core.registry import import_quietly
 
 
@@ -106,13 +106,13 @@ def package_dir(module: str, requirement: str, needs: str, install: str | None =
     """The folder of the installed package ``module``, which ships backbone weights.
 
     The package is located, not imported: only its files are needed. Raises
-    ``ModuleNotFoundError`` (``needs``, then how to install ``requirement``; ``install``: the
-    command to show instead) when it is missing.
+    :class:`~bmnas.core.errors.MissingDependencyError` (``needs``, then how to install
+    ``requirement``; ``install``: the command to show instead) when it is missing.
     """
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         how = install or f"pip install '{requirement}' (or pip install 'bmnas[pretrained]')"
-        raise ModuleNotFoundError(f"{needs}: {how}", name=module)
+        raise MissingDependencyError(f"{needs}: {how}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

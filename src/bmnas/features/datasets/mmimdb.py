@@ -33,6 +33,7 @@ import numpy as np
 from ...core.errors import DataError
 from ...core.fileio import sha256 as sha256_file
 from ...core.fileio import write_json_sorted
+from ...core.registry import optional
 from .base import RawDataset, RawSplit, register_dataset
 
 SPLIT_SIZES = {"train": 15552, "val": 2608, "test": 7799}
@@ -50,11 +51,7 @@ _FUEL_SPLIT_NAMES = {
 
 
 def _h5py():
-    try:
-        import h5py
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("reading MM-IMDB needs h5py: pip install h5py") from err
-    return h5py
+    return optional("h5py", "reading MM-IMDB", "pip install h5py")
 
 
 def caffe_bgr_to_rgb(x: np.ndarray) -> np.ndarray:
