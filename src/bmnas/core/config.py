@@ -378,8 +378,13 @@ def _check(cfg, where: str) -> None:
         need(not unknown, "model.ops", f"unknown op {', '.join(map(repr, unknown))}; registered ops: {known}")
     if isinstance(cfg, _WeightTraining):
         section = "search" if isinstance(cfg, SearchConfig) else "train"
-        for k in ("epochs", "batch_size", "restart_epochs", "restart_mult", "eval_batch_size"):
+        for k in ("epochs", "restart_epochs", "restart_mult", "eval_batch_size"):
             need(getattr(cfg, k) >= 1, f"{section}.{k}", f"must be >= 1, got {getattr(cfg, k)}")
+        need(
+            cfg.batch_size >= 2,
+            f"{section}.batch_size",
+            f"must be >= 2 (BatchNorm needs two rows per training batch), got {cfg.batch_size}",
+        )
         need(cfg.lr > 0 and 0 <= cfg.lr_min <= cfg.lr, f"{section}.lr", "need lr > 0 and 0 <= lr_min <= lr")
         need(
             0.0 <= cfg.modality_dropout < 1.0,
