@@ -88,3 +88,16 @@ def test_a_batch_of_one_row_is_refused_before_anything_runs(tmp_path, capsys, se
     )
     why = "must be >= 2 (BatchNorm needs two rows per training batch), got 1"
     assert rc == 2 and err == f"bmnas: error: {section}.batch_size: {why}\n" and not out.exists()
+
+
+def test_a_modality_named_like_a_cell_is_refused_by_the_data_check(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("val", 6), ("test", 6)):
+        arrays = {"cellular.vec": rng.normal(size=(n, 4)), "audio.vec": rng.normal(size=(n, 3))}
+        np.savez(tmp_path / f"{split}.npz", label=np.arange(n) % 2, **arrays)
+    out = tmp_path / "o"
+    rc, err = run_cli(capsys, "search", "--data", str(tmp_path), "--out", str(out))
+    assert rc == 2 and "feature 'cellular.vec': a modality name may not start with 'cell'" in err, err
+    assert not out.exists()  # refused before the run directory was made

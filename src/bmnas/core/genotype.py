@@ -40,6 +40,7 @@ from .fileio import write_text_atomic
 FORMAT = "bmnas.genotype"  # the file format's name, not a module path
 VERSION = 1
 CELL_INPUTS = ("x", "y")
+CELL_PREFIX = "cell"  # Cells are named cell1, cell2, ...: no feature name may start so
 MAX_C = 1 << 13  # fused channels and positions beyond these are a typo, not a model (C² weights,
 MAX_L = 1 << 12  # L² attention scores per sample)
 MAX_CHANNELS = 1 << 24  # channels of one input feature
@@ -236,7 +237,7 @@ def validate(
     _require(len(names) == len(set(names)), f"{where}.features", f"duplicate feature names in {names}")
     for i, f in enumerate(g.features):
         fw = f"{where}.features[{i}]"
-        _require("." in f.name and not f.name.startswith("cell"), fw, f"bad feature name {f.name!r}")
+        _require("." in f.name and not f.name.startswith(CELL_PREFIX), fw, f"bad feature name {f.name!r}")
         _require(
             0 < f.channels <= MAX_CHANNELS, fw, f"channels must be in [1, {MAX_CHANNELS}], got {f.channels}"
         )

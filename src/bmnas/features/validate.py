@@ -12,6 +12,7 @@ import torch
 from ..core.config import FLOAT32_MAX
 from ..core.data import SPLITS, TASK_TYPES, FeatureData, FeatureSplit, TaskInfo
 from ..core.errors import DataError
+from ..core.genotype import CELL_PREFIX
 from ..features.pooling import pool_feature
 
 FEATURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*\.[A-Za-z0-9_.-]+$")
@@ -121,6 +122,11 @@ def _check_classes(labels: Mapping[str, np.ndarray], train: np.ndarray) -> None:
 
 def _check_feature(name: str, key: str, arr: np.ndarray, n: int) -> None:
     """One raw feature: ``(N, *raw_shape)`` of real, finite numbers that fit float32."""
+    if key.startswith(CELL_PREFIX):
+        raise DataError(
+            f"{name}: feature {key!r}: a modality name may not start with {CELL_PREFIX!r} (bmnas names "
+            f"its Cells {CELL_PREFIX}1, {CELL_PREFIX}2, ...); rename the modality"
+        )
     if not FEATURE_NAME.match(key):
         raise DataError(
             f"{name}: array {key!r} is not a feature name; name features "
