@@ -295,10 +295,10 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(command, tmp_path, monke
     if command in ("predict", "export-model", "robustness"):  # loading the run's trained network
         module = {"export-model": "export"}.get(command, command)
         monkeypatch.setattr(importlib.import_module(f"bmnas.serve.{module}"), "load", interrupted)
-    else:
-        monkeypatch.setattr(importlib.import_module("bmnas.engine.rundir"), "RunDir", interrupted)  # show
-        # every command that reads data
-        monkeypatch.setattr(importlib.import_module("bmnas.features.pipeline"), "load_data", interrupted)
+    elif command == "show":
+        monkeypatch.setattr(importlib.import_module("bmnas.engine.rundir"), "RunDir", interrupted)
+    else:  # every command that reads data, as it starts reading (patched where no module binds it)
+        monkeypatch.setattr(importlib.import_module("bmnas.cli.options"), "builder_options", interrupted)
     assert main([command, *argv]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("bmnas: interrupted") and "Traceback" not in err, err
