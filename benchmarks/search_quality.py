@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # ablate's per-run lines
 
-    from bmnas.cli.main import load_data
     from bmnas.core.config import Config, preset
     from bmnas.engine.metrics import primary_metric
+    from bmnas.features.pipeline import load_data
     from bmnas.method.run import fit_config_to_data
     from bmnas.studies.ablate import AblationOptions, ablate, markdown_table, parse_seeds
 

@@ -159,7 +159,7 @@ def test_verbose_shows_debug_lines_and_quiet_shows_only_warnings(tmp_path, capsy
         levels = {r.levelname for r in caplog.records if r.name.startswith("bmnas")}
         seen[name] = capsys.readouterr().err, levels
     err, levels = seen["verbose"]
-    assert "bmnas: debug: bmnas.cli.main: configuration:" in err and "bmnas: data " in err
+    assert "bmnas: debug: bmnas.cli.options: configuration:" in err and "bmnas: data " in err
     assert {"DEBUG", "INFO"} <= levels
     err, levels = seen["default"]
     assert (
@@ -198,7 +198,8 @@ def _help(argv: list[str], capsys) -> str:
 def test_help_lists_every_command_in_plain_text_and_ends_with_examples(capsys):
     import shlex
 
-    from bmnas.cli.main import EXAMPLES, build_parser
+    from bmnas.cli.main import build_parser
+    from bmnas.cli.options import EXAMPLES
 
     top = _help([], capsys)
     assert "``" not in top and ":func:" not in top  # plain text, not reStructuredText
@@ -216,11 +217,66 @@ def test_help_lists_every_command_in_plain_text_and_ends_with_examples(capsys):
             build_parser().parse_args(shlex.split(line)[1:])  # every example is a valid command line
 
 
+def test_help_and_importing_the_command_line_load_no_torch():
+    """Every command imports its work when it runs: `bmnas --help` (and each command's) stays fast."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from bmnas.cli.main import main\n"
+        f"for argv in [[], *([c] for c in {COMMANDS!r})]:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+        "        main([*argv, '--help'])\n"
+        "    assert 'Examples:' in out.getvalue(), argv\n"
+        "loaded = [m for m in ('torch', 'matplotlib') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_debug_is_taken_before_or_after_the_command(tmp_path, monkeypatch, capsys):
+    import bmnas.cli.serve
+    from bmnas.cli.main import build_parser
+
+    parse = build_parser().parse_args
+    run = ["run", "--data", "DIR", "--out", "o"]
+    flags = [
+        (o.debug, o.quiet)
+        for o in (parse(run), parse(["--debug", *run]), parse([*run, "--debug", "--quiet"]))
+    ]
+    assert flags == [(False, False), (True, False), (True, True)]
+
+    def buggy(args):
+        return {}["nothing"]
+
+    monkeypatch.setattr(bmnas.cli.serve, "show_command", buggy)
+    monkeypatch.delenv("BMNAS_DEBUG", raising=False)
+    assert main(["show", str(tmp_path)]) == 1  # without --debug: one line, no traceback
+    assert capsys.readouterr().err.startswith("bmnas: internal error: KeyError: 'nothing' (at test_cli.py:")
+    for argv in (["--debug", "show", str(tmp_path)], ["show", str(tmp_path), "--debug"]):
+        with pytest.raises(KeyError, match="nothing"):  # with it: the traceback, wherever it stands
+            main(argv)
+
+
+def test_ablate_option_defaults_are_the_librarys():
+    """The parser keeps torch-free copies of ablate's methods and SMBO budget; they are the library's."""
+    from bmnas.cli.main import build_parser
+    from bmnas.studies.ablate import METHODS
+    from bmnas.studies.smbo import SMBOConfig
+
+    args = build_parser().parse_args(["ablate", "--data", "DIR", "--out", "o"])
+    assert args.methods.split(",") == list(METHODS)
+    assert (args.smbo_budget, args.smbo_epochs) == (SMBOConfig.budget, SMBOConfig.epochs) == (20, 2)
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_ctrl_c_in_any_command_is_one_line_and_exit_130(command, tmp_path, monkeypatch, capsys):
     import importlib
-
-    import bmnas.cli.main
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -236,12 +292,13 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(command, tmp_path, monke
         "export": [*data, "--out", out],
         "sweep": [*data, "--out", out],
     }.get(command, [*data, "--out", out, "--fresh"])
-    if command in ("predict", "export-model", "robustness"):
+    if command in ("predict", "export-model", "robustness"):  # loading the run's trained network
         module = {"export-model": "export"}.get(command, command)
-        monkeypatch.setattr(importlib.import_module(f"bmnas.serve.{module}"), "cli", interrupted)
-    else:
-        monkeypatch.setattr(bmnas.cli.main, "RunDir", interrupted)  # show
-        monkeypatch.setattr(bmnas.cli.main, "load_data", interrupted)  # every command that reads data
+        monkeypatch.setattr(importlib.import_module(f"bmnas.serve.{module}"), "load", interrupted)
+    elif command == "show":
+        monkeypatch.setattr(importlib.import_module("bmnas.engine.rundir"), "RunDir", interrupted)
+    else:  # every command that reads data, as it starts reading (patched where no module binds it)
+        monkeypatch.setattr(importlib.import_module("bmnas.cli.options"), "builder_options", interrupted)
     assert main([command, *argv]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("bmnas: interrupted") and "Traceback" not in err, err

@@ -76,6 +76,30 @@ def test_predict_csv_matches_the_runs_metrics_and_sklearn(trained, tmp_path, cap
     assert not (tmp_path / "p.metrics.json").exists()
 
 
+def test_predict_input_and_write_predictions_return_what_the_command_prints(trained, tmp_path):
+    """The library half of `bmnas predict`: values back, files written, nothing printed."""
+    from bmnas.core.errors import DataError
+    from bmnas.serve.predict import predict_input, write_predictions
+
+    data, run = trained
+    model = load(run)
+    preds, labels, name = predict_input(model, tmp_path / "cache", data=data, split="val")
+    assert name == str(data / "val.npz") and labels.tolist() == np.load(data / "val.npz")["label"].tolist()
+    assert len(preds) == len(labels) == 12
+    own, own_labels, own_name = predict_input(model, tmp_path / "cache", split="val")  # the run's own data
+    assert own_name.endswith("/val") and own_labels.tolist() == labels.tolist()
+    np.testing.assert_allclose(own.probabilities, preds.probabilities, rtol=0, atol=1e-6)
+    with pytest.raises(DataError, match=r"give --data \(features\) or --raw \(raw inputs\), not both"):
+        predict_input(model, tmp_path / "cache", data=data, raw=data / "test.npz")
+    metrics = write_predictions(preds, tmp_path / "p.csv", labels)
+    assert metrics == preds.metrics(labels) == json.loads((tmp_path / "p.metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(float((preds.predicted == labels).mean()))
+    assert (
+        write_predictions(preds, tmp_path / "q.jsonl") is None and not (tmp_path / "q.metrics.json").exists()
+    )
+    assert len((tmp_path / "q.jsonl").read_text().splitlines()) == 12
+
+
 def test_load_has_everything_inference_needs(trained):
     data, run = trained
     model = bmnas.load(run)

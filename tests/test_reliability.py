@@ -576,10 +576,12 @@ def test_a_second_builder_waits_for_the_first_and_reads_its_entry(tmp_path):
 
 # ----------------------------------------------------------------------- interrupts and real bugs
 def test_interrupt_and_internal_errors(monkeypatch, tmp_path, capsys):
+    import bmnas.cli.serve
+
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_dispatch", interrupted)
+    monkeypatch.setattr(bmnas.cli.serve, "show_command", interrupted)
     rc, err = run_cli(capsys, "show", str(tmp_path))
     assert (
         rc == 130
@@ -589,7 +591,7 @@ def test_interrupt_and_internal_errors(monkeypatch, tmp_path, capsys):
     def buggy(args):
         return {}["nothing"]
 
-    monkeypatch.setattr(cli, "_dispatch", buggy)
+    monkeypatch.setattr(bmnas.cli.serve, "show_command", buggy)
     rc, err = run_cli(capsys, "show", str(tmp_path))
     assert rc == 1 and "bmnas: internal error: KeyError: 'nothing' (at test_reliability.py:" in err
     assert "please report it" in err and "--debug" in err and "Traceback" not in err

@@ -272,3 +272,8 @@ def remove_dir(path: Path) -> None:
     except OSError:
         trash = path
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def default_root() -> Path:
+    """The cache root: ``$BMNAS_CACHE`` if set, else ``~/.cache/bmnas`` (datasets, backbones, features)."""
+    return Path(os.environ.get("BMNAS_CACHE") or Path.home() / ".cache" / "bmnas").expanduser()

@@ -8,7 +8,6 @@ builders, pooled features in ``<root>/features`` (:mod:`bmnas.features.cache`).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from ..core.config import Config, ConfigError
 from ..core.data import SPLITS, FeatureData, FeatureSplit
 from ..core.errors import DataError
+from ..core.fileio import default_root
 from ..engine.device import resolve_device
 from .backbones.base import Backbone, backbones_for
 from .cache import CacheKey, FeatureCache
@@ -27,11 +27,6 @@ from .datasets.base import dataset_options as dataset_options_of
 from .extract import extract_features
 from .generic import load_generic_dir
 from .validate import infer_task, validate_split
-
-
-def default_root() -> Path:
-    """The cache root: ``$BMNAS_CACHE`` if set, else ``~/.cache/bmnas``."""
-    return Path(os.environ.get("BMNAS_CACHE") or Path.home() / ".cache" / "bmnas").expanduser()
 
 
 def prepare_backbones(

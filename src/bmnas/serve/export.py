@@ -41,7 +41,7 @@ from ..core.fileio import atomic_write
 from ..features.backbones.base import Backbone
 from ..features.pipeline import prepare_backbones
 from ..features.pooling import pool_feature
-from .predict import LoadedModel, load
+from .predict import FOUND_STAGE, LoadedModel, load
 
 log = logging.getLogger(__name__)
 FORMATS = ("torchscript", "onnx")
@@ -267,23 +267,30 @@ def read_metadata(path: str | Path) -> dict:
     return json.loads(extra[META_FILE])
 
 
-def cli(args) -> int:
-    """``bmnas export-model RUN [--format torchscript|onnx] --out FILE [--features-in]``."""
+def export_run(
+    run_dir: str | Path,
+    path: str | Path,
+    fmt: str | None = None,
+    stage: str = FOUND_STAGE,
+    cache: str | Path | None = None,
+    features_in: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Export the trained network ``stage`` of a run to ``path``; returns the metadata (:func:`export_model`).
 
-    model = load(args.run_dir, args.stage)
+    A run on a registered dataset is exported from its backbones' inputs (loaded from the cache
+    root ``cache``) unless ``features_in`` or a backbone's preprocessing gives no tensor (then a
+    warning says so); any other run from its pooled features.
+    """
+    model = load(run_dir, stage)
     backbones = samples = None
-    if (model.config.get("data") or {}).get("dataset") and not args.features_in:
+    dataset = (model.config.get("data") or {}).get("dataset")
+    if dataset and not features_in:
         raw, backbones = prepare_backbones(
-            model.config["data"]["dataset"],
-            root=Path(args.cache),
-            seed=int(model.config.get("seed", 0)),
-            progress=not args.quiet,
+            dataset, root=cache, seed=int(model.config.get("seed", 0)), progress=progress
         )
         samples = raw.splits["train"].inputs
-    meta = export_model(model, args.out, args.format, backbones, samples)
-    ins = ", ".join(f"{i['name']} {tuple(i['shape'])}" for i in meta["inputs"])
-    kind = "raw backbone inputs" if meta["inputs"][0].get("kind") == "raw" else "pooled features"
-    print(f"wrote {format_for(args.out, args.format)} model {args.out}; inputs ({kind}): {ins}")
-    if backbones is not None and kind == "pooled features":
+    meta = export_model(model, path, fmt, backbones, samples)
+    if backbones is not None and meta["inputs"][0].get("kind") != "raw":
         log.warning("a backbone's preprocessing does not give a tensor, so the backbones are not exported")
-    return 0
+    return meta

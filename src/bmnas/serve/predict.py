@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -525,33 +524,47 @@ def run_backbones(model: LoadedModel, cache: str | Path, progress: bool = False)
     return backbones
 
 
-def cli(args) -> int:
-    """``bmnas predict RUN [--data DIR|FILE.npz | --raw FILE.npz] [--split S] --out FILE.csv|.jsonl``."""
-    out = Path(args.out)
-    output_kind(out)
-    model = load(args.run_dir, args.stage)
-    if args.data and args.raw:
+def predict_input(
+    model: LoadedModel,
+    cache: str | Path,
+    data: str | Path | None = None,
+    raw: str | Path | None = None,
+    split: str = "test",
+    batch_size: int = 1024,
+    progress: bool = False,
+) -> tuple[Predictions, np.ndarray | None, str]:
+    """Predictions of one input, its labels (None when it has none) and its name.
+
+    The input: ``raw`` (one ``.npz`` of raw inputs per modality, through the run's backbones from
+    the cache root ``cache``), ``data`` (features: a generic directory's ``split`` or one ``.npz``)
+    or, with neither, ``split`` of the run's own data. Labels are checked against the run's task.
+    """
+    if data and raw:
         raise DataError("give --data (features) or --raw (raw inputs), not both")
-    if args.raw:
-        inputs, labels = read_npz(args.raw)
-        pooled = model.extract(run_backbones(model, args.cache, not args.quiet), inputs, not args.quiet)
-        preds, name = model.predict_pooled(pooled, args.batch_size), str(args.raw)
-        if labels is not None:
-            check_labels(labels, model.task, len(preds), name)
-    elif args.data:
-        raw, labels, name = read_input(args.data, args.split)
-        preds = model.predict(raw, args.batch_size) if raw else None
-        if preds is None:
+    if raw:
+        inputs, labels = read_npz(raw)
+        pooled = model.extract(run_backbones(model, cache, progress), inputs, progress)
+        preds, name = model.predict_pooled(pooled, batch_size), str(raw)
+    elif data:
+        features, labels, name = read_input(data, split)
+        if not features:
             raise DataError(f"{name}: no feature arrays")
-        if labels is not None:
-            check_labels(labels, model.task, len(preds), name)
+        preds = model.predict(features, batch_size)
     else:
-        pooled, labels, name = run_features(model, args.cache, args.split, progress=not args.quiet)
-        preds = model.predict_pooled(pooled, args.batch_size)
-    preds.write(out, labels)
-    print(f"{len(preds)} predictions of {name} -> {out}")
+        pooled, labels, name = run_features(model, cache, split, progress=progress)
+        return model.predict_pooled(pooled, batch_size), labels, name
     if labels is not None:
-        metrics = preds.metrics(labels)
-        write_json(out.with_name(out.stem + ".metrics.json"), metrics)
-        print(f"metrics: {json.dumps(metrics)}")
-    return 0
+        check_labels(labels, model.task, len(preds), name)
+    return preds, labels, name
+
+
+def write_predictions(preds: Predictions, out: str | Path, labels: np.ndarray | None = None) -> dict | None:
+    """Write ``out`` (:meth:`Predictions.write`) and, given labels, their metrics to
+    ``<out stem>.metrics.json`` beside it; returns those metrics (None without labels)."""
+    out = Path(out)
+    preds.write(out, labels)
+    if labels is None:
+        return None
+    metrics = preds.metrics(labels)
+    write_json(out.with_name(out.stem + ".metrics.json"), metrics)
+    return metrics

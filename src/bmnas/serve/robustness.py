@@ -21,6 +21,7 @@ import csv
 import io
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -165,20 +166,44 @@ def plot(rows: Sequence[dict], metric: str, path: Path) -> Path:
     return atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
 
 
-def cli(args) -> int:
-    """``bmnas robustness RUN [--data DIR] [--out DIR] [--noise σ …]``: table (md, csv, json), plot."""
-    models = run_models(args.run_dir)
+@dataclass(frozen=True)
+class RobustnessReport:
+    """The rows of :func:`evaluate_robustness`, their primary metric, the Markdown table and the
+    files written (``markdown``, ``json``, ``csv``, ``plot``)."""
+
+    rows: list[dict]
+    metric: str
+    table: str
+    paths: dict[str, Path]
+
+
+def robustness_report(
+    run_dir: str | Path,
+    cache: str | Path | None = None,
+    out: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    noise: Sequence[float] = NOISE_LEVELS,
+    seed: int = 0,
+    progress: bool = False,
+) -> RobustnessReport:
+    """Evaluate a run's networks (:func:`run_models`) on its test split under every condition and
+    write ``robustness.{md,json,csv,png}`` into ``out`` (default: the run directory).
+
+    ``data_dir``: a generic directory to read instead of the run's own data; ``cache``: the cache
+    root, for a run on a registered dataset.
+    """
+    models = run_models(run_dir)
     found = models[FOUND_NAME]
-    data = run_data(found.config, found.L, args.cache, progress=not args.quiet, data_dir=args.data)
+    data = run_data(found.config, found.L, cache, progress=progress, data_dir=data_dir)
     metric = primary_metric(data.task)
-    rows = evaluate_robustness(models, data, args.noise, args.seed)
-    out = Path(args.out or args.run_dir)
+    rows = evaluate_robustness(models, data, noise, seed)
+    out = Path(out or run_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows, metric)
-    write_text_atomic(out / "robustness.md", table + "\n")
-    write_json(out / "robustness.json", rows)
-    write_csv(rows, metric, out / "robustness.csv")
-    plot(rows, metric, out / "robustness.png")
-    print(table)
-    print(f"\nwrote {out / 'robustness.md'}, robustness.csv, robustness.json, robustness.png")
-    return 0
+    paths = {
+        "markdown": write_text_atomic(out / "robustness.md", table + "\n"),
+        "json": write_json(out / "robustness.json", rows),
+        "csv": write_csv(rows, metric, out / "robustness.csv"),
+        "plot": plot(rows, metric, out / "robustness.png"),
+    }
+    return RobustnessReport(rows, metric, table, paths)

@@ -32,7 +32,6 @@ Std is the sample standard deviation (``ddof = 1``), 0 for a single run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -44,7 +43,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..core import locks
-from ..core.config import Config, ConfigError
+from ..core.config import Config
 from ..core.data import FeatureData
 from ..core.fileio import append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_text_atomic
 from ..core.genotype import Genotype
@@ -438,7 +437,7 @@ def _selected(results: Sequence[dict], jobs: Sequence[Job]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line
+# Seeds
 # ----------------------------------------------------------------------------------------------
 
 
@@ -455,42 +454,3 @@ def parse_seeds(text: str, base: int = 0) -> tuple[int, ...]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: need at least one seed and no repeats, got {text!r}")
     return seeds
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``bmnas ablate`` options beyond the common data/config/run options."""
-    p.add_argument("--seeds", default="3", help="number of seeds from the config seed (3), or a list (0,1,2)")
-    p.add_argument(
-        "--methods",
-        default=",".join(METHODS),
-        help=f"comma-separated methods (default: all): {','.join(METHODS)}; or unimodal:<modality>",
-    )
-    p.add_argument("--random-samples", type=int, default=5, help="random genotypes (default 5)")
-    p.add_argument("--smbo-budget", type=int, default=SMBOConfig.budget, help="genotypes SMBO trains")
-    p.add_argument("--smbo-epochs", type=int, default=SMBOConfig.epochs, help="epochs per SMBO genotype")
-
-
-def cli(args: argparse.Namespace, cfg: Config, data: FeatureData, run: RunDir) -> int:
-    """``bmnas ablate``: run the ablation into ``run`` and print the Markdown table."""
-    try:
-        smbo_cfg = SMBOConfig(
-            budget=args.smbo_budget,
-            initial=min(SMBOConfig.initial, args.smbo_budget),
-            epochs=args.smbo_epochs,
-        )
-        opts = AblationOptions(
-            methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-            seeds=parse_seeds(args.seeds, cfg.seed),
-            random_samples=args.random_samples,
-            smbo=smbo_cfg,
-        )
-        if opts.random_samples < 1:
-            raise ValueError(f"--random-samples must be >= 1, got {opts.random_samples}")
-        expand_methods(opts.methods, data)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    result = ablate(data, cfg, run.path, opts, progress=not args.quiet, fresh=args.fresh, verbose=True)
-    print()
-    print(markdown_table(result.rows, result.cost_ratio))
-    print(f"written: {', '.join(str(p) for p in result.paths.values())}")
-    return 0

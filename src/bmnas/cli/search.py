@@ -1,0 +1,106 @@
+"""``bmnas run | search | train``: the method on one dataset, into one run directory.
+
+``search`` writes ``RUN_DIR/genotype.json``; ``train`` (the evaluation stage) trains a genotype
+and writes ``metrics.json`` and ``model.pt``; ``run`` does both, trains the baselines and prints the
+table with the recommended network. ``search`` and ``train`` also run under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .options import SAVED_EPOCHS, command, data_options, open_run, prepare
+
+
+def register(sub) -> None:
+    p = command(sub, "run", "search, then train the found network and the baselines; print a table")
+    data_options(p)
+    p.add_argument("--no-baselines", action="store_true", help="skip the unimodal and late-fusion baselines")
+    p.set_defaults(func=run_command, saved=SAVED_EPOCHS)
+    p = command(sub, "search", "search a fusion architecture; writes RUN_DIR/genotype.json")
+    data_options(p)
+    p.set_defaults(func=search_command, saved=SAVED_EPOCHS)
+    p = command(sub, "train", "evaluation stage: train a genotype on train+val, test it")
+    data_options(p)
+    p.add_argument("--genotype", metavar="JSON", help="genotype to train (default: RUN_DIR/genotype.json)")
+    p.set_defaults(func=train_command, saved=SAVED_EPOCHS)
+
+
+def search_command(args: argparse.Namespace) -> int:
+    from ..engine.distributed import current
+    from ..method.search import search
+
+    cfg, data, _ = prepare(args, searches=True, distributed=True)
+    run = open_run(args, cfg, data)
+    result = search(data, cfg, run, progress=not args.quiet)
+    if current().main:
+        show_search(result, run)
+    return 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from ..core.genotype import Genotype, check_data
+    from ..engine.distributed import current
+    from ..method.train import train
+    from ..serve.predict import save_model
+    from ..space.ops import get_op, list_ops
+
+    cfg, data, _ = prepare(args, searches=False, distributed=True)
+    genotype_path = Path(args.genotype or Path(args.out) / "genotype.json")  # checked before --out is touched
+    genotype = Genotype.load(genotype_path)
+    arity = {name: get_op(name).arity for name in list_ops()}
+    check_data(genotype, data.feature_channels, data.feature_lengths, str(genotype_path), arity)
+    run = open_run(args, cfg, data)
+    r = train(genotype, data, cfg, run, progress=not args.quiet, stage="train", desc="train found net")
+    if current().main:
+        save_model(run.path, r.model, data, cfg.to_dict())
+        result = r.row()
+        run.write_json("metrics.json", {**result, "genotype": genotype.to_dict()})
+        print(f"test: {json.dumps(result['test'])}")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Search, train, baselines, the table and the recommended network."""
+    from ..method.run import format_table, run
+
+    cfg, data, data_seconds = prepare(args, searches=True)
+    rundir = open_run(args, cfg, data)
+    report = run(
+        data,
+        cfg,
+        rundir,
+        baselines=not args.no_baselines,
+        progress=not args.quiet,
+        on_search=lambda found: show_search(found, rundir),
+        data_seconds=data_seconds,
+    )
+    print()
+    print(format_table(report))
+    print(f"\nrun directory: {rundir.path} (metrics.json, genotype.json, recommended_genotype.json, plots/)")
+    return 0
+
+
+def show_search(result, run) -> None:
+    """Plot the search's history into the run and print the genotype it chose, and how."""
+    from ..report.plots import plot_history
+
+    plot_history(result.history, run.plots_path)
+    hypernet = f"hypernet's best epoch {result.best_epoch}: val {result.metric} {result.best_score:.4f}"
+    chosen = next((c for c in result.candidates if c["genotype"] == result.genotype.to_dict()), None)
+    if chosen is None:
+        print(f"best genotype ({hypernet}) -> {run.genotype_path}")
+    else:
+        folds = chosen.get("folds", 0)
+        scored = (
+            f"{folds}-fold CV {result.metric} (train + val)"
+            if folds
+            else f"val {result.metric} trained alone"
+        )
+        print(
+            f"genotype chosen by re-ranking {len(result.candidates)} candidates: {chosen['source']}, "
+            f"{scored} {chosen['val']:.4f} ({hypernet}) -> {run.genotype_path}"
+        )
+    print(result.genotype.describe())

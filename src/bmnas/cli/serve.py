@@ -1,0 +1,125 @@
+"""``bmnas show | predict | export-model | robustness``: read or use a finished run's trained network."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .options import command, output_options, trained_run_options
+
+
+def register(sub) -> None:
+    p = command(sub, "show", "print a run's genotype and metrics")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out of bmnas run, search or train")
+    output_options(p, suppress=True)
+    p.set_defaults(func=show_command)
+
+    p = command(sub, "predict", "predict with a run's trained network; per-sample CSV/JSONL + metrics")
+    trained_run_options(p)
+    p.add_argument(
+        "--data",
+        metavar="DIR|FILE.npz",
+        help="generic-format directory (its --split) or one .npz (default: the run's own data)",
+    )
+    p.add_argument(
+        "--raw",
+        metavar="FILE.npz",
+        help="raw inputs, one array per modality (e.g. image, audio), run through the run's backbones "
+        "(runs on a registered dataset)",
+    )
+    p.add_argument("--split", default="test", help="split of --data DIR or of the run's data (default test)")
+    p.add_argument("--out", metavar="FILE.csv|FILE.jsonl", required=True)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.set_defaults(func=predict_command)
+
+    p = command(sub, "export-model", "export a run's trained network (TorchScript or ONNX)")
+    trained_run_options(p)
+    p.add_argument("--format", choices=["torchscript", "onnx"], help="default: from --out's suffix")
+    p.add_argument("--out", metavar="FILE", required=True)
+    p.add_argument(
+        "--features-in",
+        action="store_true",
+        help="export from pooled features even when the run's backbones could be included",
+    )
+    p.set_defaults(func=export_model_command)
+
+    p = command(sub, "robustness", "test metrics with each modality missing and under noise")
+    trained_run_options(p)
+    p.add_argument(
+        "--out", metavar="DIR", help="where to write robustness.{md,csv,json,png} (default RUN_DIR)"
+    )
+    p.add_argument("--data", metavar="DIR", help="generic-format directory (default: the run's own data)")
+    p.add_argument(
+        "--noise",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.5, 1.0],
+        help="noise levels σ, relative to each feature's train std",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise draw")
+    p.set_defaults(func=robustness_command)
+
+
+def show_command(args: argparse.Namespace) -> int:
+    """The genotype and, once trained, the results table of a run directory."""
+    from ..core.fileio import read_json
+    from ..core.genotype import Genotype
+    from ..engine.rundir import RunDir
+
+    run = RunDir(args.run_dir, create=False)
+    print(Genotype.load(run.genotype_path).describe())
+    if run.metrics_path.exists():
+        from ..method.run import format_table, report_from_metrics
+
+        print()
+        print(format_table(report_from_metrics(read_json(run.metrics_path))))
+        print(f"\nall figures: {run.metrics_path}")
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """``bmnas predict RUN [--data DIR|FILE.npz | --raw FILE.npz] [--split S] --out FILE.csv|.jsonl``."""
+    from ..serve.predict import load, output_kind, predict_input, write_predictions
+
+    output_kind(Path(args.out))  # a wrong suffix is refused before the model is loaded
+    model = load(args.run_dir, args.stage)
+    preds, labels, name = predict_input(
+        model, args.cache, args.data, args.raw, args.split, args.batch_size, progress=not args.quiet
+    )
+    metrics = write_predictions(preds, args.out, labels)
+    print(f"{len(preds)} predictions of {name} -> {Path(args.out)}")
+    if metrics is not None:
+        print(f"metrics: {json.dumps(metrics)}")
+    return 0
+
+
+def export_model_command(args: argparse.Namespace) -> int:
+    """``bmnas export-model RUN [--format torchscript|onnx] --out FILE [--features-in]``."""
+    from ..serve.export import export_run, format_for
+
+    meta = export_run(
+        args.run_dir,
+        args.out,
+        args.format,
+        args.stage,
+        args.cache,
+        features_in=args.features_in,
+        progress=not args.quiet,
+    )
+    ins = ", ".join(f"{i['name']} {tuple(i['shape'])}" for i in meta["inputs"])
+    kind = "raw backbone inputs" if meta["inputs"][0].get("kind") == "raw" else "pooled features"
+    print(f"wrote {format_for(args.out, args.format)} model {args.out}; inputs ({kind}): {ins}")
+    return 0
+
+
+def robustness_command(args: argparse.Namespace) -> int:
+    """``bmnas robustness RUN [--data DIR] [--out DIR] [--noise σ …]``: table (md, csv, json), plot."""
+    from ..serve.robustness import robustness_report
+
+    report = robustness_report(
+        args.run_dir, args.cache, args.out, args.data, args.noise, args.seed, progress=not args.quiet
+    )
+    print(report.table)
+    print(f"\nwrote {report.paths['markdown']}, robustness.csv, robustness.json, robustness.png")
+    return 0
