@@ -101,3 +101,13 @@ def test_a_modality_named_like_a_cell_is_refused_by_the_data_check(tmp_path, cap
     rc, err = run_cli(capsys, "search", "--data", str(tmp_path), "--out", str(out))
     assert rc == 2 and "feature 'cellular.vec': a modality name may not start with 'cell'" in err, err
     assert not out.exists()  # refused before the run directory was made
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_device_is_refused_before_the_run_directory_is_made(tmp_path, capsys):
+    out = tmp_path / "o"
+    rc, err = run_cli(
+        capsys, "search", "--data", str(tmp_path / "none"), "--set", "device=cuda", "--out", str(out)
+    )
+    assert rc == 2 and err.startswith("bmnas: error: device 'cuda': this machine has no usable CUDA GPU"), err
+    assert not out.exists()

@@ -277,7 +277,10 @@ def prepare(
     :func:`read_data` (timed and logged), the process's threads; a command that ``searches`` checks
     that the data can be searched and fits the config to it
     (:func:`bmnas.method.run.fit_config_to_data`)."""
+    from ..engine.device import resolve_device
+
     cfg = config_of(args, distributed)
+    resolve_device(cfg.device)  # a device this machine lacks is refused before data or --out is touched
     t0 = time.perf_counter()
     data = read_data(args, cfg)
     data_seconds = time.perf_counter() - t0
