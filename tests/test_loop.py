@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +24,14 @@ from bmnas.engine.loop import (
     split_batches,
     train_epoch,
 )
-from bmnas.features.backbones.pretrain import accuracy, merges_last_row, train_classifier
+from bmnas.features.backbones.pretrain import (
+    Pretrainer,
+    accuracy,
+    merges_last_row,
+    train_classifier,
+    weights_key,
+)
+from bmnas.features.datasets.base import RawDataset, RawSplit
 
 TASK = TaskInfo("multiclass", 3)
 
@@ -238,3 +247,20 @@ def test_the_optimiser_builder_reads_the_config_fields():
     assert isinstance(
         build_optimizer(w.parameters(), AdamSettings.of(cfg.search, fused=True)), torch.optim.Adam
     )
+
+
+@pytest.mark.parametrize(("n", "joined"), [(20, False), (21, True)])
+def test_weights_of_a_joined_lone_row_are_cached_under_their_own_key(tmp_path, n, joined):
+    """Weights older bmnas trained otherwise (k · batch + 1 rows: the lone row) get a key of their own."""
+    rng = np.random.default_rng(0)
+    split = RawSplit({"m": rng.normal(size=(n, 4)).astype(np.float32)}, rng.integers(0, 3, n))
+    raw = RawDataset("toy", {"train": split}, {"sha256": "0" * 64}, ("a", "b", "c"))
+    pre = Pretrainer(raw, tmp_path, "toy", seed=0, progress=False, epochs=1, batch_size=10)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    pre.classifier(net, "m", None, name="toy", key={"arch": "toy"}, to_tensor=torch.from_numpy)
+    (sidecar,) = (tmp_path / "toy" / "backbones").glob("toy-*.json")
+    meta = json.loads(sidecar.read_text())
+    base = {"arch": "toy", "data": "0" * 64, "seed": 0, "epochs": 1}
+    assert sidecar.stem == "toy-" + weights_key(**base, **({"last_row": "joined"} if joined else {}))
+    assert meta.get("last_row") == ("joined" if joined else None) and len(meta["losses"]) == 1
