@@ -267,11 +267,9 @@ class Library:
     """What a search iteration uses from a version of bmnas: this checkout's, or ``--reference``'s."""
 
     def __init__(self, package: str = "bmnas"):
-        try:  # ``searcher`` since the package exports ``bmnas.search()``; older references: ``search``
-            search_mod = importlib.import_module(f"{package}.searcher")
-        except ModuleNotFoundError:
-            search_mod = importlib.import_module(f"{package}.search")
-        loop = importlib.import_module(f"{package}.loop")
+        # layered package: method.search, engine.loop; older references: searcher / search, and loop
+        search_mod = _first_module(package, "method.search", "searcher", "search")
+        loop = _first_module(package, "engine.loop", "loop")
         self.name = package
         self.build_hypernet = search_mod.build_hypernet
         self.optimizers = search_mod._optimizers
@@ -286,6 +284,17 @@ class Library:
             loss.backward()
             optimizer.step()
         return loss.detach()
+
+
+def _first_module(package: str, *names: str):
+    """The first of ``package.<name>`` that exists (modules moved between versions of bmnas)."""
+    for name in names:
+        try:
+            return importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{package}.{name}" and not f"{package}.{name}".startswith(f"{err.name}."):
+                raise  # the module exists but an import inside it failed
+    raise ModuleNotFoundError(f"none of {[f'{package}.{n}' for n in names]}")
 
 
 def import_reference(ref: str, workdir: Path) -> Library:

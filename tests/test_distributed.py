@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 from bmnas.core.config import Config
 from bmnas.engine.augment import drop_modalities
 from bmnas.engine.distributed import SINGLE, Ranks, current
-from bmnas.engine.loop import batch_indices, drop_shard, evaluate, loss_fn, optimizer_step
+from bmnas.engine.loop import Context, batch_indices, drop_shard, evaluate, loss_fn, optimizer_step
 from bmnas.engine.rundir import RunDir
 from bmnas.features.synthetic import planted_interaction
 from bmnas.method.search import build_hypernet, search
@@ -129,7 +129,7 @@ def _steps(ranks: Ranks) -> tuple[dict, dict]:
     # BatchNorm's running statistics differ (two shard passes per step here, one per rank there):
     # the sharded evaluation is compared on a network in the same state everywhere
     torch.manual_seed(1)
-    return params, evaluate(build_hypernet(data, cfg), data["val"], task, 16, ranks=ranks)
+    return params, evaluate(build_hypernet(data, cfg), data["val"], task, 16, ctx=Context(ranks=ranks))
 
 
 def _steps_job(out: Path) -> dict:

@@ -1,17 +1,22 @@
-"""What every training loop shares: batching, loss, schedule, optimiser step, evaluation, epochs.
+"""What every training loop shares: batching, loss, schedule, optimiser, one epoch, evaluation, epochs.
 
-The search, the evaluation stage, the baselines and the black-box search differ in what they
-optimise, not in how an epoch runs: each gives :func:`run_epochs` a function that trains (and
-scores) one epoch, and :func:`run_epochs` times, records and checkpoints the epochs (continuing
-from a resumed state, :class:`~bmnas.engine.checkpoint.Checkpoint`).
+The search, the evaluation stage, the baselines and backbone pre-training differ in what they
+optimise, not in how an epoch runs. :func:`train_epoch` is the one batch loop (gather, modality
+dropout, forward, loss, :func:`optimizer_step`, schedule, an ``after_step`` hook where the bilevel
+search takes its architecture step); :func:`forward_batches` the one eval-mode batched forward
+(:func:`evaluate`, pre-training's accuracy, ``LoadedModel.logits``); :func:`build_optimizer` the
+one optimiser; :class:`Context` the device, ranks and autocast a loop runs with, resolved once.
+:func:`run_epochs` times, records and checkpoints the epochs (continuing from a resumed state,
+:class:`~bmnas.engine.checkpoint.Checkpoint`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -20,11 +25,48 @@ from torch import nn
 
 from ..core.data import FeatureSplit, TaskInfo
 from .augment import drop_modalities
-from .distributed import SINGLE, Ranks, average_gradients, barrier, gather_rows, shard, sum_over_ranks
+from .device import autocast, resolve_device
+from .distributed import (
+    SINGLE,
+    Ranks,
+    average_gradients,
+    barrier,
+    broadcast_buffers,
+    current,
+    gather_rows,
+    local_device,
+    shard,
+    sum_over_ranks,
+)
 from .metrics import compute_metrics
 
 if TYPE_CHECKING:
+    from ..core.config import Config, SearchConfig
     from .checkpoint import Checkpoint
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a loop computes: its device, its processes (``ranks``) and the precision of its forward passes.
+
+    Resolved once per loop (:meth:`of`); :meth:`amp` is the autocast every forward pass runs under.
+    """
+
+    device: torch.device = torch.device("cpu")
+    ranks: Ranks = SINGLE
+    precision: str = "fp32"
+
+    @classmethod
+    def of(cls, cfg: Config) -> Context:
+        """``cfg.device`` (this rank's GPU under ``torchrun``), the process group, ``cfg.precision``."""
+        return cls(local_device(resolve_device(cfg.device)), current(), cfg.precision)
+
+    def amp(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on this device for ``precision: bf16``, else a no-op context."""
+        return autocast(self.device, self.precision)
+
+
+CPU = Context()  # one process on the CPU in fp32: pre-training, inference, tests
 
 
 def batch_indices(
@@ -36,7 +78,12 @@ def batch_indices(
     to train; ``2 * world`` when the batch is sharded over ranks).
     """
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    return split_batches(order, batch_size, min_rows)
+
+
+def split_batches(order: np.ndarray, batch_size: int, min_rows: int = 2) -> list[np.ndarray]:
+    """``order`` cut into batches of ``batch_size``; a last one under ``min_rows`` joins the one before."""
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < min_rows:  # BatchNorm cannot train on a batch of one row
         batches[-2:] = [np.concatenate(batches[-2:])]
     return batches
@@ -62,6 +109,40 @@ def cosine_restarts(
     )
 
 
+class _Rates(Protocol):
+    lr: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class AdamSettings:
+    """Adam's settings: ``lr``, ``weight_decay`` (L2, added to the gradient), ``betas``; ``fused``: one
+    kernel per step instead of ~10 per parameter tensor (7× faster on CPU in the search, see
+    benchmarks/README.md)."""
+
+    lr: float
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    fused: bool | None = None
+
+    @classmethod
+    def of(cls, section: _Rates, fused: bool | None = None) -> AdamSettings:
+        """The weights' settings of a config section (``search``, ``train``) or a pre-training recipe."""
+        return cls(section.lr, section.weight_decay, fused=fused)
+
+    @classmethod
+    def arch(cls, search: SearchConfig) -> AdamSettings:
+        """The architecture parameters': ``search.arch_lr``, ``arch_weight_decay``, ``arch_betas``, fused."""
+        return cls(search.arch_lr, search.arch_weight_decay, search.arch_betas, fused=True)
+
+
+def build_optimizer(params: Iterable[nn.Parameter], settings: AdamSettings) -> torch.optim.Optimizer:
+    """The optimiser of every bmnas loop: Adam with ``settings``."""
+    return torch.optim.Adam(
+        params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay, fused=settings.fused
+    )
+
+
 @contextlib.contextmanager
 def frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
     """Temporarily exclude ``params`` from autograd, so a backward computes no gradient for them."""
@@ -78,7 +159,7 @@ def frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
 def optimizer_step(
     model: nn.Module,
     task: TaskInfo,
-    features: Mapping[str, torch.Tensor],
+    features: Mapping[str, torch.Tensor] | torch.Tensor,
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     freeze: Sequence[nn.Parameter] = (),
@@ -108,31 +189,52 @@ def stepped(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
+def forward_batches(
+    model: nn.Module,
+    n: int,
+    gather: Callable[[np.ndarray], tuple[Any, Any]],
+    batch_size: int,
+    amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    min_rows: int = 2,
+) -> Iterator[tuple[Any, torch.Tensor]]:
+    """Eval-mode forward passes over rows ``0 … n−1`` in order: yields each batch's ``(labels, fp32 logits)``.
+
+    ``gather(rows)`` returns a batch's ``(inputs, labels)`` (labels may be None); batches are
+    :func:`batch_indices` in order (``min_rows=1``: plain consecutive slices). The model's
+    train/eval mode is restored afterwards. The one evaluation loop: :func:`evaluate`, backbone
+    pre-training's accuracy and ``LoadedModel.logits`` read their logits from it.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        for b in batch_indices(n, batch_size, None, min_rows):
+            inputs, labels = gather(b)
+            with amp():
+                out = model(inputs)
+            yield labels, out.float()
+    finally:
+        model.train(was_training)
+
+
 def evaluate(
     model: nn.Module,
     split: FeatureSplit,
     task: TaskInfo,
     batch_size: int = 1024,
     threshold: float = 0.5,
-    ranks: Ranks = SINGLE,
-    amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ctx: Context = CPU,
 ) -> dict:
     """Loss and metrics of ``model`` in eval mode over a whole split.
 
-    Over several ``ranks`` each scores its shard ``rows[rank::world]`` and the logits are gathered,
-    so every rank returns the metrics of the whole split.
+    ``loss = Σ_batches loss(batch) · |batch| / N``. Over several ``ctx.ranks`` each scores its shard
+    ``rows[rank::world]`` and the logits are gathered, so every rank returns the metrics of the whole split.
     """
-    was_training = model.training
-    model.eval()
+    ranks = ctx.ranks
     rows = shard(np.arange(len(split)), ranks)
     logits, total = [], 0.0
-    for b in batch_indices(len(rows), batch_size, None):
-        feats, y = split.batch(rows[b])
-        with amp():
-            out = model(feats)
-        total += float(loss_fn(task, out.float(), y)) * len(b)
-        logits.append(out.float().cpu().numpy())
-    model.train(was_training)
+    for y, out in forward_batches(model, len(rows), lambda b: split.batch(rows[b]), batch_size, ctx.amp):
+        total += float(loss_fn(task, out, y)) * len(out)
+        logits.append(out.cpu().numpy())
     part = np.concatenate(logits) if logits else np.empty((0, task.num_outputs), np.float32)
     scores = gather_rows(part, len(split), ranks)
     total = sum_over_ranks(total, ranks)
@@ -158,6 +260,75 @@ def drop_shard(
         keep = masks[n][rows].to(device=f.device, dtype=f.dtype)
         out[n] = f * keep.view(len(rows), *([1] * (f.dim() - 1)))
     return out
+
+
+@dataclass(frozen=True)
+class ModalityDropout:
+    """Modality dropout of a loop's batches: probability ``p``, masks drawn from ``generator``,
+    over ``features`` only when given (the network's inputs: a modality it ignores must not be the
+    one a sample keeps)."""
+
+    p: float
+    generator: torch.Generator
+    features: tuple[str, ...] | None = None
+
+    def __call__(
+        self, feats: dict[str, torch.Tensor], n_global: int, ranks: Ranks
+    ) -> dict[str, torch.Tensor]:
+        if self.features is not None:
+            feats = {n: feats[n] for n in self.features}
+        return drop_shard(feats, n_global, self.p, self.generator, ranks)
+
+
+@dataclass(frozen=True)
+class EpochLoss:
+    """An epoch's mean losses: ``rows`` = Σ loss(batch) · |batch| / Σ |batch| of the optimiser steps;
+    ``steps`` = the mean over iterations of what ``after_step`` returned (0 when it returned nothing)."""
+
+    rows: float
+    steps: float = 0.0
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[np.ndarray],
+    gather: Callable[[np.ndarray], tuple[Any, torch.Tensor]],
+    task: TaskInfo,
+    optimizer: torch.optim.Optimizer,
+    ctx: Context = CPU,
+    *,
+    freeze: Sequence[nn.Parameter] = (),
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    dropout: ModalityDropout | None = None,
+    after_step: Callable[[int, torch.Tensor], float | None] | None = None,
+) -> EpochLoss:
+    """One epoch of ``model`` in train mode over ``batches`` (global row indices, in order).
+
+    Per batch: this rank's shard of the rows, ``gather(rows) -> (inputs, labels)`` on the device,
+    ``dropout`` where given, :func:`optimizer_step` with ``freeze`` excluded, ``schedule.step()``,
+    then ``after_step(i, loss)`` (the bilevel search's architecture step; a float it returns is
+    averaged into :attr:`EpochLoss.steps`). Afterwards the losses are summed over ranks and rank 0's
+    buffers (BatchNorm statistics) broadcast.
+    """
+    ranks = ctx.ranks
+    model.train()
+    total, extra, rows, steps = 0.0, 0.0, 0, 0
+    for i, idx in enumerate(batches):
+        mine = shard(idx, ranks)
+        inputs, labels = gather(mine)
+        if dropout is not None:
+            inputs = dropout(inputs, len(idx), ranks)
+        loss = optimizer_step(model, task, inputs, labels, optimizer, freeze, ranks, ctx.amp)
+        if schedule is not None:
+            schedule.step()
+        if after_step is not None and (value := after_step(i, loss)) is not None:
+            extra += value
+        total += loss.item() * len(mine)
+        rows, steps = rows + len(idx), steps + 1
+    if ranks.active:
+        total, extra = sum_over_ranks(total, ranks), sum_over_ranks(extra, ranks) / ranks.world
+    broadcast_buffers(model, ranks)
+    return EpochLoss(total / max(1, rows), extra / max(1, steps))
 
 
 def new_state(**fields) -> dict:

@@ -8,9 +8,7 @@ checkpointed each epoch, so a killed search resumes and ends with the same resul
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,28 +21,20 @@ from ..core.config import Config
 from ..core.data import FeatureData, FeatureSplit, TaskInfo
 from ..core.genotype import DeriveRules, Genotype
 from ..engine.checkpoint import Checkpoint
-from ..engine.device import autocast, on_device, resolve_device
-from ..engine.distributed import (
-    DistributedError,
-    Ranks,
-    barrier,
-    broadcast_buffers,
-    broadcast_state,
-    check_same,
-    current,
-    local_device,
-    min_batch,
-    shard,
-    sum_over_ranks,
-)
+from ..engine.device import on_device
+from ..engine.distributed import DistributedError, barrier, broadcast_state, check_same, min_batch, shard
 from ..engine.loop import (
+    AdamSettings,
+    Context,
+    ModalityDropout,
     batch_indices,
+    build_optimizer,
     cosine_restarts,
-    drop_shard,
     evaluate,
     new_state,
     optimizer_step,
     run_epochs,
+    train_epoch,
 )
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
@@ -119,12 +109,10 @@ def split_for_search(n_train: int, n_val: int, cfg: Config) -> tuple[np.ndarray,
 
 
 def _optimizers(net: HyperNet, cfg: Config, batches_per_epoch: int):
+    """Adam of the weights and of α, β, γ (both fused), and the weights' per-batch cosine schedule."""
     s = cfg.search
-    # fused: one kernel per step instead of ~10 per parameter tensor (7× faster on CPU; benchmarks/README.md)
-    w_opt = torch.optim.Adam(net.weight_parameters(), lr=s.lr, weight_decay=s.weight_decay, fused=True)
-    a_opt = torch.optim.Adam(
-        net.arch_parameters(), lr=s.arch_lr, betas=s.arch_betas, weight_decay=s.arch_weight_decay, fused=True
-    )
+    w_opt = build_optimizer(net.weight_parameters(), AdamSettings.of(s, fused=True))
+    a_opt = build_optimizer(net.arch_parameters(), AdamSettings.arch(s))
     sched = cosine_restarts(w_opt, batches_per_epoch, s.restart_epochs, s.restart_mult, s.lr_min)
     return w_opt, a_opt, sched
 
@@ -145,8 +133,7 @@ class _Bilevel:
     a_opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     shuffle: torch.Generator
-    ranks: Ranks
-    amp: Callable[[], contextlib.AbstractContextManager]
+    ctx: Context
     min_rows: int
     progress: bool
 
@@ -180,10 +167,12 @@ def search(
     """
     run = RunDir(run) if run is not None and not isinstance(run, RunDir) else run
     s = _setup(data, cfg, progress)
-    ckpt = Checkpoint(run, "search", cfg, s.stateful(), s.shuffle, "history.jsonl", writes=s.ranks.main)
+    ckpt = Checkpoint(run, "search", cfg, s.stateful(), s.shuffle, "history.jsonl", writes=s.ctx.ranks.main)
     state = ckpt.load() or new_state(best_score=float("-inf"), best_epoch=0, best_genotype=None)
     one_epoch, report = partial(_search_epoch, s), partial(_report, s)
-    state = run_epochs(state, cfg.search.epochs, one_epoch, ckpt, stop_after, report=report, ranks=s.ranks)
+    state = run_epochs(
+        state, cfg.search.epochs, one_epoch, ckpt, stop_after, report=report, ranks=s.ctx.ranks
+    )
     if not state["history"]:
         raise RuntimeError("the search ran no epoch; set search.epochs >= 1")
     return _searched(s, state, data, run)
@@ -191,8 +180,8 @@ def search(
 
 def _setup(data: FeatureData, cfg: Config, progress: bool) -> _Bilevel:
     """The seeded hypernet on ``cfg.device``, its optimisers and schedule, the rows of each step."""
-    ranks = current()
-    device = local_device(resolve_device(cfg.device))
+    ctx = Context.of(cfg)
+    ranks, device = ctx.ranks, ctx.device
     torch.manual_seed(cfg.seed)
     net = build_hypernet(data, cfg).to(device)
     broadcast_state(net, ranks)
@@ -220,8 +209,7 @@ def _setup(data: FeatureData, cfg: Config, progress: bool) -> _Bilevel:
         a_opt,
         sched,
         torch.Generator().manual_seed(cfg.seed),
-        ranks,
-        partial(autocast, device, cfg.precision),
+        ctx,
         min_rows,
         progress,
     )
@@ -232,10 +220,8 @@ def _search_epoch(s: _Bilevel, epoch: int, state: dict) -> dict:
     warm = epoch > s.cfg.search.warmup_epochs  # α, β, γ move only after the warm-up
     train_loss, arch_loss = _bilevel_steps(s, epoch, warm)
     genotype = s.net.genotype(DeriveRules.of(s.cfg.search))
-    check_same(genotype.to_dict(), f"genotype after epoch {epoch}", s.ranks)
-    scores = evaluate(
-        s.net, s.val, s.task, s.cfg.search.eval_batch_size, s.cfg.data.threshold, s.ranks, s.amp
-    )
+    check_same(genotype.to_dict(), f"genotype after epoch {epoch}", s.ctx.ranks)
+    scores = evaluate(s.net, s.val, s.task, s.cfg.search.eval_batch_size, s.cfg.data.threshold, s.ctx)
     improved = warm and scores[s.metric] > state["best_score"]
     if improved:
         state.update(best_score=scores[s.metric], best_epoch=epoch, best_genotype=genotype.to_dict())
@@ -255,14 +241,13 @@ def _search_epoch(s: _Bilevel, epoch: int, state: dict) -> dict:
 
 def _bilevel_steps(s: _Bilevel, epoch: int, warm: bool) -> tuple[float, float]:
     """The epoch's iterations: a weight step on a train batch, then (once ``warm``) an architecture
-    step on a batch of the architecture rows. Returns the train loss per row and the architecture
-    loss per iteration, averaged over the epoch."""
-    net, ranks, bs = s.net, s.ranks, s.cfg.search.batch_size
+    step on a batch of the architecture rows, taken in :func:`train_epoch`'s ``after_step`` (as
+    NNI's DARTS does). Returns the train loss per row and the architecture loss per iteration,
+    averaged over the epoch."""
+    net, ranks, bs, p = s.net, s.ctx.ranks, s.cfg.search.batch_size, s.cfg.search.modality_dropout
     weights, arch = net.weight_parameters(), net.arch_parameters()
-    net.train()
     train_batches = [s.weight_rows[b] for b in batch_indices(len(s.weight_rows), bs, s.shuffle, s.min_rows)]
     arch_batches: list = []
-    totals = {"train_loss": 0.0, "arch_loss": 0.0}
     bar = tqdm(
         train_batches,
         desc=f"search {epoch}/{s.cfg.search.epochs}",
@@ -270,33 +255,37 @@ def _bilevel_steps(s: _Bilevel, epoch: int, warm: bool) -> tuple[float, float]:
         leave=False,
     )
     a_loss = torch.zeros(())
-    for i, idx in enumerate(bar):
-        mine = shard(idx, ranks)
-        feats, y = s.train.batch(mine)
-        if s.cfg.search.modality_dropout:
-            feats = drop_shard(feats, len(idx), s.cfg.search.modality_dropout, s.shuffle, ranks)
-        loss = optimizer_step(net, s.task, feats, y, s.w_opt, freeze=arch, ranks=ranks, amp=s.amp)
-        s.sched.step()
-        if not arch_batches:
-            arch_batches = [
+
+    def arch_step(i: int, loss: torch.Tensor) -> float | None:
+        nonlocal a_loss
+        if not arch_batches:  # drawn after the first weight step's dropout masks: the generator's order
+            arch_batches.extend(
                 s.arch_rows[b] for b in batch_indices(len(s.arch_rows), bs, s.shuffle, s.min_rows)
-            ]
+            )
         vfeats, vy = s.arch_src.batch(shard(arch_batches.pop(), ranks))
         if warm:
-            a_loss = optimizer_step(net, s.task, vfeats, vy, s.a_opt, freeze=weights, ranks=ranks, amp=s.amp)
-            totals["arch_loss"] += a_loss.item()
-        totals["train_loss"] += loss.item() * len(mine)
+            a_loss = optimizer_step(net, s.task, vfeats, vy, s.a_opt, weights, ranks, s.ctx.amp)
         if i % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", arch=f"{a_loss.item():.3f}")
-    if ranks.active:
-        totals = {k: sum_over_ranks(v, ranks) for k, v in totals.items()}
-        totals["arch_loss"] /= ranks.world
-        broadcast_buffers(net, ranks)  # BatchNorm's running statistics: rank 0's
-    return totals["train_loss"] / len(s.weight_rows), totals["arch_loss"] / len(train_batches)
+        return a_loss.item() if warm else None
+
+    losses = train_epoch(
+        net,
+        bar,
+        s.train.batch,
+        s.task,
+        s.w_opt,
+        s.ctx,
+        freeze=arch,
+        schedule=s.sched,
+        dropout=ModalityDropout(p, s.shuffle) if p else None,
+        after_step=arch_step,
+    )
+    return losses.rows, losses.steps
 
 
 def _report(s: _Bilevel, row: dict) -> None:
-    if s.ranks.main:  # logged (the CLI shows info lines unless --quiet), not printed: a library call
+    if s.ctx.ranks.main:  # logged (the CLI shows info lines unless --quiet), not printed: a library call
         log.info(
             "search epoch %d: train loss %.4f, val %s %.4f%s",
             row["epoch"],
@@ -309,7 +298,7 @@ def _report(s: _Bilevel, row: dict) -> None:
 
 def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -> SearchResult:
     """The search's genotype: the best epoch's or, once every epoch ran, re-ranking's choice."""
-    cfg, ranks, net = s.cfg, s.ranks, s.net
+    cfg, ranks, net = s.cfg, s.ctx.ranks, s.net
     net.cpu()  # derivation with sampled noise (re-ranking) and callers work on the CPU copy
     # stopped inside the warm-up (stop_after): the last genotype stands in for the best
     best = Genotype.from_dict(state["best_genotype"] or state["history"][-1]["genotype"])

@@ -16,7 +16,6 @@ refit is checkpointed each epoch and the selection's outcome is saved, so a kill
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import torch
@@ -27,25 +26,20 @@ from ..core.data import FeatureData, FeatureSplit, merge_splits
 from ..core.fileio import read_json
 from ..core.genotype import Genotype, last_feature, modalities
 from ..engine.checkpoint import Checkpoint
-from ..engine.device import autocast, on_device, resolve_device
-from ..engine.distributed import (
-    broadcast_buffers,
-    broadcast_state,
-    current,
-    local_device,
-    min_batch,
-    shard,
-    sum_over_ranks,
-)
+from ..engine.device import on_device
+from ..engine.distributed import broadcast_state, current, min_batch
 from ..engine.folds import kfold
 from ..engine.loop import (
+    AdamSettings,
+    Context,
+    ModalityDropout,
     batch_indices,
+    build_optimizer,
     cosine_restarts,
-    drop_shard,
     evaluate,
     new_state,
-    optimizer_step,
     run_epochs,
+    train_epoch,
 )
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
@@ -156,9 +150,8 @@ def fit(
     trains on its shard of every batch with averaged gradients, and only rank 0 writes to ``run``.
     """
     t = cfg.train
-    ranks = current()
-    device = local_device(resolve_device(cfg.device))
-    amp = partial(autocast, device, cfg.precision)
+    ctx = Context.of(cfg)
+    ranks, device = ctx.ranks, ctx.device
     model.to(device)
     broadcast_state(model, ranks)
     split = on_device(split, device)
@@ -166,7 +159,7 @@ def fit(
     metric = primary_metric(data.task)
     min_rows = min_batch(ranks)
     n_batches = len(batch_indices(len(split), t.batch_size, None, min_rows))
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    opt = build_optimizer(model.parameters(), AdamSettings.of(t))
     sched = cosine_restarts(opt, n_batches, t.restart_epochs, t.restart_mult, t.lr_min)
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
     # a checkpoint of another architecture or length is not resumed: the fit starts over
@@ -176,23 +169,15 @@ def fit(
     ckpt = Checkpoint(run, stage, cfg, stateful, shuffle, history, identity=identity, writes=ranks.main)
     state = ckpt.load() or new_state(val=[])
 
+    p = t.modality_dropout
+    dropout = ModalityDropout(p, shuffle, tuple(model.used)) if p else None
+
     def one_epoch(epoch: int, state: dict) -> dict:
-        model.train()
-        total = 0.0
-        for idx in batch_indices(len(split), t.batch_size, shuffle, min_rows):
-            mine = shard(idx, ranks)
-            feats, y = split.batch(mine)
-            if t.modality_dropout:
-                used = {n: feats[n] for n in model.used}
-                feats = drop_shard(used, len(idx), t.modality_dropout, shuffle, ranks)
-            loss = optimizer_step(model, data.task, feats, y, opt, ranks=ranks, amp=amp)
-            sched.step()
-            total += loss.item() * len(mine)
-        total = sum_over_ranks(total, ranks)
-        broadcast_buffers(model, ranks)
-        row = {"epoch": epoch, "train_loss": total / len(split), "lr": sched.get_last_lr()[0]}
+        batches = batch_indices(len(split), t.batch_size, shuffle, min_rows)
+        loss = train_epoch(model, batches, split.batch, data.task, opt, ctx, schedule=sched, dropout=dropout)
+        row = {"epoch": epoch, "train_loss": loss.rows, "lr": sched.get_last_lr()[0]}
         if val is not None:
-            scores = evaluate(model, val, data.task, t.eval_batch_size, cfg.data.threshold, ranks, amp)
+            scores = evaluate(model, val, data.task, t.eval_batch_size, cfg.data.threshold, ctx)
             state["val"].append(float(scores[metric]))
             row["val_" + metric] = scores[metric]
         return row
@@ -255,15 +240,14 @@ def build_model(genotype: Genotype, data: FeatureData, cfg: Config, split: Featu
 
 def score(model: FoundNet, split: FeatureSplit, data: FeatureData, cfg: Config) -> dict:
     """Metrics of ``model`` on ``split``, evaluated on ``cfg.device`` (where the model is moved)."""
-    device = local_device(resolve_device(cfg.device))
+    ctx = Context.of(cfg)
     return evaluate(
-        model.to(device),
-        on_device(split, device),
+        model.to(ctx.device),
+        on_device(split, ctx.device),
         data.task,
         cfg.train.eval_batch_size,
         cfg.data.threshold,
-        current(),
-        partial(autocast, device, cfg.precision),
+        ctx,
     )
 
 

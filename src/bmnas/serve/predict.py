@@ -29,6 +29,7 @@ from ..core.data import SPLITS, FeatureData, TaskInfo
 from ..core.errors import DataError
 from ..core.fileio import atomic_write, read_json, save_torch, write_json, write_jsonl
 from ..core.genotype import Genotype, GenotypeError
+from ..engine.loop import forward_batches
 from ..engine.metrics import compute_metrics
 from ..engine.rundir import RunError
 from ..features.backbones.base import Backbone
@@ -211,18 +212,17 @@ class LoadedModel:
                     f"expected (N, {want[0]}, {want[1]})"
                 )
 
-    @torch.no_grad()
     def logits(self, pooled: Mapping[str, np.ndarray | torch.Tensor], batch_size: int = 1024) -> np.ndarray:
-        """Logits ``(N, K)`` of pooled features (eval mode, batches of ``batch_size``)."""
+        """Logits ``(N, K)`` of pooled features (eval mode, consecutive batches of ``batch_size``)."""
         self.check_pooled(pooled)
         n = int(np.shape(pooled[self.inputs[0]])[0])
-        out = []
-        for start in range(0, n, batch_size):
-            batch = {
-                k: torch.from_numpy(np.array(pooled[k][start : start + batch_size], dtype=np.float32))
-                for k in self.inputs
-            }
-            out.append(self.net(batch).float().numpy())
+
+        def gather(b: np.ndarray) -> tuple[dict[str, torch.Tensor], None]:
+            rows = slice(int(b[0]), int(b[-1]) + 1)
+            feats = {k: torch.from_numpy(np.array(pooled[k][rows], dtype=np.float32)) for k in self.inputs}
+            return feats, None
+
+        out = [logits.numpy() for _, logits in forward_batches(self.net, n, gather, batch_size, min_rows=1)]
         return np.concatenate(out) if out else np.zeros((0, self.task.num_outputs), np.float32)
 
     def predictions(self, logits: np.ndarray) -> Predictions:

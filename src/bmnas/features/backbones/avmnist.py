@@ -36,7 +36,7 @@ from torch import nn
 from ..datasets.base import RawDataset, dataset_checksum
 from .base import Backbone, freeze, register_backbones, torch_threads
 from .layers import conv_block
-from .pretrain import TrainRecipe, fit_classifier, load_cached, save_cached
+from .pretrain import TrainRecipe, fit_classifier, load_cached, merges_last_row, save_cached
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,11 @@ def pretrain(
     folder = Path(root) / "avmnist" / "backbones"
     folder.mkdir(parents=True, exist_ok=True)
     modules, results = {}, []
+    # a lone last row joins the batch before it: weights unlike those of older bmnas, under their own name
+    joined = "-joined" if merges_last_row(len(raw.splits["train"].labels), recipe.batch_size) else ""
     for modality, (name, cls) in NETWORKS.items():
         arch = arch_id(name, cls(), recipe)
-        path = folder / f"{arch}-{checksum[:16]}-s{seed}.pt"
+        path = folder / f"{arch}-{checksum[:16]}-s{seed}{joined}.pt"
         start = time.perf_counter()
         net = cls()
         meta = None if force else load_cached(net, path)

@@ -6,7 +6,9 @@ holding the file's SHA-256 (weights that fail it are trained again) and how they
 
 Two recipes: :func:`train_classifier` runs a fixed number of epochs on inputs that may be large
 and lazily read (memory maps, HDF5 rows); :func:`fit_classifier` keeps the epoch with the best val
-accuracy, for inputs small enough to hold in memory (AV-MNIST).
+accuracy, for inputs small enough to hold in memory (AV-MNIST). Both run the search's batch loop
+(:func:`bmnas.engine.loop.train_epoch`), optimiser (:func:`~bmnas.engine.loop.build_optimizer`) and
+evaluation loop (:func:`~bmnas.engine.loop.forward_batches`).
 """
 
 from __future__ import annotations
@@ -25,9 +27,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...core.data import TaskInfo
 from ...core.errors import DataError
 from ...core.fileio import save_torch, write_json_sorted
 from ...core.fileio import sha256 as sha256_file
+from ...engine.loop import (
+    AdamSettings,
+    Context,
+    batch_indices,
+    build_optimizer,
+    forward_batches,
+    split_batches,
+    train_epoch,
+)
 from ..datasets.base import dataset_checksum
 from .base import freeze
 
@@ -133,6 +145,23 @@ def pretrained(
 
 
 # ------------------------------------------------------------------------- fixed-epoch classifier
+def merges_last_row(n: int, batch_size: int) -> bool:
+    """Whether ``n`` rows in batches of ``batch_size`` end in a lone row, which joins the batch before it.
+
+    Before the batch loop was shared that row was skipped (:func:`train_classifier`) or trained
+    alone (:func:`fit_classifier`); such weights are cached under a key that says so.
+    """
+    return n > batch_size and n % batch_size == 1
+
+
+def classifier_task(labels: np.ndarray, multilabel: bool) -> TaskInfo:
+    """The task of a backbone's labels: multi-hot ``(N, K)`` or class indices ``(N,)``."""
+    labels = np.asarray(labels)
+    if multilabel:
+        return TaskInfo("multilabel", int(labels.shape[1]))
+    return TaskInfo("multiclass", int(labels.max()) + 1 if labels.size else 1)
+
+
 def train_classifier(
     model: nn.Module,
     inputs,
@@ -152,35 +181,33 @@ def train_classifier(
     """Train ``model`` (raw batch → logits) on ``inputs[i]``, ``labels[i]``; returns the epoch losses.
 
     ``inputs`` is any array-like indexed by sorted integer arrays (ndarray, memmap, lazy HDF5 rows);
-    each batch is converted by ``to_tensor``. Adam with weight decay, fixed epochs, no selection.
-    Runs on ``device`` (default: CUDA when available, else CPU); the model is left on the CPU.
+    each batch (rows sorted, a lone last row joined to the batch before) is converted by
+    ``to_tensor``. Adam with weight decay, fixed epochs, no selection. Runs on ``device`` (default:
+    CUDA when available, else CPU); the model is left on the CPU.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     n = len(labels)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
-    model.train()
+    opt = build_optimizer(model.parameters(), AdamSettings(lr, weight_decay))
+    task = classifier_task(labels, multilabel)
+
+    def gather(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_tensor(inputs[idx]).to(device, non_blocking=True)
+        y = torch.as_tensor(np.asarray(labels[idx])).to(device)
+        return x, y.float() if multilabel else y.long()
+
+    total = epochs * len(split_batches(np.arange(n), batch_size))
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+
+    def tick(_i: int, _loss: torch.Tensor) -> None:
+        bar.update()
+
     losses = []
-    bar = tqdm(total=epochs * -(-n // batch_size), desc=desc, disable=not progress, leave=False)
     for _ in range(epochs):
-        order, total = rng.permutation(n), 0.0
-        for i in range(0, n, batch_size):
-            idx = np.sort(order[i : i + batch_size])
-            if len(idx) < 2 and n > 1:  # BatchNorm needs two samples
-                continue
-            x = to_tensor(inputs[idx]).to(device, non_blocking=True)
-            y = torch.as_tensor(np.asarray(labels[idx])).to(device)
-            y = y.float() if multilabel else y.long()
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            bar.update()
-        losses.append(total / max(n, 1))
+        batches = [np.sort(b) for b in split_batches(rng.permutation(n), batch_size)]
+        losses.append(train_epoch(model, batches, gather, task, opt, Context(device), after_step=tick).rows)
     bar.close()
     model.to("cpu")
     return losses
@@ -225,6 +252,8 @@ class Pretrainer:
             return freeze(net)
         train = self.raw.splits["train"]
         meta = {**key, "data": dataset_checksum(self.raw), "seed": self.seed, "epochs": self.epochs}
+        if merges_last_row(len(train.labels), self.batch_size):  # other weights than before: another key
+            meta["last_row"] = "joined"
         return pretrained(
             net,
             self.root / self.dataset / "backbones" / f"{name}-{weights_key(**meta)}.pt",
@@ -263,14 +292,15 @@ class TrainRecipe:
     weight_decay: float = 1e-4
 
 
-@torch.no_grad()
 def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``net`` in eval mode on ``(x, y)``."""
-    net.eval()
-    correct = 0
-    for start in range(0, len(x), batch_size):
-        logits = net(torch.from_numpy(np.array(x[start : start + batch_size], dtype=np.float32)))
-        correct += int((logits.argmax(1).numpy() == np.asarray(y[start : start + batch_size])).sum())
+    """Top-1 accuracy of ``net`` in eval mode on ``(x, y)`` (its mode is restored afterwards)."""
+
+    def gather(b: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        rows = slice(int(b[0]), int(b[-1]) + 1)
+        return torch.from_numpy(np.array(x[rows], dtype=np.float32)), np.asarray(y[rows])
+
+    batches = forward_batches(net, len(x), gather, batch_size, min_rows=1)
+    correct = sum(int((logits.argmax(1).numpy() == labels).sum()) for labels, logits in batches)
     return correct / max(len(x), 1)
 
 
@@ -292,20 +322,19 @@ def fit_classifier(
     gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(np.array(train[0], dtype=np.float32))
     y = torch.from_numpy(np.array(train[1], dtype=np.int64))
-    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    steps = recipe.epochs * -(-len(x) // recipe.batch_size)
+    opt = build_optimizer(net.parameters(), AdamSettings.of(recipe))
+    steps = recipe.epochs * len(batch_indices(len(x), recipe.batch_size, None))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps)
+    task = classifier_task(train[1], multilabel=False)
     best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
+
+    def tick(_i: int, _loss: torch.Tensor) -> None:
+        bar.update()
+
     for epoch in range(1, recipe.epochs + 1):
-        net.train()
-        for idx in torch.randperm(len(x), generator=gen).split(recipe.batch_size):
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
+        batches = batch_indices(len(x), recipe.batch_size, gen)
+        train_epoch(net, batches, lambda idx: (x[idx], y[idx]), task, opt, schedule=sched, after_step=tick)
         acc = accuracy(net, *val)
         bar.set_postfix(epoch=epoch, val_acc=f"{acc:.3f}")
         if acc > best[0]:
