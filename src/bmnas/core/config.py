@@ -295,11 +295,11 @@ def _build(cls, d: dict, where: str):
         else:
             kwargs[name] = _coerce(tp, value, key)
     cfg = cls(**kwargs)
-    _check(cfg, where)
+    _check(cfg)
     return cfg
 
 
-def _check(cfg, where: str) -> None:
+def _check(cfg) -> None:
     """Value checks beyond types."""
 
     def need(cond: bool, key: str, msg: str) -> None:

@@ -29,7 +29,6 @@ from .derive import derive
 from .ops import ZERO, create_op, get_op
 
 INPUT_MODES = ("separate", "shared")
-EDGE_OPS = ("identity", "zero")
 RELAXATIONS = ("softmax", "gate")
 
 
