@@ -7,7 +7,7 @@ import torch
 from bmnas.cli.main import main
 from bmnas.core.config import Config, ConfigError
 from bmnas.core.errors import DataError
-from bmnas.features.generic import export_generic_dir, load_generic_dir
+from bmnas.features.generic import export_generic_dir, generic_layout, load_generic_dir, read_npz, write_npz
 from bmnas.features.pooling import grid_for, pool_feature
 from bmnas.features.synthetic import planted_interaction
 from bmnas.features.validate import infer_task
@@ -147,3 +147,30 @@ def test_planted_data_is_deterministic():
     a, b = planted_interaction(n=100, seed=5), planted_interaction(n=100, seed=5)
     assert np.array_equal(a["train"].features["a.f2"], b["train"].features["a.f2"])
     assert [len(a[s]) for s in ("train", "val", "test")] == [70, 15, 15]
+
+
+def test_the_one_npz_reader_and_writer(tmp_path):
+    """read_npz/write_npz serve --data DIR, predict's FILE.npz and every writer of the format."""
+    y, feats = np.array([2, 0, 1]), {"image.vec": np.arange(6.0).reshape(3, 2)}
+    path = write_npz(tmp_path / "s.npz", y, feats)
+    with np.load(path) as z:
+        assert z.files == ["label", "image.vec"]  # label first, then the features in order
+    got, labels = read_npz(path)
+    assert labels.tolist() == [2, 0, 1] and got.keys() == feats.keys()
+    np.testing.assert_array_equal(got["image.vec"], feats["image.vec"])
+    np.savez(tmp_path / "unlabelled.npz", **feats)
+    assert read_npz(tmp_path / "unlabelled.npz")[1] is None
+    with pytest.raises(DataError, match=r"nope.npz: no such file"):
+        read_npz(tmp_path / "nope.npz")
+    (tmp_path / "f.csv").write_text("a\n")
+    with pytest.raises(DataError, match=r"f.csv: expected a .npz file of the generic format"):
+        read_npz(tmp_path / "f.csv")
+    with open(tmp_path / "one.npz", "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(DataError, match=r"one.npz: a single .npy array, not an .npz archive.*numpy.savez"):
+        read_npz(tmp_path / "one.npz")
+    # pooled (N, L, C) features are stored channels first, vectors as (N, C): a reload gives them back
+    pooled = {"a.seq": np.arange(24.0).reshape(2, 4, 3), "a.vec": np.ones((2, 1, 5))}
+    stored = generic_layout(pooled)
+    assert stored["a.seq"].shape == (2, 3, 4) and stored["a.vec"].shape == (2, 5)
+    np.testing.assert_array_equal(pool_feature(torch.as_tensor(stored["a.seq"]), 4).numpy(), pooled["a.seq"])

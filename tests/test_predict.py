@@ -12,6 +12,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 import bmnas
 from bmnas.cli.main import main
+from bmnas.core.errors import DataError
 from bmnas.features.backbones.base import Backbone, register_backbones
 from bmnas.features.datasets.base import RawDataset, RawSplit, register_dataset
 from bmnas.features.generic import load_generic_dir
@@ -178,6 +179,22 @@ def test_clear_errors(trained, tmp_path, capsys):
     torch.save(ckpt, half / "train.ckpt.pt")
     err = _error(capsys, ["predict", str(half), "--data", str(data), "--out", out])
     assert f"training stopped after epoch {total - 1} of {total}" in err
+
+
+def test_raw_features_get_the_checks_of_a_runs_own_data(trained):
+    data, run = trained
+    model = load(run)
+    raw = dict(np.load(data / "test.npz"))
+    raw.pop("label")
+    name = model.inputs[0]
+    bad = raw[name].copy()
+    bad[3] = np.nan
+    with pytest.raises(
+        DataError, match=rf"input: feature '{name}' has {bad[3].size} NaN/inf values \(first in sample 3\)"
+    ):
+        model.predict({**raw, name: bad})
+    with pytest.raises(DataError, match=rf"input: feature '{name}' has non-numeric dtype <U"):
+        model.predict({**raw, name: raw[name].astype(str)})
 
 
 def readme_example() -> str:
