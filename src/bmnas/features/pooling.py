@@ -1,4 +1,4 @@
-"""Parameter-free pooling of raw backbone features to a fixed number of positions (SPEC §2.1).
+"""Parameter-free pooling of raw backbone features to a fixed number of positions (docs/DESIGN.md §2).
 
 Every raw feature becomes ``(N, L_k, C_in)`` with ``L_k ∈ {1, L}``:
 
