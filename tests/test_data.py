@@ -11,26 +11,7 @@ from bmnas.features.generic import export_generic_dir, generic_layout, load_gene
 from bmnas.features.pooling import grid_for, pool_feature
 from bmnas.features.synthetic import planted_interaction
 from bmnas.features.validate import infer_task
-
-
-def write_generic(root, n=(40, 12, 12), classes=3, seed=0, multilabel=False):
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for split, k in zip(("train", "val", "test"), n, strict=True):
-        label = (rng.random((k, 4)) > 0.5).astype(np.int64) if multilabel else rng.integers(0, classes, k)
-        if not multilabel:
-            label[:classes] = np.arange(classes)
-        np.savez(
-            root / f"{split}.npz",
-            label=label,
-            **{
-                "image.map": rng.normal(size=(k, 4, 6, 5)).astype(np.float32),
-                "image.vec": rng.normal(size=(k, 7)).astype(np.float32),
-                "audio.seq": rng.normal(size=(k, 3, 11)).astype(np.float32),
-                "audio.video": rng.normal(size=(k, 2, 3, 4, 4)).astype(np.float32),
-            },
-        )
-    return root
+from helpers import corrupt, write_generic
 
 
 def test_pooling_shapes_and_values():
@@ -65,15 +46,6 @@ def test_multilabel_is_inferred(tmp_path):
     data = load_generic_dir(write_generic(tmp_path / "d", multilabel=True), length=4)
     assert data.task.type == "multilabel" and data.task.num_outputs == 4
     assert data["train"].labels.dtype == np.float32
-
-
-def corrupt(root, split, **arrays):
-    z = dict(np.load(root / f"{split}.npz"))
-    z.update(arrays)
-    for k, v in list(z.items()):
-        if v is None:
-            del z[k]
-    np.savez(root / f"{split}.npz", **z)
 
 
 @pytest.mark.parametrize(
