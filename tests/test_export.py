@@ -20,8 +20,7 @@ from bmnas.core.genotype import CellGene, Genotype, StepGene
 from bmnas.method.train import with_recipe
 from bmnas.serve.export import read_metadata
 from bmnas.serve.predict import load
-from test_data import write_generic
-from test_predict import FAST, _tiny_dataset
+from helpers import FAST, tiny_dataset, write_generic
 
 ATOL = 1e-5
 
@@ -135,7 +134,7 @@ def test_backbones_in_the_exported_graph(fmt, tmp_path):
     cache, run = tmp_path / "cache", tmp_path / "run"
     common = ["--cache", str(cache)]
     assert main(["run", "--dataset", "tinyraw", "--out", str(run), *common, *FAST, "--no-baselines"]) == 0
-    raw = _tiny_dataset(tmp_path).splits["test"]
+    raw = tiny_dataset(tmp_path).splits["test"]
     np.savez(tmp_path / "raw.npz", **raw.inputs)
     assert (
         main(

@@ -5,16 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from bmnas.core.genotype import PAPER_RULES, CellGene, FeatureSpec, Genotype, GenotypeError, StepGene
+from bmnas.core.genotype import PAPER_RULES, CellGene, Genotype, GenotypeError, StepGene
 from bmnas.space.derive import best_pair, derive
-
-FEATS = (
-    FeatureSpec("a.f1", 8, 1),
-    FeatureSpec("a.f2", 8, 4),
-    FeatureSpec("b.f1", 6, 4),
-    FeatureSpec("b.f2", 6, 4),
-)
-OPS = ("zero", "sum", "attention", "linear_glu", "concat_fc")
+from helpers import FEATS, OPS
 
 
 def one_hot(n, i, hi=0.9, lo=0.1):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import pickle
-from itertools import product
 
 import numpy as np
 import pytest
@@ -16,58 +14,10 @@ from bmnas.core.errors import DataError  # noqa: E402
 from bmnas.features.backbones.base import backbones_for  # noqa: E402
 from bmnas.features.backbones.mmimdb import VGG19_LAYERS, VGG19Features  # noqa: E402
 from bmnas.features.datasets.base import create_dataset  # noqa: E402
-from bmnas.features.datasets.mmimdb import CAFFE_BGR_MEAN, HDF5Rows  # noqa: E402
+from bmnas.features.datasets.mmimdb import HDF5Rows  # noqa: E402
+from helpers import GENRES, GMU_HW, GMU_ROWS, GMU_SIZES, write_gmu  # noqa: E402
 
-N, SIZES, H, W = 30, (18, 6, 6), 256, 160
-GENRES = [f"genre{i}" for i in range(23)]
-
-
-def fuel_split_array(sizes: tuple[int, int, int], sources: list[str]) -> np.ndarray:
-    """Fuel's H5PYDataset.create_split_array for consecutive train/dev/test ranges."""
-    bounds = np.cumsum([0, *sizes])
-    ranges = {s: (int(bounds[i]), int(bounds[i + 1])) for i, s in enumerate(("train", "dev", "test"))}
-    dtype = np.dtype(
-        [
-            ("split", "S5"),
-            ("source", "S12"),
-            ("start", np.int64),
-            ("stop", np.int64),
-            ("indices", h5py.special_dtype(ref=h5py.Reference)),
-            ("available", bool),
-            ("comment", "S1"),
-        ]
-    )
-    arr = np.empty(len(ranges) * len(sources), dtype=dtype)
-    for i, (split, source) in enumerate(product(ranges, sorted(sources))):
-        arr[i] = (split.encode(), source.encode(), *ranges[split], h5py.Reference(), True, b".")
-    return arr
-
-
-def write_gmu(path, *, n=N, sizes=SIZES, split_attr=True, drop=(), caffe=True, nan_rows=(), hw=(H, W)):
-    """Write the GMU layout; returns the true RGB posters, plot vectors and genres."""
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, size=(n, 3, *hw))
-    mean = np.asarray(CAFFE_BGR_MEAN).reshape(1, 3, 1, 1)
-    stored = (rgb[:, ::-1] - mean).astype(np.int32) if caffe else rgb.astype(np.int32)  # trunc, as h5py
-    text = rng.normal(size=(n, 300)).astype(np.float32)
-    text[list(nan_rows)] = np.nan
-    genres = (rng.random((n, 23)) < 0.2).astype(np.int32)
-    with h5py.File(path, "w") as f:
-        data = {
-            "images": stored,
-            "features": text,
-            "genres": genres,
-            "imdb_ids": np.array([f"{i:07d}".encode() for i in range(n)], dtype="S7"),
-            "vgg_features": np.zeros((n, 4096), np.float32),
-        }
-        for key, value in data.items():
-            if key not in drop:
-                f.create_dataset(key, data=value)
-        if "genres" not in drop:
-            f["genres"].attrs["target_names"] = json.dumps(GENRES)
-        if split_attr:
-            f.attrs["split"] = fuel_split_array(sizes, list(data))
-    return rgb, text, genres
+N, SIZES, (H, W) = GMU_ROWS, GMU_SIZES, GMU_HW
 
 
 @pytest.fixture(scope="module")

@@ -20,33 +20,7 @@ from bmnas.features.datasets.ntu import (
 )
 from bmnas.features.extract import extract_features
 from bmnas.features.pooling import pool_feature
-
-BODY_ID = 72057594037931101  # a real-looking Kinect tracking id (> 2**53)
-
-
-def joint_values(t: int, b: int) -> np.ndarray:
-    """(25, 12) distinct values for frame t, body b; x = t + b/10 + j/1000, y = -j, z = 3 + b."""
-    v = np.zeros((25, 12))
-    j = np.arange(25)
-    v[:, 0], v[:, 1], v[:, 2] = t + b / 10 + j / 1000, -j, 3.0 + b
-    v[:, 3:11] = 0.5
-    v[:, 11] = 2
-    return v
-
-
-def skeleton_text(bodies_per_frame: list[int], joints: int = 25, fields: int = 12) -> str:
-    """A .skeleton file in the official layout (see read_skeleton_file.m)."""
-    lines = [str(len(bodies_per_frame))]
-    for t, count in enumerate(bodies_per_frame):
-        lines.append(str(count))
-        for b in range(count):
-            lines.append(f"{BODY_ID + b} 0 1 1 1 1 0 -0.0517 0.2391 2")
-            lines.append(str(joints))
-            for row in joint_values(t, b)[:joints]:
-                vals = [f"{x:.7g}" for x in row[:11]] + [str(int(row[11]))]
-                lines.append(" ".join((vals + ["0.5"] * fields)[:fields]))
-    return "\n".join(lines) + "\n"
-
+from helpers import BODY_ID, joint_values, skeleton_text
 
 SAMPLES = {  # stem: bodies per frame
     "S001C001P001R001A001": [1, 1, 1, 1],  # train (subject 1)

@@ -1,4 +1,4 @@
-"""Each primitive op against its formula on hand-made tensors (SPEC §5)."""
+"""Each primitive op against its formula on hand-made tensors (docs/DESIGN.md §5)."""
 
 import math
 import os

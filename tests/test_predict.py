@@ -12,22 +12,11 @@ from sklearn.metrics import accuracy_score, f1_score
 
 import bmnas
 from bmnas.cli.main import main
-from bmnas.features.backbones.base import Backbone, register_backbones
-from bmnas.features.datasets.base import RawDataset, RawSplit, register_dataset
+from bmnas.core.errors import DataError
 from bmnas.features.generic import load_generic_dir
 from bmnas.method.train import with_recipe
 from bmnas.serve.predict import load, save_model
-from test_cli import FAST  # the same small run settings as the CLI tests
-from test_data import write_generic
-
-
-def make_run(root: Path, multilabel: bool = False, baselines: bool = True) -> tuple[Path, Path]:
-    """A finished ``bmnas run`` on small synthetic generic data: (data dir, run dir)."""
-    data = write_generic(root / "d", multilabel=multilabel)
-    out = root / "run"
-    extra = [] if baselines else ["--no-baselines"]
-    assert main(["run", "--data", str(data), "--out", str(out), *FAST, *extra]) == 0
-    return data, out
+from helpers import FAST, make_run, tiny_dataset  # tiny_dataset: the registered dataset "tinyraw"
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +193,22 @@ def test_clear_errors(trained, tmp_path, capsys):
     assert f"training stopped after epoch {total - 1} of {total}" in err
 
 
+def test_raw_features_get_the_checks_of_a_runs_own_data(trained):
+    data, run = trained
+    model = load(run)
+    raw = dict(np.load(data / "test.npz"))
+    raw.pop("label")
+    name = model.inputs[0]
+    bad = raw[name].copy()
+    bad[3] = np.nan
+    with pytest.raises(
+        DataError, match=rf"input: feature '{name}' has {bad[3].size} NaN/inf values \(first in sample 3\)"
+    ):
+        model.predict({**raw, name: bad})
+    with pytest.raises(DataError, match=rf"input: feature '{name}' has non-numeric dtype <U"):
+        model.predict({**raw, name: raw[name].astype(str)})
+
+
 def readme_example() -> str:
     text = (Path(__file__).parents[1] / "README.md").read_text()
     start = text.index("<!-- example: front door")
@@ -234,33 +239,6 @@ def test_readme_front_door_example_runs(tmp_path, monkeypatch):
     assert ns["preds"].metrics(ns["y"])["accuracy"] == run_test["accuracy"]
 
 
-@register_dataset("tinyraw")
-def _tiny_dataset(root: Path, **_) -> RawDataset:
-    rng = np.random.default_rng(0)
-    splits = {}
-    for split, n in (("train", 40), ("val", 12), ("test", 12)):
-        y = rng.integers(0, 3, n)
-        y[:3] = np.arange(3)
-        image = (rng.normal(size=(n, 1, 6, 6)) + y[:, None, None, None]).astype(np.float32)
-        audio = (rng.normal(size=(n, 2, 10)) - y[:, None, None]).astype(np.float32)
-        splits[split] = RawSplit({"image": image, "audio": audio}, y)
-    return RawDataset("tinyraw", splits, class_names=("red", "green", "blue"))
-
-
-@register_backbones("tinyraw")
-def _tiny_backbones(raw: RawDataset, root, seed: int = 0, progress: bool = True) -> list[Backbone]:
-    torch.manual_seed(seed)
-    image = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(4)
-    )
-    image(torch.zeros(1, 1, 6, 6))
-    audio = torch.nn.Sequential(torch.nn.Conv1d(2, 3, 3), torch.nn.ReLU())
-    return [
-        Backbone("image", image.eval(), {"conv": "0", "fc": "3"}),
-        Backbone("audio", audio.eval(), {"conv": "0"}),
-    ]
-
-
 def test_predict_from_raw_inputs_through_the_runs_backbones(tmp_path):
     cache = tmp_path / "cache"
     run = tmp_path / "run"
@@ -268,7 +246,7 @@ def test_predict_from_raw_inputs_through_the_runs_backbones(tmp_path):
     assert main(["run", "--dataset", "tinyraw", "--out", str(run), *common, *FAST, "--no-baselines"]) == 0
     model = load(run)
     assert model.class_names == ("red", "green", "blue")  # from the dataset, through metrics.json
-    raw = _tiny_dataset(tmp_path).splits["test"]
+    raw = tiny_dataset(tmp_path).splits["test"]
     np.savez(tmp_path / "raw.npz", label=raw.labels, **raw.inputs)
     by_raw, by_cache = tmp_path / "raw.csv", tmp_path / "cached.csv"
     assert main(["predict", str(run), "--raw", str(tmp_path / "raw.npz"), "--out", str(by_raw), *common]) == 0

@@ -28,7 +28,7 @@ from bmnas.features.cache import MANIFEST, CacheKey, FeatureCache
 from bmnas.features.datasets import base as datasets_base
 from bmnas.features.datasets.base import DatasetError, RawDataset, RawSplit, create_dataset, register_dataset
 from bmnas.features.generic import load_generic_dir
-from test_data import corrupt, write_generic
+from helpers import corrupt, write_generic
 
 FAST = ["--set", "search.epochs=1", "--set", "model.C=8", "--set", "model.L=4", "--quiet"]
 FAST += ["--set", "search.batch_size=16", "--set", "train.epochs=1"]

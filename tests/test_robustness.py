@@ -11,7 +11,7 @@ from bmnas.cli.main import main
 from bmnas.core.data import FeatureSplit
 from bmnas.engine.augment import drop_modalities
 from bmnas.serve.robustness import conditions, perturb, train_stats
-from test_predict import make_run
+from helpers import make_run
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,7 @@ from bmnas.engine.rundir import RunDir, RunError
 from bmnas.features.synthetic import planted_interaction
 from bmnas.method.search import search
 from bmnas.method.train import train
-
-PLANTED = [
-    "model.C=16",
-    "model.L=4",
-    "model.cells=1",
-    "model.steps=1",
-    "model.dropout=0.0",
-    "search.epochs=10",
-    "search.batch_size=64",
-    "search.arch_lr=1e-2",
-    "train.epochs=10",  # re-ranking trains each candidate this long (3 folds): the pair is clear by then
-]
+from helpers import PLANTED
 
 
 @pytest.mark.parametrize("seed", [0, 1])

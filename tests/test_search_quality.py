@@ -20,7 +20,7 @@ from bmnas.method.run import recommend
 from bmnas.method.search import arch_diagnostics, search, split_for_search
 from bmnas.space.derive import derive
 from bmnas.space.hypernet import HyperNet, edge_weights
-from test_genotype import FEATS, OPS
+from helpers import FEATS, OPS
 
 SMALL = [
     "model.C=8",

@@ -15,7 +15,7 @@ from bmnas.features.generic import load_generic_dir
 from bmnas.method.probe import _design, _fit, _logits, choose_C, linear_probe
 from bmnas.method.train import Selection, build_model, linear_init, select_epochs, train, with_recipe
 from bmnas.space.baselines import baseline
-from test_data import write_generic
+from helpers import write_generic
 
 RANDOM = ["model.C=8", "model.L=2", "train.epochs=3", "train.select_folds=0", "model.linear_init=random"]
 PROBE = [*RANDOM[:-1], "model.linear_init=probe"]

@@ -10,7 +10,7 @@ import yaml
 from bmnas.cli.main import main
 from bmnas.core.config import Config
 from bmnas.core.genotype import Genotype
-from test_data import write_generic
+from helpers import write_generic
 
 optuna = pytest.importorskip("optuna")
 

@@ -37,7 +37,7 @@ class DataConfig:
     """Where features come from and what the labels mean."""
 
     dataset: str | None = None  # a registered dataset name (e.g. "avmnist"), or
-    dir: str | None = None  # a directory in the generic format (SPEC §10)
+    dir: str | None = None  # a directory in the generic format (docs/DESIGN.md §12)
     pooling: str = "max"
     task: str | None = None  # multiclass | multilabel | None (inferred from the labels)
     num_outputs: int | None = None  # classes / labels (None: inferred)
@@ -47,7 +47,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Search space and sizes (SPEC §1–§6)."""
+    """Search space and sizes (docs/DESIGN.md §1–§6)."""
 
     C: int = 64
     L: int = 8
@@ -81,7 +81,7 @@ class _WeightTraining:
 
 @dataclass(frozen=True)
 class SearchConfig(_WeightTraining):
-    """Bilevel search (SPEC §7)."""
+    """Bilevel search (docs/DESIGN.md §7 Search)."""
 
     epochs: int = 12
     arch_lr: float = 3e-4
@@ -99,7 +99,7 @@ class SearchConfig(_WeightTraining):
 
 @dataclass(frozen=True)
 class TrainConfig(_WeightTraining):
-    """Evaluation stage (SPEC §8): the found network on train + val."""
+    """Evaluation stage (docs/DESIGN.md §8): the found network on train + val."""
 
     select_epochs: bool = True  # choose the epoch count on val (trained on train), then refit on train + val
     select_folds: int = 3  # k >= 2: score networks and choose epochs by k-fold CV over train + val; 0: on val
@@ -339,11 +339,11 @@ def _build(cls, d: dict, where: str):
         else:
             kwargs[name] = _coerce(tp, value, key)
     cfg = cls(**kwargs)
-    _check(cfg, where)
+    _check(cfg)
     return cfg
 
 
-def _check(cfg, where: str) -> None:
+def _check(cfg) -> None:
     """Value checks beyond types."""
 
     def need(cond: bool, key: str, msg: str) -> None:

@@ -23,7 +23,7 @@ outputs form the Cell output; ``output`` the states (Cells or features) the head
 A ``zero`` step has no inputs and outputs zeros. Unimodal and late-fusion baselines are genotypes
 with no Cells whose ``output`` names features.
 
-:func:`derive` turns architecture weights into a genotype (SPEC §3–§4); it is a pure function.
+:func:`derive` turns architecture weights into a genotype (docs/DESIGN.md §3–§4); it is a pure function.
 """
 
 from __future__ import annotations
@@ -408,7 +408,7 @@ def from_dict(d: Mapping, where: str = "genotype") -> Genotype:
 
 
 # ----------------------------------------------------------------------------------------------
-# Derivation (SPEC §3–§4)
+# Derivation (docs/DESIGN.md §3–§4)
 # ----------------------------------------------------------------------------------------------
 
 

@@ -163,7 +163,7 @@ def choose_threads(step_elements: int, cores: int | None = None, busy: float | N
 
     OpenMP threads spin-wait for each other at every op; a small op finishes before the threads
     sync, and when another process occupies a core one thread waits for a descheduled sibling
-    (measured 85x slower on two cores, benchmarks/threads.py). So: one thread for small steps;
+    (docs/DESIGN.md §11; measured in benchmarks/README.md, threads.py). So: one thread for small steps;
     for large ones, the cores no other process is using (at least one).
     """
     cores = available_cores() if cores is None else cores
@@ -183,7 +183,7 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
 
     Every search iteration frees and re-allocates the same megabyte-sized activations. With
     glibc's defaults such blocks come from fresh ``mmap``s or are trimmed off the heap, so each
-    iteration page-faults on its memory anew (about 2,300 faults per MM-IMDB iteration: benchmarks/README.md).
+    iteration page-faults on its memory anew (counted in benchmarks/README.md).
     Process-wide; blocks up to ``mmap_threshold`` come from the heap, which keeps up to
     ``trim_threshold`` bytes free. Returns whether it applied (Linux with glibc only).
     """

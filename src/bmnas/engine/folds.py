@@ -1,10 +1,10 @@
 """k-fold partitions of train ∪ val, for scoring a network on more data than the val split.
 
-A val split of a few hundred rows scores a network to within ±1.5–2 points (one standard error
-at 87 % accuracy and 380 rows), so picking the best of several networks on it mostly picks noise;
-cross-validation over train ∪ val scores every row once and halves that error on AV-MNIST-sized
-data. The folds are a seeded permutation split into ``k`` near-equal parts; fold ``i`` trains on
-the other ``k − 1`` parts and is scored on part ``i``. The test split is never touched.
+A val split of a few hundred rows scores a network to within a standard error of a point or two
+(docs/DESIGN.md §8), so picking the best of several networks on it mostly picks noise;
+cross-validation over train ∪ val scores every row once. The folds are a seeded permutation split
+into ``k`` near-equal parts; fold ``i`` trains on the other ``k − 1`` parts and is scored on part
+``i``. The test split is never touched.
 """
 
 from __future__ import annotations

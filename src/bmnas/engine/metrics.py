@@ -1,4 +1,4 @@
-"""Task metrics, computed with scikit-learn (SPEC §6)."""
+"""Task metrics, computed with scikit-learn (docs/DESIGN.md §6 Head, losses, metrics)."""
 
 from __future__ import annotations
 

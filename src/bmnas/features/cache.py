@@ -1,4 +1,4 @@
-"""On-disk cache of pooled features (SPEC §2.1, §7): written once per key, checksummed, memory-mapped.
+"""On-disk cache of pooled features (docs/DESIGN.md §2): written once per key, checksummed, memory-mapped.
 
 One cache entry holds the pooled features ``name -> (N, L_k, C_in)`` float32 of one backbone on one
 split. Its key (:class:`CacheKey`) names everything the features depend on: the dataset and the

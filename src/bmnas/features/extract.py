@@ -1,4 +1,4 @@
-"""Run a frozen backbone once over a split and keep its named features, pooled right away (SPEC §2.1).
+"""Run a frozen backbone once over a split and keep its named features, pooled right away (docs/DESIGN.md §2).
 
 Any ``nn.Module`` works: the features are the outputs of the submodules named in
 :attr:`Backbone.layers <bmnas.features.backbones.base.Backbone.layers>` (dotted paths as in

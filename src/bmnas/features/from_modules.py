@@ -18,9 +18,9 @@ from torch import nn
 
 from ..core.data import SPLITS
 from ..core.errors import DataError
-from ..core.fileio import atomic_write
 from .backbones.base import Backbone, _to_tensor
 from .extract import extract_features as _extract
+from .generic import generic_layout, write_npz
 from .validate import validate_split
 
 
@@ -91,19 +91,8 @@ def extract_features(
                 threads=threads,
                 desc=f"extract {split}/{b.modality}",
             )
-            for name, v in pooled.items():
-                arrays[name] = v[:, 0, :] if v.shape[1] == 1 else np.ascontiguousarray(v.transpose(0, 2, 1))
+            arrays.update(generic_layout(pooled))
         y = np.asarray(labels[split])
         validate_split(f"{root}/{split}", arrays, y)
-        _write_npz(root / f"{split}.npz", {"label": y, **arrays})
+        write_npz(root / f"{split}.npz", y, arrays)
     return root
-
-
-def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
-    """``np.savez`` atomically, through a file object (given a name, it would append ``.npz``)."""
-
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
-
-    return atomic_write(path, write)

@@ -1,4 +1,9 @@
-"""The generic ``--data DIR`` format: one ``<split>.npz`` per split, read, validated and written."""
+"""The generic ``--data DIR`` format (docs/DESIGN.md §12): one ``<split>.npz`` per split.
+
+This module holds the format's one reader (:func:`read_npz`) and one writer (:func:`write_npz`);
+:func:`load_generic_dir` reads, validates and pools a directory, :func:`export_generic_dir` writes
+pooled features back in the format (:func:`generic_layout`).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,57 @@ from ..core.errors import DataError
 from ..core.fileio import atomic_write, sha256
 from .validate import build_feature_data
 
+NPZ_FIX = "write it again with numpy.savez(file, label=..., **features)"
+
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, KeyError)
+
+
+def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Raw features and labels (None when the file has no ``label`` array) of one generic ``.npz``.
+
+    Never unpickles. A missing, foreign or damaged file is a :class:`DataError` naming the file,
+    the cause and the fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    if path.suffix.lower() != ".npz":
+        raise DataError(f"{path}: expected a .npz file of the generic format (or a directory of them)")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except _NPZ_ERRORS as err:
+        raise DataError(f"{path}: cannot be read as .npz ({_cause(err)}); {NPZ_FIX}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, not an .npz archive of named arrays; {NPZ_FIX}")
+    with z:
+        try:
+            arrays = {k: z[k] for k in z.files}
+        except _NPZ_ERRORS as err:  # a flipped byte shows as a CRC error only when the array is read
+            raise DataError(f"{path}: damaged .npz ({_cause(err)}); {NPZ_FIX}") from None
+    return arrays, arrays.pop("label", None)
+
+
+def _cause(err: BaseException) -> str:
+    """``Type: first line of the message`` (error messages stay one line)."""
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def write_npz(path: str | Path, labels: np.ndarray, features: Mapping[str, np.ndarray]) -> Path:
+    """Write one split atomically: ``label`` first, then the feature arrays.
+
+    Through a file object: given a file name, ``np.savez`` would append ``.npz`` to the temporary one.
+    """
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, label=labels, **features)
+
+    return atomic_write(path, write)
+
 
 def read_generic_dir(path: str | Path) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Read ``DIR/{train,val,test}.npz`` (raw shapes) without pooling."""
+    """Read ``DIR/{train,val,test}.npz`` (raw shapes) without pooling: ``split -> (features, labels)``."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"--data {root}: not a directory; it must hold train.npz, val.npz, test.npz")
@@ -25,31 +78,11 @@ def read_generic_dir(path: str | Path) -> dict[str, tuple[dict[str, np.ndarray],
         file = root / f"{split}.npz"
         if not file.exists():
             raise DataError(f"{file}: missing; the generic format needs {[s + '.npz' for s in SPLITS]}")
-        arrays = _read_npz(file)
-        if "label" not in arrays:
+        arrays, labels = read_npz(file)
+        if labels is None:
             raise DataError(f"{file}: no 'label' array; add labels of shape (N,) or (N, K)")
-        labels = arrays.pop("label")
         raw[split] = (arrays, labels)
     return raw
-
-
-_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, KeyError)
-
-
-def _read_npz(file: Path) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` archive (never unpickling); a damaged file is a DataError."""
-    fix = "write it again with numpy.savez(file, label=..., **features)"
-    try:
-        z = np.load(file, allow_pickle=False)
-    except _NPZ_ERRORS as err:
-        raise DataError(f"{file}: cannot be read as .npz ({type(err).__name__}: {err}); {fix}") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise DataError(f"{file}: a single .npy array, not an .npz archive of named arrays; {fix}")
-    with z:
-        try:
-            return {k: z[k] for k in z.files}
-        except _NPZ_ERRORS as err:  # a flipped byte shows as a CRC error only when the array is read
-            raise DataError(f"{file}: damaged .npz ({type(err).__name__}: {err}); {fix}") from None
 
 
 def load_generic_dir(
@@ -59,11 +92,23 @@ def load_generic_dir(
     task_type: str | None = None,
     num_outputs: int | None = None,
 ) -> FeatureData:
-    """Load and pool the generic format (SPEC §10)."""
+    """Read, validate and pool the generic format (docs/DESIGN.md §2, §12); ``info`` holds its SHA-256s."""
     raw = read_generic_dir(path)
     data = build_feature_data(raw, length, pooling, task_type, num_outputs, name=str(path))
     sums = {f"{s}.npz": sha256(Path(path) / f"{s}.npz") for s in SPLITS}
     return FeatureData(data.splits, data.task, data.name, {"files_sha256": sums})
+
+
+def generic_layout(pooled: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Pooled ``(N, L_k, C_in)`` features as the format stores them: ``(N, C_in, L)`` or ``(N, C_in)``.
+
+    A vector (``L_k = 1``) is stored as ``(N, C_in)``; loading the arrays with the same L pools them
+    to the same ``(N, L_k, C_in)`` features.
+    """
+    return {
+        k: v[:, 0, :] if v.shape[1] == 1 else np.ascontiguousarray(v.transpose(0, 2, 1))
+        for k, v in pooled.items()
+    }
 
 
 def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
@@ -76,14 +121,5 @@ def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
         raise DataError(f"--out {root} is a file; the export needs a directory (new or empty)")
     root.mkdir(parents=True, exist_ok=True)
     for split, sp in data.splits.items():
-        arrays = {}
-        for k, v in sp.features.items():
-            arrays[k] = v[:, 0, :] if v.shape[1] == 1 else np.ascontiguousarray(v.transpose(0, 2, 1))
-        # np.savez appends ".npz" to a name without it: the temp file gets a file object instead
-        atomic_write(root / f"{split}.npz", lambda p, a=arrays, y=sp.labels: _savez(p, y, a))
+        write_npz(root / f"{split}.npz", sp.labels, generic_layout(sp.features))
     return root
-
-
-def _savez(path: Path, labels: np.ndarray, arrays: Mapping[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, label=labels, **arrays)

@@ -26,7 +26,7 @@ from .datasets.base import RawDataset, create_dataset, dataset_checksum, list_da
 from .datasets.base import dataset_options as dataset_options_of
 from .extract import extract_features
 from .generic import load_generic_dir
-from .validate import infer_task, validate_split
+from .validate import check_like_train, infer_task, validate_split
 
 
 def prepare_backbones(
@@ -145,12 +145,7 @@ def dataset_features(
     t3 = time.perf_counter()
 
     for split in SPLITS[1:]:
-        for k, v in splits[split].features.items():
-            ref = splits["train"].features[k]
-            if v.shape[1:] != ref.shape[1:]:
-                raise DataError(
-                    f"{name}/{split}: feature {k!r} has shape {v.shape[1:]} but train has {ref.shape[1:]}"
-                )
+        check_like_train(f"{name}/{split}", splits[split].features, splits["train"].features)
     task = infer_task({s: sp.labels for s, sp in splits.items()})
     dtype = np.int64 if task.type == "multiclass" else np.float32
     splits = {s: FeatureSplit(sp.features, sp.labels.astype(dtype, copy=False)) for s, sp in splits.items()}

@@ -1,4 +1,4 @@
-"""Parameter-free pooling of raw backbone features to a fixed number of positions (SPEC §2.1).
+"""Parameter-free pooling of raw backbone features to a fixed number of positions (docs/DESIGN.md §2).
 
 Every raw feature becomes ``(N, L_k, C_in)`` with ``L_k ∈ {1, L}``:
 
@@ -72,8 +72,3 @@ def pool_feature(x: torch.Tensor, length: int, mode: str = "max") -> torch.Tenso
             f"got {tuple(x.shape)}"
         )
     return out.transpose(1, 2).contiguous()
-
-
-def pooled_length(raw_shape: tuple[int, ...], length: int) -> int:
-    """Number of positions ``pool_feature`` produces for one sample of ``raw_shape`` (no batch)."""
-    return 1 if len(raw_shape) == 1 else length

@@ -41,7 +41,7 @@ def infer_task(
             f"labels must be (N,) integer classes or (N, K) multi-hot in every split; got shapes {shapes}"
         )
     for split, y in labels.items():
-        _check_labels(f"split {split!r}", y)
+        _check_label_array(f"split {split!r}", y)
     first = next(iter(labels.values()))
     kind = override or ("multiclass" if first.ndim == 1 else "multilabel")
     if kind not in TASK_TYPES:
@@ -86,7 +86,7 @@ def infer_task(
     return TaskInfo("multilabel", widths.pop())
 
 
-def _check_labels(name: str, y: np.ndarray) -> None:
+def _check_label_array(name: str, y: np.ndarray) -> None:
     """Labels are a non-empty ``(N,)`` or ``(N, K)`` array of numbers."""
     if y.ndim not in (1, 2):
         raise DataError(
@@ -120,21 +120,11 @@ def _check_classes(labels: Mapping[str, np.ndarray], train: np.ndarray) -> None:
             )
 
 
-def _check_feature(name: str, key: str, arr: np.ndarray, n: int) -> None:
-    """One raw feature: ``(N, *raw_shape)`` of real, finite numbers that fit float32."""
-    if key.startswith(CELL_PREFIX):
-        raise DataError(
-            f"{name}: feature {key!r}: a modality name may not start with {CELL_PREFIX!r} (bmnas names "
-            f"its Cells {CELL_PREFIX}1, {CELL_PREFIX}2, ...); rename the modality"
-        )
-    if not FEATURE_NAME.match(key):
-        raise DataError(
-            f"{name}: array {key!r} is not a feature name; name features "
-            f"'<modality>.<layer>', e.g. 'image.block3'"
-        )
+def check_feature(name: str, key: str, arr: np.ndarray, n: int | None = None) -> None:
+    """One raw feature: ``(N, *raw_shape)`` (N = ``n`` if given) of real, finite numbers that fit float32."""
     if not 2 <= arr.ndim <= 5:
         raise DataError(f"{name}: feature {key!r} has shape {arr.shape}; a raw feature must be {RAW_SHAPES}")
-    if arr.shape[0] != n:
+    if n is not None and arr.shape[0] != n:
         raise DataError(
             f"{name}: feature {key!r} has {arr.shape[0]} samples but 'label' has {n}; every "
             f"array of a split must have the same first dimension"
@@ -151,6 +141,7 @@ def _check_feature(name: str, key: str, arr: np.ndarray, n: int) -> None:
         )
     if not np.issubdtype(arr.dtype, np.number):
         raise DataError(f"{name}: feature {key!r} has non-numeric dtype {arr.dtype}")
+    _check_values(name, key, arr)
 
 
 def _check_values(name: str, key: str, arr: np.ndarray) -> None:
@@ -162,7 +153,7 @@ def _check_values(name: str, key: str, arr: np.ndarray) -> None:
         row = int(np.argwhere(~finite)[0][0])
         raise DataError(
             f"{name}: feature {key!r} has {int((~finite).sum())} NaN/inf values "
-            f"(first in sample {row}); clean or impute them before the search"
+            f"(first in sample {row}); clean or impute them first"
         )
     if arr.dtype.itemsize > 4 and arr.size:
         big = np.abs(arr) > FLOAT32_MAX
@@ -177,7 +168,7 @@ def _check_values(name: str, key: str, arr: np.ndarray) -> None:
 def validate_split(name: str, split: Mapping[str, np.ndarray], labels: np.ndarray, min_rows: int = 1) -> None:
     """Check one split's arrays: labels, names, shapes, dtypes, sample counts and finiteness."""
     labels = np.asarray(labels)
-    _check_labels(name, labels)
+    _check_label_array(name, labels)
     n = labels.shape[0]
     if n < min_rows:
         raise DataError(
@@ -187,8 +178,46 @@ def validate_split(name: str, split: Mapping[str, np.ndarray], labels: np.ndarra
     if not split:
         raise DataError(f"{name}: no feature arrays; expected arrays named '<modality>.<layer>'")
     for key, arr in split.items():
-        _check_feature(name, key, arr, n)
-        _check_values(name, key, arr)
+        if key.startswith(CELL_PREFIX):
+            raise DataError(
+                f"{name}: feature {key!r}: a modality name may not start with {CELL_PREFIX!r} (bmnas "
+                f"names its Cells {CELL_PREFIX}1, {CELL_PREFIX}2, ...); rename the modality"
+            )
+        if not FEATURE_NAME.match(key):
+            raise DataError(
+                f"{name}: array {key!r} is not a feature name; name features "
+                f"'<modality>.<layer>', e.g. 'image.block3'"
+            )
+        check_feature(name, key, arr, n)
+
+
+def check_like_train(name: str, split: Mapping[str, np.ndarray], train: Mapping[str, np.ndarray]) -> None:
+    """A split has train's features, in train's order, each with train's per-sample shape."""
+    if list(split) != list(train):
+        raise DataError(
+            f"{name}: features {sorted(split)} differ from train's {sorted(train)}; "
+            f"every split needs the same features"
+        )
+    for key, arr in split.items():
+        if arr.shape[1:] != train[key].shape[1:]:
+            raise DataError(
+                f"{name}: feature {key!r} has per-sample shape {arr.shape[1:]} but "
+                f"train has {train[key].shape[1:]}"
+            )
+
+
+def check_labels(labels: np.ndarray, task: TaskInfo, n: int, where: str) -> None:
+    """Raise :class:`DataError` unless ``labels`` are n class indices / n multi-hot rows of ``task``."""
+    y = np.asarray(labels)
+    want = (n,) if task.type == "multiclass" else (n, task.num_outputs)
+    if y.shape != want:
+        raise DataError(f"{where}: 'label' has shape {y.shape}; this {task.type} run expects {want}")
+    ok = np.isin(y, np.arange(task.num_outputs)) if task.type == "multiclass" else np.isin(y, (0, 1))
+    if not ok.all():
+        raise DataError(
+            f"{where}: label {y[~ok][0].item()!r} is out of range for this {task.type} run with "
+            f"{task.num_outputs} outputs"
+        )
 
 
 def build_feature_data(
@@ -207,22 +236,10 @@ def build_feature_data(
     missing = [s for s in SPLITS if s not in raw]
     if missing:
         raise DataError(f"{name}: missing split(s) {missing}; need {list(SPLITS)}")
-    ref_names = list(raw["train"][0])
     for split in SPLITS:
         feats, labels = raw[split]
         validate_split(f"{name}/{split}", feats, labels, MIN_ROWS[split])
-        if list(feats) != ref_names:
-            raise DataError(
-                f"{name}/{split}: features {sorted(feats)} differ from train's {sorted(ref_names)}; "
-                f"every split needs the same features"
-            )
-        for key, arr in feats.items():
-            ref = raw["train"][0][key]
-            if arr.shape[1:] != ref.shape[1:]:
-                raise DataError(
-                    f"{name}/{split}: feature {key!r} has per-sample shape {arr.shape[1:]} but "
-                    f"train has {ref.shape[1:]}"
-                )
+        check_like_train(f"{name}/{split}", feats, raw["train"][0])
     task = infer_task({s: np.asarray(raw[s][1]) for s in SPLITS}, task_type, num_outputs)
     splits = {}
     for split in SPLITS:

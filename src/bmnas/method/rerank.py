@@ -13,9 +13,8 @@ wins (ties: the earlier candidate). Candidates, in order, without repeats:
 4. if samples repeat themselves (a confident search), the other genotypes of the search
    trajectory, by their epoch's hypernet val score.
 
-The trajectory comes last because its genotypes differ little from one another (measured on
-AV-MNIST: every trajectory candidate read the same feature pair), while samples explore what the
-weights left open.
+The trajectory comes last because its genotypes differ little from one another, while samples
+explore what the weights left open (docs/DESIGN.md §7 Search).
 
 Every candidate's outcome is appended to ``RUN_DIR/rerank.jsonl``; a resumed run skips those done.
 """

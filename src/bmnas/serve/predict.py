@@ -34,8 +34,10 @@ from ..engine.metrics import compute_metrics
 from ..engine.rundir import RunError
 from ..features.backbones.base import Backbone
 from ..features.extract import extract_features
+from ..features.generic import read_npz
 from ..features.pipeline import load_data, prepare_backbones
 from ..features.pooling import pool_feature
+from ..features.validate import check_feature, check_labels
 from ..space.found import FoundNet
 
 MODEL_FILE = "model.pt"
@@ -192,10 +194,7 @@ class LoadedModel:
                     f"{where}: feature {name!r} has shape {arr.shape}; this run's {name!r} is {want} "
                     f"(C_in = {spec.channels} channels first)"
                 )
-            if not np.issubdtype(arr.dtype, np.number):
-                raise DataError(f"{where}: feature {name!r} has non-numeric dtype {arr.dtype}")
-            if not np.isfinite(arr).all():
-                raise DataError(f"{where}: feature {name!r} has NaN/inf values")
+            check_feature(where, name, arr)  # the checks of the run's own data: dtype, values
             out[name] = pool_feature(torch.as_tensor(arr), self.L, self.pooling).numpy()
         return out
 
@@ -444,21 +443,6 @@ def _read_yaml(path: Path) -> dict | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Raw features and labels (None when absent) of one generic-format ``.npz`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if path.suffix.lower() != ".npz":
-        raise DataError(f"{path}: expected a .npz file of the generic format (or a directory of them)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot be read as .npz ({str(err).splitlines()[0]})") from err
-    return arrays, arrays.pop("label", None)
-
-
 def read_input(data: str | Path, split: str = "test") -> tuple[dict[str, np.ndarray], np.ndarray | None, str]:
     """``--data DIR`` (its ``<split>.npz``) or ``--data FILE.npz`` -> (raw features, labels, name)."""
     path = Path(data)
@@ -468,20 +452,6 @@ def read_input(data: str | Path, split: str = "test") -> tuple[dict[str, np.ndar
         path = path / f"{split}.npz"
     feats, labels = read_npz(path)
     return feats, labels, str(path)
-
-
-def check_labels(labels: np.ndarray, task: TaskInfo, n: int, where: str) -> None:
-    """Raise :class:`DataError` unless ``labels`` are n class indices / n multi-hot rows of ``task``."""
-    y = np.asarray(labels)
-    want = (n,) if task.type == "multiclass" else (n, task.num_outputs)
-    if y.shape != want:
-        raise DataError(f"{where}: 'label' has shape {y.shape}; this {task.type} run expects {want}")
-    ok = np.isin(y, np.arange(task.num_outputs)) if task.type == "multiclass" else np.isin(y, (0, 1))
-    if not ok.all():
-        raise DataError(
-            f"{where}: label {y[~ok][0].item()!r} is out of range for this {task.type} run with "
-            f"{task.num_outputs} outputs"
-        )
 
 
 def run_features(model: LoadedModel, cache: str | Path, split: str, progress: bool = False):

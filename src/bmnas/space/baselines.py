@@ -1,7 +1,7 @@
 """Hand-made fusion baselines written as genotypes, so they share every code path with found networks.
 
 * :func:`unimodal`, :func:`late_fusion`: no Cells; the head reads features directly.
-* Fixed-fusion Cells (paper Fig. 2, Table 7), each a Cell body in the op pool of SPEC §5:
+* Fixed-fusion Cells (paper Fig. 2, Table 7), each a Cell body in the op pool of docs/DESIGN.md §5:
 
   ========== ==================================================== =========================
   name       steps                                                paper

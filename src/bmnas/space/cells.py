@@ -1,4 +1,4 @@
-"""Pieces shared by the hypernet and the found network: projection, Cell output, head (SPEC §2, §4, §6).
+"""Pieces of the hypernet and the found network: projection, Cell output, head (docs/DESIGN.md §2, §4, §6).
 
 All tensors are channels last: ``(B, L, C)``; a vector feature is ``(B, 1, C)`` and broadcasts.
 """
@@ -18,7 +18,7 @@ def batch_norm_cl(bn: nn.BatchNorm1d, z: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureProjection(nn.Module):
-    """Trainable half of SPEC §2: ``Dropout(ReLU(BN(W f + b)))``, ``W ∈ R^{C×C_in}`` (a 1×1 Conv1d).
+    """Trainable half of docs/DESIGN.md §2: ``Dropout(ReLU(BN(W f + b)))``, ``W ∈ R^{C×C_in}`` (a 1×1 Conv1d).
 
     ``(B, L_k, C_in) -> (B, L_k, C)``.
     """
@@ -34,7 +34,7 @@ class FeatureProjection(nn.Module):
 
 
 class CellOutput(nn.Module):
-    """Cell output (SPEC §4): ``LayerNorm_{(L, C)}(reduce([t_1; …; t_k]) + x)``.
+    """Cell output (docs/DESIGN.md §4): ``LayerNorm_{(L, C)}(reduce([t_1; …; t_k]) + x)``.
 
     ``reduce`` is the identity when ``k = 1``, else ``Dropout(ReLU(BN(W [t_1; …; t_k])))`` with
     ``W ∈ R^{C×kC}``.
@@ -51,7 +51,10 @@ class CellOutput(nn.Module):
 
 
 class Head(nn.Module):
-    """Output head (SPEC §6): ``Linear(Dropout(flatten(ReLU(LayerNorm_{(L, kC)}([s_1; …; s_k])))))``."""
+    """Output head (docs/DESIGN.md §6).
+
+    ``Linear(Dropout(flatten(ReLU(LayerNorm_{(L, kC)}([s_1; …; s_k])))))``.
+    """
 
     def __init__(self, C: int, L: int, num_inputs: int, num_outputs: int, dropout: float = 0.0):
         super().__init__()

@@ -1,4 +1,4 @@
-"""The found network: built from a :class:`~bmnas.core.genotype.Genotype` alone (SPEC §8).
+"""The found network: built from a :class:`~bmnas.core.genotype.Genotype` alone (docs/DESIGN.md §8).
 
 Only the features the genotype reads get a projection (unused features get no parameters and
 are never touched). Each step runs its one op; a ``zero`` step outputs zeros.
@@ -22,7 +22,7 @@ from .ops import ZERO, create_op, get_op, list_ops
 
 
 class FoundCell(nn.Module):
-    """A discrete Cell: steps with one op each, then the Cell output of SPEC §4."""
+    """A discrete Cell: steps with one op each, then the Cell output of docs/DESIGN.md §4."""
 
     def __init__(self, gene: CellGene, C: int, L: int, dropout: float):
         super().__init__()

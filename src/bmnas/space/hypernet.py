@@ -1,4 +1,4 @@
-"""The hypernet: every edge and op mixed (SPEC §3–§4, §6; paper eqs. 1–2, 9–10).
+"""The hypernet: every edge and op mixed (docs/DESIGN.md §3–§4, §6; paper eqs. 1–2, 9–10).
 
 States ``S = [f_1 … f_K, cell_1 … cell_N]``. Cell n's input slot ``s ∈ {x, y}`` is
 
@@ -29,7 +29,6 @@ from .derive import derive
 from .ops import ZERO, create_op, get_op
 
 INPUT_MODES = ("separate", "shared")
-EDGE_OPS = ("identity", "zero")
 RELAXATIONS = ("softmax", "gate")
 
 

@@ -1,4 +1,4 @@
-"""Primitive fusion ops (SPEC §5, paper eqs. 4–8) and the registry that names them.
+"""Primitive fusion ops (docs/DESIGN.md §5 Ops, paper eqs. 4–8) and the registry that names them.
 
 Every op maps ``k`` tensors of shape ``(B, L, C)`` (channels last, see docs/ARCHITECTURE.md) to one
 ``(B, L, C)`` tensor; ``k`` is the op's arity (2 for the built-ins). A factory has the signature
@@ -69,10 +69,10 @@ def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
 
     The distribution of ``nn.Dropout``'s mask, at 2⁻³² resolution: keep iff a uniform 32-bit
     ``u ≥ T = round(p·2³²)``. On CPU the bits come from numpy's PCG64 (:func:`_bit_generator`):
-    torch's CPU ``bernoulli_`` is a serial per-element Mersenne Twister on non-Intel CPUs and took a
-    quarter of a search iteration (benchmarks/README.md). Only the top byte of ``u`` is drawn for every entry;
-    the low 24 bits only where that byte equals the top byte of ``T`` (1 entry in 256), which
-    decides exactly the same comparison.
+    torch's CPU ``bernoulli_`` is a serial per-element Mersenne Twister on non-Intel CPUs, a large
+    share of a search iteration (measured in benchmarks/README.md). Only the top byte of ``u`` is
+    drawn for every entry; the low 24 bits only where that byte equals the top byte of ``T`` (1
+    entry in 256), which decides exactly the same comparison.
     """
     if x.device.type != "cpu":
         return torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)

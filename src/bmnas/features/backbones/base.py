@@ -120,8 +120,8 @@ def package_dir(module: str, requirement: str, needs: str, install: str | None =
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` intra-op torch threads (None: leave the setting alone), then restore.
 
-    Small backbones run fastest on one thread, and on a 2-core machine shared with another torch
-    process two threads each can be 10–30× slower than one.
+    Small backbones run fastest on one thread, and OpenMP threads that spin at every op slow down
+    badly when another process holds a core (docs/DESIGN.md §11).
     """
     before = torch.get_num_threads()
     if n is not None and n != before:

@@ -285,7 +285,7 @@ def mmimdb(
 
     Args:
         root: cache directory; the file is read in place, its SHA-256 is remembered under
-            ``root/mmimdb/checksums/`` (hashing the 12.7 GB file once takes about a minute).
+            ``root/mmimdb/checksums/``, so the 12.7 GB file is hashed once.
         path: the GMU ``multimodal_imdb.hdf5``.
         image_encoding: ``auto`` (detect), ``caffe_bgr`` (the GMU file) or ``rgb`` (values 0..255).
         split_sizes: ``(train, val, test)`` consecutive row counts, for files without Fuel's ``split``
