@@ -549,7 +549,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         run = RunDir(args.run_dir, create=False)
         print(Genotype.load(run.genotype_path).describe())
         if run.metrics_path.exists():
-            from ..method.run import format_table, report_from_metrics
+            from ..report.summary import format_table, report_from_metrics
 
             print()
             print(format_table(report_from_metrics(read_json(run.metrics_path))))
@@ -614,8 +614,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"test: {json.dumps(result['test'])}")
         return 0
     # run: search, train, baselines, table, recommendation
-    from ..method.run import format_table
     from ..method.run import run as run_workflow
+    from ..report.summary import format_table
 
     report = run_workflow(
         data,
