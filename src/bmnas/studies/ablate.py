@@ -23,8 +23,7 @@ Layout under the run directory::
     ablate/spec.json          the configuration the results belong to (a rerun must match it)
     ablate/lock               the pid of the running ablation (a second one in the same place stops)
     ablate/results.jsonl      one line per finished (method, seed[, sample]); a rerun skips them
-                              (``test``, ``val``, ``params``, seconds, the genotype and how it was
-                              found; lines written before ``val`` had that name say ``val_<metric>``)
+                              (``test``, ``val``, ``params``, seconds, genotype; older ones: ``val_<metric>``)
     ablate/<method>/seed<s>/  per-run checkpoints (a killed training or search resumes), genotype
     ablation.md, ablation.csv one row per method: mean ± std over runs of the test primary metric,
     ablation.png              parameters, search and train seconds; bar chart with error bars
@@ -126,9 +125,7 @@ def plan(methods: Sequence[str], opts: AblationOptions) -> list[Job]:
 def run_job(
     job: Job, data: FeatureData, cfg: Config, opts: AblationOptions, root: Path, progress: bool
 ) -> dict:
-    """Find the job's genotype by its method's strategy (:mod:`bmnas.studies.strategies`), train it;
-    return its result row."""
-
+    """Find the job's genotype by its method's strategy (:mod:`bmnas.studies.strategies`), train it."""
     run = RunDir(root / job.key)
     if job.method == PROBE:
         return probe_row(job, data, cfg)
