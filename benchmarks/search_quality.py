@@ -58,12 +58,14 @@ def diagnostics(root: Path, method: str, results: list[dict], metric: str, val_s
     split. When the run scored networks by cross-validation, ``val_score(genotype, seed)`` gives
     that val-split score (one extra selection phase per seed).
     """
+    from bmnas.studies.ablate import val_of
+
     rows = [r for r in results if r["method"] == method]
     derived_val = []
     for r in rows:
-        if r.get(f"val_{metric}") is None:
+        if val_of(r, metric) is None:
             continue
-        derived_val.append(val_score(r["genotype"], r["seed"]) if val_score else r[f"val_{metric}"])
+        derived_val.append(val_score(r["genotype"], r["seed"]) if val_score else val_of(r, metric))
     gaps = [r[f"hypernet_val_{metric}"] - v for r, v in zip(rows, derived_val, strict=False)]
     histories = []
     for r in rows:

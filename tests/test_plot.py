@@ -30,13 +30,14 @@ def test_importing_and_plotting_leave_the_matplotlib_backend_alone(tmp_path):
         "import sys, matplotlib\n"
         "from bmnas.space.baselines import baseline\n"
         "from bmnas.core.genotype import FeatureSpec\n"
-        "import bmnas.report.plots, bmnas.cli.main\n"
+        "import bmnas.report.plots, bmnas.report.study_plots, bmnas.cli.main\n"
         "g = baseline('sum', [FeatureSpec('a.x', 4, 1), FeatureSpec('b.y', 4, 1)], C=4, L=1)\n"
         f"bmnas.report.plots.plot_genotype(g, {str(tmp_path / 'g.png')!r})\n"
+        f"bmnas.report.study_plots.trials_chart([0, 1], [0.5, 0.6], 'f1', {str(tmp_path / 't.png')!r})\n"
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": SRC, "MPLBACKEND": "svg", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "g.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "g.png").read_bytes()[:8] == PNG and (tmp_path / "t.png").read_bytes()[:8] == PNG

@@ -16,8 +16,8 @@ from bmnas.core.genotype import PAPER_RULES, StepGene
 from bmnas.engine.rundir import RunDir
 from bmnas.features.synthetic import planted_interaction
 from bmnas.method.probe import linear_probe
-from bmnas.method.run import recommend
 from bmnas.method.search import arch_diagnostics, search, split_for_search
+from bmnas.report.summary import recommend
 from bmnas.space.derive import derive
 from bmnas.space.hypernet import HyperNet, edge_weights
 from helpers import FEATS, OPS

@@ -64,7 +64,8 @@ def train_command(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """Search, train, baselines, the table and the recommended network."""
-    from ..method.run import format_table, run
+    from ..method.run import run
+    from ..report.summary import format_table
 
     cfg, data, data_seconds = prepare(args, searches=True)
     rundir = open_run(args, cfg, data)

@@ -70,7 +70,7 @@ def show_command(args: argparse.Namespace) -> int:
     run = RunDir(args.run_dir, create=False)
     print(Genotype.load(run.genotype_path).describe())
     if run.metrics_path.exists():
-        from ..method.run import format_table, report_from_metrics
+        from ..report.summary import format_table, report_from_metrics
 
         print()
         print(format_table(report_from_metrics(read_json(run.metrics_path))))

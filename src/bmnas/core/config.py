@@ -149,17 +149,34 @@ class Config:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise ConfigError(f"override {item!r} must look like key=value, e.g. search.epochs=3")
-            node = d
-            *parents, leaf = key.strip().split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"override {item!r}: {p!r} is not a section")
-            node[leaf] = _parse_value(value, f"override {_short(item)}")
+            value = _parse_value(value, f"override {_short(item)}")
+            set_dotted(d, key.strip(), value, where=f"override {item!r}")
         return cls.from_dict(d, where=str(path) if path else "config")
 
     def replace(self, **sections) -> Config:
         return dataclasses.replace(self, **sections)
+
+
+def set_dotted(d: dict, key: str, value: object, where: str, create: bool = True) -> None:
+    """``d[a][b][c] = value`` for ``key = "a.b.c"``, in place.
+
+    ``create``: a missing section is added (overrides onto a partial dict, checked later by
+    :meth:`Config.from_dict`); else every section and the leaf must already be there (values set
+    onto a whole ``Config.to_dict()``). ``where`` starts the error message.
+
+    Raises:
+        ConfigError: a part of ``key`` before the last is not a section (or, without ``create``,
+            missing), or without ``create`` the last part is not a key of its section.
+    """
+    node = d
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {}) if create else node.get(p)
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {p!r} is not a config section")
+    if not create and leaf not in node:
+        raise ConfigError(f"{where}: unknown config key")
+    node[leaf] = value
 
 
 def _read_yaml(path: Path) -> object:

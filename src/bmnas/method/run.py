@@ -5,8 +5,8 @@ network and the baselines with the same recipe (:func:`bmnas.method.train.train`
 epoch count from 3-fold cross-validation over train + val — or from val with
 ``train.select_folds=0`` —, refit on train + val, tested once), fits the linear probe, and names
 the **recommended** network: the highest such score among the searched network and the hand-made
-fusions (:data:`FUSIONS`). The test split never takes part in a choice; since late fusion is
-always a contender, the recommended network is never worse than late fusion on that score.
+fusions (:func:`bmnas.report.summary.recommend`, which also holds the result table). The test split
+never takes part in a choice.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 
 from ..core.config import Config
 from ..core.data import FeatureData
-from ..core.genotype import Genotype, modalities
+from ..core.genotype import modalities
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
+from ..report.summary import SEARCHED, RunReport, recommend, score_name
 from ..serve.predict import save_model
 from ..space.baselines import baseline
 from .probe import linear_probe
@@ -28,22 +28,6 @@ from .search import search
 from .train import train
 
 log = logging.getLogger(__name__)
-
-SEARCHED = "searched"
-FUSIONS = (SEARCHED, "late_fusion", "sum", "concat_fc")
-"""Networks the recommendation chooses among: the searched one and the hand-made fusions."""
-
-
-@dataclass
-class RunReport:
-    """Every method's result row (``test``, ``val``, ``params``, ``epochs``, seconds) and the choice."""
-
-    rows: dict[str, dict]
-    metric: str
-    recommended: str
-    reason: str
-    genotypes: dict[str, Genotype] = field(default_factory=dict)
-    folds: int = 0  # the val column: 0 = the val split, k = k-fold CV over train + val
 
 
 def fit_config_to_data(cfg: Config, data: FeatureData) -> Config:
@@ -57,34 +41,6 @@ def fit_config_to_data(cfg: Config, data: FeatureData) -> Config:
         log.info("every feature is a vector: model.L %d -> 1", cfg.model.L)
         return cfg.replace(model=dataclasses.replace(cfg.model, L=1))
     return cfg
-
-
-VAL_FITTED_NOTE = (
-    " (its architecture was chosen on val, so its val score is optimistic: by 1-3 points on AV-MNIST "
-    "and emoji, see docs/DESIGN.md; compare on a split the search never saw before relying on a small margin)"
-)
-
-
-def recommend(
-    rows: dict[str, dict], metric: str, searched_saw_val: bool = False, scored_by: str = "val"
-) -> tuple[str, str]:
-    """The best row of :data:`FUSIONS` by its ``val`` score (ties: the searched one, then table
-    order), and why.
-
-    ``scored_by`` names that score in the reason (``val``, or e.g. ``3-fold CV``).
-    ``searched_saw_val``: the score is on the val split the search's architecture steps used
-    (``arch_split = 0``, ``train.select_folds = 0``); if the searched network wins, the reason says
-    that its score is optimistic.
-    """
-    eligible = [n for n in rows if n in FUSIONS and rows[n].get("val") is not None]
-    if not eligible:
-        return SEARCHED, "no val score to compare (train.select_epochs is off): the searched network"
-    best = max(eligible, key=lambda n: (rows[n]["val"], n == SEARCHED, -eligible.index(n)))
-    others = ", ".join(f"{n} {rows[n]['val']:.4f}" for n in eligible if n != best)
-    reason = f"highest {scored_by} {metric} ({rows[best]['val']:.4f})" + (f"; {others}" if others else "")
-    if best == SEARCHED and searched_saw_val:
-        reason += VAL_FITTED_NOTE
-    return best, reason
 
 
 def run(
@@ -138,8 +94,7 @@ def run(
         cfg.search.arch_split == 0 and cfg.train.select_folds == 0
     )  # scored on the split α was fitted on
     folds = cfg.train.select_folds
-    scored_by = f"{folds}-fold CV (train + val)" if folds else "val"
-    best, reason = recommend(rows, metric, searched_saw_val=saw_val, scored_by=scored_by)
+    best, reason = recommend(rows, metric, searched_saw_val=saw_val, scored_by=score_name(folds))
     genotypes[best].save(run_dir.path / "recommended_genotype.json")
     metrics = {
         **rows[SEARCHED],
@@ -164,37 +119,3 @@ def run(
     run_dir.write_json("metrics.json", metrics)
     order = [n for n in rows if n != SEARCHED] + [SEARCHED]
     return RunReport({n: rows[n] for n in order}, metric, best, reason, genotypes, folds)
-
-
-def report_from_metrics(metrics: dict) -> RunReport:
-    """The :class:`RunReport` of a finished run, rebuilt from its ``metrics.json`` (``bmnas show``)."""
-    test = metrics.get("test", {})
-    metric = metrics.get("metric") or ("accuracy" if "accuracy" in test else "f1_weighted")
-    rows = {n: r for n, r in metrics.get("baselines", {}).items()}
-    rows[SEARCHED] = {
-        k: metrics[k] for k in ("test", "val", "params", "epochs", "train_seconds") if k in metrics
-    }
-    rows[SEARCHED]["search_seconds"] = metrics.get("search_seconds", 0.0)
-    rec = metrics.get("recommended") or {"method": SEARCHED, "reason": "the only network of this run"}
-    return RunReport(rows, metric, rec["method"], rec["reason"], folds=metrics.get("val_folds", 0))
-
-
-def format_table(report: RunReport) -> str:
-    """Plain-text table: selection score (``cv`` or ``val``) and test score, size, epochs and seconds
-    per method; ``*`` = recommended."""
-    m = report.metric
-    score = ("cv " if report.folds else "val ") + m
-    head = (
-        f"  {'method':<20} {score:>13} {'test ' + m:>14} {'params':>9} {'epochs':>6} "
-        f"{'search s':>8} {'train s':>7}"
-    )
-    lines = [head, "-" * len(head)]
-    for name, r in report.rows.items():
-        val = f"{r['val']:.4f}" if r.get("val") is not None else "–"
-        mark = "*" if name == report.recommended else " "
-        lines.append(
-            f"{mark} {name:<20} {val:>13} {r['test'][m]:>14.4f} {r['params']['total']:>9,} "
-            f"{r.get('epochs', 0):>6} {r.get('search_seconds', 0.0):>8.1f} {r['train_seconds']:>7.1f}"
-        )
-    lines.append(f"\n* recommended: {report.recommended} — {report.reason}")
-    return "\n".join(lines)

@@ -1,20 +1,18 @@
 """Plots of a search: loss and metric curves, α/β/γ over epochs, and the found genotype as a graph.
 
-Figures are built with matplotlib's object API on an Agg canvas: importing or calling this module
-never selects a backend or touches pyplot's global state, so a notebook or GUI keeps its own.
+Figures are made and saved by :mod:`bmnas.report.figures` (matplotlib's object API on an Agg
+canvas: importing or calling this module never selects a backend or touches pyplot's global state).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
 
-from ..core.fileio import atomic_write
 from ..core.genotype import Genotype
+from .figures import figure, save
 
 LEGEND = {"fontsize": 8}
 X_COLOR, Y_COLOR, OUT_COLOR, HEAD_COLOR, LINEAR_COLOR = (
@@ -40,22 +38,10 @@ def plot_history(history: list[dict], out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def _figure(width: float, height: float, dpi: int = 100) -> Figure:
-    """A figure on its own Agg canvas (no pyplot, no global backend)."""
-    fig = Figure(figsize=(width, height), dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: Path, dpi: int = 110) -> Path:
-    fig.tight_layout()
-    return atomic_write(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))
-
-
 def _diagnostics(history: list[dict], path: Path) -> Path:
     """Collapse diagnostics per epoch: normalised entropy of α, β, γ and each op's share of γ."""
     epochs = [h["epoch"] for h in history]
-    ax1, ax2 = _figure(10, 3.8).subplots(1, 2)
+    ax1, ax2 = figure(10, 3.8).subplots(1, 2)
     for k, label in (("alpha", "α (Cell inputs)"), ("beta", "β (step inputs)"), ("gamma", "γ (ops)")):
         ax1.plot(epochs, [h["entropy"][k] for h in history], label=label)
     ax1.set(xlabel="epoch", ylabel="normalised entropy", ylim=(0, 1.05))
@@ -65,13 +51,13 @@ def _diagnostics(history: list[dict], path: Path) -> Path:
         ax2.plot(epochs, [h["op_share"].get(op, 0.0) for h in history], label=op)
     ax2.set(xlabel="epoch", ylabel="mean softmax(γ)", title="op share over all steps")
     ax2.legend(**LEGEND)
-    return _save(ax1.figure, path)
+    return save(ax1.figure, path)
 
 
 def _curves(history: list[dict], path: Path) -> Path:
     epochs = [h["epoch"] for h in history]
     metrics = [k for k in history[0]["val"] if k != "loss"]
-    ax1, ax2 = _figure(10, 3.8).subplots(1, 2)
+    ax1, ax2 = figure(10, 3.8).subplots(1, 2)
     ax1.plot(epochs, [h["train_loss"] for h in history], label="train (weight steps)")
     ax1.plot(epochs, [h["arch_loss"] for h in history], label="val (architecture steps)")
     ax1.plot(epochs, [h["val"]["loss"] for h in history], label="val, eval mode")
@@ -84,7 +70,7 @@ def _curves(history: list[dict], path: Path) -> Path:
         ax2.axvline(b, color="grey", ls=":", label=f"best epoch {b}")
     ax2.set(xlabel="epoch", title="validation metrics (hypernet, eval mode)")
     ax2.legend(**LEGEND)
-    return _save(ax1.figure, path)
+    return save(ax1.figure, path)
 
 
 def _arch(history: list[dict], path: Path) -> Path:
@@ -96,7 +82,7 @@ def _arch(history: list[dict], path: Path) -> Path:
     n_cells = len(arch[0]["alpha"])
     ops = _ops_from(history)
     cols = 3
-    fig = _figure(5.0 * cols, 3.6 * n_cells + 0.8)
+    fig = figure(5.0 * cols, 3.6 * n_cells + 0.8)
     axes = fig.subplots(n_cells, cols, squeeze=False)
     fig.suptitle(
         "α identity weight: how much of each state an edge passes into a Cell input "
@@ -128,7 +114,7 @@ def _arch(history: list[dict], path: Path) -> Path:
                 )
         ax.set(title=f"cell{n + 1}: softmax(γ) per step", xlabel="epoch", ylabel="op weight")
         ax.legend(**LEGEND, ncol=2)
-    return _save(fig, path, dpi=100)
+    return save(fig, path)
 
 
 def _ops_from(history: list[dict]) -> list[str]:
@@ -148,7 +134,7 @@ def plot_genotype(genotype: Genotype, path: str | Path) -> Path:
     n_cells = len(genotype.cells)
     span = max(len(feats) - 1, 1)
     head_x = 2.6 + 2.8 * n_cells if n_cells else 2.2
-    fig = _figure(5.0 + 2.6 * n_cells, max(len(feats), 2 * n_cells + 1, 3) * 0.6 + 1.6, dpi=110)
+    fig = figure(5.0 + 2.6 * n_cells, max(len(feats), 2 * n_cells + 1, 3) * 0.6 + 1.6)
     ax = fig.subplots()
     nodes: dict = {}
 
@@ -199,8 +185,7 @@ def plot_genotype(genotype: Genotype, path: str | Path) -> Path:
     fig.canvas.draw()  # places the node boxes, which the arrows below are clipped to
     for src, dst, color, style, rad, label in edges:
         _arrow(ax, nodes[src], nodes[dst], color, style, rad, label)
-    fmt = Path(path).suffix.lstrip(".") or "png"
-    return atomic_write(path, lambda p: fig.savefig(p, dpi=fig.dpi, format=fmt))
+    return save(fig, path, tight=False)  # laid out above, before the arrows were clipped to the boxes
 
 
 def _arrow(ax, src, dst, color: str, style: str, rad: float, label: str | None) -> None:

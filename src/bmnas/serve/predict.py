@@ -13,9 +13,8 @@ Probabilities are ``softmax(logits)`` (multiclass; prediction = argmax) or ``σ(
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from .._version import __version__
 from ..core.config import Config
 from ..core.data import SPLITS, FeatureData, TaskInfo
 from ..core.errors import DataError
-from ..core.fileio import atomic_write, read_json, save_torch, write_json, write_jsonl
+from ..core.fileio import read_json, save_torch, write_json, write_jsonl
 from ..core.genotype import Genotype, GenotypeError
 from ..engine.loop import forward_batches
 from ..engine.metrics import compute_metrics
@@ -38,6 +37,7 @@ from ..features.generic import read_npz
 from ..features.pipeline import load_data, prepare_backbones
 from ..features.pooling import pool_feature
 from ..features.validate import check_feature, check_labels
+from ..report import tables
 from ..space.found import FoundNet
 
 MODEL_FILE = "model.pt"
@@ -106,25 +106,20 @@ class Predictions:
                 rows.append(row)
             return write_jsonl(path, rows)
 
-        def write_csv(tmp: Path) -> None:
-            with tmp.open("w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(
-                    [
-                        "index",
-                        "prediction",
-                        *(["label"] if truth else []),
-                        *(f"prob_{c}" for c in self.class_names),
-                    ]
-                )
-                for i, (pred, probs) in enumerate(zip(preds, self.probabilities, strict=True)):
-                    cells = [
-                        ";".join(v) if isinstance(v, list) else v
-                        for v in [pred, *(truth[i : i + 1] if truth else [])]
-                    ]
-                    w.writerow([i, *cells, *(repr(float(p)) for p in probs)])
+        header = [
+            "index",
+            "prediction",
+            *(["label"] if truth else []),
+            *(f"prob_{c}" for c in self.class_names),
+        ]
 
-        return atomic_write(path, write_csv)
+        def csv_rows() -> Iterator[list]:
+            for i, (pred, probs) in enumerate(zip(preds, self.probabilities, strict=True)):
+                names = [pred, *(truth[i : i + 1] if truth else [])]
+                cells = [";".join(v) if isinstance(v, list) else v for v in names]  # a multilabel set
+                yield [i, *cells, *(repr(float(p)) for p in probs)]
+
+        return tables.write_csv(path, header, csv_rows())
 
     def _label_names(self, labels: np.ndarray) -> list[str | list[str]]:
         if self.task.type == "multiclass":

@@ -17,20 +17,19 @@ table holds the primary test metric (accuracy or weighted F1) per network and co
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..core.data import FeatureData, FeatureSplit
-from ..core.fileio import atomic_write, read_json, write_json, write_text_atomic
+from ..core.fileio import read_json, write_json, write_text_atomic
 from ..engine.augment import modality_of
 from ..engine.metrics import primary_metric
+from ..report import tables
+from ..report.study_plots import condition_bars
 from .predict import FOUND_STAGE, LoadedModel, ModelError, load, run_data
 
 log = logging.getLogger(__name__)
@@ -124,46 +123,29 @@ def evaluate_robustness(
 
 
 def pivot(rows: Sequence[dict], metric: str) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:
+    """Methods and conditions in first-seen order, and ``{(method, condition): metric value}``."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     return methods, conds, {(r["method"], r["condition"]): r[metric] for r in rows}
 
 
 def markdown_table(rows: Sequence[dict], metric: str) -> str:
-    """Methods as rows, conditions as columns, the metric to 4 decimals."""
+    """Methods as rows, conditions as columns (right-aligned), the metric to 4 decimals."""
     methods, conds, value = pivot(rows, metric)
-    lines = [f"| method ({metric}) | " + " | ".join(conds) + " |", "|---|" + "---:|" * len(conds)]
-    for m in methods:
-        lines.append(f"| {m} | " + " | ".join(f"{value[m, c]:.4f}" for c in conds) + " |")
-    return "\n".join(lines)
+    body = [[m, *(f"{value[m, c]:.4f}" for c in conds)] for m in methods]
+    return tables.markdown([f"method ({metric})", *conds], body, align="-" + "r" * len(conds))
 
 
 def write_csv(rows: Sequence[dict], metric: str, path: Path) -> Path:
+    """The table as CSV, each value in full (``repr`` of the float)."""
     methods, conds, value = pivot(rows, metric)
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["method", *conds])
-    for m in methods:
-        w.writerow([m, *(repr(float(value[m, c])) for c in conds)])
-    return write_text_atomic(path, buf.getvalue())
+    body = [[m, *(repr(float(value[m, c])) for c in conds)] for m in methods]
+    return tables.write_csv(path, ["method", *conds], body)
 
 
 def plot(rows: Sequence[dict], metric: str, path: Path) -> Path:
     """Grouped bars: one group per condition, one bar per network."""
-
-    methods, conds, value = pivot(rows, metric)
-    fig = Figure(figsize=(max(6.0, 1.3 * len(conds)), 4.5))
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(methods))
-    x = np.arange(len(conds))
-    for i, m in enumerate(methods):
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, [value[m, c] for c in conds], width, label=m)
-    ax.set_xticks(x, conds, rotation=30, ha="right")
-    ax.set_ylabel(f"test {metric}")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize="small", ncols=min(4, len(methods)), loc="lower center", bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout()
-    return atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    return condition_bars(*pivot(rows, metric), metric, path)
 
 
 @dataclass(frozen=True)

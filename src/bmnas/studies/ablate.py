@@ -23,6 +23,7 @@ Layout under the run directory::
     ablate/spec.json          the configuration the results belong to (a rerun must match it)
     ablate/lock               the pid of the running ablation (a second one in the same place stops)
     ablate/results.jsonl      one line per finished (method, seed[, sample]); a rerun skips them
+                              (``test``, ``val``, ``params``, seconds, genotype; older ones: ``val_<metric>``)
     ablate/<method>/seed<s>/  per-run checkpoints (a killed training or search resumes), genotype
     ablation.md, ablation.csv one row per method: mean ± std over runs of the test primary metric,
     ablation.png              parameters, search and train seconds; bar chart with error bars
@@ -32,36 +33,29 @@ Std is the sample standard deviation (``ddof = 1``), 0 for a single run.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..core import locks
 from ..core.config import Config
 from ..core.data import FeatureData
-from ..core.fileio import append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_text_atomic
-from ..core.genotype import Genotype
+from ..core.fileio import append_jsonl, read_json, read_jsonl, write_json, write_text_atomic
 from ..engine import owned
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir, RunError
-from ..method.probe import linear_probe
-from ..method.search import search
 from ..method.train import train
-from ..space.baselines import FIXED_CELLS, baseline
-from ..space.ops import ZERO
-from .smbo import SMBOConfig, sample, smbo
+from ..report import tables
+from ..report.study_plots import ablation_bars
+from .smbo import SMBOConfig
+from .strategies import FIXED, PROBE, SEARCHED, VAL, Job, JobContext, probe_row, strategy_of
 
 log = logging.getLogger(__name__)
 
-FIXED = tuple(FIXED_CELLS)
-SEARCHED = ("searched", "searched_paper", "searched_shared", "searched_no_zero")
-METHODS = ("unimodal", "late_fusion", "linear_probe", *FIXED, "random", *SEARCHED, "smbo")
+METHODS = ("unimodal", "late_fusion", PROBE, *FIXED, "random", *SEARCHED, "smbo")
 """Method names; ``unimodal`` stands for every ``unimodal:<modality>``."""
 
 
@@ -73,20 +67,6 @@ class AblationOptions:
     seeds: tuple[int, ...] = (0, 1, 2)
     random_samples: int = 5
     smbo: SMBOConfig = field(default_factory=SMBOConfig)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One training run: a method, a seed and, for ``random``, the sample index."""
-
-    method: str
-    seed: int
-    sample: int | None = None
-
-    @property
-    def key(self) -> str:
-        sample = f"/sample{self.sample}" if self.sample is not None else ""
-        return f"{self.method.replace(':', '_')}{sample}/seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -140,89 +120,37 @@ def plan(methods: Sequence[str], opts: AblationOptions) -> list[Job]:
     return jobs
 
 
-def _with_model(cfg: Config, **changes) -> Config:
-    return cfg.replace(model=type(cfg.model)(**{**cfg.model.__dict__, **changes}))
-
-
-def genotype_for(job: Job, data: FeatureData, cfg: Config) -> Genotype:
-    """The fixed genotype of a baseline job (every method but the searched ones and ``smbo``)."""
-
-    specs, m = data.specs(), cfg.model
-    if job.method.startswith("unimodal:") or job.method in ("late_fusion", *FIXED):
-        return baseline(job.method, specs, m.C, m.L, m.cells, m.multiplier)
-    if job.method == "random":  # the genotypes SMBO draws, from the same search space
-        return sample(data, cfg, np.random.default_rng([cfg.seed, job.sample or 0]))
-    raise ValueError(f"method {job.method!r} has no fixed genotype")
-
-
-def search_config(method: str, cfg: Config) -> Config:
-    """The search config of a ``searched*`` method: ``input_mode`` separate unless ``_shared``."""
-    if method not in SEARCHED:
-        raise ValueError(f"{method!r} is not one of {SEARCHED}")
-    if method == "searched_shared":
-        return _with_model(cfg, input_mode="shared")
-    if method == "searched_paper":  # the paper's relaxation and derivation, argmax genotype
-        paper = {"distinct_steps": False, "zero_output": True, "warmup_epochs": 0, "rerank": 0}
-        cfg = cfg.replace(search=type(cfg.search)(**{**cfg.search.__dict__, **paper}))
-        return _with_model(cfg, input_mode="separate", relaxation="gate")
-    if method == "searched_no_zero":
-        return _with_model(cfg, input_mode="separate", ops=tuple(o for o in cfg.model.ops if o != ZERO))
-    return _with_model(cfg, input_mode="separate")
-
-
 def run_job(
     job: Job, data: FeatureData, cfg: Config, opts: AblationOptions, root: Path, progress: bool
 ) -> dict:
-    """Search (if the method searches) and train one job; return its result row."""
-
+    """Find the job's genotype by its method's strategy (:mod:`bmnas.studies.strategies`), train it."""
     run = RunDir(root / job.key)
-    if job.method == "linear_probe":
-        r = linear_probe(data, job.seed, cfg.data.threshold)
-        metric = primary_metric(data.task)
-        return {
-            "method": job.method,
-            "seed": job.seed,
-            "sample": job.sample,
-            "test": r["test"],
-            "params": r["params"],
-            "search_seconds": 0.0,
-            "train_seconds": r["train_seconds"],
-            f"val_{metric}": r["val"],
-            "C": r["C"],
-        }
-    base = cfg  # the random samples do not depend on the seed
-    cfg = cfg.replace(seed=job.seed)
-    search_seconds, extra, selection = 0.0, {}, None
-    if job.method in SEARCHED:
-        cfg = search_config(job.method, cfg)
-        found = search(data, cfg, run, progress=progress)
-        genotype, search_seconds = found.genotype, found.seconds
-        selection = found.selection(cfg.train.epochs, cfg.train.select_folds)
-        extra = {
-            "best_epoch": found.best_epoch,
-            f"hypernet_val_{found.metric}": found.best_score,
-            "candidates": [{k: c[k] for k in ("source", "val", "best_epoch")} for c in found.candidates],
-        }
-    elif job.method == "smbo":
-        found = smbo(data, cfg, opts.smbo, log=run.path / "smbo.jsonl", progress=progress)
-        genotype, search_seconds = found.genotype, found.seconds
-        extra = {"evaluated": len(found.history), f"val_{found.metric}": found.score}
-    else:
-        genotype = genotype_for(job, data, base)
-    genotype.save(run.genotype_path)
-    r = train(genotype, data, cfg, run, progress=progress, desc=f"train {job.key}", selection=selection)
+    if job.method == PROBE:
+        return probe_row(job, data, cfg)
+    ctx = JobContext(data, cfg.replace(seed=job.seed), cfg, opts.smbo, run, progress)
+    found = strategy_of(job.method)(job, ctx)
+    found.genotype.save(run.genotype_path)
+    r = train(
+        found.genotype,
+        data,
+        found.cfg,
+        run,
+        progress=progress,
+        desc=f"train {job.key}",
+        selection=found.selection,
+    )
     return {
         "method": job.method,
         "seed": job.seed,
         "sample": job.sample,
         "test": r.test,
         "params": r.params,
-        "search_seconds": search_seconds,
+        "search_seconds": found.search_seconds,
         "train_seconds": r.seconds,
-        f"val_{primary_metric(data.task)}": r.val,
+        VAL: r.val,
         "epochs": r.epochs,
-        **extra,
-        "genotype": genotype.to_dict(),
+        **found.extra,
+        "genotype": found.genotype.to_dict(),
     }
 
 
@@ -235,6 +163,11 @@ def _job_of(row: dict) -> Job:
     return Job(row["method"], int(row["seed"]), row.get("sample"))
 
 
+def val_of(row: dict, metric: str) -> float | None:
+    """A result row's val score (:data:`VAL`); rows written before it had that name carry ``val_<metric>``."""
+    return row[VAL] if VAL in row else row.get(f"val_{metric}")
+
+
 def summarize(results: Sequence[dict], methods: Sequence[str], metric: str) -> list[MethodSummary]:
     """One :class:`MethodSummary` per method with at least one result, in ``methods`` order."""
     out = []
@@ -243,7 +176,7 @@ def summarize(results: Sequence[dict], methods: Sequence[str], metric: str) -> l
         if not rows:
             continue
         v = np.array([r["test"][metric] for r in rows], dtype=np.float64)
-        vals = [r[f"val_{metric}"] for r in rows if r.get(f"val_{metric}") is not None]
+        vals = [x for r in rows if (x := val_of(r, metric)) is not None]
         out.append(
             MethodSummary(
                 method=m,
@@ -270,56 +203,43 @@ def cost_ratio(rows: Sequence[MethodSummary]) -> float | None:
 
 
 def markdown_table(rows: Sequence[MethodSummary], ratio: float | None = None) -> str:
-    """The ablation table in Markdown, one row per method."""
+    """The ablation table in Markdown, one row per method (and the search cost ratio, when given)."""
     metric = rows[0].metric if rows else "metric"
-    lines = [
-        f"| method | test {metric} (mean ± std) | val {metric} | runs | params | fusion params | search s "
-        "| train s |",
-        "|---|---|---|---|---|---|---|---|",
+    header = ["method", f"test {metric} (mean ± std)", f"val {metric}", "runs", "params", "fusion params"]
+    body = [
+        [
+            r.method,
+            f"{r.mean:.4f} ± {r.std:.4f}",
+            f"{r.val_mean:.4f}" if r.val_mean is not None else "–",
+            r.runs,
+            f"{r.params:,}",
+            f"{r.params_fusion:,}",
+            f"{r.search_seconds:.1f}",
+            f"{r.train_seconds:.1f}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        val = f"{r.val_mean:.4f}" if r.val_mean is not None else "–"
-        lines.append(
-            f"| {r.method} | {r.mean:.4f} ± {r.std:.4f} | {val} | {r.runs} | {r.params:,} "
-            f"| {r.params_fusion:,} | {r.search_seconds:.1f} | {r.train_seconds:.1f} |"
-        )
+    text = tables.markdown([*header, "search s", "train s"], body)
     if ratio is not None:
-        lines.append("")
-        lines.append(f"Search cost, SMBO / BM-NAS (mean wall seconds): {ratio:.2f}x")
-    return "\n".join(lines) + "\n"
+        text += f"\n\nSearch cost, SMBO / BM-NAS (mean wall seconds): {ratio:.2f}x"
+    return text + "\n"
 
 
 def write_csv(rows: Sequence[MethodSummary], path: Path) -> Path:
-    names = list(asdict(rows[0])) if rows else list(MethodSummary.__dataclass_fields__)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=names)
-    w.writeheader()
-    for r in rows:
-        w.writerow(asdict(r))
-    return write_text_atomic(path, buf.getvalue())
+    """One line per :class:`MethodSummary`, its fields as columns (``val_mean`` empty when None)."""
+    return tables.write_csv(path, [f.name for f in fields(MethodSummary)], [astuple(r) for r in rows])
 
 
 def plot_table(rows: Sequence[MethodSummary], path: Path) -> Path:
-    """Bar chart of the test metric per method, with ± std error bars.
-
-    A bare :class:`~matplotlib.figure.Figure`: pyplot's backend is process-wide, not ours to set.
-    """
-
-    fig = Figure(figsize=(max(5.0, 0.7 * len(rows) + 1.5), 3.8))
-    ax = fig.subplots()
+    """Bar chart of the test metric per method, with ± std error bars (searched orange, SMBO purple)."""
     colors = [
         "tab:orange" if r.method in SEARCHED else "tab:purple" if r.method == "smbo" else "tab:blue"
         for r in rows
     ]
-    x = np.arange(len(rows))
-    ax.bar(x, [r.mean for r in rows], yerr=[r.std for r in rows], capsize=3, color=colors)
-    lo = min((r.mean - r.std for r in rows), default=0.0)
-    ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max((r.mean + r.std for r in rows), default=1.0) + 0.03))
-    ax.set_xticks(x, [r.method for r in rows], rotation=40, ha="right", fontsize=8)
-    ax.set_ylabel(f"test {rows[0].metric if rows else ''}")
-    ax.set_title("baselines and ablations (mean ± std over runs)")
-    fig.tight_layout()
-    return atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    metric = rows[0].metric if rows else ""
+    return ablation_bars(
+        [r.method for r in rows], [r.mean for r in rows], [r.std for r in rows], colors, metric, path
+    )
 
 
 def write_outputs(results: Sequence[dict], methods: Sequence[str], metric: str, out: Path, plot: bool = True):

@@ -26,8 +26,6 @@ Layout::
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import logging
@@ -38,19 +36,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from matplotlib.figure import Figure  # not pyplot: its backend is process-wide
 
 from ..core import locks
-from ..core.config import Config, ConfigError
+from ..core.config import Config, ConfigError, set_dotted
 from ..core.data import FeatureData
 from ..core.errors import BmnasError
-from ..core.fileio import atomic_write, write_text_atomic
+from ..core.fileio import write_text_atomic
 from ..core.genotype import Genotype
 from ..engine import owned
 from ..engine.rundir import RunDir, _diff
 from ..features.validate import fingerprint
 from ..method.run import fit_config_to_data
 from ..method.search import search
+from ..report import tables
+from ..report.study_plots import trials_chart
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +163,7 @@ def apply_params(base: Config, params: Mapping[str, object]) -> Config:
     """``base`` with dotted ``params`` set, checked like any configuration."""
     d = base.to_dict()
     for key, value in params.items():
-        node = d
-        *parents, leaf = key.split(".")
-        for p in parents:
-            if not isinstance(node.get(p), dict):
-                raise ConfigError(f"{key}: {p!r} is not a config section")
-            node = node[p]
-        if leaf not in node:
-            raise ConfigError(f"{key}: unknown config key")
-        node[leaf] = value
+        set_dotted(d, key, value, where=key, create=False)
     return Config.from_dict(d)
 
 
@@ -384,11 +375,8 @@ def write_outputs(optuna, study, out: Path, space: Mapping[str, dict]) -> SweepR
     write_text_atomic(out / "best_config.yaml", text)
     genotype.save(out / "genotype.json")
     rows = trial_rows(optuna, study, space)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out / "trials.csv", buf.getvalue())
+    header = list(rows[0])
+    tables.write_csv(out / "trials.csv", header, [[r[k] for k in header] for r in rows])
     paths = {
         "best_config": out / "best_config.yaml",
         "genotype": out / "genotype.json",
@@ -416,17 +404,6 @@ def format_rows(rows: list[dict], space: Mapping[str, dict], best: int) -> str:
 
 def plot_trials(rows: list[dict], path: Path) -> Path:
     """Objective per complete trial (dots) and the best so far (step line)."""
-
     done = [r for r in rows if r["value"] is not None]
-    x = [r["number"] for r in done]
-    y = [r["value"] for r in done]
-    best = list(itertools.accumulate(y, max))
-    fig = Figure(figsize=(6, 3.6))
-    ax = fig.subplots()
-    ax.plot(x, y, "o", color="tab:blue", label="trial")
-    ax.step(x, best, where="post", color="tab:orange", label="best so far")
     metric = next((r["metric"] for r in done if r.get("metric")), "score")
-    ax.set(xlabel="trial", ylabel=f"val {metric} of the search's genotype", title="bmnas sweep")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    return trials_chart([r["number"] for r in done], [r["value"] for r in done], metric, path)
