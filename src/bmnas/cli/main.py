@@ -2,7 +2,7 @@
 using a trained run: ``predict | export-model | robustness``.
 
 Every command takes its data from ``--dataset NAME`` (a registered dataset, prepared and cached on
-first use) or ``--data DIR`` (the generic format, SPEC §10), a YAML ``--config`` and dotted
+first use) or ``--data DIR`` (the generic format, docs/DESIGN.md §12), a YAML ``--config`` and dotted
 ``--set key=value`` overrides. Runs write into ``--out RUN_DIR`` and resume from it when killed.
 
 Each command group is a module with ``register(sub)``, which adds its parsers and sets ``func``

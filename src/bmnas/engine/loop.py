@@ -169,7 +169,7 @@ def optimizer_step(
     """One optimiser step on one batch with ``freeze`` excluded from autograd; returns the loss, detached.
 
     The search's weight step freezes the architecture parameters, its architecture step the weights
-    (SPEC §7): a frozen parameter gets no gradient and autograd skips whatever only it needs.
+    (docs/DESIGN.md §7): a frozen parameter gets no gradient and autograd skips whatever only it needs.
     Over several ``ranks`` the gradients are averaged before the step (:mod:`bmnas.engine.distributed`);
     ``amp`` wraps the forward pass (bf16 autocast).
     """

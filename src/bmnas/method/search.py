@@ -1,4 +1,4 @@
-"""Bilevel search (SPEC §7, paper Algorithm 1), first order, with checkpoint and resume.
+"""Bilevel search (docs/DESIGN.md §7 Search, paper Algorithm 1), first order, with checkpoint and resume.
 
 Per iteration: a weight step on a train batch (α, β, γ frozen), then an architecture step on a
 val batch (weights frozen). After each epoch the genotype is derived, the hypernet is scored on

@@ -1,4 +1,4 @@
-"""Evaluation stage (SPEC §8): train a found network from scratch, choose its length on val, test once.
+"""Evaluation stage (docs/DESIGN.md §8): train a found network afresh, choose its length, test once.
 
 The recipe fits the data instead of a fixed epoch count:
 
