@@ -111,3 +111,14 @@ def test_a_missing_device_is_refused_before_the_run_directory_is_made(tmp_path, 
     )
     assert rc == 2 and err.startswith("bmnas: error: device 'cuda': this machine has no usable CUDA GPU"), err
     assert not out.exists()
+
+
+def test_ablate_options_are_checked_before_the_run_directory_is_made(tmp_path, capsys):
+    from helpers import write_generic
+
+    data, out = write_generic(tmp_path / "d"), tmp_path / "o"
+    rc, err = run_cli(
+        capsys, "ablate", "--data", str(data), "--out", str(out), "--methods", "nonsense", "--quiet"
+    )
+    assert rc == 2 and "nonsense" in err and err.count("\n") == 1, err
+    assert not out.exists()

@@ -62,8 +62,7 @@ def ablate_command(args: argparse.Namespace) -> int:
     from ..studies.smbo import SMBOConfig
 
     cfg, data, _ = prepare(args, searches=True)
-    run = open_run(args, cfg, data)
-    try:
+    try:  # every option is checked before --out is touched
         smbo_cfg = SMBOConfig(
             budget=args.smbo_budget,
             initial=min(SMBOConfig.initial, args.smbo_budget),
@@ -80,6 +79,7 @@ def ablate_command(args: argparse.Namespace) -> int:
         expand_methods(opts.methods, data)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    run = open_run(args, cfg, data)
     result = ablate(data, cfg, run.path, opts, progress=not args.quiet, fresh=args.fresh, verbose=True)
     print()
     print(markdown_table(result.rows, result.cost_ratio))
