@@ -1,6 +1,9 @@
 """The README's Python example runs as written and does what it says."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,16 @@ def test_readme_python_api_example(tmp_path, monkeypatch):
             "accuracy"
         ]
     )
+
+
+def test_readme_register_op_example_works_after_import_bmnas(tmp_path):
+    """``bmnas.ops`` is a lazy attribute: the README's op example needs nothing but ``import bmnas``."""
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    code = readme_block("register op")
+    assert code.startswith("import torch\nfrom torch import nn\n\nimport bmnas\n")  # no bmnas submodule
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "('zero', 'sum', 'attention', 'product') 9.0\n"

@@ -7,8 +7,8 @@ The Python API mirrors the command line:
   inputs -> the generic ``--data`` format);
 * :func:`run` (``bmnas run``: search, train, baselines, recommended network); the stages alone
   are :func:`search` (``bmnas search``, :func:`bmnas.method.search.search`) and :func:`train`
-  (``bmnas train``, the evaluation stage :func:`bmnas.method.train.train`). Their modules are
-  named ``searcher`` and ``trainer`` so that importing them never replaces these functions;
+  (``bmnas train``, the evaluation stage :func:`bmnas.method.train.train`). Their modules live in
+  :mod:`bmnas.method`, so that importing them never replaces these functions;
 * :func:`load` (a trained run -> a network that predicts), :class:`Config`, :class:`Genotype`.
 
 Heavy modules (torch) load on first use.
