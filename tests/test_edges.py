@@ -226,30 +226,24 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_rerun_resumes_exactly(
     assert _results(out) == _results(whole)
 
 
-@pytest.mark.parametrize(
-    ("code", "why"),
-    [
-        (
-            errno.EDQUOT,
-            "disk quota exceeded: free space (or raise the quota) and rerun the same command to resume",
-        ),
-        (errno.EROFS, "read-only file system: write to a writable location, or remount it read-write"),
-        (errno.EACCES, "permission denied: make its folder writable, or write to another location"),
-    ],
-)
+REFUSED = {
+    errno.EDQUOT: "disk quota exceeded: free space (or raise the quota) and rerun the same command to resume",
+    errno.EROFS: "read-only file system: write to a writable location, or remount it read-write",
+    errno.EACCES: "permission denied: make its folder writable, or write to another location",
+}
+
+
+@pytest.mark.parametrize(("code", "why"), list(REFUSED.items()))
 def test_a_refused_output_write_names_the_output_file(trained, tmp_path, capsys, monkeypatch, code, why):
     from bmnas.report import tables
-
-    data, run = trained
-    real = tables.csv.writer
 
     def refused(fh, *args, **kwargs):
         raise OSError(code, os.strerror(code))
 
+    data, run = trained
     monkeypatch.setattr(tables.csv, "writer", refused)
     out = tmp_path / "p.csv"
     rc, err = run_cli(capsys, "predict", str(run), "--data", str(data), "--out", str(out))
-    monkeypatch.setattr(tables.csv, "writer", real)
     assert (rc, err) == (2, f"bmnas: error: cannot write {out}: {why}\n")
     assert list(tmp_path.iterdir()) == []
 
@@ -334,6 +328,10 @@ def test_show_prints_the_genotype_and_metrics_of_a_train_genotype_run(trained, t
 
 
 # ------------------------------------------------------------------- 8. plots of many series
+def _sum_cell(x: str, y: str) -> dict:
+    return {"inputs": [x, y], "steps": [{"op": "sum", "inputs": ["x", "y"]}], "concat": ["step1"]}
+
+
 def history_of(n_features: int, epochs: int = 3, seed: int = 0) -> list[dict]:
     """A search history over ``n_features`` vector features, 2 Cells of 2 steps, 5 ops."""
     rng = np.random.default_rng(seed)
@@ -345,18 +343,7 @@ def history_of(n_features: int, epochs: int = 3, seed: int = 0) -> list[dict]:
         "C": 8,
         "L": 4,
         "features": [{"name": n, "channels": 4, "length": 1} for n in names],
-        "cells": [
-            {
-                "inputs": [names[1], names[3]],
-                "steps": [{"op": "sum", "inputs": ["x", "y"]}],
-                "concat": ["step1"],
-            },
-            {
-                "inputs": ["cell1", names[2]],
-                "steps": [{"op": "sum", "inputs": ["x", "y"]}],
-                "concat": ["step1"],
-            },
-        ],
+        "cells": [_sum_cell(names[1], names[3]), _sum_cell("cell1", names[2])],
         "output": ["cell2"],
     }
     rows = []
