@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 from .._version import __version__
 from ..core import locks
 from ..core.errors import BmnasError
+from ..core.fileio import write_error
 from . import data, search, serve, studies
 from .options import epilog, output_options
 
@@ -128,6 +130,11 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as err:  # disk full, permissions: the environment, not the input or a bug
         if debug:
             raise
+        # bmnas' writers name the file (a WriteError); one that did not: a cause only writes have
+        refused = write_error(err, err.filename) if err.errno != errno.EACCES else None
+        if refused is not None:
+            print(f"bmnas: error: {refused}", file=sys.stderr)
+            return 2
         where = f": {err.filename}" if err.filename else ""
         print(f"bmnas: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1

@@ -92,6 +92,32 @@ SAVED_CACHE = "prepared data and backbones are kept in {cache}"
 # Parsers
 # ----------------------------------------------------------------------------------------------
 
+MAX_NOISE = 100.0
+"""The largest noise level ``bmnas robustness --noise`` takes (σ in multiples of the train std)."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for a size or count (``--batch-size``, ``--trials``): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def noise_level(text: str) -> float:
+    """An argparse ``type`` for a noise level σ: a finite number in ``(0, MAX_NOISE]``."""
+    allowed = f"a noise level σ is a number in (0, {MAX_NOISE:g}] (multiples of each feature's train std)"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{allowed}, got {text!r}") from None
+    if not 0 < value <= MAX_NOISE:  # also NaN, for which every comparison is False
+        raise argparse.ArgumentTypeError(f"{allowed}, got {text}")
+    return value
+
 
 def epilog(command: str | None) -> str:
     """``Examples:`` and one command line each, with an optional comment."""

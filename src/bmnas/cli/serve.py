@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .options import command, output_options, trained_run_options
+from .options import MAX_NOISE, command, noise_level, output_options, positive_int, trained_run_options
 
 
 def register(sub) -> None:
@@ -30,7 +30,9 @@ def register(sub) -> None:
     )
     p.add_argument("--split", default="test", help="split of --data DIR or of the run's data (default test)")
     p.add_argument("--out", metavar="FILE.csv|FILE.jsonl", required=True)
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=1024, help="samples per forward pass (default 1024)"
+    )
     p.set_defaults(func=predict_command)
 
     p = command(sub, "export-model", "export a run's trained network (TorchScript or ONNX)")
@@ -52,37 +54,49 @@ def register(sub) -> None:
     p.add_argument("--data", metavar="DIR", help="generic-format directory (default: the run's own data)")
     p.add_argument(
         "--noise",
-        type=float,
+        type=noise_level,
         nargs="+",
         default=[0.1, 0.5, 1.0],
-        help="noise levels σ, relative to each feature's train std",
+        help=f"noise levels σ in (0, {MAX_NOISE:g}], relative to each feature's train std",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the noise draw")
     p.set_defaults(func=robustness_command)
 
 
 def show_command(args: argparse.Namespace) -> int:
-    """The genotype and, once trained, the results table of a run directory."""
+    """The genotype and, once trained, the results table of a run directory: of ``bmnas run`` or
+    ``search`` (``genotype.json``), or of ``bmnas train --genotype G`` (the genotype it trained is in
+    ``metrics.json``)."""
     from ..core.fileio import read_json
     from ..core.genotype import Genotype
     from ..engine.rundir import RunDir
 
     run = RunDir(args.run_dir, create=False)
-    print(Genotype.load(run.genotype_path).describe())
-    if run.metrics_path.exists():
+    metrics = read_json(run.metrics_path) if run.metrics_path.exists() else None
+    trained = metrics.get("genotype") if isinstance(metrics, dict) else None
+    if run.genotype_path.exists() or not trained:
+        genotype = Genotype.load(run.genotype_path)
+    else:
+        genotype = Genotype.from_dict(trained, where=f"{run.metrics_path}: genotype")
+    print(genotype.describe())
+    if metrics is not None:
         from ..report.summary import format_table, report_from_metrics
 
         print()
-        print(format_table(report_from_metrics(read_json(run.metrics_path))))
+        print(format_table(report_from_metrics(metrics)))
         print(f"\nall figures: {run.metrics_path}")
     return 0
 
 
 def predict_command(args: argparse.Namespace) -> int:
     """``bmnas predict RUN [--data DIR|FILE.npz | --raw FILE.npz] [--split S] --out FILE.csv|.jsonl``."""
+    from ..core.fileio import remove_stale_temps
     from ..serve.predict import load, output_kind, predict_input, write_predictions
 
-    output_kind(Path(args.out))  # a wrong suffix is refused before the model is loaded
+    out = Path(args.out)
+    output_kind(out)  # a wrong suffix is refused before the model is loaded
+    for file in (out, out.with_name(out.stem + ".metrics.json")):  # what write_predictions writes
+        remove_stale_temps(file)
     model = load(args.run_dir, args.stage)
     preds, labels, name = predict_input(
         model, args.cache, args.data, args.raw, args.split, args.batch_size, progress=not args.quiet
@@ -96,8 +110,11 @@ def predict_command(args: argparse.Namespace) -> int:
 
 def export_model_command(args: argparse.Namespace) -> int:
     """``bmnas export-model RUN [--format torchscript|onnx] --out FILE [--features-in]``."""
+    from ..core.fileio import remove_stale_temps
     from ..serve.export import export_run, format_for
 
+    format_for(args.out, args.format)  # an unknown suffix is refused before the model is loaded
+    remove_stale_temps(args.out)
     meta = export_run(
         args.run_dir,
         args.out,

@@ -6,7 +6,16 @@ import argparse
 import logging
 
 from ..core.config import ConfigError
-from .options import SAVED_EPOCHS, SAVED_TRIALS, command, data_options, open_run, prepare, read_data
+from .options import (
+    SAVED_EPOCHS,
+    SAVED_TRIALS,
+    command,
+    data_options,
+    open_run,
+    positive_int,
+    prepare,
+    read_data,
+)
 
 # torch-free copies (so `bmnas --help` loads no torch) of bmnas.studies.ablate.METHODS and of
 # SMBOConfig.budget and .epochs, the defaults of the ablate options; tests/test_cli.py keeps them equal
@@ -36,7 +45,9 @@ def register(sub) -> None:
     p = command(sub, "sweep", "Optuna study over the search config (N, M, C, L, lrs); several workers")
     data_options(p, out=False)
     p.add_argument("--out", metavar="DIR", required=True, help="sweep directory (shared by workers; resumed)")
-    p.add_argument("--trials", type=int, default=20, help="complete trials the study should hold (20)")
+    p.add_argument(
+        "--trials", type=positive_int, default=20, help="complete trials the study should hold (20)"
+    )
     p.add_argument("--storage", metavar="URL", help="Optuna database URL (default sqlite:///OUT/study.db)")
     p.add_argument("--study", default="bmnas", help="study name in the storage (default bmnas)")
     p.add_argument("--space", metavar="YAML", help="search space (default: bmnas.studies.sweep.SPACE)")
@@ -51,9 +62,9 @@ def ablate_options(p: argparse.ArgumentParser) -> None:
         default=",".join(METHODS),
         help=f"comma-separated methods (default: all): {','.join(METHODS)}; or unimodal:<modality>",
     )
-    p.add_argument("--random-samples", type=int, default=5, help="random genotypes (default 5)")
-    p.add_argument("--smbo-budget", type=int, default=SMBO_BUDGET, help="genotypes SMBO trains")
-    p.add_argument("--smbo-epochs", type=int, default=SMBO_EPOCHS, help="epochs per SMBO genotype")
+    p.add_argument("--random-samples", type=positive_int, default=5, help="random genotypes (default 5)")
+    p.add_argument("--smbo-budget", type=positive_int, default=SMBO_BUDGET, help="genotypes SMBO trains")
+    p.add_argument("--smbo-epochs", type=positive_int, default=SMBO_EPOCHS, help="epochs per SMBO genotype")
 
 
 def ablate_command(args: argparse.Namespace) -> int:
@@ -74,8 +85,6 @@ def ablate_command(args: argparse.Namespace) -> int:
             random_samples=args.random_samples,
             smbo=smbo_cfg,
         )
-        if opts.random_samples < 1:
-            raise ValueError(f"--random-samples must be >= 1, got {opts.random_samples}")
         expand_methods(opts.methods, data)
     except ValueError as err:
         raise ConfigError(str(err)) from None
@@ -93,8 +102,6 @@ def sweep_command(args: argparse.Namespace) -> int:
     from ..studies.sweep import SPACE, format_rows, import_optuna, load_space, sweep
 
     cfg, data, _ = prepare(args, searches=True)
-    if args.trials < 1:
-        raise ConfigError(f"--trials must be >= 1, got {args.trials}")
     import_optuna().logging.set_verbosity(logging.WARNING)  # bmnas logs one line per trial
     loaded = {cfg.model.L: data}
 

@@ -25,3 +25,10 @@ class MissingDependencyError(BmnasError, ImportError):
 
 class PreparedDataError(BmnasError, RuntimeError):
     """A dataset's prepared files are missing, corrupt or stale; the dataset prepares them again."""
+
+
+class WriteError(BmnasError, OSError):
+    """A write the machine refused (disk full, quota, read-only, permissions); names the file and the fix.
+
+    Also an :class:`OSError`, so code that handles failed writes still does.
+    """

@@ -15,10 +15,17 @@ next run must find either the old file or the new one, never half of one. So:
   :class:`~bmnas.core.errors.BmnasError` naming the file and the line.
 * Directories (cache entries, prepared datasets) are built in a staging directory and published
   with one rename (:func:`make_staging_dir`, :func:`publish_dir`).
+* A write the machine refuses (disk full, quota, read-only file system, permissions) is a
+  :class:`~bmnas.core.errors.WriteError` naming the file and the fix (:func:`naming_write_errors`);
+  the old file stays, so the same command, rerun, resumes.
+* An output file a user names (``predict --out``) lives in no run directory: before it is written,
+  :func:`remove_stale_temps` deletes the temporaries of it that killed writes left.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -27,12 +34,13 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import BmnasError, NotOursError
+from .errors import BmnasError, NotOursError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,18 @@ TMP_SUFFIX = ".tmp"
 # atomic_write's temporary files: ``.<name>.<8 characters of mkstemp>.tmp`` (a user's ``draft.tmp`` is not)
 _OWN_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 _NO_DEFAULT: Any = object()
+STALE_SECONDS = 300
+"""A temporary file unchanged this long is a killed write's (a live writer keeps touching its own)."""
+# errno of a write the machine refused -> (the cause, what to do)
+WRITE_FIXES = {
+    errno.ENOSPC: ("no space left on device", "free space and rerun the same command to resume"),
+    errno.EDQUOT: (
+        "disk quota exceeded",
+        "free space (or raise the quota) and rerun the same command to resume",
+    ),
+    errno.EROFS: ("read-only file system", "write to a writable location, or remount it read-write"),
+    errno.EACCES: ("permission denied", "make its folder writable, or write to another location"),
+}
 
 
 class FileFormatError(BmnasError, ValueError):
@@ -47,6 +67,31 @@ class FileFormatError(BmnasError, ValueError):
 
 
 # ------------------------------------------------------------------------------------------- writes
+def write_error(err: OSError, path: str | Path | None) -> WriteError | None:
+    """The one-line :class:`WriteError` of a write of ``path`` that failed with ``err``, if the
+    machine refused it (:data:`WRITE_FIXES`); None for any other error."""
+    if err.errno not in WRITE_FIXES:
+        return None
+    cause, fix = WRITE_FIXES[err.errno]
+    where = f"cannot write {path}" if path is not None else "a write failed"
+    return WriteError(f"{where}: {cause}: {fix}")
+
+
+@contextlib.contextmanager
+def naming_write_errors(path: str | Path) -> Iterator[None]:
+    """Turn a refused write (:func:`write_error`) inside the block into a :class:`WriteError` naming
+    ``path``, the file (or directory) being written, not a temporary one."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        failure = write_error(err, path)
+        if failure is None:
+            raise
+        raise failure from err
+
+
 def atomic_write(path: str | Path, write_fn: Callable[[Path], object]) -> Path:
     """Call ``write_fn(tmp)`` on a fresh temporary file beside ``path``, then rename it to ``path``.
 
@@ -54,20 +99,22 @@ def atomic_write(path: str | Path, write_fn: Callable[[Path], object]) -> Path:
     library writers that pick a format from the file name need the format passed explicitly
     (the temporary name ends in ``.tmp``). If ``write_fn`` raises, ``path`` is untouched and the
     temporary file is removed. The file gets the permissions ``open()`` would give it (mkstemp's
-    0600 would hide a shared run directory or cache from the rest of a group).
+    0600 would hide a shared run directory or cache from the rest of a group). A write the machine
+    refuses is a :class:`WriteError` naming ``path`` (:func:`naming_write_errors`).
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-    finally:
-        os.close(fd)
-    tmp = Path(name)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with naming_write_errors(path):
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+        finally:
+            os.close(fd)
+        tmp = Path(name)
+        try:
+            write_fn(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -100,16 +147,48 @@ def save_torch(path: str | Path, obj: Any) -> Path:
     """``torch.save(obj)`` atomically.
 
     Write only tensors and plain Python values, so that the file loads with
-    ``torch.load(weights_only=True)`` and a shared file cannot run code.
+    ``torch.load(weights_only=True)`` and a shared file cannot run code. Through a file object:
+    then a full disk is an :class:`OSError` (torch's own writer reports it as a RuntimeError) and the
+    archive's folder is ``archive``, not the temporary file's random name.
     """
     import torch
 
-    return atomic_write(path, lambda p: torch.save(obj, p))
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
 
 
 def is_own_temp(path: Path) -> bool:
     """Is ``path`` a temporary file that an interrupted :func:`atomic_write` left?"""
     return bool(_OWN_TEMP.match(path.name))
+
+
+def remove_stale_temps(path: str | Path, min_age: float = STALE_SECONDS) -> int:
+    """Delete the temporary files killed :func:`atomic_write` calls of ``path`` left beside it.
+
+    Only ``.<name of path>.<8 characters>.tmp``, only regular files (never a link or a folder) and
+    only those unchanged for ``min_age`` seconds: a live writer's file is newer. Returns how many.
+    """
+    path = Path(path)
+    own = re.compile(r"^\." + re.escape(path.name) + r"\.[A-Za-z0-9_]{8}\.tmp$")
+    try:
+        entries = [e for e in os.scandir(path.parent) if own.match(e.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    removed = 0
+    now = time.time()
+    for entry in entries:
+        st = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age:
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another process removed it first
+            os.unlink(entry.path)
+            removed += 1
+    if removed:
+        log.info("removed %d temporary file(s) of %s that killed writes left", removed, path)
+    return removed
 
 
 def open_no_follow(path: str | Path, flags: int) -> int:
@@ -138,11 +217,12 @@ def open_no_follow(path: str | Path, flags: int) -> int:
 def append_jsonl(path: str | Path, row: dict) -> None:
     """Append ``row`` as one JSON line; an unparsable last line a killed append left is cut first."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row) + "\n").encode()
-    with os.fdopen(open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+b") as f:
-        _end_with_complete_line(f, path)
-        f.write(line)
+    with naming_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+b") as f:
+            _end_with_complete_line(f, path)
+            f.write(line)
 
 
 def _end_with_complete_line(f, path: Path) -> None:

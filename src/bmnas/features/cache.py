@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import locks
-from ..core.fileio import make_staging_dir, publish_dir, remove_dir, write_json_sorted
+from ..core.fileio import make_staging_dir, naming_write_errors, publish_dir, remove_dir, write_json_sorted
 from ..core.fileio import sha256 as sha256_file
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ class FeatureCache:
             entries = []
             for i, (name, arr) in enumerate(arrays.items()):
                 file = f"{i:02d}.npy"
-                np.save(staging / file, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+                with naming_write_errors(final):  # a full disk names the entry, not its staging copy
+                    np.save(staging / file, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
                 entries.append(
                     {
                         "name": name,

@@ -17,7 +17,7 @@ import numpy as np
 from ..core.data import SPLITS, FeatureData
 from ..core.errors import DataError
 from ..core.fileio import atomic_write, sha256
-from .validate import build_feature_data
+from .validate import build_feature_data, native
 
 NPZ_FIX = "write it again with numpy.savez(file, label=..., **features)"
 
@@ -27,8 +27,8 @@ _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, No
 def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Raw features and labels (None when the file has no ``label`` array) of one generic ``.npz``.
 
-    Never unpickles. A missing, foreign or damaged file is a :class:`DataError` naming the file,
-    the cause and the fix.
+    Never unpickles; arrays come in this machine's byte order (:func:`~bmnas.features.validate.native`).
+    A missing, foreign or damaged file is a :class:`DataError` naming the file, the cause and the fix.
     """
     path = Path(path)
     if not path.is_file():
@@ -43,7 +43,7 @@ def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None
         raise DataError(f"{path}: a single .npy array, not an .npz archive of named arrays; {NPZ_FIX}")
     with z:
         try:
-            arrays = {k: z[k] for k in z.files}
+            arrays = {k: native(z[k]) for k in z.files}  # big-endian arrays in this machine's order
         except _NPZ_ERRORS as err:  # a flipped byte shows as a CRC error only when the array is read
             raise DataError(f"{path}: damaged .npz ({_cause(err)}); {NPZ_FIX}") from None
     return arrays, arrays.pop("label", None)

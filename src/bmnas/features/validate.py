@@ -27,6 +27,15 @@ MAX_CLASSES = 100_000
 RAW_SHAPES = "(N, C), (N, C, T), (N, C, H, W) or (N, C, T, H, W)"
 
 
+def native(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in this machine's byte order (the same values and width): a big-endian array, e.g.
+    ``np.savez`` of ``>f4`` data from another machine, is converted (torch reads only native order)."""
+    arr = np.asarray(arr)
+    if arr.dtype.byteorder not in ("=", "|") and arr.dtype != arr.dtype.newbyteorder("="):
+        return arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
 def infer_task(
     labels: Mapping[str, np.ndarray], override: str | None = None, num_outputs: int | None = None
 ) -> TaskInfo:
@@ -83,7 +92,28 @@ def infer_task(
                 f"split {split!r}: multi-hot label [{r}, {c}] = {y[r, c].item()!r}; multilabel targets "
                 f"must be 0 or 1"
             )
+    _check_positives(labels)
     return TaskInfo("multilabel", widths.pop())
+
+
+def _check_positives(labels: Mapping[str, np.ndarray]) -> None:
+    """Multi-hot labels: every label column positive somewhere in train, and every split with a
+    positive label (the multilabel analogue of a class missing from train)."""
+    for split, y in labels.items():
+        if not (y == 1).any():
+            raise DataError(
+                f"split {split!r}: every label is 0 (no sample has a positive label in any of its "
+                f"{y.shape[1]} columns); its F1 is undefined: fix the labels or re-split the data"
+            )
+    train = labels.get("train")
+    never = [] if train is None else np.flatnonzero(~(train == 1).any(axis=0)).tolist()
+    if never:
+        shown = ", ".join(map(str, never[:10])) + (f" and {len(never) - 10} more" if len(never) > 10 else "")
+        raise DataError(
+            f"split 'train': label column(s) {shown} (of {train.shape[1]}) are never positive; a label "
+            f"the model never trains on cannot be predicted: drop those columns, fix the labels or "
+            f"re-split the data"
+        )
 
 
 def _check_label_array(name: str, y: np.ndarray) -> None:
@@ -206,6 +236,13 @@ def check_like_train(name: str, split: Mapping[str, np.ndarray], train: Mapping[
             )
 
 
+def check_samples(where: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Raise :class:`DataError` when an array of ``where`` (one file of inputs) has no rows."""
+    empty = [k for k, v in arrays.items() if np.ndim(v) >= 1 and np.shape(v)[0] == 0]
+    if empty:
+        raise DataError(f"{where}: no samples (0 rows in {empty}); give a file with at least one sample")
+
+
 def check_labels(labels: np.ndarray, task: TaskInfo, n: int, where: str) -> None:
     """Raise :class:`DataError` unless ``labels`` are n class indices / n multi-hot rows of ``task``."""
     y = np.asarray(labels)
@@ -245,7 +282,7 @@ def build_feature_data(
     for split in SPLITS:
         feats, labels = raw[split]
         pooled = {
-            k: pool_feature(torch.as_tensor(np.asarray(v)), length, pooling).numpy() for k, v in feats.items()
+            k: pool_feature(torch.as_tensor(native(v)), length, pooling).numpy() for k, v in feats.items()
         }
         y = np.asarray(labels)
         y = y.astype(np.int64) if task.type == "multiclass" else y.astype(np.float32)

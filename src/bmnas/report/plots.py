@@ -2,19 +2,26 @@
 
 Figures are made and saved by :mod:`bmnas.report.figures` (matplotlib's object API on an Agg
 canvas: importing or calling this module never selects a backend or touches pyplot's global state).
+A panel with a line per predecessor or op shows the :data:`~bmnas.report.figures.TOP_K` largest by
+their final weight and one ``others (N)`` line (their mean); the genotype graph draws the features
+the network reads and, of many others, one box that counts them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
 
 from ..core.genotype import Genotype
-from .figures import figure, save
+from .figures import OTHERS_COLOR, TOP_K, figure, last, others_label, save, top_k
 
 LEGEND = {"fontsize": 8}
+MAX_FEATURE_NODES = 2 * TOP_K  # the genotype graph draws every feature up to this many
 X_COLOR, Y_COLOR, OUT_COLOR, HEAD_COLOR, LINEAR_COLOR = (
     "tab:blue",
     "tab:green",
@@ -47,8 +54,8 @@ def _diagnostics(history: list[dict], path: Path) -> Path:
     ax1.set(xlabel="epoch", ylabel="normalised entropy", ylim=(0, 1.05))
     ax1.set_title("how undecided the search is (1 = uniform, 0 = one choice)", fontsize=9)
     ax1.legend(**LEGEND)
-    for op in history[-1]["op_share"]:
-        ax2.plot(epochs, [h["op_share"].get(op, 0.0) for h in history], label=op)
+    shares = {op: [h["op_share"].get(op, 0.0) for h in history] for op in history[-1]["op_share"]}
+    _lines(ax2, epochs, shares)
     ax2.set(xlabel="epoch", ylabel="mean softmax(γ)", title="op share over all steps")
     ax2.legend(**LEGEND)
     return save(ax1.figure, path)
@@ -73,7 +80,22 @@ def _curves(history: list[dict], path: Path) -> Path:
     return save(ax1.figure, path)
 
 
+def _lines(
+    ax: Axes, epochs: list, series: Mapping[str, Sequence[float]], styles: Mapping[str, str] | None = None
+) -> None:
+    """One line per series, at most :data:`TOP_K` of them by final value and a grey ``others (N)``."""
+    for label, values in top_k(series, last).items():
+        if label.startswith("others (") and label not in series:
+            ax.plot(epochs, values, color=OTHERS_COLOR, ls=":", label=label)
+        else:
+            ax.plot(epochs, values, ls=(styles or {}).get(label, "-"), label=label)
+
+
 def _arch(history: list[dict], path: Path) -> Path:
+    return save(arch_figure(history), path)
+
+
+def arch_figure(history: list[dict]) -> Figure:
     """Per Cell: α of its x and y inputs over the predecessors, and softmax(γ) of its steps."""
     g = history[-1]["genotype"]
     names = [f["name"] for f in g["features"]]
@@ -94,8 +116,7 @@ def _arch(history: list[dict], path: Path) -> Path:
         slots = len(arch[0]["alpha"][n])
         for s in range(min(slots, 2)):
             ax = axes[n][s]
-            for i, p in enumerate(preds):
-                ax.plot(epochs, [a["alpha"][n][s][i] for a in arch], label=p)
+            _lines(ax, epochs, {p: [a["alpha"][n][s][i] for a in arch] for i, p in enumerate(preds)})
             slot = "x = y (shared)" if slots == 1 else "xy"[s]
             ax.set(title=f"cell{n + 1} input {slot}: α per predecessor", xlabel="epoch", ylim=(0, 1))
             ax.set_ylabel("identity weight\n(share of the state passed on)")
@@ -103,18 +124,16 @@ def _arch(history: list[dict], path: Path) -> Path:
         if slots == 1:
             axes[n][1].axis("off")
         ax = axes[n][2]
+        weights, styles = {}, {}
         for m, row in enumerate(arch[0]["gamma"][n]):
             for f in range(len(row)):
-                label = ops[f] if ops else f"op{f}"
-                ax.plot(
-                    epochs,
-                    [a["gamma"][n][m][f] for a in arch],
-                    ls=["-", "--", ":", "-."][m % 4],
-                    label=f"step{m + 1} {label}",
-                )
+                label = f"step{m + 1} {ops[f] if ops else f'op{f}'}"
+                weights[label] = [a["gamma"][n][m][f] for a in arch]
+                styles[label] = ["-", "--", ":", "-."][m % 4]
+        _lines(ax, epochs, weights, styles)
         ax.set(title=f"cell{n + 1}: softmax(γ) per step", xlabel="epoch", ylabel="op weight")
         ax.legend(**LEGEND, ncol=2)
-    return save(fig, path)
+    return fig
 
 
 def _ops_from(history: list[dict]) -> list[str]:
@@ -129,8 +148,10 @@ def plot_genotype(genotype: Genotype, path: str | Path) -> Path:
     directly (the dashed "residual" edge). The head on the right reads ``output`` and, when the
     genotype has one, the linear path from its ``linear`` features (dashed).
     """
-    feats = [f.name for f in genotype.features]
     used = set(genotype.used_features())
+    feats = [f.name for f in genotype.features]
+    if len(feats) > MAX_FEATURE_NODES:  # the ones the network reads, and a box counting the rest
+        feats = [f for f in feats if f in used] + [others_label(len(feats) - len(used))]
     n_cells = len(genotype.cells)
     span = max(len(feats) - 1, 1)
     head_x = 2.6 + 2.8 * n_cells if n_cells else 2.2

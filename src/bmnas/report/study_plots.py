@@ -1,7 +1,9 @@
 """Figures of the studies over the method: the ablation's bars, robustness per condition, a sweep's trials.
 
 Each function takes plain values (names, scores), draws one figure with :mod:`bmnas.report.figures`
-and returns the path it wrote; the studies decide what the values are.
+and returns the path it wrote; the studies decide what the values are. Of many methods or
+conditions a figure shows :data:`~bmnas.report.figures.TOP_K` and one ``others (N)``
+(:func:`~bmnas.report.figures.top_k`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import figure, save
+from .figures import OTHERS_COLOR, TOP_K, figure, others_label, save, top_k
 
 
 def ablation_bars(
@@ -25,8 +27,12 @@ def ablation_bars(
 ) -> Path:
     """Bar chart of the test ``metric`` per method, with ± std error bars.
 
-    The y axis spans ``[max(0, min(mean − std) − 0.05), min(1, max(mean + std) + 0.03)]``.
+    The y axis spans ``[max(0, min(mean − std) − 0.05), min(1, max(mean + std) + 0.03)]``. Of more
+    than ``TOP_K + 1`` methods: the :data:`TOP_K` best by mean and one grey ``others (N)`` bar (the
+    mean of their means ± the std of their means).
     """
+    if len(methods) > TOP_K + 1:
+        methods, means, stds, colors = _top_bars(methods, means, stds, colors)
     fig = figure(max(5.0, 0.7 * len(methods) + 1.5), 3.8)
     ax = fig.subplots()
     x = np.arange(len(methods))
@@ -40,6 +46,17 @@ def ablation_bars(
     return save(fig, path)
 
 
+def _top_bars(methods, means, stds, colors) -> tuple[list, list, list, list]:
+    best = sorted(sorted(range(len(methods)), key=lambda i: (-means[i], i))[:TOP_K])
+    rest = [means[i] for i in range(len(methods)) if i not in set(best)]
+    return (
+        [methods[i] for i in best] + [others_label(len(rest))],
+        [means[i] for i in best] + [float(np.mean(rest))],
+        [stds[i] for i in best] + [float(np.std(rest))],
+        [colors[i] for i in best] + [OTHERS_COLOR],
+    )
+
+
 def condition_bars(
     methods: Sequence[str],
     conditions: Sequence[str],
@@ -47,7 +64,19 @@ def condition_bars(
     metric: str,
     path: str | Path,
 ) -> Path:
-    """Grouped bars: one group per condition, one bar per network (``value[method, condition]``)."""
+    """Grouped bars: one group per condition, one bar per network (``value[method, condition]``).
+
+    Of more than ``TOP_K + 1`` conditions: the first (the reference, e.g. ``clean``) and the ones
+    with the lowest mean score (where the networks fail most), then ``others (N)``; of more than
+    ``TOP_K + 1`` networks: the best by mean score, then ``others (N)`` (means of the rest).
+    """
+    by_condition = top_k({c: [value[m, c] for m in methods] for c in conditions}, lambda v: -v.mean(), keep=1)
+    conditions = list(by_condition)
+    by_method = top_k(
+        {m: [by_condition[c][i] for c in conditions] for i, m in enumerate(methods)}, lambda v: v.mean()
+    )
+    methods = list(by_method)
+    value = {(m, c): by_method[m][j] for m in methods for j, c in enumerate(conditions)}
     fig = figure(max(6.0, 1.3 * len(conditions)), 4.5)
     ax = fig.subplots()
     width = 0.8 / max(1, len(methods))

@@ -45,6 +45,8 @@ from .predict import FOUND_STAGE, LoadedModel, load
 
 log = logging.getLogger(__name__)
 FORMATS = ("torchscript", "onnx")
+SUFFIXES = {".pt": "torchscript", ".pth": "torchscript", ".onnx": "onnx"}
+"""The format an ``--out`` suffix implies; any other suffix needs ``--format``."""
 EXPORT_FORMAT = "bmnas.exported"
 META_FILE = "bmnas.json"
 
@@ -163,9 +165,16 @@ def raw_examples(
 
 
 def format_for(path: str | Path, fmt: str | None) -> str:
-    """``fmt``, or the format the suffix implies (``.onnx`` -> onnx, else torchscript)."""
+    """``fmt``, or the format the suffix implies (:data:`SUFFIXES`); another suffix needs ``fmt``."""
     if fmt is None:
-        fmt = "onnx" if Path(path).suffix.lower() == ".onnx" else "torchscript"
+        suffix = Path(path).suffix.lower()
+        if suffix not in SUFFIXES:
+            known = ", ".join(f"{s} ({f})" for s, f in SUFFIXES.items())
+            raise DataError(
+                f"--out {path}: unknown model file extension {suffix or '(none)'!r}; use {known}, "
+                f"or say the format with --format {'|'.join(FORMATS)}"
+            )
+        fmt = SUFFIXES[suffix]
     if fmt not in FORMATS:
         raise DataError(f"--format {fmt!r}: choose one of {list(FORMATS)}")
     return fmt
@@ -204,7 +213,12 @@ def export_model(
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(module, example, check_trace=False)
             extra = {META_FILE: json.dumps(meta)}
-            atomic_write(path, lambda p: torch.jit.save(traced, str(p), _extra_files=extra))
+
+            def write(tmp: Path) -> None:
+                with tmp.open("wb") as f:  # a full disk is then an OSError, not torch's RuntimeError
+                    torch.jit.save(traced, f, _extra_files=extra)
+
+            atomic_write(path, write)
     else:
         _export_onnx(module, example, names, path, meta)
     return meta

@@ -36,7 +36,7 @@ from ..features.extract import extract_features
 from ..features.generic import read_npz
 from ..features.pipeline import load_data, prepare_backbones
 from ..features.pooling import pool_feature
-from ..features.validate import check_feature, check_labels
+from ..features.validate import check_feature, check_labels, check_samples
 from ..report import tables
 from ..space.found import FoundNet
 
@@ -508,12 +508,14 @@ def predict_input(
         raise DataError("give --data (features) or --raw (raw inputs), not both")
     if raw:
         inputs, labels = read_npz(raw)
+        check_samples(str(raw), inputs)
         pooled = model.extract(run_backbones(model, cache, progress), inputs, progress)
         preds, name = model.predict_pooled(pooled, batch_size), str(raw)
     elif data:
         features, labels, name = read_input(data, split)
         if not features:
             raise DataError(f"{name}: no feature arrays")
+        check_samples(name, features)
         preds = model.predict(features, batch_size)
     else:
         pooled, labels, name = run_features(model, cache, split, progress=progress)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.errors import PreparedDataError
-from ...core.fileio import make_staging_dir, publish_dir, remove_dir, write_json_sorted
+from ...core.fileio import make_staging_dir, naming_write_errors, publish_dir, remove_dir, write_json_sorted
 from ...core.fileio import sha256 as sha256_file
 
 MANIFEST = "manifest.json"
@@ -51,7 +51,8 @@ def publish_arrays(final: Path, arrays: Mapping[str, np.ndarray], **fields: obje
     def write(staging: Path) -> None:
         files = {}
         for key, arr in arrays.items():
-            np.save(staging / f"{key}.npy", arr, allow_pickle=False)
+            with naming_write_errors(final):  # a full disk names the folder, not its staging copy
+                np.save(staging / f"{key}.npy", arr, allow_pickle=False)
             files[f"{key}.npy"] = sha256_file(staging / f"{key}.npy")
         manifest.update(write_manifest(staging, files, **fields))
 
