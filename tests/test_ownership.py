@@ -118,7 +118,7 @@ def test_ablate_fresh_through_a_linked_ablate_directory_is_refused(tmp_path, dat
     (target / "results.jsonl").write_text('{"mine": 1}\n')
     (out / "ablate").symlink_to(target, target_is_directory=True)
     before = snapshot(target)
-    argv = ["ablate", "--data", str(data), "--out", str(out), "--fresh", "--seeds", "0"]
+    argv = ["ablate", "--data", str(data), "--out", str(out), "--fresh", "--seeds", "1"]
     rc, err = run_cli(capsys, *argv, "--methods", "late_fusion", *FAST)
     assert rc == 2 and f"{out / 'ablate'} is a symbolic link" in err, err
     assert snapshot(target) == before
