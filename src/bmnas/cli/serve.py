@@ -63,17 +63,16 @@ def register(sub) -> None:
 
 def show_command(args: argparse.Namespace) -> int:
     """The genotype and, once trained, the results table of a run directory."""
-    from ..core.fileio import read_json
     from ..core.genotype import Genotype
     from ..engine.rundir import RunDir
+    from ..report.summary import format_table, read_metrics, report_from_metrics
 
     run = RunDir(args.run_dir, create=False)
-    print(Genotype.load(run.genotype_path).describe())
-    if run.metrics_path.exists():
-        from ..report.summary import format_table, report_from_metrics
-
+    genotype, metrics = Genotype.load(run.genotype_path), read_metrics(run.metrics_path)  # both checked
+    print(genotype.describe())
+    if metrics is not None:
         print()
-        print(format_table(report_from_metrics(read_json(run.metrics_path))))
+        print(format_table(report_from_metrics(metrics)))
         print(f"\nall figures: {run.metrics_path}")
     return 0
 

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from .errors import BmnasError
 from .fileio import FileFormatError, read_jsonl_lines, write_jsonl
@@ -212,7 +212,7 @@ class Either:
         return any(s.ok(v) for s in self.schemas)
 
 
-Schema = Union[Num, Text, Flag, Any_, Seq, Tup, Obj, Map, Opt, Either]
+Schema = Num | Text | Flag | Any_ | Seq | Tup | Obj | Map | Opt | Either
 ANY = Any_()
 
 
@@ -227,7 +227,7 @@ def problem(value: object, schema: Schema, at: str = "") -> str | None:
         return problem(value, next(s for s in schema.schemas if s.ok(value)), at)
     if isinstance(schema, (Seq, Tup)):
         items = schema.items if isinstance(schema, Tup) else (schema.item,) * len(value)
-        return _first(problem(v, s, f"{at}[{i}]") for i, (v, s) in enumerate(zip(value, items)))
+        return _first(problem(v, s, f"{at}[{i}]") for i, (v, s) in enumerate(zip(value, items, strict=True)))
     if isinstance(schema, Obj):
         missing = [k for k in schema.fields if k not in value and k not in schema.optional]
         if missing:

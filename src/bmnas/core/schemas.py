@@ -143,7 +143,7 @@ SELECTION_FIELDS = {
     "folds": COUNT,
 }
 SELECTION = Obj({**SELECTION_FIELDS, "best_epoch": COUNT}, optional=("initial", "folds", "best_epoch"))
-"""``<stage>_selection.json``: the val curve of training on train alone (:class:`bmnas.method.train.Selection`)."""
+"""``<stage>_selection.json``: the val curve of training on train alone (``method.train.Selection``)."""
 
 RERANK_ROW = Obj(
     {
@@ -196,7 +196,9 @@ SEARCH_EPOCH = Obj(
 )
 """A search epoch: a line of ``history.jsonl`` and of the search checkpoint's history."""
 
-TRAIN_EPOCH = Obj({"epoch": EPOCH, "train_loss": LOSS, "lr": LOSS, "seconds": SECONDS}, optional=("lr", "seconds"))
+TRAIN_EPOCH = Obj(
+    {"epoch": EPOCH, "train_loss": LOSS, "lr": LOSS, "seconds": SECONDS}, optional=("lr", "seconds")
+)
 """A training epoch: a line of ``<stage>_history.jsonl`` and of the stage checkpoint's history."""
 
 _STATE = {"epoch": COUNT, "seconds": SECONDS}
