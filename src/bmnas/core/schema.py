@@ -134,7 +134,7 @@ class Seq:
 
     def what(self) -> str:
         if self.max_len is None:
-            return "a list" if not self.min_len else f"a list of at least {self.min_len} items"
+            return "a list" if not self.min_len else f"a list of at least {self.min_len} item(s)"
         if self.min_len == self.max_len:
             return f"a list of {self.max_len} items"
         return f"a list of {self.min_len} to {self.max_len} items"

@@ -169,6 +169,7 @@ ABLATE_ROW = Obj(
         "seed": Num(0, 2**32 - 1, integer=True),
         "sample": Opt(COUNT),
         **RESULT_ROW,
+        "params": Obj({"total": COUNT, "fusion": COUNT}),  # the table's two columns
         "genotype": GENOTYPE,
     },
     optional=("sample", "val", "epochs", "genotype"),
