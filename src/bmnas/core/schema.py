@@ -137,6 +137,8 @@ class Seq:
             return "a list" if not self.min_len else f"a list of at least {self.min_len} item(s)"
         if self.min_len == self.max_len:
             return f"a list of {self.max_len} items"
+        if not self.min_len:
+            return f"a list of at most {self.max_len} items"
         return f"a list of {self.min_len} to {self.max_len} items"
 
     def ok(self, v: object) -> bool:
