@@ -51,12 +51,14 @@ class Num:
 
     def what(self) -> str:
         kind = "an integer" if self.integer else "a finite number" if self.finite else "a number"
-        lo, hi = self.lo, self.hi
+        lo, hi = (
+            None if v is None else str(v) if isinstance(v, int) else f"{v:g}" for v in (self.lo, self.hi)
+        )
         if lo is not None and hi is not None:
-            return f"{kind} in {'(' if self.lo_open else '['}{lo:g}, {hi:g}{')' if self.hi_open else ']'}"
+            return f"{kind} in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
         if lo is not None:
-            return f"{kind} {'>' if self.lo_open else '>='} {lo:g}"
-        return kind if hi is None else f"{kind} {'<' if self.hi_open else '<='} {hi:g}"
+            return f"{kind} {'>' if self.lo_open else '>='} {lo}"
+        return kind if hi is None else f"{kind} {'<' if self.hi_open else '<='} {hi}"
 
     def ok(self, v: object) -> bool:
         if isinstance(v, bool) or not isinstance(v, int if self.integer else (int, float)):

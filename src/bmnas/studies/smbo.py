@@ -171,12 +171,9 @@ def _round_check(data: FeatureData, cfg: Config):
             validate(g, known_ops=m.ops, arity=arity)
         except GenotypeError as err:
             return str(err)
-        if (
-            g.feature_names != data.feature_names
-            or len(g.cells) > m.cells
-            or any(len(c.steps) > m.steps for c in g.cells)
-        ):
-            return "genotype is not one of this search space (other features, or more Cells or steps)"
+        space = (g.C, g.L, g.feature_names) == (m.C, m.L, data.feature_names) and len(g.cells) <= m.cells
+        if not space or any(len(c.steps) > m.steps for c in g.cells):
+            return "genotype is not one of this search space (other C, L or features, or more Cells or steps)"
         return None
 
     return check
