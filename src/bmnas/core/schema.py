@@ -291,18 +291,23 @@ def load_json(
     A missing file returns ``default`` (without one: :class:`FileNotFoundError`); a file that is too
     large, unreadable or not JSON is ``error`` too, naming the file.
     """
-    path = Path(path)
+    path, then = Path(path), (f"; {fix}" if fix else "")
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise error(f"{path}: {path.stat().st_size} bytes is too large for a file bmnas wrote; {fix}")
-        value = json.loads(path.read_text())
+        size = path.stat().st_size
+        text = path.read_text() if size <= MAX_JSON_BYTES else None
     except FileNotFoundError:
         if default is _MISSING:
             raise
         return default
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: unreadable ({type(err).__name__}: {err}){then}") from None
+    if text is None:
+        raise error(f"{path}: {size} bytes is too large for a file bmnas wrote{then}")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as err:  # not JSON, cut short, or nested beyond any file of ours
         why = f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
-        raise error(f"{path}: not a readable JSON file ({why})" + (f"; {fix}" if fix else "")) from None
+        raise error(f"{path}: not a readable JSON file ({why}){then}") from None
     return check(value, schema, str(path), fix, error)
 
 
