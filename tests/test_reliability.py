@@ -519,13 +519,13 @@ def _cached(tmp_path: Path) -> tuple[FeatureCache, Path]:
 @pytest.mark.parametrize(
     "manifest, reason",
     [
-        ([1, 2], "the manifest is a list, not an object"),
-        (None, "the manifest is a NoneType, not an object"),
-        ({"features": 5}, "stale key"),
-        ("features=5", "the manifest's 'features' is 5, not a list"),
-        ("no sha256", "manifest entry 0 has no valid 'sha256'"),
-        ("no file", "manifest entry 0 has no valid 'file'"),
-        ("escape", "manifest entry 0 names the file '../../outside.npy' outside its entry"),
+        ([1, 2], "damaged manifest: must be an object, got a list of 2 items"),
+        (None, "damaged manifest: must be an object, got null"),
+        ({"features": 5}, "damaged manifest: key is missing"),
+        ("features=5", "damaged manifest: features must be a list of at most 10000 items, got 5"),
+        ("no sha256", "damaged manifest: features[0].sha256 is missing"),
+        ("no file", "damaged manifest: features[0].file is missing"),
+        ("escape", "features[0].file must be a name of 1 to 255 characters, without '/' and not starting"),
     ],
 )
 def test_damaged_manifests_of_any_shape_are_rebuilt(manifest, reason, tmp_path, caplog):

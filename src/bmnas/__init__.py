@@ -30,7 +30,7 @@ _API = {
     "register_op": ("space.ops", "register_op"),
     "ops": ("space.ops", None),
     "run": ("method.run", "run"),
-    "load": ("serve.predict", "load"),
+    "load": ("serve.model", "load"),
     "search": ("method.search", "search"),
     "train": ("method.train", "train"),
 }
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from .method.run import run
     from .method.search import search
     from .method.train import train
-    from .serve.predict import load
+    from .serve.model import load
     from .space import ops as ops
     from .space.ops import register_op
 

@@ -44,7 +44,7 @@ def train_command(args: argparse.Namespace) -> int:
     from ..core.genotype import Genotype, check_data
     from ..engine.distributed import current
     from ..method.train import train
-    from ..serve.predict import save_model
+    from ..serve.model import save_model
     from ..space.ops import get_op, list_ops
 
     cfg, data, _ = prepare(args, searches=False, distributed=True)

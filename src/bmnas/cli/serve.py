@@ -67,21 +67,19 @@ def show_command(args: argparse.Namespace) -> int:
     """The genotype and, once trained, the results table of a run directory: of ``bmnas run`` or
     ``search`` (``genotype.json``), or of ``bmnas train --genotype G`` (the genotype it trained is in
     ``metrics.json``)."""
-    from ..core.fileio import read_json
     from ..core.genotype import Genotype
     from ..engine.rundir import RunDir
+    from ..report.summary import format_table, read_metrics, report_from_metrics
 
     run = RunDir(args.run_dir, create=False)
-    metrics = read_json(run.metrics_path) if run.metrics_path.exists() else None
+    metrics = read_metrics(run.metrics_path)  # checked by its schema
     trained = metrics.get("genotype") if isinstance(metrics, dict) else None
     if run.genotype_path.exists() or not trained:
         genotype = Genotype.load(run.genotype_path)
-    else:
+    else:  # a `bmnas train --genotype G` run: the genotype it trained is in metrics.json
         genotype = Genotype.from_dict(trained, where=f"{run.metrics_path}: genotype")
     print(genotype.describe())
     if metrics is not None:
-        from ..report.summary import format_table, report_from_metrics
-
         print()
         print(format_table(report_from_metrics(metrics)))
         print(f"\nall figures: {run.metrics_path}")

@@ -19,13 +19,12 @@ from pathlib import Path
 import yaml
 
 from .errors import BmnasError
-from .genotype import MAX_C, MAX_L, DeriveRules
+from .genotype import MAX_C, MAX_CELLS, MAX_L, DeriveRules
 from .opnames import DEFAULT_OPS, known_ops
 
 FLOAT32_MAX = 3.4028234663852886e38
 MAX_SEED = 2**32 - 1
 MAX_THREADS = 1024
-MAX_CELLS = 256  # Cells, and steps per Cell: far beyond any searched network
 
 
 class ConfigError(BmnasError, ValueError):

@@ -32,6 +32,7 @@ class Labelled:
 
 
 TASK_TYPES = ("multiclass", "multilabel")
+MAX_OUTPUTS = 100_000  # classes or labels of a task: the labels' check (features.validate) refuses more
 
 
 @dataclass(frozen=True)

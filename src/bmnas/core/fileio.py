@@ -280,6 +280,11 @@ def read_jsonl(path: str | Path | None) -> list[Any]:
     Blank lines are ignored. An unparsable last line (a kill during an append) is skipped with a
     warning; an unparsable line before it raises :class:`FileFormatError` with its line number.
     """
+    return [row for _, row in read_jsonl_lines(path)]
+
+
+def read_jsonl_lines(path: str | Path | None) -> list[tuple[int, Any]]:
+    """:func:`read_jsonl`'s rows with their line numbers (1-based), for messages about one row."""
     if path is None or not Path(path).exists():
         return []
     path = Path(path)
@@ -290,7 +295,7 @@ def read_jsonl(path: str | Path | None) -> list[Any]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append((i + 1, json.loads(line)))
         except (ValueError, RecursionError) as err:
             if i == last:
                 log.warning("%s: skipping line %d, cut short (a run killed while writing it)", path, i + 1)

@@ -44,6 +44,7 @@ CELL_PREFIX = "cell"  # Cells are named cell1, cell2, ...: no feature name may s
 MAX_C = 1 << 13  # fused channels and positions beyond these are a typo, not a model (C² weights,
 MAX_L = 1 << 12  # L² attention scores per sample)
 MAX_CHANNELS = 1 << 24  # channels of one input feature
+MAX_CELLS = 256  # Cells, and steps per Cell: far beyond any searched network (model.cells, model.steps)
 MAX_JSON_BYTES = 16 << 20
 
 
@@ -384,10 +385,14 @@ def from_dict(d: Mapping, where: str = "genotype") -> Genotype:
             FeatureSpec(_get(f, "name", fw, str), _get(f, "channels", fw, int), _get(f, "length", fw, int))
         )
     cells = []
-    for n, c in enumerate(_get(d, "cells", where, list)):
+    cell_list = _get(d, "cells", where, list)
+    _require(len(cell_list) <= MAX_CELLS, f"{where}.cells", f"at most {MAX_CELLS}, got {len(cell_list)}")
+    for n, c in enumerate(cell_list):
         cw = f"{where}.cells[{n}]"
         steps = []
-        for m, s in enumerate(_get(c, "steps", cw, list)):
+        step_list = _get(c, "steps", cw, list)
+        _require(len(step_list) <= MAX_CELLS, f"{cw}.steps", f"at most {MAX_CELLS}, got {len(step_list)}")
+        for m, s in enumerate(step_list):
             sw = f"{cw}.steps[{m}]"
             steps.append(StepGene(_get(s, "op", sw, str), _str_list(s, "inputs", sw)))
         inputs = _str_list(c, "inputs", cw)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..core.config import Config
-from .rundir import RunDir
+from .rundir import RunDir, RunError
 
 
 class Stateful(Protocol):
@@ -73,7 +73,14 @@ class Checkpoint:
         if ckpt is None or any(ckpt.get(k) != v for k, v in self.identity.items()):
             return None
         for name, obj in self.objects.items():
-            obj.load_state_dict(ckpt[name])
+            try:
+                obj.load_state_dict(ckpt[name])
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+                why = (str(err).splitlines() or [type(err).__name__])[0][:200]
+                raise RunError(
+                    f"{self.path}: damaged checkpoint ({name} does not fit: {why}); "
+                    f"delete it (or pass --fresh) to start that stage afresh"
+                ) from None
         self.generator.set_state(ckpt["shuffle"])
         torch.set_rng_state(ckpt["torch_rng"])
         return ckpt["state"]

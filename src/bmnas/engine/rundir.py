@@ -38,7 +38,17 @@ import yaml
 from ..core import locks
 from ..core.config import Config
 from ..core.errors import BmnasError
-from ..core.fileio import read_json, read_jsonl, save_torch, write_json, write_jsonl, write_text_atomic
+from ..core.fileio import (
+    read_jsonl_lines,
+    save_torch,
+    write_json,
+    write_jsonl,
+    write_text_atomic,
+)
+from ..core.genotype import Genotype
+from ..core.schema import Obj, check, load_json
+from ..core.schemas import FINGERPRINT as FINGERPRINT_SCHEMA
+from ..core.schemas import SEARCH_EPOCH, SEARCH_STATE, TRAIN_EPOCH, TRAIN_STATE
 from . import owned
 
 # Sections whose change makes a checkpoint unusable for that stage.
@@ -211,13 +221,9 @@ class RunDir:
         return _with_defaults(then)
 
     def _recorded_data(self) -> dict | None:
-        if not self.fingerprint_path.exists():
-            return None
-        recorded = read_json(self.fingerprint_path, default=None)
-        recorded = recorded.get("data") if isinstance(recorded, dict) else None
-        if not isinstance(recorded, dict):
-            raise RunError(f"{self.fingerprint_path} is damaged; use --fresh or another --out")
-        return recorded
+        fix = "restore it, or use --fresh (discards this run's results) or another --out"
+        recorded = load_json(self.fingerprint_path, FINGERPRINT_SCHEMA, fix, RunError, default=None)
+        return None if recorded is None else recorded["data"]
 
     def remove_temporary_files(self) -> None:
         """Delete the temporary files killed writes left, in sub-folders too (call with the lock held)."""
@@ -237,7 +243,11 @@ class RunDir:
         self.write_jsonl(self.history_path.name, rows)
 
     def read_history(self, name: str = "history.jsonl") -> list[dict]:
-        return read_jsonl(self.path / name)
+        """The rows of a history file (``history.jsonl``: search epochs, else training epochs), each
+        checked (:data:`~bmnas.core.schemas.SEARCH_EPOCH`, :data:`~bmnas.core.schemas.TRAIN_EPOCH`)."""
+        path = self.path / name
+        schema = SEARCH_EPOCH if name == self.history_path.name else TRAIN_EPOCH
+        return [check(row, schema, f"{path}, line {n}") for n, row in read_jsonl_lines(path)]
 
     def save_checkpoint(self, stage: str, cfg: Config, state: dict) -> None:
         payload = {"config": cfg.to_dict(), "stage": stage, **_plain(state)}
@@ -295,7 +305,28 @@ def _read_checkpoint(path: Path, kind: str | None) -> dict:
         bad.append("state")
     if bad:
         raise RunError(f"{path}: damaged checkpoint (bad {sorted(set(bad))}); {fix}")
+    if kind is not None:
+        _check_state(ckpt, kind, f"{path}: damaged checkpoint", fix)
     return ckpt
+
+
+def _check_state(ckpt: dict, kind: str, where: str, fix: str) -> None:
+    """The loop state a resumed stage continues from: :data:`~bmnas.core.schemas.SEARCH_STATE` or
+    :data:`~bmnas.core.schemas.TRAIN_STATE`, one history row per finished epoch, and (search)
+    genotypes that are genotypes, as re-ranking and the search's result read them."""
+    schema = Obj({"state": SEARCH_STATE if kind == "search" else TRAIN_STATE})
+    state = check(ckpt, schema, where, fix, RunError)["state"]
+    epochs = [row["epoch"] for row in state["history"]]
+    if epochs != list(range(1, state["epoch"] + 1)):
+        raise RunError(f"{where}: state.history holds epochs {epochs[:10]}, not 1..{state['epoch']}; {fix}")
+    if kind == "search":
+        found = [(f"state.history[{i}].genotype", r["genotype"]) for i, r in enumerate(state["history"])]
+        for at, d in [*found, ("state.best_genotype", state["best_genotype"])]:
+            try:
+                if d is not None:
+                    Genotype.from_dict(d, where=at)
+            except BmnasError as err:
+                raise RunError(f"{where}: {err}; {fix}") from None
 
 
 def _is_rng_state(x: Any) -> bool:

@@ -11,7 +11,8 @@ layers, L and the pooling mode. Layout::
 
 An entry is built in a temporary directory and published with one ``os.replace``
 (:func:`bmnas.core.fileio.publish_dir`): a killed run leaves no half entry. Loading verifies the
-manifest's key and every file's SHA-256 (one pass over the bytes) before memory-mapping the arrays
+manifest (:data:`~bmnas.core.schemas.CACHE_MANIFEST`), its key and every file's SHA-256 (one pass
+over the bytes) before memory-mapping the arrays
 with ``np.load(mmap_mode="r")``; a corrupt or stale entry is logged, deleted and rebuilt, never used.
 """
 
@@ -30,6 +31,8 @@ import numpy as np
 from ..core import locks
 from ..core.fileio import make_staging_dir, naming_write_errors, publish_dir, remove_dir, write_json_sorted
 from ..core.fileio import sha256 as sha256_file
+from ..core.schema import problem
+from ..core.schemas import CACHE_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +108,12 @@ class FeatureCache:
             manifest = json.loads((path / MANIFEST).read_text())
         except (OSError, ValueError, RecursionError) as err:
             raise CacheError(f"unreadable manifest: {type(err).__name__}: {err}") from None
-        if not isinstance(manifest, dict):
-            raise CacheError(f"the manifest is a {type(manifest).__name__}, not an object")
-        if manifest.get("key") != key.as_dict():
+        damage = problem(manifest, CACHE_MANIFEST)
+        if damage is not None:
+            raise CacheError(f"damaged manifest: {damage}")
+        if manifest["key"] != key.as_dict():
             raise CacheError("stale key: the manifest was written for other inputs")
-        entries = _manifest_entries(manifest.get("features"))
+        entries = manifest["features"]
         if [e["name"] for e in entries] != key.feature_names:
             raise CacheError("the manifest lists other features")
         out: dict[str, np.ndarray] = {}
@@ -175,24 +179,6 @@ class FeatureCache:
                 return cached, True
             remove_leftovers(final)
             return self.store(key, compute()), False
-
-
-_ENTRY_FIELDS = {"name": str, "file": str, "shape": list, "dtype": str, "sha256": str}
-
-
-def _manifest_entries(entries: object) -> list[dict]:
-    """The manifest's ``features`` list, checked field by field (any other shape is a CacheError)."""
-    if not isinstance(entries, list):
-        raise CacheError(f"the manifest's 'features' is {entries!r}, not a list")
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict):
-            raise CacheError(f"manifest entry {i} is {e!r}, not an object")
-        for field, kind in _ENTRY_FIELDS.items():
-            if not isinstance(e.get(field), kind):
-                raise CacheError(f"manifest entry {i} has no valid {field!r}")
-        if Path(e["file"]).name != e["file"] or e["file"].startswith("."):
-            raise CacheError(f"manifest entry {i} names the file {e['file']!r} outside its entry")
-    return entries
 
 
 def remove_leftovers(final: Path) -> None:

@@ -16,7 +16,8 @@ wins (ties: the earlier candidate). Candidates, in order, without repeats:
 The trajectory comes last because its genotypes differ little from one another, while samples
 explore what the weights left open (docs/DESIGN.md §7 Search).
 
-Every candidate's outcome is appended to ``RUN_DIR/rerank.jsonl``; a resumed run skips those done.
+Every candidate's outcome is appended to ``RUN_DIR/rerank.jsonl``; a resumed run skips those done
+(a damaged line, :data:`~bmnas.core.schemas.RERANK_ROW`, is logged, removed and its candidate redone).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from tqdm.auto import tqdm
 
 from ..core.config import Config
 from ..core.data import FeatureData
-from ..core.fileio import append_jsonl, read_jsonl
+from ..core.fileio import append_jsonl
 from ..core.genotype import DeriveRules, Genotype
+from ..core.schema import load_rows
+from ..core.schemas import RERANK_ROW
 from ..engine.distributed import barrier, current
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
@@ -77,7 +80,8 @@ def rerank(
     sel_folds = cfg.train.select_folds
     log_path = run.path / "rerank.jsonl" if run is not None else None
     writes = current().main  # under torchrun every rank trains each candidate; rank 0 records it
-    done = {json.dumps(row["genotype"], sort_keys=True): row for row in read_jsonl(log_path)}
+    rows_done = load_rows(log_path, RERANK_ROW, "re-ranking that candidate again", rewrite=writes)
+    done = {json.dumps(row["genotype"], sort_keys=True): row for row in rows_done}
     rows = []
     cands = candidates(net, state["history"], cfg, cfg.search.rerank, primary_metric(data.task))
     bar = tqdm(cands, desc="re-rank candidates", disable=not progress, leave=False)

@@ -21,7 +21,7 @@ from ..core.genotype import modalities
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
 from ..report.summary import SEARCHED, RunReport, recommend, score_name
-from ..serve.predict import save_model
+from ..serve.model import save_model
 from ..space.baselines import baseline
 from .probe import linear_probe
 from .search import search

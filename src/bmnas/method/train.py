@@ -15,7 +15,9 @@ refit is checkpointed each epoch and the selection's outcome is saved, so a kill
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,8 +25,10 @@ from tqdm.auto import tqdm
 
 from ..core.config import Config
 from ..core.data import FeatureData, FeatureSplit, merge_splits
-from ..core.fileio import read_json
+from ..core.fileio import FileFormatError
 from ..core.genotype import Genotype, last_feature, modalities
+from ..core.schema import load_json
+from ..core.schemas import SELECTION
 from ..engine.checkpoint import Checkpoint
 from ..engine.device import on_device
 from ..engine.distributed import broadcast_state, current, min_batch
@@ -45,6 +49,8 @@ from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
 from ..space.found import FoundNet
 from .probe import choose_C, fit_linear, init_from_probe
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -289,6 +295,20 @@ def _select_on(
     return Selection(state["val"], primary_metric(data.task), state["seconds"], initial)
 
 
+def saved_selection(path: Path, genotype: Genotype, epochs: int, folds: int) -> Selection | None:
+    """The selection saved in ``path`` for ``genotype`` by this recipe, or None (none saved, another
+    genotype or recipe, or a damaged file: :data:`~bmnas.core.schemas.SELECTION`, logged and redone)."""
+    try:
+        saved = load_json(path, SELECTION, default=None)
+    except FileFormatError as err:
+        log.warning("%s; measuring the selection again", err)
+        return None
+    if saved is None or saved["genotype"] != genotype.to_dict():
+        return None
+    selection = Selection.from_dict(saved)
+    return selection if selection.matches(epochs, folds) else None
+
+
 def train(
     genotype: Genotype,
     data: FeatureData,
@@ -313,11 +333,7 @@ def train(
     t = cfg.train
     seconds = 0.0
     if t.select_epochs and selection is None and run is not None:
-        saved = read_json(run.path / f"{stage}_selection.json", default=None)  # damaged: redone
-        if saved and saved.get("genotype") == genotype.to_dict() and "curve" in saved:
-            selection = Selection.from_dict(saved)
-            if not selection.matches(t.epochs, t.select_folds):
-                selection = None
+        selection = saved_selection(run.path / f"{stage}_selection.json", genotype, t.epochs, t.select_folds)
     if t.select_epochs and selection is None:
         selection = select_epochs(genotype, data, cfg, progress=progress)
         if run is not None and current().main:

@@ -14,8 +14,12 @@ A row: ``test`` (every test metric), ``val`` (the selection score, None without 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ..core.fileio import FileFormatError
 from ..core.genotype import Genotype
+from ..core.schema import load_json
+from ..core.schemas import METRICS
 
 SEARCHED = "searched"
 FUSIONS = (SEARCHED, "late_fusion", "sum", "concat_fc")
@@ -66,10 +70,40 @@ def recommend(
     return best, reason
 
 
+METRICS_FIX = (
+    "restore the file, or rerun the bmnas run or train command that wrote it (finished stages are not redone)"
+)
+
+
+def read_metrics(path: str | Path, default: object = None) -> dict | None:
+    """A run's ``metrics.json`` checked against :data:`~bmnas.core.schemas.METRICS` (``default``
+    when there is none), and every result row holding the run's metric.
+
+    Raises :class:`~bmnas.core.fileio.FileFormatError` naming the file and the field.
+    """
+    metrics = load_json(path, METRICS, METRICS_FIX, default=default)
+    if metrics is None:
+        return None
+    metric = metric_of(metrics)
+    rows = {SEARCHED: metrics, **metrics.get("baselines", {})}
+    for name, row in rows.items():
+        if metric not in row["test"]:
+            where = "test" if name == SEARCHED else f"baselines.{name}.test"
+            raise FileFormatError(f"{path}: {where} has no {metric!r} (the run's metric); {METRICS_FIX}")
+    method = (metrics.get("recommended") or {}).get("method")
+    if method is not None and method not in rows:
+        raise FileFormatError(f"{path}: recommended.method {method!r} is none of its rows; {METRICS_FIX}")
+    return metrics
+
+
+def metric_of(metrics: dict) -> str:
+    """The primary metric of a ``metrics.json``: its ``metric``, else read off its test scores."""
+    return metrics.get("metric") or ("accuracy" if "accuracy" in metrics.get("test", {}) else "f1_weighted")
+
+
 def report_from_metrics(metrics: dict) -> RunReport:
     """The :class:`RunReport` of a finished run, rebuilt from its ``metrics.json`` (``bmnas show``)."""
-    test = metrics.get("test", {})
-    metric = metrics.get("metric") or ("accuracy" if "accuracy" in test else "f1_weighted")
+    metric = metric_of(metrics)
     rows = {n: r for n, r in metrics.get("baselines", {}).items()}
     rows[SEARCHED] = {
         k: metrics[k] for k in ("test", "val", "params", "epochs", "train_seconds") if k in metrics

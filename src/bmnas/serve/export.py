@@ -41,7 +41,7 @@ from ..core.fileio import atomic_write
 from ..features.backbones.base import Backbone
 from ..features.pipeline import prepare_backbones
 from ..features.pooling import pool_feature
-from .predict import FOUND_STAGE, LoadedModel, load
+from .model import FOUND_STAGE, LoadedModel, load
 
 log = logging.getLogger(__name__)
 FORMATS = ("torchscript", "onnx")

@@ -25,12 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from ..core.data import FeatureData, FeatureSplit
-from ..core.fileio import read_json, write_json, write_text_atomic
+from ..core.fileio import write_json, write_text_atomic
 from ..engine.augment import modality_of
 from ..engine.metrics import primary_metric
 from ..report import tables
 from ..report.study_plots import condition_bars
-from .predict import FOUND_STAGE, LoadedModel, ModelError, load, run_data
+from ..report.summary import read_metrics
+from .model import FOUND_STAGE, LoadedModel, ModelError, load
+from .predict import run_data
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,7 @@ def run_models(run_dir: str | Path) -> dict[str, LoadedModel]:
     """The found network (``searched``) and every baseline the run trained, by display name."""
     run = Path(run_dir)
     models = {FOUND_NAME: load(run, FOUND_STAGE)}
-    metrics = read_json(run / "metrics.json", default=None)
-    names = list((metrics.get("baselines") if isinstance(metrics, dict) else None) or {})
+    names = list(((read_metrics(run / "metrics.json") or {}).get("baselines")) or {})
     stages = {"baseline_" + n.replace(":", "_"): n for n in names}
     for path in sorted(run.glob("baseline_*.ckpt.pt")):
         stage = path.name.removesuffix(".ckpt.pt")

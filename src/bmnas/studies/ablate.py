@@ -43,7 +43,9 @@ import numpy as np
 from ..core import locks
 from ..core.config import Config
 from ..core.data import FeatureData
-from ..core.fileio import append_jsonl, read_json, read_jsonl, write_json, write_text_atomic
+from ..core.fileio import append_jsonl, read_json, write_json, write_text_atomic
+from ..core.schema import load_rows
+from ..core.schemas import ABLATE_ROW
 from ..engine import owned
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir, RunError
@@ -322,7 +324,12 @@ def _run(
     methods = expand_methods(opts.methods, data)
     metric = primary_metric(data.task)
     results_path = root / "results.jsonl"
-    results = read_jsonl(results_path)  # a last line cut by a kill is skipped: that job reruns
+    results = load_rows(  # a line cut by a kill, or damaged: that job reruns
+        results_path,
+        ABLATE_ROW,
+        "running that job again",
+        valid=lambda r: None if metric in r["test"] else f"test has no {metric!r} (the primary metric)",
+    )
     done = {_job_of(r) for r in results}
     jobs = plan(methods, opts)
     todo = [j for j in jobs if j not in done]

@@ -12,11 +12,13 @@ Every evaluation goes through :class:`~bmnas.space.found.FoundNet` and :func:`~b
 so its cost is the real cost of a black-box search here: the ratio to the bilevel search's wall
 time reproduces the comparison of paper Table 5 on our data. Each evaluated genotype is appended to
 a JSON-lines log; a killed SMBO resumes from it (round ``r`` draws from ``default_rng([seed, r])``,
-so a resumed run makes the same choices).
+so a resumed run makes the same choices). A damaged round in the log (:data:`~bmnas.core.schemas.SMBO_ROW`,
+or a genotype outside the search space) is logged and run again, with every round after it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -29,8 +31,10 @@ from tqdm.auto import tqdm
 
 from ..core.config import Config
 from ..core.data import FeatureData
-from ..core.fileio import append_jsonl, read_jsonl
-from ..core.genotype import CELL_INPUTS, Genotype
+from ..core.fileio import append_jsonl
+from ..core.genotype import CELL_INPUTS, Genotype, GenotypeError, validate
+from ..core.schema import load_rows
+from ..core.schemas import SMBO_ROW
 from ..engine.metrics import primary_metric
 from ..method.train import select_epochs
 from ..space.baselines import random_genotype
@@ -152,6 +156,29 @@ def _pick(
     return pool[best], float(pred[best])
 
 
+def _round_check(data: FeatureData, cfg: Config):
+    """What a logged round must be besides its schema: the next round, with a genotype of this
+    search space over ``data`` (what :func:`encode` reads). Returns the problem, or None."""
+    m, rounds = cfg.model, itertools.count()
+    arity = {o: get_op(o).arity for o in m.ops if o != ZERO}
+
+    def check(row: dict) -> str | None:
+        r = next(rounds)
+        if row["round"] != r:
+            return f"round must be {r} (the rounds in order), got {row['round']}"
+        try:
+            g = Genotype.from_dict(row["genotype"])
+            validate(g, known_ops=m.ops, arity=arity)
+        except GenotypeError as err:
+            return str(err)
+        space = (g.C, g.L, g.feature_names) == (m.C, m.L, data.feature_names) and len(g.cells) <= m.cells
+        if not space or any(len(c.steps) > m.steps for c in g.cells):
+            return "genotype is not one of this search space (other C, L or features, or more Cells or steps)"
+        return None
+
+    return check
+
+
 def smbo(
     data: FeatureData,
     cfg: Config,
@@ -165,7 +192,8 @@ def smbo(
         log: JSON-lines file of the evaluated genotypes (appended per round; resumed if present).
     """
     log = Path(log) if log is not None else None
-    done = read_jsonl(log)[: opts.budget]  # a line cut by a kill: that round runs again
+    redo = "running that round and the later ones again"  # each round builds on the earlier ones
+    done = load_rows(log, SMBO_ROW, redo, valid=_round_check(data, cfg), prefix=True)[: opts.budget]
     metric = primary_metric(data.task)
     bar = tqdm(total=opts.budget, initial=len(done), desc="smbo", disable=not progress, leave=False)
     for r in range(len(done), opts.budget):

@@ -42,7 +42,7 @@ from ...core.errors import DataError
 from ...core.fileio import sha256 as sha256_file
 from ...core.fileio import write_json_sorted
 from .base import RawDataset, RawSplit, register_dataset
-from .prepared import publish, write_manifest
+from .prepared import load_or_publish, write_manifest
 
 TEST_SUBJECTS = (2, 9, 11, 14, 18, 19, 28, 31, 41, 47)
 VAL_SUBJECTS = (1, 7, 12, 13, 24, 29, 33, 34, 35, 37)
@@ -336,9 +336,11 @@ def egogesture(
         version=CACHE_VERSION,
     )
     cache = Path(root) / "egogesture" / f"clips-{key}"
-    if not (cache / "manifest.json").is_file():
-        publish(cache, lambda staging: _write_clips(staging, members, frames, size, workers, progress))
-    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest = load_or_publish(
+        cache,
+        lambda staging: _write_clips(staging, members, frames, size, workers, progress),
+        "the EgoGesture clip cache",
+    )
     splits = {
         split: RawSplit(
             {

@@ -61,7 +61,7 @@ from ...core.errors import DataError
 from ...core.fileio import sha256 as sha256_file
 from ...core.fileio import write_json_sorted
 from .base import RawDataset, RawSplit, register_dataset
-from .prepared import publish, write_manifest
+from .prepared import load_or_publish, write_manifest
 
 TRAIN_SUBJECTS = (1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38)
 VAL_SUBJECTS = (2, 5, 9, 14)
@@ -591,10 +591,12 @@ def ntu(
         members[split_of(SampleName.parse(stem).subject, train_subjects, val_subjects)].append(stem)
     key = _cache_key(files, frames=frames, center=center, members=members, version=CACHE_VERSION)
     cache = Path(root) / "ntu" / f"skeletons-{key}"
-    if not (cache / "manifest.json").is_file():
-        publish(cache, lambda staging: _write_skeletons(staging, members, files, frames, center, progress))
-    manifest = json.loads((cache / "manifest.json").read_text())
-    _report(manifest["empty"], "have no body in any frame (missing skeletons)", on_empty)
+    manifest = load_or_publish(
+        cache,
+        lambda staging: _write_skeletons(staging, members, files, frames, center, progress),
+        "the NTU skeleton cache",
+    )
+    _report(manifest.get("empty", []), "have no body in any frame (missing skeletons)", on_empty)
     splits = {}
     for split in members:
         names = json.loads((cache / f"{split}_names.json").read_text())

@@ -3,13 +3,15 @@ rename, and listed with their SHA-256 in a ``manifest.json``.
 
 A killed preparation leaves at most a staging folder (:func:`bmnas.features.datasets.base.create_dataset`
 removes those), never a half-written dataset; the manifest lets a later run detect a corrupt or
-stale one and prepare it again.
+stale one and prepare it again: :func:`read_manifest` checks it against
+:data:`~bmnas.core.schemas.PREPARED_MANIFEST` and its own checksum before anything reads it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -18,6 +20,10 @@ import numpy as np
 from ...core.errors import PreparedDataError
 from ...core.fileio import make_staging_dir, naming_write_errors, publish_dir, remove_dir, write_json_sorted
 from ...core.fileio import sha256 as sha256_file
+from ...core.schema import load_json
+from ...core.schemas import PREPARED_MANIFEST
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
@@ -38,8 +44,7 @@ def write_manifest(folder: Path, files: Mapping[str, str], **fields: object) -> 
 
     The last is the dataset's checksum (its provenance ``sha256``). Returns the manifest.
     """
-    checksum = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    manifest = {**fields, "files": dict(files), "sha256": checksum}
+    manifest = {**fields, "files": dict(files), "sha256": _checksum(files)}
     write_json_sorted(folder / MANIFEST, manifest)
     return manifest
 
@@ -60,16 +65,36 @@ def publish_arrays(final: Path, arrays: Mapping[str, np.ndarray], **fields: obje
     return manifest
 
 
+def _checksum(files: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
 def read_manifest(folder: Path, **expected: object) -> dict:
-    """``folder``'s manifest, checked to hold the ``expected`` fields (the format and options).
+    """``folder``'s manifest, checked against :data:`~bmnas.core.schemas.PREPARED_MANIFEST` and its
+    own checksum (``sha256`` of its file list), and to hold the ``expected`` fields (format, options).
 
     Raises:
-        PreparedDataError: no readable manifest, or one written for another format or options.
+        PreparedDataError: no readable manifest, a damaged one, or one of another format or options.
     """
+    path = folder / MANIFEST
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as err:
-        raise PreparedDataError(f"no readable manifest ({err})") from err
+        manifest = load_json(path, PREPARED_MANIFEST, error=PreparedDataError)
+    except FileNotFoundError:
+        raise PreparedDataError(f"no manifest ({path} is missing)") from None
+    if manifest["sha256"] != _checksum(manifest["files"]):
+        raise PreparedDataError(f"{path}: sha256 is not the checksum of its files (damaged or edited)")
     if any(manifest.get(k) != v for k, v in expected.items()):
         raise PreparedDataError("stale manifest (other format or options)")
     return manifest
+
+
+def load_or_publish(final: Path, write: Callable[[Path], None], what: str) -> dict:
+    """The manifest of ``final``, prepared first with :func:`publish` when there is none or it is
+    damaged (logged: ``what`` is prepared again)."""
+    try:
+        return read_manifest(final)
+    except PreparedDataError as err:
+        if final.exists():
+            log.warning("%s at %s is unusable (%s); preparing it again", what, final, err)
+    publish(final, write)
+    return read_manifest(final)
