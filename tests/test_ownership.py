@@ -152,3 +152,19 @@ def test_only_bmnas_temporary_names_count_as_leftovers():
     assert owned.is_left_temp(Path(".metrics.json.ab_12cd3.tmp"))  # atomic_write's (mkstemp: 8 chars)
     assert owned.is_left_temp(Path("genotype.json.tmp"))  # before 0.2
     assert not owned.is_left_temp(Path("draft.tmp")) and not owned.is_left_temp(Path(".draft.tmp"))
+
+
+def test_export_never_writes_over_a_users_directory(tmp_path, data, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.npz").write_bytes(b"my own features")
+    before = snapshot(mine)
+    rc, err = run_cli(capsys, "export", "--data", str(data), "--out", str(mine), "--quiet")
+    assert rc == 2 and f"--out {mine} is not a bmnas run directory (it holds train.npz" in err, err
+    assert snapshot(mine) == before
+    out = tmp_path / "export"
+    assert run_cli(capsys, "export", "--data", str(data), "--out", str(out), "--quiet")[0] == 0
+    assert (
+        run_cli(capsys, "export", "--data", str(data), "--out", str(out), "--quiet")[0] == 0
+    )  # its own again
+    assert sorted(p.name for p in out.iterdir()) == [".bmnas-run", "test.npz", "train.npz", "val.npz"]

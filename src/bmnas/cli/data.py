@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .options import SAVED_CACHE, command, config_of, data_options, read_data
 
@@ -26,9 +27,11 @@ def pretrain_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    """The cached features as a generic ``--data`` directory."""
+    """The cached features as a generic ``--data`` directory (new, empty, or an earlier export of bmnas')."""
+    from ..engine import owned
     from ..features.generic import export_generic_dir
 
     data = read_data(args, config_of(args))
+    owned.claim(Path(args.out))  # a user's train.npz is never written over
     print(f"wrote {export_generic_dir(data, args.out)}")
     return 0
