@@ -246,7 +246,7 @@ def test_config_and_out_paths_of_the_wrong_kind(tmp_path, data, capsys):
     rc, err = run_cli(capsys, "search", "--data", str(data), "--out", str(file), *FAST)
     assert_refused(rc, err, f"{file} is a file, not a directory")
     rc, err = run_cli(capsys, "export", "--data", str(data), "--out", str(file))
-    assert_refused(rc, err, f"--out {file} is a file; the export needs a directory")
+    assert_refused(rc, err, f"--out {file} is a file, not a directory")
     assert file.read_text() == "mine"
 
 
