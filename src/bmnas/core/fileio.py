@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
 # atomic_write's temporary files: ``.<name>.<8 characters of mkstemp>.tmp`` (a user's ``draft.tmp`` is not)
-_OWN_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+_TEMP_TAIL = r"\.[A-Za-z0-9_]{8}\.tmp$"  # mkstemp's 8 random characters, then TMP_SUFFIX
+_OWN_TEMP = re.compile(r"^\..+" + _TEMP_TAIL)
 _NO_DEFAULT: Any = object()
 STALE_SECONDS = 300
 """A temporary file unchanged this long is a killed write's (a live writer keeps touching its own)."""
@@ -172,7 +173,7 @@ def remove_stale_temps(path: str | Path, min_age: float = STALE_SECONDS) -> int:
     only those unchanged for ``min_age`` seconds: a live writer's file is newer. Returns how many.
     """
     path = Path(path)
-    own = re.compile(r"^\." + re.escape(path.name) + r"\.[A-Za-z0-9_]{8}\.tmp$")
+    own = re.compile(r"^\." + re.escape(path.name) + _TEMP_TAIL)
     try:
         entries = [e for e in os.scandir(path.parent) if own.match(e.name)]
     except (FileNotFoundError, NotADirectoryError):
