@@ -134,22 +134,17 @@ def claim(path: Path, what: str = "--out") -> None:
 
 def refuse_links(path: Path) -> None:
     """One line for the first symbolic link where bmnas would write in run directory ``path``."""
-    names = [n for n in (p.name for p in path.iterdir()) if is_owned_name(n) or n in OWNED_DIRS]
-    for name in sorted(names):
-        if (path / name).is_symlink():
-            raise NotOursError(
-                f"{path / name} is a symbolic link; bmnas never writes or deletes through links: "
-                f"remove the link, or choose another --out"
-            )
+    names = sorted(n for n in (p.name for p in path.iterdir()) if is_owned_name(n) or n in OWNED_DIRS)
+    candidates = [path / n for n in names]
     for folder, files in OWNED_DIRS.items():
         d = path / folder
         if d.is_dir() and not d.is_symlink():
-            for name in files:
-                if (d / name).is_symlink():
-                    raise NotOursError(
-                        f"{d / name} is a symbolic link; bmnas never writes or deletes through links: "
-                        f"remove the link, or choose another --out"
-                    )
+            candidates += [d / name for name in files]
+    for link in (c for c in candidates if c.is_symlink()):
+        raise NotOursError(
+            f"{link} is a symbolic link; bmnas never writes or deletes through links: "
+            f"remove the link, or choose another --out"
+        )
 
 
 def remove_own_temps(path: Path, depth: int = 4, inside: bool = False) -> int:
