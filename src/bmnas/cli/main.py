@@ -1,5 +1,5 @@
 """The ``bmnas`` command line: ``run | search | train | ablate | sweep | pretrain | export | show``;
-using a trained run: ``predict | export-model | robustness``.
+using a trained run: ``predict | export-model | robustness``; ``config`` prints the configuration.
 
 Every command takes its data from ``--dataset NAME`` (a registered dataset, prepared and cached on
 first use) or ``--data DIR`` (the generic format, docs/DESIGN.md §12), a YAML ``--config`` and dotted
@@ -7,10 +7,10 @@ first use) or ``--data DIR`` (the generic format, docs/DESIGN.md §12), a YAML `
 
 Each command group is a module with ``register(sub)``, which adds its parsers and sets ``func``
 (the command, which prints its results) and ``saved`` (what a Ctrl-C leaves for a rerun):
-:mod:`.search`, :mod:`.studies`, :mod:`.data`, :mod:`.serve`; their shared options and the prelude
-config → data → run directory are in :mod:`.options`. This module parses, decides once where log
-records go (the library only logs), calls ``args.func(args)`` and turns its errors into one line.
-Importing it loads no torch: a command imports its work when it runs.
+:mod:`.search`, :mod:`.studies`, :mod:`.data`, :mod:`.serve`, :mod:`.configure`; their shared
+options and the prelude config → data → run directory are in :mod:`.options`. This module parses,
+decides once where log records go (the library only logs), calls ``args.func(args)`` and turns its
+errors into one line. Importing it loads no torch: a command imports its work when it runs.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from .._version import __version__
 from ..core import locks
 from ..core.errors import BmnasError
 from ..core.fileio import write_error
-from . import data, search, serve, studies
+from . import configure, data, search, serve, studies
 from .options import epilog, output_options
 
-COMMAND_GROUPS = (search, studies, data, serve)  # in the order of the command list
+COMMAND_GROUPS = (search, studies, data, serve, configure)  # in the order of the command list
 
 DESCRIPTION = """\
 Find how to fuse your modalities (BM-NAS, bilevel multimodal neural architecture search):

@@ -79,6 +79,10 @@ EXAMPLES = {
         ("bmnas robustness runs/a", "writes runs/a/robustness.{md,csv,json,png}"),
         ("bmnas robustness runs/a --noise 0.2 1.0 --out report/", ""),
     ],
+    "config": [
+        ("bmnas config --dataset mmimdb", "the preset's values, each key explained"),
+        ("bmnas config --config my.yaml --set search.epochs=3", "a valid --config file"),
+    ],
 }
 """Example command lines per command (``None``: the top-level help); a test parses every one."""
 
