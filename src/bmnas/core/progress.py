@@ -5,7 +5,7 @@ When stderr is not a terminal (a log file, a CI job, ``nohup``), the same calls 
 instead: one every :data:`PLAIN_SECONDS` seconds, or sooner after each :data:`PLAIN_STEP` of its total
 (but at most one per :data:`PLAIN_MIN_SECONDS`), and one at its end, e.g.::
 
-    bmnas: 01:02:03 fold 2/3 · select epochs · concat_fc: 12/30 (40%) loss=0.4210
+    01:02:03 bmnas: train concat_fc · select epochs · fold 2/3: 12/30 (40%) loss=0.4210
 
 A bar's ``desc`` names what it trains (:func:`label` joins the parts with `` · ``). Bars never go
 into ``RUN_DIR/run.log``: they are written to ``sys.stderr`` directly, not logged.
@@ -109,7 +109,7 @@ class PlainBar:
         unit = f" {self.unit}" if self.unit != "it" else ""
         tail = f" {self.postfix}" if self.postfix else ""
         stamp = time.strftime("%H:%M:%S")
-        print(f"bmnas: {stamp} {self.desc}: {count}{unit}{tail}", file=sys.stderr, flush=True)
+        print(f"{stamp} bmnas: {self.desc}: {count}{unit}{tail}", file=sys.stderr, flush=True)
 
 
 def bar(

@@ -29,7 +29,6 @@ import torch
 
 from ..core.config import Config
 from ..core.data import FeatureData
-from ..core.fileio import append_jsonl
 from ..core.genotype import DeriveRules, Genotype
 from ..core.progress import bar as progress_bar
 from ..core.progress import label
@@ -106,7 +105,7 @@ def rerank(
         }
         rows.append(row)
         if log_path is not None and writes:
-            append_jsonl(log_path, row)
+            run.append_jsonl(log_path.name, row)
         bar.set_postfix(best=f"{max(r['val'] for r in rows):.4f}")
     barrier(current())
     return rows
