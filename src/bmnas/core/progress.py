@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from tqdm.auto import tqdm
+
 PLAIN_STEP = 0.1  # a plain line every 10 % of the total …
 PLAIN_SECONDS = 30.0  # … or every 30 s, whichever comes first
 PLAIN_MIN_SECONDS = 3.0  # a bar of a few seconds shows its end only
@@ -125,8 +127,6 @@ def bar(
     terminal, :class:`PlainBar` lines otherwise; ``enabled=False`` shows nothing."""
     if not _is_terminal():
         return PlainBar(iterable, total=total, initial=initial, desc=desc, disable=not enabled, unit=unit)
-    from tqdm.auto import tqdm
-
     return tqdm(
         iterable, total=total, initial=initial, desc=desc, disable=not enabled, unit=unit, leave=False
     )
