@@ -92,7 +92,7 @@ def paired_bootstrap(
     _check_boot(n_boot, level)
     d = (a - b).mean(axis=0)  # d̄_i: per row, the mean over seeds of the difference in correctness
     n = d.shape[0]
-    boot = np.concatenate([w @ d / n for w in _resample_counts(n, n_boot, seed)])
+    boot = np.concatenate([d[idx].mean(axis=1) for idx in _resample_rows(n, n_boot, seed)])
     return (float(d.mean()), *_interval(boot, level))
 
 
@@ -191,13 +191,18 @@ def paired_difference(
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _resample_counts(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
-    """Blocks of row counts ``w (B, n)``: each row of ``w`` is one resample of ``n`` rows with replacement."""
+def _resample_rows(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Blocks of row indices ``(B, n)``: each line is one resample of ``n`` rows with replacement."""
     rng = np.random.default_rng(seed)
     block = max(1, _BLOCK_VALUES // max(1, n))
     for start in range(0, n_boot, block):
-        b = min(block, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n))
+        yield rng.integers(0, n, size=(min(block, n_boot - start), n))
+
+
+def _resample_counts(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """The resamples of :func:`_resample_rows` as row counts ``w (B, n)`` (``w_i``: draws of row ``i``)."""
+    for idx in _resample_rows(n, n_boot, seed):
+        b = idx.shape[0]
         flat = (idx + n * np.arange(b)[:, None]).ravel()
         yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
 
