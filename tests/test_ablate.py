@@ -16,6 +16,7 @@ from bmnas.core.config import Config
 from bmnas.core.genotype import Genotype
 from bmnas.engine import saved_predictions
 from bmnas.engine.rundir import RunError
+from bmnas.features.pipeline import load_data
 from bmnas.features.synthetic import planted_interaction
 from bmnas.report.stats import paired_difference
 from bmnas.space.found import FoundNet
@@ -307,6 +308,20 @@ def test_cli_ablate_paired_intervals_are_the_stats_of_the_saved_predictions(tmp_
     assert (out / "ablate" / "results.jsonl").read_text() == results
     with (out / "ablation_paired.csv").open() as f:
         assert list(csv.DictReader(f)) == paired  # the same predictions again
+
+
+def test_multilabel_paired_difference_is_in_weighted_f1(tmp_path):
+    d = write_generic(tmp_path / "d", n=(60, 30, 40), multilabel=True)
+    cfg = Config.from_sources(None, [*TINY, f"data.dir={d}", "train.select_folds=0", "search.rerank=0"])
+    data = load_data(cfg, tmp_path / "cache", progress=False)
+    opts = AblationOptions(methods=("sum", "searched"), seeds=(0,), smbo=SMBO)
+    res = ablate(data, cfg, tmp_path / "out", opts, progress=False)
+    (c,) = res.comparisons
+    test = {r["method"]: r["test"]["f1_weighted"] for r in res.results}
+    assert (c.method, c.against, c.chosen_by, c.seeds) == ("searched", "sum", "val, test", (0,))
+    assert c.difference.metric == "f1_weighted"
+    assert c.difference.per_seed == pytest.approx((test["searched"] - test["sum"],), abs=1e-12)
+    assert c.difference.lo <= c.difference.mean <= c.difference.hi
 
 
 def test_lock_and_duplicate_rows(data, tmp_path):

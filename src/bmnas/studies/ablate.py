@@ -42,9 +42,10 @@ difference of the test primary metric, and its 95 % interval the paired bootstra
 resampled jointly for all seeds (:func:`bmnas.report.stats.paired_difference`). A comparison
 pairs the seeds both methods have predictions of; ``better`` only when the interval excludes 0.
 
-A finished run whose ``test_predictions.npz`` is missing (an ablation written before bmnas kept
-them) or damaged is run again when the ablation resumes: it resumes from its own checkpoints, so
-only the final test pass is recomputed, and its result row stays as it was.
+A finished run (not a random sample) whose ``test_predictions.npz`` is missing (an ablation written
+before bmnas kept them) or damaged is run again when the ablation resumes: it resumes from its own
+checkpoints, so only the final test pass is recomputed, and its result row stays as it was; a run
+that cannot resume is reported (a warning) and left out of the comparisons.
 """
 
 from __future__ import annotations
@@ -552,7 +553,9 @@ def _run(
     done = {_job_of(r) for r in results}
     jobs = plan(methods, opts)
     todo = [j for j in jobs if j not in done]
-    redo = [j for j in jobs if j in done and load_predictions(root / j.key, data) is None]
+    redo = [  # the comparisons' inputs (random samples are not compared)
+        j for j in jobs if j in done and j.sample is None and load_predictions(root / j.key, data) is None
+    ]
     say = log.info if verbose else (lambda s: None)  # shown by the CLI unless --quiet
     say(
         f"ablate: {len(jobs)} runs ({len(methods)} methods x {len(opts.seeds)} seeds), "
@@ -571,7 +574,12 @@ def _run(
     if redo:
         say(f"ablate: computing the test predictions of {len(redo)} finished runs again (they resume)")
     for job in redo:  # finished before bmnas kept predictions: the run resumes, its row stays
-        run_job(job, data, cfg, opts, root, progress)
+        try:
+            run_job(job, data, cfg, opts, root, progress)
+        except (RunError, FileFormatError) as err:
+            log.warning(
+                "%s: no test predictions (%s); its comparisons leave seed %d out", job.key, err, job.seed
+            )
     selected = _selected(results, jobs)
     preds = {}
     for job in jobs:
