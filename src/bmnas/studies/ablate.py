@@ -188,7 +188,7 @@ def run_job(
         desc=f"train {job.key}",
         selection=found.selection,
     )
-    logits = test_logits(r.model, data, found.cfg)
+    logits = logits_on_test(r.model, data, found.cfg)
     SavedPredictions.of(logits, split.labels, data.task, cfg.data.threshold).save(predictions_path(run.path))
     return {
         "method": job.method,
@@ -205,7 +205,7 @@ def run_job(
     }
 
 
-def test_logits(model, data: FeatureData, cfg: Config) -> np.ndarray:
+def logits_on_test(model, data: FeatureData, cfg: Config) -> np.ndarray:
     """The logits ``(N, K)`` of a trained network on the test rows in order, on ``cfg.device``: the
     forward passes of :func:`bmnas.engine.loop.evaluate`, so their metrics are the result row's."""
     ctx = Context.of(cfg)
@@ -238,7 +238,8 @@ def load_predictions(job_dir: Path, data: FeatureData) -> SavedPredictions | Non
         return None
     labels = data["test"].labels
     if (
-        saved.task != data.task
+        saved.split != "test"
+        or saved.task != data.task
         or saved.labels.shape != labels.shape
         or not np.array_equal(saved.labels, labels)
     ):
@@ -582,9 +583,19 @@ def _run(
             )
     selected = _selected(results, jobs)
     preds = {}
-    for job in jobs:
+    for row in selected:
+        job = _job_of(row)
         if job.sample is None and (saved := load_predictions(root / job.key, data)) is not None:
             preds[job.method, job.seed] = saved
+            if abs(saved.metrics()[metric] - row["test"][metric]) > 1e-9:  # e.g. a nondeterministic GPU
+                log.warning(
+                    "%s: the test predictions score %s %.6f, its result row %.6f; the comparisons use the "
+                    "predictions",
+                    job.key,
+                    metric,
+                    saved.metrics()[metric],
+                    row["test"][metric],
+                )
     rows, ratio, comparisons, paths = write_outputs(selected, methods, metric, out, predictions=preds)
     return AblationResult(rows, selected, {**paths, "results": results_path}, ratio, comparisons)
 
