@@ -1,8 +1,19 @@
 """Search quality: does the searched network beat hand-made fusion, and why (not)?
 
-A benchmark, not a test. For one dataset (``--dataset NAME`` or ``--data DIR``) and ≥ 3 seeds it
+A benchmark, not a test. For one dataset (``--dataset NAME`` or ``--data DIR``) and ≥ 5 seeds it
 runs :func:`bmnas.studies.ablate.ablate` — every method trained by the same recipe on the same feature
-cache — and adds the search's own diagnostics:
+cache, each run's test predictions kept — and reports, besides mean ± std over seeds:
+
+* **paired differences on the test rows**: searched − the best hand-made fusion (late fusion,
+  ``sum``, ``concat_fc``, ``mha``, ``aoa``) chosen by its mean selection score (val or CV, never
+  test; the best by mean test score too when that is another one), and searched − the linear probe:
+  Δ = mean over seeds of the per-seed difference, its 95 % paired bootstrap interval (10,000
+  resamples of the test rows, the same rows for every seed: :mod:`bmnas.report.stats`), the
+  per-seed differences, and "better"/"worse" only where the interval excludes 0 ("tie" otherwise);
+* **the search's cost**: mean search seconds per seed, and as a share of SMBO's (when ``smbo`` ran),
+  next to both results;
+
+and the search's own diagnostics:
 
 * **discretisation gap**: the hypernet's best val score vs the val
   score of the network derived from it (trained on train alone by the evaluation stage's selection
@@ -16,7 +27,7 @@ Writes ``OUT/search_quality.md`` (table + diagnostics) and ``OUT/search_quality.
 ablation's own files stay in ``OUT`` so a rerun resumes.
 
     python benchmarks/search_quality.py --dataset avmnist --out runs/quality_avmnist
-    python benchmarks/search_quality.py --data DIR --out runs/quality_dir --seeds 3
+    python benchmarks/search_quality.py --data DIR --out runs/quality_dir --seeds 5
     python benchmarks/search_quality.py --dataset avmnist --out runs/q --set search.rerank=0
 """
 
@@ -32,7 +43,49 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_METHODS = "late_fusion,linear_probe,sum,concat_fc,mha,aoa,searched,searched_paper"
+DEFAULT_METHODS = "late_fusion,linear_probe,sum,concat_fc,mha,aoa,searched,searched_paper,smbo"
+"""Every hand-made fusion (the best is compared with), the probe, the searches and SMBO (its cost)."""
+DEFAULT_SEEDS = "5"
+
+
+def comparison_lines(comparisons, metric: str) -> list[str]:
+    """One sentence per paired comparison: Δ, its interval, the per-seed Δ and the verdict."""
+    lines = []
+    for c in comparisons:
+        d = c.difference
+        how = {"val": " (best hand-made by val)", "test": " (best hand-made by test)", "": ""}.get(
+            c.chosen_by, " (best hand-made by val and by test)"
+        )
+        if d is None:
+            lines.append(f"- {c.method} − {c.against}{how}: no seed has predictions of both")
+            continue
+        lines.append(
+            f"- {c.method} − {c.against}{how}: Δ test {metric} {d.mean:+.4f}, 95 % interval "
+            f"[{d.lo:+.4f}, {d.hi:+.4f}] on {d.rows} test rows × {len(c.seeds)} seeds → **{d.verdict}** "
+            f"(per seed: {', '.join(f'{x:+.4f}' for x in d.per_seed)})"
+        )
+    return lines
+
+
+def cost_lines(rows, metric: str) -> list[str]:
+    """Mean search seconds of each search, and its share of SMBO's when SMBO ran."""
+    by = {r.method: r for r in rows}
+    smbo = by.get("smbo")
+    lines = []
+    for r in rows:
+        if not r.method.startswith("searched"):
+            continue
+        line = f"- {r.method}: {r.search_seconds:.1f} s of search per seed (test {metric} {r.mean:.4f})"
+        if smbo is not None and smbo.search_seconds > 0:
+            share = 100 * r.search_seconds / smbo.search_seconds
+            line += (
+                f" = {share:.1f} % of SMBO's {smbo.search_seconds:.1f} s "
+                f"(SMBO's result: test {metric} {smbo.mean:.4f})"
+            )
+        lines.append(line)
+    if smbo is None:
+        lines.append("- SMBO did not run (add `smbo` to --methods for the cost comparison)")
+    return lines
 
 
 def agreement(genotypes: list[dict]) -> dict:
@@ -124,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--dataset", help="registered dataset, e.g. avmnist or emoji")
     src.add_argument("--data", metavar="DIR", help="generic-format directory")
     p.add_argument("--out", required=True, help="output directory (resumed if it exists)")
-    p.add_argument("--seeds", default="3", help="number of seeds (3) or a list (0,1,2)")
-    p.add_argument("--methods", default=DEFAULT_METHODS)
+    p.add_argument("--seeds", default=DEFAULT_SEEDS, help="number of seeds (5) or a list (0,1,2,3,4)")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
+    p.add_argument("--smbo-budget", type=int, default=20, help="genotypes SMBO trains (20)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--cache", default=os.environ.get("BMNAS_CACHE", str(Path.home() / ".cache" / "bmnas")))
     p.add_argument("--quiet", action="store_true")
@@ -137,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from bmnas.features.pipeline import load_data
     from bmnas.method.run import fit_config_to_data
     from bmnas.studies.ablate import AblationOptions, ablate, markdown_table, parse_seeds
+    from bmnas.studies.smbo import SMBOConfig
 
     base = preset(args.dataset) if args.dataset else {}
     cfg = Config.from_sources(None, args.set, base=base)
@@ -148,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load_data(cfg, args.cache, progress=not args.quiet)
     cfg = fit_config_to_data(cfg, data)  # as `bmnas run` / `bmnas ablate` do
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    opts = AblationOptions(methods=methods, seeds=parse_seeds(args.seeds, cfg.seed))
+    smbo = SMBOConfig(budget=args.smbo_budget, initial=min(SMBOConfig.initial, args.smbo_budget))
+    opts = AblationOptions(methods=methods, seeds=parse_seeds(args.seeds, cfg.seed), smbo=smbo)
     out = Path(args.out)
     res = ablate(data, cfg, out, opts, progress=not args.quiet, verbose=True)
     metric = primary_metric(data.task)
@@ -179,7 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         f"Seeds {list(opts.seeds)}; sizes {dict((s, len(sp)) for s, sp in data.splits.items())}; "
         f"test {metric} of the refit on train + val; {scored}.",
         "",
-        markdown_table(res.rows, res.cost_ratio),
+        markdown_table(res.rows, res.cost_ratio, res.comparisons),
+        "## Is the searched network better?",
+        "",
+        *(comparison_lines(res.comparisons, metric) or ["- no searched and hand-made methods to compare"]),
+        "",
+        "## Search cost",
+        "",
+        *cost_lines(res.rows, metric),
+        "",
         "## Search diagnostics",
         "",
         f"| method | hypernet val {metric} | derived network val (trained on train) "

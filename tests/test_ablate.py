@@ -14,8 +14,11 @@ from bmnas.cli.main import main
 from bmnas.core import locks
 from bmnas.core.config import Config
 from bmnas.core.genotype import Genotype
+from bmnas.engine import saved_predictions
 from bmnas.engine.rundir import RunError
+from bmnas.features.pipeline import load_data
 from bmnas.features.synthetic import planted_interaction
+from bmnas.report.stats import paired_difference
 from bmnas.space.found import FoundNet
 from bmnas.studies.ablate import (
     METHODS,
@@ -152,7 +155,9 @@ def test_ablate_writes_table_csv_plot_and_resumes(data, tmp_path, monkeypatch):
         assert (r.search_seconds > 0) == (r.method.startswith("searched") or r.method == "smbo")
     assert res.cost_ratio == pytest.approx(res.rows[-1].search_seconds / res.rows[-5].search_seconds)
     md = (tmp_path / "ablation.md").read_text()
-    assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + len(names)
+    table = md.split("\n\n")[0]  # the paired differences follow
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + len(names)
+    assert "| searched | " in md.split("Paired differences")[1]
     assert "| sum | " in md and "Search cost, SMBO / BM-NAS" in md
     with (tmp_path / "ablation.csv").open() as f:
         table = list(csv.DictReader(f))
@@ -160,6 +165,12 @@ def test_ablate_writes_table_csv_plot_and_resumes(data, tmp_path, monkeypatch):
     assert (tmp_path / "ablation.png").stat().st_size > 1000
     lines = (tmp_path / "ablate" / "results.jsonl").read_text().splitlines()
     assert len(lines) == len(names) + 1  # random: 2 samples
+    for line in lines:  # every run, the probe and the random samples too, kept its test predictions
+        row = json.loads(line)
+        job = Job(row["method"], row["seed"], row["sample"])
+        saved = saved_predictions.load(tmp_path / "ablate" / job.key / saved_predictions.FILE)
+        assert saved.metrics()["accuracy"] == row["test"]["accuracy"]
+        assert np.array_equal(saved.labels, data["test"].labels)
     probe = json.loads(lines[3])
     assert probe["method"] == "linear_probe" and probe["C"] in (0.001, 0.01, 0.1, 1.0, 10.0)
     row = json.loads(lines[4])
@@ -241,6 +252,76 @@ def test_cli_ablate(tmp_path, capsys):
     )
     assert main([*args, "--methods", "nope"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_cli_ablate_paired_intervals_are_the_stats_of_the_saved_predictions(tmp_path, capsys, monkeypatch):
+    d = write_generic(tmp_path / "d", n=(60, 30, 40))
+    out = tmp_path / "run"
+    args = ["ablate", "--data", str(d), "--out", str(out), "--seeds", "2", "--quiet"]
+    args += ["--methods", "late_fusion,sum,linear_probe,searched", *[x for kv in TINY for x in ("--set", kv)]]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    with (out / "ablation.csv").open() as f:
+        summary = {r["method"]: r for r in csv.DictReader(f)}
+    hand = ("late_fusion", "sum")
+    by_val = max(hand, key=lambda m: float(summary[m]["val_mean"]))
+    by_test = max(hand, key=lambda m: float(summary[m]["mean"]))
+    with (out / "ablation_paired.csv").open() as f:
+        paired = list(csv.DictReader(f))
+    expected = [(by_val, "val, test")] if by_val == by_test else [(by_val, "val"), (by_test, "test")]
+    assert [(p["method"], p["against"], p["chosen_by"]) for p in paired] == [
+        ("searched", m, k) for m, k in [*expected, ("linear_probe", "")]
+    ]
+    labels = np.load(d / "test.npz")["label"]
+
+    def predicted(method, seed):
+        saved = saved_predictions.load(out / "ablate" / method / f"seed{seed}" / saved_predictions.FILE)
+        assert np.array_equal(saved.labels, labels)  # the test split's rows, in order
+        return saved.predicted
+
+    for p in paired:
+        assert p["seeds"] == "0;1"
+        want = paired_difference(
+            "accuracy",
+            [predicted("searched", s) for s in (0, 1)],
+            [predicted(p["against"], s) for s in (0, 1)],
+            labels,
+        )
+        assert (float(p["mean"]), float(p["lo"]), float(p["hi"])) == (want.mean, want.lo, want.hi)
+        assert [float(x) for x in p["per_seed"].split(";")] == list(want.per_seed)
+        assert p["verdict"] == want.verdict
+        line = f"| searched | {p['against']} | {p['chosen_by'] or '–'} | {want.mean:+.4f} | "
+        line += f"[{want.lo:+.4f}, {want.hi:+.4f}] | {' '.join(f'{x:+.4f}' for x in want.per_seed)} | 2 | "
+        assert line + f"{want.verdict} |" in printed
+    assert "Paired differences on the 40 test rows" in printed
+
+    # an ablation written before bmnas kept predictions: the missing ones are computed again, the
+    # runs resume (nothing is trained again) and their result rows stay
+    results = (out / "ablate" / "results.jsonl").read_text()
+    (out / "ablate" / "sum" / "seed1" / saved_predictions.FILE).unlink()
+    (out / "ablate" / "linear_probe" / "seed0" / saved_predictions.FILE).write_bytes(b"damaged")
+    calls = []
+    real = ablate_mod.run_job
+    monkeypatch.setattr(ablate_mod, "run_job", lambda job, *a, **k: calls.append(job) or real(job, *a, **k))
+    assert main(args) == 0
+    assert sorted(calls, key=str) == [Job("linear_probe", 0), Job("sum", 1)]
+    assert (out / "ablate" / "results.jsonl").read_text() == results
+    with (out / "ablation_paired.csv").open() as f:
+        assert list(csv.DictReader(f)) == paired  # the same predictions again
+
+
+def test_multilabel_paired_difference_is_in_weighted_f1(tmp_path):
+    d = write_generic(tmp_path / "d", n=(60, 30, 40), multilabel=True)
+    cfg = Config.from_sources(None, [*TINY, f"data.dir={d}", "train.select_folds=0", "search.rerank=0"])
+    data = load_data(cfg, tmp_path / "cache", progress=False)
+    opts = AblationOptions(methods=("sum", "searched"), seeds=(0,), smbo=SMBO)
+    res = ablate(data, cfg, tmp_path / "out", opts, progress=False)
+    (c,) = res.comparisons
+    test = {r["method"]: r["test"]["f1_weighted"] for r in res.results}
+    assert (c.method, c.against, c.chosen_by, c.seeds) == ("searched", "sum", "val, test", (0,))
+    assert c.difference.metric == "f1_weighted"
+    assert c.difference.per_seed == pytest.approx((test["searched"] - test["sum"],), abs=1e-12)
+    assert c.difference.lo <= c.difference.mean <= c.difference.hi
 
 
 def test_lock_and_duplicate_rows(data, tmp_path):

@@ -91,7 +91,7 @@ def ablate_command(args: argparse.Namespace) -> int:
     run = open_run(args, cfg, data)
     result = ablate(data, cfg, run.path, opts, progress=not args.quiet, fresh=args.fresh, verbose=True)
     print()
-    print(markdown_table(result.rows, result.cost_ratio))
+    print(markdown_table(result.rows, result.cost_ratio, result.comparisons))
     print(f"written: {', '.join(str(p) for p in result.paths.values())}")
     return 0
 

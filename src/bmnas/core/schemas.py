@@ -15,6 +15,7 @@ file                                  schema                                    
 ``RUN/fingerprint.json``              :data:`FINGERPRINT`                          engine.rundir
 ``RUN/smbo.jsonl``                    :data:`SMBO_ROW` (rounds redone)             studies.smbo
 ``OUT/ablate/results.jsonl``          :data:`ABLATE_ROW` (row redone)              studies.ablate
+``…/test_predictions.npz`` (``meta``) :data:`PREDICTIONS_META` (+ arrays)          engine.saved_predictions
 cache ``…/manifest.json``             :data:`CACHE_MANIFEST` (entry rebuilt)       features.cache
 prepared ``…/manifest.json``          :data:`PREPARED_MANIFEST` (prepared again)   datasets.prepared
 ``genotype.json``                     :meth:`Genotype.from_dict <bmnas.core.genotype.Genotype.from_dict>`
@@ -26,11 +27,12 @@ its type. Losses may be NaN or infinite (a diverged training writes them); score
 
 from __future__ import annotations
 
-from .data import MAX_OUTPUTS, TASK_TYPES
+from .data import MAX_OUTPUTS, SPLITS, TASK_TYPES
 from .schema import ANY, Either, Flag, Map, Num, Obj, Opt, Seq, Text, Tup
 
 POOLINGS = ("max", "avg")  # features.pooling.POOLING_MODES, as the config checks them
 MODEL_FORMAT = "bmnas.model"
+PREDICTIONS_FORMAT = "bmnas.predictions"
 
 SCORE = Num()  # a metric: finite
 LOSS = Num(finite=False)
@@ -187,6 +189,19 @@ ABLATE_ROW = Obj(
     optional=("sample", "val", "epochs", "genotype"),
 )
 """A line of ``ablate/results.jsonl``: one (method, seed[, sample]) (:func:`bmnas.studies.ablate.ablate`)."""
+
+PREDICTIONS_META = Obj(
+    {
+        "format": Text(choices=(PREDICTIONS_FORMAT,)),
+        "version": Num(1, 1, integer=True),
+        "split": Text(choices=SPLITS),
+        "task": TASK,
+        "threshold": THRESHOLD,
+        "rows": COUNT,
+    }
+)
+"""The ``meta`` entry of a saved predictions file (:mod:`bmnas.engine.saved_predictions`); its arrays
+are checked against it there."""
 
 # ------------------------------------------------------------------------------ resuming
 SEARCH_EPOCH = Obj(

@@ -48,6 +48,8 @@ OWNED_FILES = (
     "ablation.md",
     "ablation.csv",
     "ablation.png",
+    "ablation_paired.csv",
+    "test_predictions.npz",
     "study.db",
     ".sweep.lock",
     "best_config.yaml",

@@ -136,6 +136,11 @@ def init_from_probe(model, fit: LinearFit) -> None:
 
 def linear_probe(data: FeatureData, seed: int = 0, threshold: float = 0.5) -> dict:
     """Fit, select ``C`` on val, refit on train + val, test: a result row like a trained network's."""
+    return fit_probe(data, seed, threshold)[0]
+
+
+def fit_probe(data: FeatureData, seed: int = 0, threshold: float = 0.5) -> tuple[dict, np.ndarray]:
+    """:func:`linear_probe`'s result row and the refit probe's test logits ``(N_test, K)``, rows in order."""
     t0 = time.perf_counter()
     names = probe_features(data)
     task = data.task
@@ -151,12 +156,11 @@ def linear_probe(data: FeatureData, seed: int = 0, threshold: float = 0.5) -> di
         multilabel,
         seed,
     )
-    test = compute_metrics(
-        task, _logits(model, scaler.transform(xs["test"]), multilabel), data["test"].labels, threshold
-    )
+    logits = _logits(model, scaler.transform(xs["test"]), multilabel)
+    test = compute_metrics(task, logits, data["test"].labels, threshold)
     n_in = xs["train"].shape[1]
     n_params = (n_in + 1) * (task.num_outputs if (multilabel or task.num_outputs > 2) else 1)
-    return {
+    row = {
         "test": test,
         "val": val_score,
         "C": best_C,
@@ -164,3 +168,4 @@ def linear_probe(data: FeatureData, seed: int = 0, threshold: float = 0.5) -> di
         "params": {"total": int(n_params), "fusion": 0, "classifier": int(n_params)},
         "train_seconds": time.perf_counter() - t0,
     }
+    return row, logits

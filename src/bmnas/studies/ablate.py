@@ -24,11 +24,28 @@ Layout under the run directory::
     ablate/lock               the pid of the running ablation (a second one in the same place stops)
     ablate/results.jsonl      one line per finished (method, seed[, sample]); a rerun skips them
                               (``test``, ``val``, ``params``, seconds, genotype; older ones: ``val_<metric>``)
-    ablate/<method>/seed<s>/  per-run checkpoints (a killed training or search resumes), genotype
+    ablate/<method>/seed<s>/  per-run checkpoints (a killed training or search resumes), genotype,
+                              test_predictions.npz (every test row's logits, decision and label:
+                              :mod:`bmnas.engine.saved_predictions`)
     ablation.md, ablation.csv one row per method: mean ± std over runs of the test primary metric,
     ablation.png              parameters, search and train seconds; bar chart with error bars
+    ablation_paired.csv       the paired differences below, one line per comparison
 
 Std is the sample standard deviation (``ddof = 1``), 0 for a single run.
+
+**Paired differences** (:func:`compare`): where a search (``searched*``, ``smbo``) and hand-made
+fusions (:data:`HAND_MADE`) both ran, each search is compared on the test rows with the best
+hand-made fusion **by the selection score** (the mean over seeds of ``val``: the score the
+evaluation stage chose epochs by, never the test split), with the best by mean test score too
+when that is another one, and with the linear probe: Δ is the mean over seeds of the per-seed
+difference of the test primary metric, and its 95 % interval the paired bootstrap over test rows
+resampled jointly for all seeds (:func:`bmnas.report.stats.paired_difference`). A comparison
+pairs the seeds both methods have predictions of; ``better`` only when the interval excludes 0.
+
+A finished run (not a random sample) whose ``test_predictions.npz`` is missing (an ablation written
+before bmnas kept them) or damaged is run again when the ablation resumes: it resumes from its own
+checkpoints, so only the final test pass is recomputed, and its result row stays as it was; a run
+that cannot resume is reported (a warning) and left out of the comparisons.
 """
 
 from __future__ import annotations
@@ -43,14 +60,18 @@ import numpy as np
 from ..core import locks
 from ..core.config import Config
 from ..core.data import FeatureData
-from ..core.fileio import append_jsonl, read_json, write_json, write_text_atomic
+from ..core.fileio import FileFormatError, append_jsonl, read_json, write_json, write_text_atomic
 from ..core.schema import load_rows
 from ..core.schemas import ABLATE_ROW
-from ..engine import owned
+from ..engine import owned, saved_predictions
+from ..engine.device import on_device
+from ..engine.loop import Context, forward_batches
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir, RunError
+from ..engine.saved_predictions import SavedPredictions
 from ..method.train import train
 from ..report import tables
+from ..report.stats import N_BOOT, PairedDifference, paired_difference
 from ..report.study_plots import ablation_bars
 from .smbo import SMBOConfig
 from .strategies import FIXED, PROBE, SEARCHED, VAL, Job, JobContext, probe_row, strategy_of
@@ -59,6 +80,10 @@ log = logging.getLogger(__name__)
 
 METHODS = ("unimodal", "late_fusion", PROBE, *FIXED, "random", *SEARCHED, "smbo")
 """Method names; ``unimodal`` stands for every ``unimodal:<modality>``."""
+HAND_MADE = ("late_fusion", *FIXED)
+"""The hand-made fusions a search is compared with (the best of them, :func:`compare`)."""
+SEARCHES = (*SEARCHED, "smbo")
+"""The methods that search for their genotype (compared with the hand-made ones and the probe)."""
 
 
 @dataclass(frozen=True)
@@ -87,12 +112,29 @@ class MethodSummary:
     val_mean: float | None = None  # mean val score of the selection phase (trained on train alone)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A search against another method on the test rows: the paired difference ``method − against``.
+
+    ``chosen_by`` says how ``against`` was picked: ``val`` (the best hand-made fusion by mean
+    selection score), ``test`` (by mean test score), ``val, test`` (both) or ``""`` (the probe).
+    ``difference`` is None when no seed has predictions of both (``seeds`` is then empty).
+    """
+
+    method: str
+    against: str
+    chosen_by: str
+    seeds: tuple[int, ...]
+    difference: PairedDifference | None
+
+
 @dataclass
 class AblationResult:
     rows: list[MethodSummary]
     results: list[dict]
     paths: dict[str, Path]
     cost_ratio: float | None
+    comparisons: list[Comparison] = field(default_factory=list)
 
 
 def expand_methods(methods: Sequence[str], data: FeatureData) -> list[str]:
@@ -127,8 +169,13 @@ def run_job(
 ) -> dict:
     """Find the job's genotype by its method's strategy (:mod:`bmnas.studies.strategies`), train it."""
     run = RunDir(root / job.key)
+    split = data["test"]
     if job.method == PROBE:
-        return probe_row(job, data, cfg)
+        row, logits = probe_row(job, data, cfg)
+        SavedPredictions.of(logits, split.labels, data.task, cfg.data.threshold).save(
+            predictions_path(run.path)
+        )
+        return row
     ctx = JobContext(data, cfg.replace(seed=job.seed), cfg, opts.smbo, run, progress)
     found = strategy_of(job.method)(job, ctx)
     found.genotype.save(run.genotype_path)
@@ -141,6 +188,8 @@ def run_job(
         desc=f"train {job.key}",
         selection=found.selection,
     )
+    logits = logits_on_test(r.model, data, found.cfg)
+    SavedPredictions.of(logits, split.labels, data.task, cfg.data.threshold).save(predictions_path(run.path))
     return {
         "method": job.method,
         "seed": job.seed,
@@ -154,6 +203,49 @@ def run_job(
         **found.extra,
         "genotype": found.genotype.to_dict(),
     }
+
+
+def logits_on_test(model, data: FeatureData, cfg: Config) -> np.ndarray:
+    """The logits ``(N, K)`` of a trained network on the test rows in order, on ``cfg.device``: the
+    forward passes of :func:`bmnas.engine.loop.evaluate`, so their metrics are the result row's."""
+    ctx = Context.of(cfg)
+    split = on_device(data["test"], ctx.device)
+    model.to(ctx.device)
+    try:
+        outs = [
+            o.cpu().numpy()
+            for _, o in forward_batches(model, len(split), split.batch, cfg.train.eval_batch_size, ctx.amp)
+        ]
+    finally:
+        model.cpu()
+    return np.concatenate(outs) if outs else np.empty((0, data.task.num_outputs), np.float32)
+
+
+def predictions_path(job_dir: Path) -> Path:
+    """Where a job's test predictions are saved (:data:`bmnas.engine.saved_predictions.FILE`)."""
+    return job_dir / saved_predictions.FILE
+
+
+def load_predictions(job_dir: Path, data: FeatureData) -> SavedPredictions | None:
+    """A job's saved test predictions, or None when missing, damaged (logged) or of other test rows."""
+    path = predictions_path(job_dir)
+    try:
+        saved = saved_predictions.load(path)
+    except FileNotFoundError:
+        return None
+    except FileFormatError as err:
+        log.warning("%s", err)
+        return None
+    labels = data["test"].labels
+    if (
+        saved.split != "test"
+        or saved.task != data.task
+        or saved.labels.shape != labels.shape
+        or not np.array_equal(saved.labels, labels)
+    ):
+        log.warning("%s: predictions of other test rows than this data's; computing them again", path)
+        return None
+    return saved
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,8 +296,11 @@ def cost_ratio(rows: Sequence[MethodSummary]) -> float | None:
     return None
 
 
-def markdown_table(rows: Sequence[MethodSummary], ratio: float | None = None) -> str:
-    """The ablation table in Markdown, one row per method (and the search cost ratio, when given)."""
+def markdown_table(
+    rows: Sequence[MethodSummary], ratio: float | None = None, comparisons: Sequence[Comparison] = ()
+) -> str:
+    """The ablation table in Markdown, one row per method (and the search cost ratio, when given),
+    then the paired differences (:func:`paired_table`) when there are ``comparisons``."""
     metric = rows[0].metric if rows else "metric"
     header = ["method", f"test {metric} (mean ± std)", f"val {metric}", "runs", "params", "fusion params"]
     body = [
@@ -224,12 +319,126 @@ def markdown_table(rows: Sequence[MethodSummary], ratio: float | None = None) ->
     text = tables.markdown([*header, "search s", "train s"], body)
     if ratio is not None:
         text += f"\n\nSearch cost, SMBO / BM-NAS (mean wall seconds): {ratio:.2f}x"
+    if comparisons:
+        text += "\n\n" + paired_table(comparisons, rows[0].metric)
     return text + "\n"
 
 
 def write_csv(rows: Sequence[MethodSummary], path: Path) -> Path:
     """One line per :class:`MethodSummary`, its fields as columns (``val_mean`` empty when None)."""
     return tables.write_csv(path, [f.name for f in fields(MethodSummary)], [astuple(r) for r in rows])
+
+
+def compare(
+    rows: Sequence[MethodSummary],
+    predictions: dict[tuple[str, int], SavedPredictions],
+    metric: str,
+    n_boot: int = N_BOOT,
+) -> list[Comparison]:
+    """Every search in ``rows`` against the best hand-made fusion and the linear probe (the module).
+
+    Args:
+        rows: the table's rows (:func:`summarize`): which methods ran, their mean val and test scores.
+        predictions: ``(method, seed) -> `` its saved test predictions (seeds without them are left out).
+        metric: the primary metric (``accuracy`` or ``f1_weighted``).
+    """
+    by = {r.method: r for r in rows}
+    hand = [r for r in rows if r.method in HAND_MADE]
+    against: list[tuple[str, str]] = []
+    if hand:
+        by_test = max(hand, key=lambda r: r.mean).method
+        with_val = [r for r in hand if r.val_mean is not None]
+        by_val = max(with_val, key=lambda r: r.val_mean).method if len(with_val) == len(hand) else None
+        if by_val == by_test:
+            against.append((by_val, "val, test"))
+        else:
+            against += [(m, k) for m, k in ((by_val, "val"), (by_test, "test")) if m is not None]
+    if PROBE in by:
+        against.append((PROBE, ""))
+    out = []
+    for a in (r.method for r in rows if r.method in SEARCHES):
+        for b, chosen_by in against:
+            seeds = tuple(
+                sorted({s for m, s in predictions if m == a} & {s for m, s in predictions if m == b})
+            )
+            diff = None
+            if seeds:
+                pa, pb = [predictions[a, s] for s in seeds], [predictions[b, s] for s in seeds]
+                diff = paired_difference(
+                    metric, [p.predicted for p in pa], [p.predicted for p in pb], pa[0].labels, n_boot
+                )
+            out.append(Comparison(a, b, chosen_by, seeds, diff))
+    return out
+
+
+def paired_table(comparisons: Sequence[Comparison], metric: str) -> str:
+    """The paired differences in Markdown (a heading line, how they were computed, the table)."""
+    rows_n = next((c.difference.rows for c in comparisons if c.difference is not None), 0)
+    n_boot = next((c.difference.n_boot for c in comparisons if c.difference is not None), N_BOOT)
+    head = (
+        f"Paired differences on the {rows_n} test rows: Δ = mean over seeds of (method − against) in test "
+        f"{metric}; 95 % interval: paired bootstrap, {n_boot:,} resamples of the test rows, the same rows "
+        "for every seed. The best hand-made fusion is chosen by its mean selection score (val), and by its "
+        'mean test score where that picks another. "better" only where the interval excludes 0.'
+    )
+    body = []
+    for c in comparisons:
+        d = c.difference
+        if d is None:
+            body.append([c.method, c.against, c.chosen_by or "–", "–", "–", "–", 0, "no predictions"])
+            continue
+        body.append(
+            [
+                c.method,
+                c.against,
+                c.chosen_by or "–",
+                f"{d.mean:+.4f}",
+                f"[{d.lo:+.4f}, {d.hi:+.4f}]",
+                " ".join(f"{x:+.4f}" for x in d.per_seed),
+                len(c.seeds),
+                d.verdict,
+            ]
+        )
+    header = [
+        "method",
+        "against",
+        "chosen by",
+        f"Δ test {metric}",
+        "95 % interval",
+        "per-seed Δ",
+        "seeds",
+        "verdict",
+    ]
+    return head + "\n\n" + tables.markdown(header, body)
+
+
+PAIRED_COLUMNS = ("method", "against", "chosen_by", "seeds", "mean", "lo", "hi", "per_seed", "verdict")
+
+
+def write_paired_csv(comparisons: Sequence[Comparison], path: Path) -> Path:
+    """One line per :class:`Comparison` (:data:`PAIRED_COLUMNS`; seeds and per-seed Δ joined by ``;``)."""
+    body = []
+    for c in comparisons:
+        d = c.difference
+        seeds = ";".join(map(str, c.seeds))
+        if d is None:
+            body.append([c.method, c.against, c.chosen_by, seeds, None, None, None, None, None])
+        else:
+            per_seed = ";".join(repr(x) for x in d.per_seed)
+            body.append(
+                [
+                    c.method,
+                    c.against,
+                    c.chosen_by,
+                    seeds,
+                    repr(d.mean),
+                    repr(d.lo),
+                    repr(d.hi),
+                    per_seed,
+                    d.verdict,
+                ]
+            )
+    return tables.write_csv(path, PAIRED_COLUMNS, body)
 
 
 def plot_table(rows: Sequence[MethodSummary], path: Path) -> Path:
@@ -244,15 +453,27 @@ def plot_table(rows: Sequence[MethodSummary], path: Path) -> Path:
     )
 
 
-def write_outputs(results: Sequence[dict], methods: Sequence[str], metric: str, out: Path, plot: bool = True):
-    """Write ``ablation.md``, ``ablation.csv`` and (``plot``) ``ablation.png``; return rows, ratio, paths."""
+def write_outputs(
+    results: Sequence[dict],
+    methods: Sequence[str],
+    metric: str,
+    out: Path,
+    plot: bool = True,
+    predictions: dict[tuple[str, int], SavedPredictions] | None = None,
+):
+    """Write ``ablation.md``, ``ablation.csv``, (``plot``) ``ablation.png`` and, given ``predictions``
+    and a search with something to compare it with, ``ablation_paired.csv``; return rows, ratio,
+    comparisons and paths."""
     rows = summarize(results, methods, metric)
     ratio = cost_ratio(rows)
-    md = write_text_atomic(out / "ablation.md", markdown_table(rows, ratio))
+    comparisons = compare(rows, predictions, metric) if predictions is not None else []
+    md = write_text_atomic(out / "ablation.md", markdown_table(rows, ratio, comparisons))
     paths = {"markdown": md, "csv": write_csv(rows, out / "ablation.csv")}
+    if comparisons:
+        paths["paired"] = write_paired_csv(comparisons, out / "ablation_paired.csv")
     if rows and plot:
         paths["plot"] = plot_table(rows, out / "ablation.png")
-    return rows, ratio, paths
+    return rows, ratio, comparisons, paths
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,6 +554,9 @@ def _run(
     done = {_job_of(r) for r in results}
     jobs = plan(methods, opts)
     todo = [j for j in jobs if j not in done]
+    redo = [  # the comparisons' inputs (random samples are not compared)
+        j for j in jobs if j in done and j.sample is None and load_predictions(root / j.key, data) is None
+    ]
     say = log.info if verbose else (lambda s: None)  # shown by the CLI unless --quiet
     say(
         f"ablate: {len(jobs)} runs ({len(methods)} methods x {len(opts.seeds)} seeds), "
@@ -348,8 +572,32 @@ def _run(
             f"train {row['train_seconds']:.1f} s"
         )
         write_outputs(_selected(results, jobs), methods, metric, out, plot=False)  # partial table
-    rows, ratio, paths = write_outputs(_selected(results, jobs), methods, metric, out)
-    return AblationResult(rows, _selected(results, jobs), {**paths, "results": results_path}, ratio)
+    if redo:
+        say(f"ablate: computing the test predictions of {len(redo)} finished runs again (they resume)")
+    for job in redo:  # finished before bmnas kept predictions: the run resumes, its row stays
+        try:
+            run_job(job, data, cfg, opts, root, progress)
+        except (RunError, FileFormatError) as err:
+            log.warning(
+                "%s: no test predictions (%s); its comparisons leave seed %d out", job.key, err, job.seed
+            )
+    selected = _selected(results, jobs)
+    preds = {}
+    for row in selected:
+        job = _job_of(row)
+        if job.sample is None and (saved := load_predictions(root / job.key, data)) is not None:
+            preds[job.method, job.seed] = saved
+            if abs(saved.metrics()[metric] - row["test"][metric]) > 1e-9:  # e.g. a nondeterministic GPU
+                log.warning(
+                    "%s: the test predictions score %s %.6f, its result row %.6f; the comparisons use the "
+                    "predictions",
+                    job.key,
+                    metric,
+                    saved.metrics()[metric],
+                    row["test"][metric],
+                )
+    rows, ratio, comparisons, paths = write_outputs(selected, methods, metric, out, predictions=preds)
+    return AblationResult(rows, selected, {**paths, "results": results_path}, ratio, comparisons)
 
 
 def _selected(results: Sequence[dict], jobs: Sequence[Job]) -> list[dict]:

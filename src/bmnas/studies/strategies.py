@@ -26,7 +26,7 @@ from ..core.config import Config
 from ..core.data import FeatureData
 from ..core.genotype import Genotype
 from ..engine.rundir import RunDir
-from ..method.probe import linear_probe
+from ..method.probe import fit_probe
 from ..method.search import search
 from ..method.train import Selection
 from ..space.baselines import FIXED_CELLS, baseline
@@ -156,10 +156,11 @@ def strategy_of(method: str) -> Strategy:
         raise ValueError(f"method {method!r} has no strategy; choose from {sorted(STRATEGIES)}") from None
 
 
-def probe_row(job: Job, data: FeatureData, cfg: Config) -> dict:
-    """The result row of the linear probe (:func:`bmnas.method.probe.linear_probe`) at the job's seed."""
-    r = linear_probe(data, job.seed, cfg.data.threshold)
-    return {
+def probe_row(job: Job, data: FeatureData, cfg: Config) -> tuple[dict, np.ndarray]:
+    """The result row of the linear probe (:func:`bmnas.method.probe.linear_probe`) at the job's seed,
+    and its test logits."""
+    r, logits = fit_probe(data, job.seed, cfg.data.threshold)
+    row = {
         "method": job.method,
         "seed": job.seed,
         "sample": job.sample,
@@ -170,3 +171,4 @@ def probe_row(job: Job, data: FeatureData, cfg: Config) -> dict:
         VAL: r["val"],
         "C": r["C"],
     }
+    return row, logits
