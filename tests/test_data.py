@@ -109,7 +109,8 @@ def test_unknown_op_and_config_keys_are_refused(tmp_path, capsys):
         ["search", "--data", str(root), "--out", str(tmp_path / "r"), "--set", "model.ops=[sum,atention]"]
     )
     assert rc == 2 and "unknown op 'atention'" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epoch'\]; valid keys"):
+    unknown = r"unknown key\(s\) \['epoch'\] \(did you mean 'epochs'\?\); valid keys"
+    with pytest.raises(ConfigError, match=unknown):
         Config.from_sources(None, ["search.epoch=3"])
     with pytest.raises(ConfigError, match="model.C: expected int, got 'big'"):
         Config.from_sources(None, ["model.C=big"])

@@ -108,9 +108,13 @@ def rows_of(path: Path) -> list[dict]:
 
 
 def without_seconds(value):
-    """A JSON value with every ``*seconds`` field left out (wall time differs between runs)."""
+    """A JSON value without its ``*seconds`` fields and the environment record (times differ between runs)."""
     if isinstance(value, dict):
-        return {k: without_seconds(v) for k, v in value.items() if not k.endswith("seconds")}
+        return {
+            k: without_seconds(v)
+            for k, v in value.items()
+            if not k.endswith("seconds") and k != "environment"
+        }
     if isinstance(value, list):
         return [without_seconds(v) for v in value]
     return value
