@@ -435,7 +435,7 @@ def test_export_model_refuses_an_unknown_extension_unless_the_format_is_given(tr
     _, run = trained
     out = tmp_path / "model.bin"
     rc, err = run_cli(capsys, "export-model", str(run), "--out", str(out))
-    known = ".pt (torchscript), .pth (torchscript), .onnx (onnx)"
+    known = ".pt (torchscript), .pth (torchscript), .ts (torchscript), .onnx (onnx)"
     why = (
         f"unknown model file extension '.bin'; use {known}, or say the format with --format torchscript|onnx"
     )

@@ -43,8 +43,7 @@ def search_command(args: argparse.Namespace) -> int:
 def train_command(args: argparse.Namespace) -> int:
     from ..core.genotype import Genotype, check_data
     from ..engine.distributed import current
-    from ..method.train import train
-    from ..serve.model import save_model
+    from ..method.run import train_found
     from ..space.ops import get_op, list_ops
 
     cfg, data, _ = prepare(args, searches=False, distributed=True)
@@ -53,12 +52,9 @@ def train_command(args: argparse.Namespace) -> int:
     arity = {name: get_op(name).arity for name in list_ops()}
     check_data(genotype, data.feature_channels, data.feature_lengths, str(genotype_path), arity)
     run = open_run(args, cfg, data)
-    r = train(genotype, data, cfg, run, progress=not args.quiet, stage="train", desc="train found net")
+    r = train_found(genotype, data, cfg, run, progress=not args.quiet)  # writes model.pt, metrics.json
     if current().main:
-        save_model(run.path, r.model, data, cfg.to_dict())
-        result = r.row()
-        run.write_json("metrics.json", {**result, "genotype": genotype.to_dict()})
-        print(f"test: {json.dumps(result['test'])}")
+        print(f"test: {json.dumps(r.test)}")
     return 0
 
 
@@ -85,10 +81,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def show_search(result, run) -> None:
-    """Plot the search's history into the run and print the genotype it chose, and how."""
-    from ..report.plots import plot_history
-
-    plot_history(result.history, run.plots_path)
+    """Print the genotype the search chose, and how (the search itself wrote it and its plots)."""
     hypernet = f"hypernet's best epoch {result.best_epoch}: val {result.metric} {result.best_score:.4f}"
     chosen = next((c for c in result.candidates if c["genotype"] == result.genotype.to_dict()), None)
     if chosen is None:

@@ -37,7 +37,11 @@ def register(sub) -> None:
 
     p = command(sub, "export-model", "export a run's trained network (TorchScript or ONNX)")
     trained_run_options(p)
-    p.add_argument("--format", choices=["torchscript", "onnx"], help="default: from --out's suffix")
+    p.add_argument(
+        "--format",
+        choices=["torchscript", "onnx"],
+        help="default: from --out's suffix (.pt, .pth, .ts: torchscript; .onnx: onnx), which it must match",
+    )
     p.add_argument("--out", metavar="FILE", required=True)
     p.add_argument(
         "--features-in",

@@ -21,7 +21,7 @@ from ..core.config import Config
 from ..core.data import FeatureData, FeatureSplit, TaskInfo
 from ..core.genotype import DeriveRules, Genotype
 from ..engine.checkpoint import Checkpoint
-from ..engine.device import on_device
+from ..engine.device import on_device, uses_threads
 from ..engine.distributed import DistributedError, barrier, broadcast_state, check_same, min_batch, shard
 from ..engine.loop import (
     AdamSettings,
@@ -38,7 +38,9 @@ from ..engine.loop import (
 )
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
+from ..report.plots import plot_history
 from ..space.hypernet import HyperNet, edge_weights
+from .record import as_run
 from .rerank import rerank
 from .train import Selection
 
@@ -146,6 +148,7 @@ class _Bilevel:
         return {"model": self.net, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
 
 
+@uses_threads()
 def search(
     data: FeatureData,
     cfg: Config,
@@ -161,11 +164,13 @@ def search(
     rank 0 writes to ``run``.
 
     Args:
-        run: run directory for the checkpoint and ``history.jsonl`` (resumed if a checkpoint exists).
+        run: run directory for the checkpoint, ``history.jsonl``, ``genotype.json`` and ``plots/``
+            (resumed if a checkpoint exists); a path is opened as ``--out`` is
+            (:func:`bmnas.method.record.open_run`: locked, ``config.yaml``, fingerprint).
         stop_after: end this call after that many epochs in total (the rest after a resume);
             used to test resumption.
     """
-    run = RunDir(run) if run is not None and not isinstance(run, RunDir) else run
+    run = as_run(run, cfg, data)
     s = _setup(data, cfg, progress)
     ckpt = Checkpoint(run, "search", cfg, s.stateful(), s.shuffle, "history.jsonl", writes=s.ctx.ranks.main)
     state = ckpt.load() or new_state(best_score=float("-inf"), best_epoch=0, best_genotype=None)
@@ -315,6 +320,7 @@ def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -
     check_same(best.to_dict(), "searched genotype", ranks)
     if complete and run is not None and ranks.main:
         best.save(run.genotype_path)
+        plot_history(state["history"], run.plots_path)
     barrier(ranks)
     return SearchResult(
         best, state["best_epoch"], state["best_score"], s.metric, state["history"], seconds, net, candidates

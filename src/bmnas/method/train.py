@@ -30,7 +30,7 @@ from ..core.genotype import Genotype, last_feature, modalities
 from ..core.schema import load_json
 from ..core.schemas import SELECTION
 from ..engine.checkpoint import Checkpoint
-from ..engine.device import on_device
+from ..engine.device import on_device, uses_threads
 from ..engine.distributed import broadcast_state, current, min_batch
 from ..engine.folds import kfold
 from ..engine.loop import (
@@ -49,6 +49,7 @@ from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
 from ..space.found import FoundNet
 from .probe import choose_C, fit_linear, init_from_probe
+from .record import as_run
 
 log = logging.getLogger(__name__)
 
@@ -309,11 +310,12 @@ def saved_selection(path: Path, genotype: Genotype, epochs: int, folds: int) -> 
     return selection if selection.matches(epochs, folds) else None
 
 
+@uses_threads()
 def train(
     genotype: Genotype,
     data: FeatureData,
     cfg: Config,
-    run: RunDir | None = None,
+    run: RunDir | str | Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
     stage: str = "train",
@@ -324,11 +326,13 @@ def train(
 
     Args:
         run: run directory for the per-epoch checkpoint (resumed if present), the history and the
-            selection's outcome (``<stage>_selection.json``).
+            selection's outcome (``<stage>_selection.json``); a path is opened as ``--out`` is
+            (:func:`bmnas.method.record.open_run`).
         stage: checkpoint name, so several networks can be trained in one run directory.
         stop_after: end this call after that many refit epochs in total (to test resumption).
         selection: an already measured selection of this genotype (e.g. from re-ranking).
     """
+    run = as_run(run, cfg, data)
     genotype = with_recipe(genotype, cfg)
     t = cfg.train
     seconds = 0.0
