@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.config import Config
+from ..core.config import Config, SearchConfig
 from ..core.data import FeatureData, FeatureSplit, TaskInfo
 from ..core.genotype import DeriveRules, Genotype
 from ..engine.checkpoint import Checkpoint
@@ -312,7 +312,7 @@ def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -
     complete = state["epoch"] >= cfg.search.epochs
     if complete:
         if ranks.main:
-            warn_if_undecided(state["history"][-1])
+            warn_if_undecided(state["history"][-1], cfg.search)
         if cfg.search.rerank:
             candidates = rerank(net, state, data, cfg, run, s.progress)
             seconds += sum(c["seconds"] for c in candidates)
@@ -364,14 +364,35 @@ def arch_diagnostics(net: HyperNet) -> dict:
 UNDECIDED_SPREAD = 0.05
 
 
-def warn_if_undecided(last: dict) -> None:
-    """Warn when the upper level barely moved: the derived feature pairs are then initialisation noise."""
+def warn_if_undecided(last: dict, cfg: SearchConfig) -> None:
+    """Warn when the upper level barely moved: the derived feature pairs are then initialisation noise.
+
+    What to do depends on the config: with ``search.rerank`` > 0 the candidates' val scores already
+    choose; without, re-ranking is the remedy to suggest.
+    """
     spread = last.get("alpha_spread", 1.0)
-    if spread < UNDECIDED_SPREAD:
-        log.warning(
-            "the search did not decide which features to fuse: after %d epochs the weights of every "
-            "Cell slot differ by at most %.3f. Raise search.arch_lr or search.epochs, or set "
-            "search.rerank > 0 so that candidates are compared on val.",
-            last["epoch"],
-            spread,
+    if spread >= UNDECIDED_SPREAD:
+        return
+    n = last["epoch"]
+    moved = max(0, n - cfg.warmup_epochs)
+    epochs = f"{n} epoch{'' if n == 1 else 's'}"
+    if cfg.warmup_epochs:
+        epochs += f" ({moved} after the {cfg.warmup_epochs}-epoch warm-up)"
+    if cfg.rerank > 0:
+        then = (
+            f"The genotype is chosen among the {cfg.rerank} re-ranked candidates by their scores on val, "
+            "so it rests on those scores alone. Raise search.arch_lr or search.epochs for the search to "
+            "take part in the choice."
         )
+    else:
+        then = (
+            "Raise search.arch_lr or search.epochs, or set search.rerank > 0 (e.g. 8) so that "
+            "candidates are compared on val."
+        )
+    log.warning(
+        "the search did not decide which features to fuse: after %s the weights of every Cell slot "
+        "differ by at most %.3f. %s",
+        epochs,
+        spread,
+        then,
+    )

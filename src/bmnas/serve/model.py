@@ -115,7 +115,7 @@ class LoadedModel:
                     f"(C_in = {spec.channels} channels first)"
                 )
             check_feature(where, name, arr)  # the checks of the run's own data: dtype, values
-            out[name] = pool_feature(torch.as_tensor(arr), self.L, self.pooling).numpy()
+            out[name] = pool_feature(torch.as_tensor(arr), self.L, self.pooling, name=name).numpy()
         return out
 
     def check_pooled(self, pooled: Mapping[str, np.ndarray], where: str = "input") -> None:
