@@ -68,6 +68,9 @@ def test_a_run_made_from_python_is_one_every_command_takes(api_example, monkeypa
     )
     assert main(["robustness", str(run), "--noise", "0.5", "--quiet"]) == 0
     assert (run / "robustness.png").is_file()
+    probe = __import__("json").loads((run / "metrics.json").read_text())["baselines"]["linear_probe"]
+    line = f"chance: 1/K = 1/2: 0.5000; linear probe on the clean test split: {probe['test']['accuracy']:.4f}"
+    assert line in capsys.readouterr().out.splitlines()
     # the same command resumes it: the config and data recorded by bmnas.run are the command's
     small = ["model.C=8", "model.L=4", "search.epochs=3", "train.epochs=3"]
     assert (

@@ -140,5 +140,10 @@ def robustness_command(args: argparse.Namespace) -> int:
         args.run_dir, args.cache, args.out, args.data, args.noise, args.seed, progress=not args.quiet
     )
     print(report.table)
+    if report.chance is not None:
+        probe = (
+            f"; linear probe on the clean test split: {report.probe:.4f}" if report.probe is not None else ""
+        )
+        print(f"{report.chance[1]}: {report.chance[0]:.4f}{probe}")
     print(f"\nwrote {report.paths['markdown']}, robustness.csv, robustness.json, robustness.png")
     return 0
