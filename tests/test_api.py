@@ -1,5 +1,6 @@
 """The package's front door: ``bmnas.search`` and ``bmnas.train`` are the two stages' entry functions."""
 
+import fcntl
 import importlib
 import inspect
 
@@ -74,5 +75,7 @@ def test_train_given_a_path_writes_a_run_that_predict_reads(tmp_path):
     assert {"config.yaml", "fingerprint.json", "model.pt", "metrics.json"} <= {
         p.name for p in (tmp_path / "t").iterdir()
     }
+    with open(tmp_path / "t" / ".lock") as f:  # given back on return: another process may open the run
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     preds = bmnas.load(tmp_path / "t").predict_pooled(data["test"].features)
     assert preds.metrics(data["test"].labels)["accuracy"] == pytest.approx(r.test["accuracy"])

@@ -5,14 +5,21 @@ Every library entry that writes a run (:func:`bmnas.method.run.run`, :func:`bmna
 opens ``--out``: the directory is locked, checked to hold this run (or none), and ``config.yaml``
 and ``fingerprint.json`` are written before any epoch runs. So a run made from Python is one every
 command accepts (``bmnas show | predict | export-model | robustness``, a resumed ``bmnas run``).
+:func:`entry` makes a function such an entry: bmnas' thread policy for its duration, and the run
+directory it locked given back when it returns.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+from ..core import locks
 from ..core.config import Config
 from ..core.data import FeatureData
+from ..engine.device import uses_threads
 from ..engine.distributed import barrier, current
 from ..engine.rundir import RunDir
 from ..features.validate import fingerprint
@@ -40,3 +47,20 @@ def as_run(run: RunDir | str | Path | None, cfg: Config, data: FeatureData) -> R
     if run is None or isinstance(run, RunDir):
         return run
     return open_run(run, cfg, data)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def entry(fn: F) -> F:
+    """A public entry of the method (``cfg`` and ``data`` among its arguments): it computes under
+    :func:`~bmnas.engine.device.uses_threads`' policy, and the run directory locks it takes (a path
+    given as its run) are released when it returns, so another process may open the run next."""
+    threaded = uses_threads()(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with locks.scoped():
+            return threaded(*args, **kwargs)
+
+    return call  # type: ignore[return-value]

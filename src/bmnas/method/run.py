@@ -19,7 +19,6 @@ from pathlib import Path
 from ..core.config import Config
 from ..core.data import FeatureData
 from ..core.genotype import Genotype, modalities
-from ..engine.device import uses_threads
 from ..engine.distributed import current
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
@@ -28,7 +27,7 @@ from ..report.summary import SEARCHED, RunReport, recommend, score_name
 from ..serve.model import save_model
 from ..space.baselines import baseline
 from .probe import linear_probe
-from .record import as_run
+from .record import as_run, entry
 from .search import search
 from .train import TrainResult, train
 
@@ -48,7 +47,7 @@ def fit_config_to_data(cfg: Config, data: FeatureData) -> Config:
     return cfg
 
 
-@uses_threads()
+@entry
 def train_found(
     genotype: Genotype,
     data: FeatureData,
@@ -72,7 +71,7 @@ def train_found(
     return r
 
 
-@uses_threads()
+@entry
 def run(
     data: FeatureData,
     cfg: Config,

@@ -21,7 +21,7 @@ from ..core.config import Config, SearchConfig
 from ..core.data import FeatureData, FeatureSplit, TaskInfo
 from ..core.genotype import DeriveRules, Genotype
 from ..engine.checkpoint import Checkpoint
-from ..engine.device import on_device, uses_threads
+from ..engine.device import on_device
 from ..engine.distributed import DistributedError, barrier, broadcast_state, check_same, min_batch, shard
 from ..engine.loop import (
     AdamSettings,
@@ -40,7 +40,7 @@ from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
 from ..report.plots import plot_history
 from ..space.hypernet import HyperNet, edge_weights
-from .record import as_run
+from .record import as_run, entry
 from .rerank import rerank
 from .train import Selection
 
@@ -148,7 +148,7 @@ class _Bilevel:
         return {"model": self.net, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
 
 
-@uses_threads()
+@entry
 def search(
     data: FeatureData,
     cfg: Config,

@@ -30,7 +30,7 @@ from ..core.genotype import Genotype, last_feature, modalities
 from ..core.schema import load_json
 from ..core.schemas import SELECTION
 from ..engine.checkpoint import Checkpoint
-from ..engine.device import on_device, uses_threads
+from ..engine.device import on_device
 from ..engine.distributed import broadcast_state, current, min_batch
 from ..engine.folds import kfold
 from ..engine.loop import (
@@ -49,7 +49,7 @@ from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
 from ..space.found import FoundNet
 from .probe import choose_C, fit_linear, init_from_probe
-from .record import as_run
+from .record import as_run, entry
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def saved_selection(path: Path, genotype: Genotype, epochs: int, folds: int) -> 
     return selection if selection.matches(epochs, folds) else None
 
 
-@uses_threads()
+@entry
 def train(
     genotype: Genotype,
     data: FeatureData,
