@@ -435,7 +435,7 @@ def test_export_model_refuses_an_unknown_extension_unless_the_format_is_given(tr
     _, run = trained
     out = tmp_path / "model.bin"
     rc, err = run_cli(capsys, "export-model", str(run), "--out", str(out))
-    known = ".pt (torchscript), .pth (torchscript), .onnx (onnx)"
+    known = ".pt (torchscript), .pth (torchscript), .ts (torchscript), .onnx (onnx)"
     why = (
         f"unknown model file extension '.bin'; use {known}, or say the format with --format torchscript|onnx"
     )
@@ -445,3 +445,14 @@ def test_export_model_refuses_an_unknown_extension_unless_the_format_is_given(tr
     assert rc == 2 and "unknown model file extension '(none)'" in err
     assert run_cli(capsys, "export-model", str(run), "--out", str(out), "--format", "torchscript")[0] == 0
     assert read_metadata(out)["format"] == "bmnas.exported"
+    ts = tmp_path / "model.ts"
+    assert run_cli(capsys, "export-model", str(run), "--out", str(ts))[0] == 0
+    assert read_metadata(ts)["format"] == "bmnas.exported"  # .ts: TorchScript
+    for fmt, name, implied in (("onnx", "model.pt", "torchscript"), ("torchscript", "model.onnx", "onnx")):
+        bad = tmp_path / name
+        rc, err = run_cli(capsys, "export-model", str(run), "--out", str(bad), "--format", fmt)
+        assert (rc, err.split(";")[0]) == (
+            2,
+            f"bmnas: error: --out {bad} names a {implied} file but --format is {fmt}",
+        )
+        assert not bad.exists()

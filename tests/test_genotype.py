@@ -5,7 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from bmnas.core.genotype import PAPER_RULES, CellGene, Genotype, GenotypeError, StepGene
+from bmnas.core.genotype import (
+    OUR_RULES,
+    PAPER_RULES,
+    CellGene,
+    DeriveRules,
+    Genotype,
+    GenotypeError,
+    StepGene,
+)
 from bmnas.space.derive import best_pair, derive
 from helpers import FEATS, OPS
 
@@ -81,6 +89,45 @@ def test_step_inputs_may_repeat_and_zero_step_has_no_inputs():
     g = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, inner_multiplier=2, rules=PAPER_RULES)
     assert g.cells[0].steps == (StepGene("sum", ("y", "y")), StepGene("zero", ()))
     assert g.cells[0].concat == ("step1", "step2")
+
+
+def _zero_then_sum_of_x_and_step1():
+    """α, β, γ of one Cell whose argmaxes read ``step1 = zero(), step2 = sum(x, step1)``."""
+    alpha = [np.stack([one_hot(4, 0), one_hot(4, 2)])]
+    beta = [[np.full((2, 2), 0.5), np.stack([np.array([0.6, 0.1, 0.3]), np.array([0.2, 0.1, 0.7])])]]
+    gamma = [np.array([[9.0, 0, 0, 0, 0], [0, 9.0, 0, 0, 0]])]  # step1: zero; step2: sum
+    return alpha, beta, gamma
+
+
+def test_a_derived_cell_output_always_reads_its_second_input():
+    """``LayerNorm(sum(x, zero) + x)`` ignores y: by default the last step is re-chosen to read y."""
+    alpha, beta, gamma = _zero_then_sum_of_x_and_step1()
+    g = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, rules=OUR_RULES)
+    # among the pairs with a state that reads y (only y itself: step1 is zero), the best is
+    # w_x(x)·w_y(y) = 0.6·0.1 against w_x(y)·w_y(step1) = 0.1·0.7 -> (y, step1)
+    assert g.cells[0].steps == (StepGene("zero", ()), StepGene("sum", ("y", "step1")))
+    # asked for (zero_output, as the paper's rules): the argmaxes as they are
+    for rules in (PAPER_RULES, DeriveRules(zero_output=True)):
+        g = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, rules=rules)
+        assert g.cells[0].steps[1] == StepGene("sum", ("x", "step1"))
+    # a Cell that already reads y is left alone
+    beta[0][1] = np.stack([np.array([0.1, 0.6, 0.3]), np.array([0.2, 0.1, 0.7])])
+    g = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, rules=OUR_RULES)
+    assert g.cells[0].steps[1] == StepGene("sum", ("y", "step1"))
+
+
+def test_a_search_never_derives_a_cell_that_ignores_y():
+    """Every genotype a default search derives reads y in each Cell's output (100 random draws)."""
+    from bmnas.space.derive import _states_reading_y
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        alpha = [rng.random((2, 4 + n)) for n in range(2)]
+        beta = [[rng.random((2, 2 + m)) for m in range(3)] for _ in range(2)]
+        gamma = [rng.random((3, 5)) * np.array([3.0, 1, 1, 1, 1]) for _ in range(2)]  # zero is likely
+        g = derive(alpha, beta, gamma, FEATS, OPS, C=8, L=4, rules=OUR_RULES)
+        for cell in g.cells:
+            assert set(cell.concat) & _states_reading_y(cell.steps), cell
 
 
 def test_shared_mode_takes_distinct_step_inputs_like_the_authors():

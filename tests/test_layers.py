@@ -16,7 +16,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "src" / "bmnas"
 FLOORS = {"core": 0, "space": 1, "engine": 1, "report": 1, "features": 2, "serve": 3, "method": 4}
 FLOORS |= {"studies": 5, "cli": 6}
-METHOD_ORDER = ["run", "search", "rerank", "train", "probe"]
+METHOD_ORDER = ["run", "search", "rerank", "train", "probe", "record"]
 
 # (module, imported module) -> why it is imported inside a function
 ALLOWED_LATE = {

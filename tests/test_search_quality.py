@@ -16,7 +16,7 @@ from bmnas.core.genotype import PAPER_RULES, StepGene
 from bmnas.engine.rundir import RunDir
 from bmnas.features.synthetic import planted_interaction
 from bmnas.method.probe import linear_probe
-from bmnas.method.search import arch_diagnostics, search, split_for_search
+from bmnas.method.search import arch_diagnostics, search, split_for_search, warn_if_undecided
 from bmnas.report.summary import recommend
 from bmnas.space.derive import derive
 from bmnas.space.hypernet import HyperNet, edge_weights
@@ -122,6 +122,26 @@ def test_search_warns_when_the_upper_level_did_not_move(caplog):
     cfg = Config.from_sources(None, SMALL + ["search.arch_lr=1e-9"])
     search(data, cfg, progress=False)
     assert "did not decide which features to fuse" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("last", "overrides", "says"),
+    [
+        ({"epoch": 1}, ["search.rerank=8"], "after 1 epoch the weights"),
+        ({"epoch": 1}, ["search.rerank=8"], "chosen among the 8 re-ranked candidates"),
+        ({"epoch": 4}, ["search.rerank=0", "search.warmup_epochs=3"], "after 4 epochs (1 after the 3-epoch"),
+        ({"epoch": 4}, ["search.rerank=0"], "or set search.rerank > 0 (e.g. 8)"),
+    ],
+)
+def test_the_undecided_warning_says_what_fits_the_config(caplog, last, overrides, says):
+    cfg = Config.from_sources(None, overrides).search
+    warn_if_undecided({**last, "alpha_spread": 0.001}, cfg)
+    assert says in caplog.text
+    assert ("set search.rerank > 0" in caplog.text) == (cfg.rerank == 0)
+    assert "1 epochs" not in caplog.text
+    caplog.clear()
+    warn_if_undecided({**last, "alpha_spread": 0.2}, cfg)  # decided: no warning
+    assert caplog.text == ""
 
 
 # -- warm-up and arch split ------------------------------------------------------------------

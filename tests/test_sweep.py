@@ -92,7 +92,9 @@ def test_sweep_writes_the_study_and_its_best_trial(tmp_path, capsys):
     assert [float(r["value"]) for r in table] == [t.value for t in complete]
     assert [int(r["model.C"]) for r in table] == [t.params["model.C"] for t in complete]
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"best: trial {best.number}, val {best.value:.4f}" in printed
+    # the objective is named by how it was scored: 3-fold CV over train + val by default, not "val"
+    assert f"best: trial {best.number}, 3-fold CV (train + val) {best.value:.4f}" in printed
+    assert {t.user_attrs["scored_by"] for t in complete} == {"3-fold CV (train + val)"}
 
 
 def test_sweep_resumes_and_skips_a_killed_trial(tmp_path, monkeypatch, capsys):

@@ -7,11 +7,16 @@ The Python API mirrors the command line:
   inputs -> the generic ``--data`` format);
 * :func:`run` (``bmnas run``: search, train, baselines, recommended network); the stages alone
   are :func:`search` (``bmnas search``, :func:`bmnas.method.search.search`) and :func:`train`
-  (``bmnas train``, the evaluation stage :func:`bmnas.method.train.train`). Their modules live in
-  :mod:`bmnas.method`, so that importing them never replaces these functions;
-* :func:`load` (a trained run -> a network that predicts), :class:`Config`, :class:`Genotype`.
+  (``bmnas train``, :func:`bmnas.method.run.train_found`: the evaluation stage, then ``model.pt``
+  and ``metrics.json``). Their modules live in :mod:`bmnas.method`, so that importing them never
+  replaces these functions. Given a path, each writes the run directory the command would
+  (``config.yaml``, fingerprint, results, plots), so every command accepts it;
+* :func:`load` (a trained run -> a network that predicts), :class:`Config` (``Config.from_dict``:
+  the checks of ``--config``/``--set``), :class:`Genotype`.
 
-Heavy modules (torch) load on first use.
+Computing entries (``run``, ``search``, ``train``, a loaded network's ``predict``) apply bmnas'
+thread policy (config ``threads``; :func:`bmnas.engine.device.uses_threads`) for their duration and
+restore torch's thread count after. Heavy modules (torch) load on first use.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ _API = {
     "run": ("method.run", "run"),
     "load": ("serve.model", "load"),
     "search": ("method.search", "search"),
-    "train": ("method.train", "train"),
+    "train": ("method.run", "train_found"),
 }
 __all__ = [
     "Config",
@@ -54,8 +59,8 @@ if TYPE_CHECKING:
     from .features.from_modules import extract_features
     from .features.pipeline import dataset_features, load_data
     from .method.run import run
+    from .method.run import train_found as train
     from .method.search import search
-    from .method.train import train
     from .serve.model import load
     from .space import ops as ops
     from .space.ops import register_op

@@ -7,8 +7,8 @@ the prelude in the same order for every command:
 1. :func:`config_of`: dataset preset → ``--config`` → ``--set``/``--device`` → ``--dataset``/``--data``
    (joins ``torchrun``'s process group for the commands that run over several processes);
 2. :func:`read_data` (the features, prepared and cached on first use) or :func:`prepare`, which
-   also logs the data line, sets the process's threads and, for commands that search, checks the
-   data and fits the config to it;
+   also logs the data line, tunes malloc and, for commands that search, checks the data and fits
+   the config to it (the library functions the command calls set the threads);
 3. :func:`open_run`: locks ``--out`` and checks that it holds this run before anything is written.
 
 Importing this module loads no torch (``bmnas --help`` stays fast): the prelude imports its work
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -317,7 +316,7 @@ def prepare(
     args: argparse.Namespace, searches: bool, distributed: bool = False
 ) -> tuple[Config, FeatureData, float]:
     """Config, data and seconds to read the data, of a command that trains: :func:`config_of`,
-    :func:`read_data` (timed and logged), the process's threads; a command that ``searches`` checks
+    :func:`read_data` (timed and logged), malloc's settings; a command that ``searches`` checks
     that the data can be searched and fits the config to it
     (:func:`bmnas.method.run.fit_config_to_data`)."""
     from ..engine.device import resolve_device
@@ -337,7 +336,7 @@ def prepare(
         sizes,
         data_seconds,
     )
-    set_threads(cfg, data)
+    tune_memory()
     if searches:
         from ..features.validate import check_searchable
         from ..method.run import fit_config_to_data
@@ -347,39 +346,27 @@ def prepare(
     return cfg, data, data_seconds
 
 
-def set_threads(cfg: Config, data: FeatureData) -> int:
-    """Process-wide CPU settings of a run: intra-op threads (``threads``, else the policy) and malloc."""
-    import torch
-
-    from ..engine.device import available_cores, choose_threads, keep_freed_memory, step_elements
+def tune_memory() -> None:
+    """Process-wide malloc settings of a command that trains (:func:`bmnas.engine.device.keep_freed_memory`);
+    its threads are set by the library entries it calls (:func:`bmnas.engine.device.uses_threads`)."""
+    from ..engine.device import keep_freed_memory
 
     keep_freed_memory()  # activations reuse freed memory: no page faults every iteration
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes of this run on this machine
-    n = cfg.threads or choose_threads(
-        step_elements(cfg.search.batch_size, len(data.feature_names), cfg.model.C, cfg.model.L),
-        cores=max(1, available_cores() // local),
-    )
-    torch.set_num_threads(n)
-    log.debug("%d torch threads (%s)", n, "threads" if cfg.threads else "bmnas' policy")
-    return n
 
 
 def open_run(args: argparse.Namespace, cfg: Config, data: FeatureData) -> RunDir:
     """Lock ``--out`` and check that it holds this run (or none) before anything is written.
 
-    Under ``torchrun`` rank 0 opens (and locks) the directory; the other ranks only read from it.
+    The library's :func:`bmnas.method.record.open_run` (what ``bmnas.run(data, cfg, "RUN_DIR")`` does
+    too) with ``--out`` and ``--fresh``.
     """
-    from ..engine.distributed import barrier, current
-    from ..engine.rundir import RunDir
-    from ..features.validate import fingerprint
+    from ..engine.distributed import current
+    from ..method.record import open_run as open_run_dir
 
-    ranks = current()
-    if ranks.main:
+    run = open_run_dir(args.out, cfg, data, fresh=args.fresh)
+    if current().main:
         from . import runlog
 
-        run = RunDir(args.out)
-        run.open(cfg, fingerprint(data), fresh=args.fresh)
         runlog.start_session(args, run.path, cfg.to_dict())  # run.log, --logger, the start time
         run.observe(args.row_feed)
-    barrier(ranks)
-    return run if ranks.main else RunDir(args.out, create=False)
+    return run

@@ -48,8 +48,7 @@ def search_command(args: argparse.Namespace) -> int:
 def train_command(args: argparse.Namespace) -> int:
     from ..core.genotype import Genotype, check_data
     from ..engine.distributed import current
-    from ..method.train import train
-    from ..serve.model import save_model
+    from ..method.run import train_found
     from ..space.ops import get_op, list_ops
 
     cfg, data, _ = prepare(args, searches=False, distributed=True)
@@ -58,14 +57,10 @@ def train_command(args: argparse.Namespace) -> int:
     arity = {name: get_op(name).arity for name in list_ops()}
     check_data(genotype, data.feature_channels, data.feature_lengths, str(genotype_path), arity)
     run = open_run(args, cfg, data)
-    r = train(genotype, data, cfg, run, progress=not args.quiet, stage="train", desc="train found net")
+    r = train_found(genotype, data, cfg, run, progress=not args.quiet)  # writes model.pt, metrics.json
     if current().main:
-        save_model(run.path, r.model, data, cfg.to_dict())
-        result = r.row()
-        metrics = {**result, "genotype": genotype.to_dict(), "data": data_summary(data)}
-        run.write_json("metrics.json", metrics)
-        print(f"test: {json.dumps(result['test'])}")
-        finish_run(args, cfg, run, metrics, r.model.genotype)
+        print(f"test: {json.dumps(r.test)}")
+        finish_run(args, cfg, run, read_json(run.metrics_path), r.model.genotype)
     return 0
 
 
@@ -96,12 +91,6 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def data_summary(data) -> dict:
-    """``metrics.json``'s ``data``: name, split sizes, task, info (class names)."""
-    sizes = {s: len(sp) for s, sp in data.splits.items()}
-    return {"name": data.name, "sizes": sizes, "task": data.task.__dict__, "info": data.info}
-
-
 def finish_run(args: argparse.Namespace, cfg, run, metrics: dict, genotype) -> None:
     """Record the environment in ``metrics.json`` and write the model card ``RUN_DIR/README.md``
     (unless a README.md there is the user's: it stays, and the card is skipped with a warning)."""
@@ -122,10 +111,7 @@ def finish_run(args: argparse.Namespace, cfg, run, metrics: dict, genotype) -> N
 
 
 def show_search(result, run) -> None:
-    """Plot the search's history into the run and print the genotype it chose, and how."""
-    from ..report.plots import plot_history
-
-    plot_history(result.history, run.plots_path)
+    """Print the genotype the search chose, and how (the search itself wrote it and its plots)."""
     hypernet = f"hypernet's best epoch {result.best_epoch}: val {result.metric} {result.best_score:.4f}"
     chosen = next((c for c in result.candidates if c["genotype"] == result.genotype.to_dict()), None)
     if chosen is None:

@@ -37,7 +37,11 @@ def register(sub) -> None:
 
     p = command(sub, "export-model", "export a run's trained network (TorchScript or ONNX)")
     trained_run_options(p)
-    p.add_argument("--format", choices=["torchscript", "onnx"], help="default: from --out's suffix")
+    p.add_argument(
+        "--format",
+        choices=["torchscript", "onnx"],
+        help="default: from --out's suffix (.pt, .pth, .ts: torchscript; .onnx: onnx), which it must match",
+    )
     p.add_argument("--out", metavar="FILE", required=True)
     p.add_argument(
         "--features-in",
@@ -136,5 +140,10 @@ def robustness_command(args: argparse.Namespace) -> int:
         args.run_dir, args.cache, args.out, args.data, args.noise, args.seed, progress=not args.quiet
     )
     print(report.table)
+    if report.chance is not None:
+        probe = (
+            f"; linear probe on the clean test split: {report.probe:.4f}" if report.probe is not None else ""
+        )
+        print(f"{report.chance[1]}: {report.chance[0]:.4f}{probe}")
     print(f"\nwrote {report.paths['markdown']}, robustness.csv, robustness.json, robustness.png")
     return 0

@@ -114,7 +114,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     r = sweep(load, cfg, args.out, args.trials, args.storage, args.study, space, progress=not args.quiet)
     print()
     print(format_rows(r.rows, r.space, r.best_number))
-    print(f"\nbest: trial {r.best_number}, val {r.best_value:.4f}")
+    print(f"\nbest: trial {r.best_number}, {r.scored_by} {r.best_value:.4f}")
     print(r.genotype.describe())
     print(f"written: {', '.join(str(p) for p in r.paths.values())}")
     return 0

@@ -63,6 +63,18 @@ def release_all() -> None:
 
 
 @contextlib.contextmanager
+def scoped() -> Iterator[None]:
+    """Release, when the block ends, every lock taken inside it (those held before stay held): a
+    library call that opened a run directory gives it back on return, as a command does on exit."""
+    before = set(_HELD)
+    try:
+        yield
+    finally:
+        for path in [p for p in _HELD if p not in before]:
+            release(path)
+
+
+@contextlib.contextmanager
 def locked(path: str | Path) -> Iterator[None]:
     """Hold the lock ``path`` for the ``with`` block, waiting for another holder to finish."""
     path = Path(path)

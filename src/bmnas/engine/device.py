@@ -2,26 +2,35 @@
 
 Library code never names a device: :func:`resolve_device` turns ``config.device`` into a
 ``torch.device`` once, :func:`on_device` places a split's features there, :func:`autocast` wraps
-forward passes for ``precision: bf16``. :func:`choose_threads` is a *policy* the command line
-applies once at its entry, with :func:`keep_freed_memory` (``torch.set_num_threads`` and malloc's
-settings are process-wide, so library functions never change them).
+forward passes for ``precision: bf16``. :func:`choose_threads` is the *policy* for intra-op CPU
+threads; :func:`thread_policy` applies it around a block (the previous count is restored after) and
+:func:`uses_threads` around every public entry that computes (``search``, ``train``, ``run``,
+predicting with a loaded network, exporting it), so the command line and the Python API run with the
+same threads. :func:`keep_freed_memory` changes malloc for the whole process: only the command line
+calls it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import inspect
+import logging
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from ..core.data import FeatureSplit
 from ..core.errors import BmnasError
+
+log = logging.getLogger(__name__)
 
 FIT_SHARE = 0.5  # features go to the accelerator at once when they take at most this share of its free memory
 # fused elements per batch from which more threads pay off (the MM-IMDB, NTU presets: yes; default C, L: no)
@@ -166,16 +175,68 @@ def choose_threads(step_elements: int, cores: int | None = None, busy: float | N
     (docs/DESIGN.md §11; measured in benchmarks/README.md, threads.py). So: one thread for small steps;
     for large ones, the cores no other process is using (at least one).
     """
+    if step_elements < LARGE_STEP:  # decided before measuring the load, which takes a quarter second
+        return 1
     cores = available_cores() if cores is None else cores
     busy = busy_cores() if busy is None else busy
-    if step_elements < LARGE_STEP:
-        return 1
     return max(1, min(cores, int(cores - busy + 0.5)))
 
 
 def step_elements(batch_size: int, num_features: int, C: int, L: int) -> int:
     """Elements of the fused tensors of one batch (a proxy for one step's work)."""
     return batch_size * num_features * C * L
+
+
+@contextlib.contextmanager
+def thread_policy(threads: int = 0, step: int = 0) -> Iterator[int]:
+    """Run the block with ``threads`` intra-op torch threads, or with 0 the policy's count
+    :func:`choose_threads` for ``step`` fused elements per batch (on this process's share of the
+    cores under ``torchrun``); restore the previous count after. Yields the count.
+
+    Blocks nest: the command line runs every command in one with the policy's default (one
+    thread), and each computing entry inside it sets the count for its own step.
+    """
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes of this run on this machine
+    n = threads or choose_threads(step, cores=max(1, available_cores() // local))
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+        log.debug("%d torch threads (%s)", n, "threads" if threads else "bmnas' policy")
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def config_threads(arguments: Mapping[str, Any]) -> tuple[int, int]:
+    """``(threads, step elements)`` of a call with a ``cfg`` (a :class:`~bmnas.core.config.Config`)
+    and ``data`` (a :class:`~bmnas.core.data.FeatureData`): one search batch of every feature."""
+    cfg, data = arguments["cfg"], arguments["data"]
+    m = cfg.model
+    return cfg.threads, step_elements(cfg.search.batch_size, len(data.feature_names), m.C, m.L)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def uses_threads(policy: Callable[[Mapping[str, Any]], tuple[int, int]] = config_threads) -> Callable[[F], F]:
+    """Decorate a public entry so that it runs inside :func:`thread_policy`; ``policy`` reads
+    ``(threads, step elements)`` from the call's arguments by name (default :func:`config_threads`)."""
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def entry(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with thread_policy(*policy(bound.arguments)):
+                return fn(*args, **kwargs)
+
+        return entry  # type: ignore[return-value]
+
+    return decorate
 
 
 def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:

@@ -131,7 +131,7 @@ def extract_features(
                     f"forward pass; take features from a module that runs once"
                 )
             raw = _first_tensor(output, f"module {backbone.layers[layer]!r}")
-            pooled[layer] = pool_feature(raw, length, pooling)
+            pooled[layer] = pool_feature(raw, length, pooling, name=names[layer])
 
         return hook
 

@@ -15,12 +15,16 @@ projection's matmul wants, so search and training never transpose it.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger(__name__)
+
 POOLING_MODES = ("max", "avg")
+_told: set[tuple[str, tuple[int, ...], int]] = set()  # (feature, raw positions, L) already logged
 
 
 def grid_for(length: int, height: int = 1, width: int = 1) -> tuple[int, int]:
@@ -38,13 +42,26 @@ def _pool_sequence(x: torch.Tensor, length: int, mode: str) -> torch.Tensor:
     return pool(x, length)
 
 
-def pool_feature(x: torch.Tensor, length: int, mode: str = "max") -> torch.Tensor:
+def stretched(shape: tuple[int, ...], length: int) -> bool:
+    """Whether a raw feature of ``shape`` ``(N, C_in, *spatial)`` has fewer positions than ``length``
+    along an axis, so that pooling interpolates it up instead of pooling it down."""
+    if len(shape) in (3, 5):
+        return shape[2] < length
+    if len(shape) == 4:
+        h, w = grid_for(length, shape[2], shape[3])
+        return shape[2] < h or shape[3] < w
+    return False
+
+
+def pool_feature(x: torch.Tensor, length: int, mode: str = "max", name: str | None = None) -> torch.Tensor:
     """Pool a batch of raw features ``(N, C_in, *spatial)`` to ``(N, L_k, C_in)``.
 
     Args:
         x: raw features with 2 (vector), 3 (sequence), 4 (map) or 5 (video) dimensions.
         length: L, the number of positions of a fused tensor.
         mode: ``"max"`` (default) or ``"avg"`` pooling.
+        name: the feature's name; given, a feature with fewer positions than ``length`` (e.g.
+            features exported with L = 4, read with model.L = 8) is logged once per process.
     """
     if mode not in POOLING_MODES:
         raise ValueError(f"unknown pooling mode {mode!r}; choose one of {POOLING_MODES}")
@@ -53,6 +70,18 @@ def pool_feature(x: torch.Tensor, length: int, mode: str = "max") -> torch.Tenso
     if x.dim() >= 2 and 0 in x.shape[1:]:
         raise ValueError(f"a raw feature needs every dimension after N to be >= 1, got {tuple(x.shape)}")
     x = x.float()
+    spatial = tuple(x.shape[2:])
+    if name is not None and (name, spatial, length) not in _told and stretched(tuple(x.shape), length):
+        _told.add((name, spatial, length))
+        log.info(
+            "feature %r has %s positions, fewer than model.L = %d: interpolated up to %d (copies, "
+            "no new information); set model.L to at most its length, or extract it with length >= %d",
+            name,
+            "×".join(map(str, spatial[-2:] if x.dim() == 4 else spatial[:1])),
+            length,
+            length,
+            length,
+        )
     if x.dim() == 2:
         out = x.unsqueeze(-1)
     elif x.dim() == 3:

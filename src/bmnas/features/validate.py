@@ -282,7 +282,8 @@ def build_feature_data(
     for split in SPLITS:
         feats, labels = raw[split]
         pooled = {
-            k: pool_feature(torch.as_tensor(native(v)), length, pooling).numpy() for k, v in feats.items()
+            k: pool_feature(torch.as_tensor(native(v)), length, pooling, name=k).numpy()
+            for k, v in feats.items()
         }
         y = np.asarray(labels)
         y = y.astype(np.int64) if task.type == "multiclass" else y.astype(np.float32)

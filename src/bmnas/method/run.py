@@ -14,18 +14,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 from ..core.config import Config
 from ..core.data import FeatureData
-from ..core.genotype import modalities
+from ..core.genotype import Genotype, modalities
+from ..engine.distributed import current
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
+from ..features.validate import check_searchable
 from ..report.summary import SEARCHED, RunReport, recommend, score_name
 from ..serve.model import save_model
 from ..space.baselines import baseline
 from .probe import linear_probe
+from .record import as_run, entry
 from .search import search
-from .train import train
+from .train import TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +47,62 @@ def fit_config_to_data(cfg: Config, data: FeatureData) -> Config:
     return cfg
 
 
+@entry
+def data_summary(data: FeatureData) -> dict:
+    """``metrics.json``'s ``data``: name, split sizes, task, info (class names)."""
+    sizes = {s: len(sp) for s, sp in data.splits.items()}
+    return {"name": data.name, "sizes": sizes, "task": data.task.__dict__, "info": data.info}
+
+
+def train_found(
+    genotype: Genotype,
+    data: FeatureData,
+    cfg: Config,
+    run: RunDir | str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """``bmnas train`` as a function: the evaluation stage of ``genotype`` (:func:`.train.train`),
+    then, into ``run``, the trained network ``model.pt`` and ``metrics.json`` (test metrics, val
+    score, epochs, parameters, the genotype): a run directory ``bmnas show``, ``predict``,
+    ``export-model`` and ``robustness`` accept. A path is opened as ``--out`` is
+    (:func:`bmnas.method.record.open_run`).
+    """
+    run = as_run(run, cfg, data)
+    r = train(genotype, data, cfg, run, progress=progress, stop_after=stop_after, desc="train found net")
+    finished = len(r.history) == r.epochs  # not cut short by stop_after
+    if run is not None and finished and current().main:
+        save_model(run.path, r.model, data, cfg.to_dict())
+        metrics = {**r.row(), "genotype": genotype.to_dict(), "data": data_summary(data)}
+        run.write_json("metrics.json", metrics)
+    return r
+
+
+@entry
 def run(
     data: FeatureData,
     cfg: Config,
-    run_dir: RunDir | str,
+    run_dir: RunDir | str | Path,
     baselines: bool = True,
     progress: bool = True,
     on_search=None,
     data_seconds: float = 0.0,
 ) -> RunReport:
-    """Search, train and compare on ``data``; write ``metrics.json`` and the genotypes to ``run_dir``.
+    """Search, train and compare on ``data``; write ``metrics.json``, ``model.pt``, the genotypes and
+    the plots to ``run_dir``.
+
+    Does what ``bmnas run`` does: the data must have two features or more, and the config is fitted
+    to it (:func:`fit_config_to_data`); a path ``run_dir`` is opened as ``--out`` is
+    (:func:`bmnas.method.record.open_run`: locked, checked, ``config.yaml`` and the data's fingerprint).
 
     Args:
         baselines: also train the unimodal, late-fusion and fixed-fusion networks and the probe.
         on_search: called with the :class:`~bmnas.method.search.SearchResult` before training (the CLI
             prints the genotype there).
     """
-
-    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    check_searchable(data)
+    cfg = fit_config_to_data(cfg, data)
+    run_dir = as_run(run_dir, cfg, data)
     metric = primary_metric(data.task)
     found = search(data, cfg, run_dir, progress=progress)
     if on_search is not None:
@@ -109,12 +151,7 @@ def run(
         "recommended": {"method": best, "reason": reason, "genotype": genotypes[best].to_dict()},
         "val_folds": folds,
         "baselines": {n: v for n, v in rows.items() if n != SEARCHED},
-        "data": {
-            "name": data.name,
-            "sizes": {s: len(sp) for s, sp in data.splits.items()},
-            "task": data.task.__dict__,
-            "info": data.info,
-        },
+        "data": data_summary(data),
     }
     run_dir.write_json("metrics.json", metrics)
     order = [n for n in rows if n != SEARCHED] + [SEARCHED]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.config import Config
+from ..core.config import Config, SearchConfig
 from ..core.data import FeatureData, FeatureSplit, TaskInfo
 from ..core.genotype import DeriveRules, Genotype
 from ..core.progress import bar as progress_bar
@@ -38,7 +38,9 @@ from ..engine.loop import (
 )
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
+from ..report.plots import plot_history
 from ..space.hypernet import HyperNet, edge_weights
+from .record import as_run, entry
 from .rerank import rerank
 from .train import Selection
 
@@ -146,6 +148,7 @@ class _Bilevel:
         return {"model": self.net, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
 
 
+@entry
 def search(
     data: FeatureData,
     cfg: Config,
@@ -161,11 +164,13 @@ def search(
     rank 0 writes to ``run``.
 
     Args:
-        run: run directory for the checkpoint and ``history.jsonl`` (resumed if a checkpoint exists).
+        run: run directory for the checkpoint, ``history.jsonl``, ``genotype.json`` and ``plots/``
+            (resumed if a checkpoint exists); a path is opened as ``--out`` is
+            (:func:`bmnas.method.record.open_run`: locked, ``config.yaml``, fingerprint).
         stop_after: end this call after that many epochs in total (the rest after a resume);
             used to test resumption.
     """
-    run = RunDir(run) if run is not None and not isinstance(run, RunDir) else run
+    run = as_run(run, cfg, data)
     s = _setup(data, cfg, progress)
     ckpt = Checkpoint(run, "search", cfg, s.stateful(), s.shuffle, "history.jsonl", writes=s.ctx.ranks.main)
     state = ckpt.load() or new_state(best_score=float("-inf"), best_epoch=0, best_genotype=None)
@@ -304,7 +309,7 @@ def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -
     complete = state["epoch"] >= cfg.search.epochs
     if complete:
         if ranks.main:
-            warn_if_undecided(state["history"][-1])
+            warn_if_undecided(state["history"][-1], cfg.search)
         if cfg.search.rerank:
             candidates = rerank(net, state, data, cfg, run, s.progress)
             seconds += sum(c["seconds"] for c in candidates)
@@ -312,6 +317,7 @@ def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -
     check_same(best.to_dict(), "searched genotype", ranks)
     if complete and run is not None and ranks.main:
         best.save(run.genotype_path)
+        plot_history(state["history"], run.plots_path)
     barrier(ranks)
     return SearchResult(
         best, state["best_epoch"], state["best_score"], s.metric, state["history"], seconds, net, candidates
@@ -355,14 +361,35 @@ def arch_diagnostics(net: HyperNet) -> dict:
 UNDECIDED_SPREAD = 0.05
 
 
-def warn_if_undecided(last: dict) -> None:
-    """Warn when the upper level barely moved: the derived feature pairs are then initialisation noise."""
+def warn_if_undecided(last: dict, cfg: SearchConfig) -> None:
+    """Warn when the upper level barely moved: the derived feature pairs are then initialisation noise.
+
+    What to do depends on the config: with ``search.rerank`` > 0 the candidates' val scores already
+    choose; without, re-ranking is the remedy to suggest.
+    """
     spread = last.get("alpha_spread", 1.0)
-    if spread < UNDECIDED_SPREAD:
-        log.warning(
-            "the search did not decide which features to fuse: after %d epochs the weights of every "
-            "Cell slot differ by at most %.3f. Raise search.arch_lr or search.epochs, or set "
-            "search.rerank > 0 so that candidates are compared on val.",
-            last["epoch"],
-            spread,
+    if spread >= UNDECIDED_SPREAD:
+        return
+    n = last["epoch"]
+    moved = max(0, n - cfg.warmup_epochs)
+    epochs = f"{n} epoch{'' if n == 1 else 's'}"
+    if cfg.warmup_epochs:
+        epochs += f" ({moved} after the {cfg.warmup_epochs}-epoch warm-up)"
+    if cfg.rerank > 0:
+        then = (
+            f"The genotype is chosen among the {cfg.rerank} re-ranked candidates by their scores on val, "
+            "so it rests on those scores alone. Raise search.arch_lr or search.epochs for the search to "
+            "take part in the choice."
         )
+    else:
+        then = (
+            "Raise search.arch_lr or search.epochs, or set search.rerank > 0 (e.g. 8) so that "
+            "candidates are compared on val."
+        )
+    log.warning(
+        "the search did not decide which features to fuse: after %s the weights of every Cell slot "
+        "differ by at most %.3f. %s",
+        epochs,
+        spread,
+        then,
+    )

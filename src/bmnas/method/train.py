@@ -50,6 +50,7 @@ from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
 from ..space.found import FoundNet
 from .probe import choose_C, fit_linear, init_from_probe
+from .record import as_run, entry
 
 log = logging.getLogger(__name__)
 
@@ -318,11 +319,12 @@ def saved_selection(path: Path, genotype: Genotype, epochs: int, folds: int) -> 
     return selection if selection.matches(epochs, folds) else None
 
 
+@entry
 def train(
     genotype: Genotype,
     data: FeatureData,
     cfg: Config,
-    run: RunDir | None = None,
+    run: RunDir | str | Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
     stage: str = "train",
@@ -333,11 +335,13 @@ def train(
 
     Args:
         run: run directory for the per-epoch checkpoint (resumed if present), the history and the
-            selection's outcome (``<stage>_selection.json``).
+            selection's outcome (``<stage>_selection.json``); a path is opened as ``--out`` is
+            (:func:`bmnas.method.record.open_run`).
         stage: checkpoint name, so several networks can be trained in one run directory.
         stop_after: end this call after that many refit epochs in total (to test resumption).
         selection: an already measured selection of this genotype (e.g. from re-ranking).
     """
+    run = as_run(run, cfg, data)
     genotype = with_recipe(genotype, cfg)
     t = cfg.train
     seconds = 0.0

@@ -96,7 +96,8 @@ def _arch(history: list[dict], path: Path) -> Path:
 
 
 def arch_figure(history: list[dict]) -> Figure:
-    """Per Cell: α of its x and y inputs over the predecessors, and softmax(γ) of its steps."""
+    """Per Cell: α of its x and y inputs over the predecessors, and softmax(γ) of its steps, every
+    panel on a fixed 0..1 axis (weights), so that a flat line reads as undecided."""
     g = history[-1]["genotype"]
     names = [f["name"] for f in g["features"]]
     arch = [h["arch"] for h in history]
@@ -131,7 +132,8 @@ def arch_figure(history: list[dict]) -> Figure:
                 weights[label] = [a["gamma"][n][m][f] for a in arch]
                 styles[label] = ["-", "--", ":", "-."][m % 4]
         _lines(ax, epochs, weights, styles)
-        ax.set(title=f"cell{n + 1}: softmax(γ) per step", xlabel="epoch", ylabel="op weight")
+        # fixed 0..1, as α's: auto-scaling would blow noise of ±0.001 around 1/|ops| up to a decision
+        ax.set(title=f"cell{n + 1}: softmax(γ) per step", xlabel="epoch", ylabel="op weight", ylim=(0, 1))
         ax.legend(**LEGEND, ncol=2)
     return fig
 

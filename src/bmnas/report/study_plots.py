@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from .figures import OTHERS_COLOR, TOP_K, figure, others_label, save, top_k
 
@@ -63,12 +64,33 @@ def condition_bars(
     value: Mapping[tuple[str, str], float],
     metric: str,
     path: str | Path,
+    **marks,
 ) -> Path:
+    """:func:`condition_figure`, saved to ``path``."""
+    return save(condition_figure(methods, conditions, value, metric, **marks), path)
+
+
+def condition_figure(
+    methods: Sequence[str],
+    conditions: Sequence[str],
+    value: Mapping[tuple[str, str], float],
+    metric: str,
+    title: str | None = None,
+    chance: tuple[float, str] | None = None,
+    probe: tuple[float, str] | None = None,
+) -> Figure:
     """Grouped bars: one group per condition, one bar per network (``value[method, condition]``).
 
     Of more than ``TOP_K + 1`` conditions: the first (the reference, e.g. ``clean``) and the ones
     with the lowest mean score (where the networks fail most), then ``others (N)``; of more than
     ``TOP_K + 1`` networks: the best by mean score, then ``others (N)`` (means of the rest).
+
+    Args:
+        title: the figure's title.
+        chance: ``(score, what it is)``: a dashed line across every condition at the score that a
+            predictor without information gets.
+        probe: ``(score, what it is)``: a marker over the first condition only, where a reference
+            (e.g. the linear probe on the clean test split) was measured.
     """
     by_condition = top_k({c: [value[m, c] for m in methods] for c in conditions}, lambda v: -v.mean(), keep=1)
     conditions = list(by_condition)
@@ -86,8 +108,14 @@ def condition_bars(
     ax.set_xticks(x, conditions, rotation=30, ha="right")
     ax.set_ylabel(f"test {metric}")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize="small", ncols=min(4, len(methods)), loc="lower center", bbox_to_anchor=(0.5, 1.0))
-    return save(fig, path)
+    if chance is not None:
+        ax.axhline(chance[0], color="black", linestyle="--", linewidth=1, label=chance[1])
+    if probe is not None:
+        ax.hlines(probe[0], -0.45, 0.45, color="tab:red", linewidth=2, label=probe[1])  # over the first group
+    ax.legend(fontsize="small", ncols=min(3, len(methods) + 2), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
 
 
 def trials_chart(numbers: Sequence[int], values: Sequence[float], metric: str, path: str | Path) -> Path:

@@ -38,14 +38,15 @@ from torch.export import Dim
 from .._version import __version__
 from ..core.errors import DataError
 from ..core.fileio import atomic_write
+from ..engine.device import uses_threads
 from ..features.backbones.base import Backbone
 from ..features.pipeline import prepare_backbones
 from ..features.pooling import pool_feature
-from .model import FOUND_STAGE, LoadedModel, load
+from .model import FOUND_STAGE, LoadedModel, load, model_threads
 
 log = logging.getLogger(__name__)
 FORMATS = ("torchscript", "onnx")
-SUFFIXES = {".pt": "torchscript", ".pth": "torchscript", ".onnx": "onnx"}
+SUFFIXES = {".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript", ".onnx": "onnx"}
 """The format an ``--out`` suffix implies; any other suffix needs ``--format``."""
 EXPORT_FORMAT = "bmnas.exported"
 META_FILE = "bmnas.json"
@@ -165,21 +166,34 @@ def raw_examples(
 
 
 def format_for(path: str | Path, fmt: str | None) -> str:
-    """``fmt``, or the format the suffix implies (:data:`SUFFIXES`); another suffix needs ``fmt``."""
-    if fmt is None:
-        suffix = Path(path).suffix.lower()
-        if suffix not in SUFFIXES:
-            known = ", ".join(f"{s} ({f})" for s, f in SUFFIXES.items())
-            raise DataError(
-                f"--out {path}: unknown model file extension {suffix or '(none)'!r}; use {known}, "
-                f"or say the format with --format {'|'.join(FORMATS)}"
-            )
-        fmt = SUFFIXES[suffix]
-    if fmt not in FORMATS:
+    """The format of a model file: the one its suffix names (:data:`SUFFIXES`), which ``fmt`` must
+    match when given; a suffix bmnas does not know (``model.bin``) needs ``fmt``.
+
+    Raises :class:`DataError` for an unknown suffix without ``fmt``, for a suffix of the other format
+    (``--format onnx --out model.pt``) and for an unknown ``fmt``.
+    """
+    if fmt is not None and fmt not in FORMATS:
         raise DataError(f"--format {fmt!r}: choose one of {list(FORMATS)}")
-    return fmt
+    suffix = Path(path).suffix.lower()
+    implied = SUFFIXES.get(suffix)
+    if implied is None and fmt is None:
+        known = ", ".join(f"{s} ({f})" for s, f in SUFFIXES.items())
+        raise DataError(
+            f"--out {path}: unknown model file extension {suffix or '(none)'!r}; use {known}, "
+            f"or say the format with --format {'|'.join(FORMATS)}"
+        )
+    if implied is None:
+        return fmt
+    if fmt is not None and fmt != implied:
+        ours = [s for s, f in SUFFIXES.items() if f == fmt]
+        raise DataError(
+            f"--out {path} names a {implied} file but --format is {fmt}; name it with "
+            f"{' or '.join(ours)}, or leave out --format"
+        )
+    return implied
 
 
+@uses_threads(lambda a: model_threads(a["model"], 2))  # tracing runs a batch of two
 def export_model(
     model: LoadedModel,
     path: str | Path,

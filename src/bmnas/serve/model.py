@@ -32,6 +32,7 @@ from ..core.genotype import Genotype, GenotypeError
 from ..core.schema import check
 from ..core.schemas import MODEL_FILE as MODEL_SCHEMA
 from ..core.schemas import MODEL_FORMAT, RUN_CONFIG, TRAINED_CHECKPOINT
+from ..engine.device import step_elements, uses_threads
 from ..engine.loop import forward_batches
 from ..engine.rundir import RunError
 from ..features.backbones.base import Backbone
@@ -52,6 +53,13 @@ CONFIG_FIX = "restore the file, or rerun the command that wrote it"
 
 class ModelError(RunError):
     """A run directory without a usable trained network; the message says how to get one."""
+
+
+def model_threads(model: LoadedModel, batch_size: int) -> tuple[int, int]:
+    """``(threads, step elements)`` of forward passes of ``batch_size`` rows: the run's ``threads``
+    setting (0: bmnas' policy) and the fused elements of one batch."""
+    threads = (model.config or {}).get("threads", 0)
+    return int(threads or 0), step_elements(batch_size, len(model.inputs), model.genotype.C, model.L)
 
 
 @dataclass
@@ -107,7 +115,7 @@ class LoadedModel:
                     f"(C_in = {spec.channels} channels first)"
                 )
             check_feature(where, name, arr)  # the checks of the run's own data: dtype, values
-            out[name] = pool_feature(torch.as_tensor(arr), self.L, self.pooling).numpy()
+            out[name] = pool_feature(torch.as_tensor(arr), self.L, self.pooling, name=name).numpy()
         return out
 
     def check_pooled(self, pooled: Mapping[str, np.ndarray], where: str = "input") -> None:
@@ -123,6 +131,7 @@ class LoadedModel:
                     f"expected (N, {want[0]}, {want[1]})"
                 )
 
+    @uses_threads(lambda a: model_threads(a["self"], a["batch_size"]))
     def logits(self, pooled: Mapping[str, np.ndarray | torch.Tensor], batch_size: int = 1024) -> np.ndarray:
         """Logits ``(N, K)`` of pooled features (eval mode, consecutive batches of ``batch_size``)."""
         self.check_pooled(pooled)

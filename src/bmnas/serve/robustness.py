@@ -144,9 +144,44 @@ def write_csv(rows: Sequence[dict], metric: str, path: Path) -> Path:
     return tables.write_csv(path, ["method", *conds], body)
 
 
-def plot(rows: Sequence[dict], metric: str, path: Path) -> Path:
-    """Grouped bars: one group per condition, one bar per network."""
-    return condition_bars(*pivot(rows, metric), metric, path)
+def chance_level(data: FeatureData, split: str = "test") -> tuple[float, str]:
+    """The primary metric of a predictor without information, and what that predictor is.
+
+    Multiclass: ``1/K`` (a uniform guess). Multilabel (weighted F1): the expected score of guessing
+    each label ``k`` positive at random at its train rate ``p_k``; with test rate ``q_k`` its
+    precision is ``q_k`` and its recall ``p_k``, so ``F1_k = 2 p_k q_k / (p_k + q_k)``, weighted by
+    the test support ``q_k / Σ q``. (Predicting every label negative scores 0.)
+    """
+    if data.task.type == "multiclass":
+        k = data.task.num_outputs
+        return 1.0 / k, f"chance: 1/K = 1/{k}"
+    p = np.asarray(data["train"].labels, dtype=np.float64).mean(axis=0)
+    q = np.asarray(data[split].labels, dtype=np.float64).mean(axis=0)
+    f1 = np.divide(2 * p * q, p + q, out=np.zeros_like(p), where=(p + q) > 0)
+    score = float((f1 * q).sum() / q.sum()) if q.sum() > 0 else 0.0
+    return score, "chance: each label guessed at its train rate (expected weighted F1)"
+
+
+def probe_score(run_dir: str | Path, metric: str) -> float | None:
+    """The linear probe's test ``metric`` on the clean test split, as ``bmnas run`` recorded it."""
+    metrics = read_metrics(Path(run_dir) / "metrics.json") or {}
+    probe = (metrics.get("baselines") or {}).get("linear_probe") or {}
+    value = (probe.get("test") or {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def plot(
+    rows: Sequence[dict],
+    metric: str,
+    path: Path,
+    title: str | None = None,
+    chance: tuple[float, str] | None = None,
+    probe: float | None = None,
+) -> Path:
+    """Grouped bars: one group per condition, one bar per network; the chance line across them, the
+    linear probe over ``clean`` (where it was measured)."""
+    mark = (probe, "linear probe (clean test, metrics.json)") if probe is not None else None
+    return condition_bars(*pivot(rows, metric), metric, path, title=title, chance=chance, probe=mark)
 
 
 @dataclass(frozen=True)
@@ -158,6 +193,8 @@ class RobustnessReport:
     metric: str
     table: str
     paths: dict[str, Path]
+    chance: tuple[float, str] | None = None  # chance_level: score and what it is
+    probe: float | None = None  # the linear probe's clean test score, if the run has one
 
 
 def robustness_report(
@@ -183,10 +220,15 @@ def robustness_report(
     out = Path(out or run_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows, metric)
+    chance = chance_level(data)
+    probe = probe_score(run_dir, metric)
+    title = (
+        f"{Path(run_dir).resolve().name}: test {metric} without a modality and under noise (σ × train std)"
+    )
     paths = {
         "markdown": write_text_atomic(out / "robustness.md", table + "\n"),
         "json": write_json(out / "robustness.json", rows),
         "csv": write_csv(rows, metric, out / "robustness.csv"),
-        "plot": plot(rows, metric, out / "robustness.png"),
+        "plot": plot(rows, metric, out / "robustness.png", title, chance, probe),
     }
-    return RobustnessReport(rows, metric, table, paths)
+    return RobustnessReport(rows, metric, table, paths, chance, probe)

@@ -59,6 +59,44 @@ def cross_modal_pairs(features: Sequence[str], num_cells: int) -> np.ndarray | N
     return np.array([[a is None or b is None or a != b for b in mods] for a in mods])
 
 
+def _states_reading_y(steps: Sequence[StepGene]) -> set[str]:
+    """The Cell's states whose value depends on its input ``y`` (``zero`` depends on nothing)."""
+    reach = {"y"}
+    for m, s in enumerate(steps):
+        if any(i in reach for i in s.inputs):
+            reach.add(f"step{m + 1}")
+    return reach
+
+
+def reading_y(
+    steps: Sequence[StepGene], beta: Sequence[np.ndarray], concat: Sequence[str], distinct: bool
+) -> tuple[StepGene, ...]:
+    """``steps``, with the last step's inputs re-chosen when no output step depends on ``y``.
+
+    The Cell output is ``LayerNorm(reduce(concat) + x)``: it always reads ``x``, and reads ``y`` only
+    through its steps. Derived as is, ``step1 = zero(), step2 = sum(x, step1)`` fuses nothing: the
+    Cell is ``LayerNorm(2x)``. Then the last step takes, among its input pairs of which one state
+    depends on ``y``, the one of largest weight ``w_x(i) · w_y(j)`` (``distinct``: ``i ≠ j``); a
+    one-input op the state of largest weight that does. Its op stays; ``zero`` is not re-chosen.
+    """
+    reach = _states_reading_y(steps)
+    last = steps[-1]
+    if any(c in reach for c in concat) or not last.inputs:
+        return tuple(steps)
+    m = len(steps) - 1
+    names = [*CELL_INPUTS, *(f"step{i + 1}" for i in range(m))]
+    ok = np.array([n in reach for n in names])
+    b = np.asarray(beta[m], dtype=np.float64)
+    w = [b[min(s, b.shape[0] - 1)] for s in range(len(last.inputs))]
+    if len(last.inputs) == 2:
+        chosen: tuple[int, ...] = best_pair(w[0], w[1], distinct, allowed=ok[:, None] | ok[None, :])
+    else:  # one or three inputs: the last slot takes the best state that reads y
+        picks = [int(np.argmax(ws)) for ws in w]
+        picks[-1] = int(np.argmax(np.where(ok, w[-1], -np.inf)))
+        chosen = tuple(picks)
+    return (*steps[:-1], StepGene(last.op, tuple(names[c] for c in chosen)))
+
+
 def derive(
     alpha: Sequence[np.ndarray],
     beta: Sequence[Sequence[np.ndarray]],
@@ -93,7 +131,8 @@ def derive(
             under which one predecessor may fill both slots).
         zero_output: whether the steps a Cell outputs (its last ``inner_multiplier``) may derive
             ``zero``; if not, their op is the argmax of γ over the other ops, so no Cell reduces to
-            ``LayerNorm(x)``.
+            ``LayerNorm(x)``, and the Cell's output must depend on ``y`` (:func:`reading_y`: e.g.
+            ``step1 = zero(), step2 = sum(x, step1)`` becomes ``step2 = sum(x, y)``).
         cross_modal: a Cell may not read two features of the same modality (MFAS' rule: every
             fusion Cell fuses two modalities or refines an earlier Cell). Ignored with fewer than
             two modalities.
@@ -138,6 +177,8 @@ def derive(
             steps.append(StepGene(op, tuple(inner[c] for c in chosen)))
             inner.append(f"step{m + 1}")
         concat = tuple(inner[-inner_multiplier:])
+        if not rules.zero_output:
+            steps = reading_y(steps, beta[n], concat, shared or rules.distinct_steps)
         cells.append(CellGene((states[i], states[j]), tuple(steps), concat))
         states.append(f"cell{n + 1}")
     N = len(cells)

@@ -50,6 +50,7 @@ from ..method.run import fit_config_to_data
 from ..method.search import search
 from ..report import tables
 from ..report.study_plots import trials_chart
+from ..report.summary import score_name
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class SweepResult:
     rows: list[dict]
     paths: dict[str, Path]
     space: dict[str, dict]
+    scored_by: str = "val"  # how the best trial's value was scored (report.summary.score_name)
 
 
 def import_optuna():
@@ -257,13 +259,15 @@ def fail_orphans(optuna, study, out: Path) -> list[int]:
     return failed
 
 
-def objective_value(result) -> tuple[float, str]:
-    """The search's val score of the genotype it returned, and where that genotype came from."""
+def objective_value(result) -> tuple[float, str, str]:
+    """The search's score of the genotype it returned, where that genotype came from, and how the
+    score was measured: a re-ranked candidate's ``val`` or ``k-fold CV (train + val)``
+    (:func:`~bmnas.report.summary.score_name`), else the hypernet's ``val`` at its best epoch."""
     chosen = result.genotype.to_dict()
     for c in result.candidates:
         if c["genotype"] == chosen:
-            return float(c["val"]), c["source"]
-    return float(result.best_score), f"hypernet best epoch {result.best_epoch}"
+            return float(c["val"]), c["source"], score_name(int(c.get("folds", 0)))
+    return float(result.best_score), f"hypernet best epoch {result.best_epoch}", "hypernet val"
 
 
 # ------------------------------------------------------------------------------------ the sweep
@@ -321,16 +325,25 @@ def sweep(
         try:
             t0 = time.perf_counter()
             result = search(data, trial_cfg, run, progress=progress)
-            value, source = objective_value(result)
+            value, source, scored_by = objective_value(result)
         finally:
             locks.release(run.lock_path)
         trial.set_user_attr("config", trial_cfg.to_dict())
         trial.set_user_attr("genotype", result.genotype.to_dict())
         trial.set_user_attr("source", source)
+        trial.set_user_attr("scored_by", scored_by)
         trial.set_user_attr("metric", result.metric)
         trial.set_user_attr("hypernet_val", float(result.best_score))
         trial.set_user_attr("seconds", time.perf_counter() - t0)
-        log.info("sweep trial %d: val %s %.4f (%s) %s", trial.number, result.metric, value, source, params)
+        log.info(
+            "sweep trial %d: %s %s %.4f (%s) %s",
+            trial.number,
+            scored_by,
+            result.metric,
+            value,
+            source,
+            params,
+        )
         return value
 
     done = len(study.get_trials(deepcopy=False, states=(complete,)))
@@ -383,7 +396,10 @@ def write_outputs(optuna, study, out: Path, space: Mapping[str, dict]) -> SweepR
         "trials": out / "trials.csv",
         "plot": plot_trials(rows, out / "sweep.png"),
     }
-    return SweepResult(best.number, float(best.value), best_cfg, genotype, rows, paths, dict(space))
+    scored_by = best.user_attrs.get("scored_by", "val")  # trials of an older bmnas did not record it
+    return SweepResult(
+        best.number, float(best.value), best_cfg, genotype, rows, paths, dict(space), scored_by
+    )
 
 
 def format_rows(rows: list[dict], space: Mapping[str, dict], best: int) -> str:
