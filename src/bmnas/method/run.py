@@ -47,13 +47,13 @@ def fit_config_to_data(cfg: Config, data: FeatureData) -> Config:
     return cfg
 
 
-@entry
 def data_summary(data: FeatureData) -> dict:
     """``metrics.json``'s ``data``: name, split sizes, task, info (class names)."""
     sizes = {s: len(sp) for s, sp in data.splits.items()}
     return {"name": data.name, "sizes": sizes, "task": data.task.__dict__, "info": data.info}
 
 
+@entry
 def train_found(
     genotype: Genotype,
     data: FeatureData,
