@@ -28,6 +28,7 @@ BASE = [
     "train.epochs=3",
     "train.batch_size=16",
     "train.select_folds=3",
+    "train.batched_folds=true",
 ]
 SEQUENTIAL = "train.batched_folds=false"
 
@@ -125,7 +126,7 @@ def test_one_stacked_epoch_trains_each_fold_as_its_own_fit(tmp_path):
 
 def test_stacked_folds_with_dropout_are_reproducible_and_draw_a_mask_per_fold():
     data = blobs()
-    sets = ["model.C=8", "model.L=2", "model.dropout=0.3", "train.epochs=2", "train.batch_size=16"]
+    sets = ["model.C=8", "model.L=2", "model.dropout=0.3", "train.epochs=2", "train.batch_size=16", BASE[-1]]
     cfg = Config.from_sources(None, [*sets, "model.linear_init=random", "train.modality_dropout=0.3"])
     g = with_recipe(baseline("late_fusion", data.specs(), 8, 2, 2, 0), cfg)
     first, again = select_epochs(g, data, cfg), select_epochs(g, data, cfg)

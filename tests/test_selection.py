@@ -141,8 +141,7 @@ def test_kfold_partitions_train_and_val_and_is_shared_across_calls():
 
 def test_select_epochs_with_folds_is_the_mean_curve_of_the_folds():
     data = linear_blobs(seed=3)
-    # the later value wins; one by one (dropout is on: the stacked folds draw other masks, test_batched.py)
-    cfg = Config.from_sources(None, [*RANDOM, "train.select_folds=3", "train.batched_folds=false"])
+    cfg = Config.from_sources(None, [*RANDOM, "train.select_folds=3"])  # the later value wins
     g = late_fusion(data, cfg)
     sel = select_epochs(g, data, cfg)
     one = Config.from_sources(None, RANDOM)

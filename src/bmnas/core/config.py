@@ -102,7 +102,7 @@ class TrainConfig(_WeightTraining):
 
     select_epochs: bool = True  # choose the epoch count on val (trained on train), then refit on train + val
     select_folds: int = 3  # k >= 2: score networks and choose epochs by k-fold CV over train + val; 0: on val
-    batched_folds: bool = True  # the k folds train as one stacked model (engine/batched.py), false: apart
+    batched_folds: bool = False  # the k folds train as one stacked model (engine/batched.py); no CPU gain
 
 
 @dataclass(frozen=True)

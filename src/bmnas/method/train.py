@@ -272,8 +272,8 @@ def select_epochs(
     With ``train.select_folds = k`` the same is done on each of the ``k`` folds of train ∪ val
     (:func:`bmnas.engine.folds.kfold`) and the curves are averaged: a score every network comparison can
     rely on to a point, where one val split of a few hundred rows cannot. With ``train.batched_folds``
-    (default) the k folds train as one stacked model (:mod:`bmnas.engine.batched`), checkpointed each
-    epoch as ``stage`` in ``run``; a network that cannot be stacked trains fold by fold (logged).
+    the k folds train as one stacked model (:mod:`bmnas.engine.batched`), checkpointed each epoch as
+    ``stage`` in ``run``; a network that cannot be stacked trains fold by fold (logged).
     """
     k = cfg.train.select_folds
     if k < 2:
