@@ -1,12 +1,14 @@
 """``train.batched_folds``: the k folds of a selection trained as one stacked model (engine/batched.py)."""
 
 import copy
+import json
 import logging
 
 import numpy as np
 import pytest
 import torch
 
+from bmnas.cli.main import main
 from bmnas.core.config import Config
 from bmnas.core.data import FeatureData, FeatureSplit, TaskInfo
 from bmnas.engine.batched import FoldStack, evaluate_folds, groups_by_size, train_folds_epoch
@@ -18,7 +20,7 @@ from bmnas.method import train as train_mod
 from bmnas.method.train import build_model, select_epochs, with_recipe
 from bmnas.space.baselines import baseline, random_genotype
 from bmnas.space.ops import register_op
-from helpers import OPS, write_generic
+from helpers import FAST, OPS, write_generic
 
 # dropout 0: the stacked training must equal the one-by-one one; batch 16 over folds of 100 and 101 rows
 BASE = [
@@ -187,3 +189,37 @@ def test_a_network_vmap_cannot_run_trains_fold_by_fold_and_says_why(caplog):
         sel = select_epochs(g, data, cfg)
     assert "training the 3 folds one by one: the network does not run under torch.func.vmap" in caplog.text
     assert sel.curve == select_epochs(g, data, Config.from_sources(None, [*sets, SEQUENTIAL])).curve
+
+
+def test_cli_train_with_stacked_folds_reports_the_one_by_one_metrics_and_checkpoints(tmp_path):
+    root = write_generic(tmp_path / "d", n=(61, 20, 20))
+    data = load_generic_dir(root, 4)
+    genotype = random_genotype(data.specs(), OPS, 8, 4, 2, 2, np.random.default_rng(10))
+    genotype.save(tmp_path / "g.json")
+    sets = ["model.dropout=0", "train.select_folds=3"]
+    metrics = {}
+    for on in ("true", "false"):
+        out = tmp_path / on
+        args = [*FAST, *[a for s in [*sets, f"train.batched_folds={on}"] for a in ("--set", s)]]
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(root),
+                    "--out",
+                    str(out),
+                    "--genotype",
+                    str(tmp_path / "g.json"),
+                    *args,
+                ]
+            )
+            == 0
+        )
+        metrics[on] = json.loads((out / "metrics.json").read_text())
+    assert (tmp_path / "true" / "select_train.ckpt.pt").is_file()  # the stacked selection, per epoch
+    assert len((tmp_path / "true" / "select_train_history.jsonl").read_text().splitlines()) == 2
+    assert not (tmp_path / "false" / "select_train.ckpt.pt").exists()
+    assert metrics["true"]["val"] == pytest.approx(metrics["false"]["val"], abs=1e-9)
+    assert metrics["true"]["epochs"] == metrics["false"]["epochs"]
+    assert metrics["true"]["test"] == pytest.approx(metrics["false"]["test"], abs=1e-5)
