@@ -13,7 +13,14 @@ from bmnas.core.config import Config
 from bmnas.core.data import FeatureData, FeatureSplit, TaskInfo
 from bmnas.engine.batched import FoldStack, evaluate_folds, groups_by_size, train_folds_epoch
 from bmnas.engine.folds import kfold
-from bmnas.engine.loop import AdamSettings, build_optimizer, evaluate, train_epoch
+from bmnas.engine.loop import (
+    AdamSettings,
+    build_optimizer,
+    cosine_restarts,
+    cosine_restarts_rate,
+    evaluate,
+    train_epoch,
+)
 from bmnas.engine.rundir import RunDir
 from bmnas.features.generic import load_generic_dir
 from bmnas.method import train as train_mod
@@ -223,3 +230,17 @@ def test_cli_train_with_stacked_folds_reports_the_one_by_one_metrics_and_checkpo
     assert metrics["true"]["val"] == pytest.approx(metrics["false"]["val"], abs=1e-9)
     assert metrics["true"]["epochs"] == metrics["false"]["epochs"]
     assert metrics["true"]["test"] == pytest.approx(metrics["false"]["test"], abs=1e-5)
+
+
+@pytest.mark.parametrize(("period", "mult"), [(7, 2), (5, 1), (3, 3), (1, 2)])
+def test_the_learning_rate_as_a_tensor_is_the_schedulers(period, mult):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
+    sched = cosine_restarts(opt, period, 1, mult, 1e-5)
+    expected = []
+    for _ in range(400):
+        expected.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    got = cosine_restarts_rate(torch.arange(400), 1e-2, period, mult, 1e-5)
+    assert got.dtype == torch.float64
+    assert got.tolist() == pytest.approx(expected, rel=1e-9, abs=1e-15)
