@@ -101,7 +101,7 @@ class FoldStack:
 
         In train mode the folds' BatchNorm running statistics are updated, each from its own batch.
         """
-        if folds is None or len(folds) == self.k:
+        if folds is None or list(folds) == list(range(self.k)):
             return self._forward(self.params, self.buffers, features)
         rows = torch.as_tensor(list(folds), device=next(iter(self.params.values())).device)
         params = {n: p[rows] for n, p in self.params.items()}  # a differentiable gather
