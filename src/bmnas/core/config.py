@@ -129,6 +129,9 @@ class TrainConfig(_WeightTraining):
     select_folds: int = _doc(
         3, "k >= 2: score networks and choose epochs by k-fold CV over train + val; 0: on val"
     )
+    batched_folds: bool = _doc(
+        False, "the k folds train as one stacked model (engine/batched.py); measured: no gain on CPU"
+    )
 
 
 @dataclass(frozen=True)

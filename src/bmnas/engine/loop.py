@@ -13,6 +13,7 @@ one optimiser; :class:`Context` the device, ranks and autocast a loop runs with,
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,34 @@ def cosine_restarts(
     return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=max(1, batches_per_epoch * restart_epochs), T_mult=restart_mult, eta_min=lr_min
     )
+
+
+def cosine_restarts_rate(
+    step: torch.Tensor, lr: float, period: int, restart_mult: int, lr_min: float
+) -> torch.Tensor:
+    """The learning rate :func:`cosine_restarts` gives after ``step`` scheduler steps, as a tensor on
+    ``step``'s device (no host round trip: a step of a captured graph can read it).
+
+    SGDR with a first period ``T_0 = period`` and periods growing by ``m = restart_mult``: the
+    restart ``n`` holding ``step`` is the largest with ``T_0 (m^n − 1)/(m − 1) ≤ step`` (``n =
+    ⌊step / T_0⌋`` for m = 1), ``T_i = T_0 m^n``, ``t = step − T_0 (m^n − 1)/(m − 1)`` and
+    ``lr(step) = lr_min + (lr − lr_min) (1 + cos(π t / T_i)) / 2``. Computed in float64.
+    """
+    s = step.to(torch.float64)
+    T0 = float(max(1, period))
+    if restart_mult == 1:
+        n = torch.floor(s / T0)
+        start, T_i = n * T0, torch.full_like(s, T0)
+    else:
+        m = float(restart_mult)
+        n = torch.floor(torch.log(s / T0 * (m - 1) + 1) / math.log(m))
+
+        def first(k: torch.Tensor) -> torch.Tensor:  # the first step of restart k
+            return T0 * (m**k - 1) / (m - 1)
+
+        n = n - (first(n) > s).to(n.dtype) + (first(n + 1) <= s).to(n.dtype)  # float log at a boundary
+        start, T_i = first(n), T0 * m**n
+    return lr_min + (lr - lr_min) * (1 + torch.cos(math.pi * (s - start) / T_i)) / 2
 
 
 class _Rates(Protocol):

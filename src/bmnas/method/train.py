@@ -30,6 +30,7 @@ from ..core.progress import bar as progress_bar
 from ..core.progress import label
 from ..core.schema import load_json
 from ..core.schemas import SELECTION
+from ..engine.batched import FoldStack, Generators, batch_counts, evaluate_folds, train_folds_epoch
 from ..engine.checkpoint import Checkpoint
 from ..engine.device import on_device
 from ..engine.distributed import broadcast_state, current, min_batch
@@ -264,24 +265,45 @@ def select_epochs(
     epochs: int | None = None,
     progress: bool = False,
     desc: str = "select epochs",
+    run: RunDir | None = None,
+    stage: str = "select",
 ) -> Selection:
     """Train ``FoundNet(genotype)`` on the train split alone and score the val split after each epoch.
 
     With ``train.select_folds = k`` the same is done on each of the ``k`` folds of train ∪ val
     (:func:`bmnas.engine.folds.kfold`) and the curves are averaged: a score every network comparison can
     rely on to a point, where one val split of a few hundred rows cannot. ``desc`` names the
-    network on its progress bars (``… · fold 2/3``).
+    network on its progress bars (``… · fold 2/3``). With ``train.batched_folds`` the k folds train
+    as one stacked model (:mod:`bmnas.engine.batched`), checkpointed each epoch as ``stage`` in
+    ``run``; a network that cannot be stacked trains fold by fold (logged).
     """
     k = cfg.train.select_folds
-    if k >= 2:
-        folds = kfold(data, k, cfg.seed)
-        return Selection.mean(
-            [
-                _select_on(genotype, d, cfg, epochs, progress, label(desc, f"fold {i}/{len(folds)}"))
-                for i, d in enumerate(folds, 1)
-            ]
-        )
-    return _select_on(genotype, data, cfg, epochs, progress, desc)
+    if k < 2:
+        return _select_on(genotype, data, cfg, epochs, progress, desc)
+    folds = kfold(data, k, cfg.seed)
+    if cfg.train.batched_folds:
+        genotype = with_recipe(genotype, cfg)
+        models = [build_model(genotype, d, cfg, d["train"]) for d in folds]
+        why = _not_stackable(models, folds, cfg)
+        if why is None:
+            return _select_stacked(
+                genotype,
+                models,
+                folds,
+                cfg,
+                epochs or cfg.train.epochs,
+                progress,
+                run,
+                stage,
+                label(desc, f"{k} folds stacked"),
+            )
+        log.info("training the %d folds one by one: %s", k, why)
+    return Selection.mean(
+        [
+            _select_on(genotype, d, cfg, epochs, progress, label(desc, f"fold {i}/{len(folds)}"))
+            for i, d in enumerate(folds, 1)
+        ]
+    )
 
 
 def _select_on(
@@ -303,6 +325,110 @@ def _select_on(
         desc=desc,
     )
     return Selection(state["val"], primary_metric(data.task), state["seconds"], initial)
+
+
+def _not_stackable(models: list[FoundNet], folds: tuple[FeatureData, ...], cfg: Config) -> str | None:
+    """Why the folds' networks cannot train as one stacked model, or None when they can.
+
+    They cannot inside a process group, when the folds differ in batches per epoch (the stacked
+    Adam steps every fold at every step), or when a network does not run under ``torch.func.vmap``
+    or gives other outputs there (e.g. a registered op with data-dependent Python control flow):
+    checked on four rows of each fold, in eval and in train mode.
+    """
+    t = cfg.train
+    if current().active:
+        return "training is distributed over processes"
+    counts = batch_counts([len(d["train"]) for d in folds], t.batch_size, min_batch(current()))
+    if len(set(counts)) > 1:
+        return f"the folds have {counts} batches per epoch (train.batch_size={t.batch_size})"
+    batches = [d["train"].batch(np.arange(min(4, len(d["train"])))) for d in folds]
+    feats = {n: torch.stack([b[0][n] for b in batches]) for n in batches[0][0]}
+    try:
+        trial = FoldStack(models).eval()
+        with torch.no_grad():
+            stacked = trial(feats)
+            alone = torch.stack([m.eval()(b[0]) for m, b in zip(models, batches, strict=True)])
+            trial.train()(feats)
+    except Exception as err:  # noqa: BLE001 - any failure of a user's op under vmap means: one by one
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        return f"the network does not run under torch.func.vmap ({type(err).__name__}: {first})"
+    finally:
+        for m in models:
+            m.train()
+    gap = float((stacked - alone).abs().max())
+    if not gap <= 1e-4 * max(1.0, float(alone.abs().max())):
+        return f"under torch.func.vmap its outputs differ from one by one's by {gap:.3g}"
+    return None
+
+
+def _select_stacked(
+    genotype: Genotype,
+    models: list[FoundNet],
+    folds: tuple[FeatureData, ...],
+    cfg: Config,
+    epochs: int,
+    progress: bool,
+    run: RunDir | None,
+    stage: str,
+    desc: str = "select epochs",
+) -> Selection:
+    """The k folds' selection as one stacked model (:mod:`bmnas.engine.batched`), the same recipe as
+    :func:`fit` per fold: each fold's own shuffling generator (seeded as its fit's), the same Adam
+    and per-batch schedule, its val split scored after each epoch; checkpointed each epoch in ``run``."""
+    t = cfg.train
+    ctx = Context.of(cfg)
+    data = folds[0]
+    metric = primary_metric(data.task)
+    initial = [None] * len(folds)
+    if linear_init(cfg, data) == "probe" and models[0].linear is not None:
+        initial = [float(score(m, d["val"], d, cfg)[metric]) for m, d in zip(models, folds, strict=True)]
+    stack = FoldStack([m.cpu() for m in models]).to(ctx.device)
+    trains = [on_device(d["train"], ctx.device) for d in folds]
+    vals = [on_device(d["val"], ctx.device) for d in folds]
+    min_rows = min_batch(ctx.ranks)
+    n_batches = batch_counts([len(s) for s in trains], t.batch_size, min_rows)[0]
+    opt = build_optimizer(stack.parameters(), AdamSettings.of(t))
+    sched = cosine_restarts(opt, n_batches, t.restart_epochs, t.restart_mult, t.lr_min)
+    shuffles = [torch.Generator().manual_seed(cfg.seed + 1) for _ in folds]
+    p = t.modality_dropout
+    dropouts = [ModalityDropout(p, g, tuple(models[0].used)) if p else None for g in shuffles]
+    identity = {"genotype": genotype.to_dict(), "epochs": epochs, "folds": [len(s) for s in trains]}
+    stateful = {"stack": stack, "opt": opt, "sched": sched, "shuffles": Generators(shuffles)}
+    ckpt = Checkpoint(run, stage, cfg, stateful, shuffles[0], f"{stage}_history.jsonl", identity=identity)
+    state = ckpt.load() or new_state(val=[[] for _ in folds])
+
+    def one_epoch(epoch: int, state: dict) -> dict:
+        batches = [
+            batch_indices(len(s), t.batch_size, g, min_rows) for s, g in zip(trains, shuffles, strict=True)
+        ]
+        gathers = [s.batch for s in trains]
+        losses = train_folds_epoch(
+            stack, batches, gathers, data.task, opt, ctx, schedule=sched, dropouts=dropouts
+        )
+        scores = evaluate_folds(stack, vals, data.task, t.eval_batch_size, cfg.data.threshold, ctx)
+        for curve, s in zip(state["val"], scores, strict=True):
+            curve.append(float(s[metric]))
+        fold_val = [s[metric] for s in scores]
+        return {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "lr": sched.get_last_lr()[0],
+            "val_" + metric: float(np.mean(fold_val)),
+            "fold_train_loss": losses,
+            "fold_val_" + metric: fold_val,
+        }
+
+    with progress_bar(total=epochs, initial=state["epoch"], desc=desc, enabled=progress) as bar:
+
+        def report(row: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+
+        state = run_epochs(state, epochs, one_epoch, ckpt, report=report)
+    share = state["seconds"] / len(folds)
+    return Selection.mean(
+        [Selection(curve, metric, share, i) for curve, i in zip(state["val"], initial, strict=True)]
+    )
 
 
 def saved_selection(path: Path, genotype: Genotype, epochs: int, folds: int) -> Selection | None:
@@ -348,7 +474,15 @@ def train(
     if t.select_epochs and selection is None and run is not None:
         selection = saved_selection(run.path / f"{stage}_selection.json", genotype, t.epochs, t.select_folds)
     if t.select_epochs and selection is None:
-        selection = select_epochs(genotype, data, cfg, progress=progress, desc=label(desc, "select epochs"))
+        selection = select_epochs(
+            genotype,
+            data,
+            cfg,
+            progress=progress,
+            desc=label(desc, "select epochs"),
+            run=run,
+            stage=f"select_{stage}",
+        )
         if run is not None and current().main:
             run.write_json(
                 f"{stage}_selection.json",

@@ -91,12 +91,24 @@ def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.from_numpy(mask).view(x.shape).to(x.dtype)
 
 
+def vmapped(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a tensor inside ``torch.func.vmap`` (stacked folds, :mod:`bmnas.engine.batched`)."""
+    return torch._C._functorch.is_batchedtensor(x)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``F.dropout(x, p, training)`` with a faster mask on CPU (:func:`dropout_mask`)."""
+    """``F.dropout(x, p, training)`` with a faster mask on CPU (:func:`dropout_mask`).
+
+    Under ``vmap`` on CPU the mask is ``1[u ≥ p] / (1 − p)`` with ``u = rand_like(x)``: the NumPy mask
+    would be one mask shared by every vmapped network, where ``rand_like`` with
+    ``randomness="different"`` draws one per network (and at half the cost of ``bernoulli_``).
+    """
     if not training or p == 0.0:
         return x
     if p >= 1.0 or x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.dropout(x, p, True)
+    if vmapped(x):
+        return x * (torch.rand_like(x) >= p).to(x.dtype).div_(1.0 - p)
     return x * dropout_mask(x, p)
 
 
@@ -208,8 +220,10 @@ class ConcatFC(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         C = x.shape[-1]
         z = torch.addmm(self.fc.bias, x.reshape(-1, C), self.fc.weight[:, :C].t())
-        # in place (no second output); autocast leaves in-place ops alone, hence the (no-op in fp32) casts
-        z = z.addmm_(y.reshape(-1, C).to(z.dtype), self.fc.weight[:, C:].t().to(z.dtype))
+        # in place (no second output); autocast leaves in-place ops alone, hence the (no-op in fp32) casts;
+        # vmap has no batching rule for addmm_ (it would loop over the networks): out of place there
+        y_part, w_part = y.reshape(-1, C).to(z.dtype), self.fc.weight[:, C:].t().to(z.dtype)
+        z = torch.addmm(z, y_part, w_part) if vmapped(z) else z.addmm_(y_part, w_part)
         return self.dropout(F.relu(self.bn(z))).view_as(x)
 
 
