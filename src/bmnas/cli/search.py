@@ -44,6 +44,7 @@ def train_command(args: argparse.Namespace) -> int:
     from ..core.genotype import Genotype, check_data
     from ..engine.distributed import current
     from ..method.train import train
+    from ..report.plots import plot_genotype
     from ..serve.model import save_model
     from ..space.ops import get_op, list_ops
 
@@ -56,6 +57,7 @@ def train_command(args: argparse.Namespace) -> int:
     r = train(genotype, data, cfg, run, progress=not args.quiet, stage="train", desc="train found net")
     if current().main:
         save_model(run.path, r.model, data, cfg.to_dict())
+        plot_genotype(r.model.genotype, run.plots_path / "genotype.png", "trained network")
         result = r.row()
         run.write_json("metrics.json", {**result, "genotype": genotype.to_dict()})
         print(f"test: {json.dumps(result['test'])}")
@@ -88,7 +90,7 @@ def show_search(result, run) -> None:
     """Plot the search's history into the run and print the genotype it chose, and how."""
     from ..report.plots import plot_history
 
-    plot_history(result.history, run.plots_path)
+    plot_history(result.history, run.plots_path, result.genotype)  # genotype.json's, not the last epoch's
     hypernet = f"hypernet's best epoch {result.best_epoch}: val {result.metric} {result.best_score:.4f}"
     chosen = next((c for c in result.candidates if c["genotype"] == result.genotype.to_dict()), None)
     if chosen is None:
