@@ -115,7 +115,8 @@ METRICS = Obj(
         "genotype": GENOTYPE,
         "candidates": Seq(Obj({})),
         "recommended": Obj(
-            {"method": NAME, "stage": NAME, "reason": Text(), "genotype": GENOTYPE}, optional=("genotype", "stage")
+            {"method": NAME, "stage": NAME, "reason": Text(), "genotype": GENOTYPE},
+            optional=("genotype", "stage"),
         ),
         "val_folds": COUNT,
         "baselines": Map(ROW, max_len=10_000, key=NAME),

@@ -182,7 +182,8 @@ def _network_logits(model: FoundNet, split: FeatureSplit, batch: int = 4096) -> 
     feats = {n: torch.from_numpy(np.asarray(split.features[n], dtype=np.float32)) for n in model.used}
     with torch.no_grad():
         out = [
-            model({n: f[i : i + batch] for n, f in feats.items()}).numpy() for i in range(0, len(split), batch)
+            model({n: f[i : i + batch] for n, f in feats.items()}).numpy()
+            for i in range(0, len(split), batch)
         ]
     return np.concatenate(out) if out else np.zeros((0, model.linear[1].out_features), np.float32)
 

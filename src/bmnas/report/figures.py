@@ -71,7 +71,9 @@ def figure(width: float, height: float) -> Figure:
     return fig
 
 
-def save(fig: Figure, path: str | Path, tight: bool = True, metadata: Mapping[str, str] | None = None) -> Path:
+def save(
+    fig: Figure, path: str | Path, tight: bool = True, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write ``fig`` to ``path`` atomically at :data:`DPI`; the format follows the suffix (png when none).
 
     ``tight``: fit the subplots to the figure first (:meth:`~matplotlib.figure.Figure.tight_layout`);

@@ -249,7 +249,9 @@ def genotype_figure(genotype: Genotype, title: str = "found architecture") -> Fi
     for src, dst, color, style, rad in edges:
         _arrow(ax, nodes[src], nodes[dst], color, style, rad)
     if genotype.linear:
-        _linear_bus(ax, [nodes[n] for n in genotype.linear], [nodes[f] for f in feats], nodes["linear"], bottom, left)
+        _linear_bus(
+            ax, [nodes[n] for n in genotype.linear], [nodes[f] for f in feats], nodes["linear"], bottom, left
+        )
     return fig
 
 

@@ -43,6 +43,7 @@ def stage_of(method: str) -> str:
         return PROBE
     return "baseline_" + method.replace(":", "_")
 
+
 VAL_FITTED_NOTE = (
     " (its architecture was chosen on val, so its val score is optimistic: by 1-3 points on AV-MNIST "
     "and emoji, see docs/DESIGN.md; compare on a split the search never saw before relying on a small margin)"

@@ -17,8 +17,9 @@ sigmoid (multilabel), with a free batch size:
   tokenizer) cannot be an input, and the export falls back to features in.
 
 Metadata (``bmnas`` key, JSON): format, bmnas version, the network's method and stage, genotype,
-inputs with shapes, outputs, task, class names, threshold, L, pooling. TorchScript stores it as the extra file ``bmnas.json``
-(``torch.jit.load(f, _extra_files={"bmnas.json": ""})``), ONNX as model metadata properties
+inputs with shapes, outputs, task, class names, threshold, L, pooling. TorchScript stores it as the
+extra file ``bmnas.json`` (``torch.jit.load(f, _extra_files={"bmnas.json": ""})``), ONNX as model
+metadata properties
 (``onnxruntime.InferenceSession(f).get_modelmeta().custom_metadata_map["bmnas"]``).
 :func:`read_metadata` reads both. ONNX export needs the ``onnx`` extra (onnx, onnxscript).
 """

@@ -236,6 +236,7 @@ def load(run_dir: str | Path, stage: str = RECOMMENDED) -> LoadedModel:
     run = Path(run_dir)
     if not run.is_dir():
         raise ModelError(f"{run}: no such run directory")
+    asked = stage
     if stage == RECOMMENDED:
         stage = _recommended_or_found(run)
     elif not stage.startswith("baseline_") and stage not in MODEL_FILES:
@@ -246,11 +247,11 @@ def load(run_dir: str | Path, stage: str = RECOMMENDED) -> LoadedModel:
         return _from_model_file(run / name, stage, method)
     path = run / f"{stage}.ckpt.pt"
     if not path.is_file():
-        raise ModelError(_missing(run, stage, path))
+        raise ModelError(_missing(run, stage, path, asked))
     return _from_checkpoint(run, path, stage, method)
 
 
-def _missing(run: Path, stage: str, path: Path) -> str:
+def _missing(run: Path, stage: str, path: Path, asked: str) -> str:
     have = ", ".join(available_stages(run)) or "none"
     if stage == PROBE:
         return (
@@ -260,7 +261,7 @@ def _missing(run: Path, stage: str, path: Path) -> str:
         )
     files = f"{MODEL_FILE} and {path.name} are" if stage == FOUND_STAGE else f"{path.name} is"
     return (
-        f"{run}: no trained model for --stage {stage} ({files} missing); trained networks here: {have}; "
+        f"{run}: no trained model for --stage {asked} ({files} missing); trained networks here: {have}; "
         f"train one with `bmnas train --out {run} ...` or `bmnas run`"
     )
 
@@ -293,7 +294,7 @@ def _recommended_or_found(run: Path) -> str:
     method = recommended_method(run)
     if not method:
         log.warning(
-            "%s: metrics.json names no recommended network (not made by `bmnas run`): using the found network",
+            "%s: metrics.json names no recommended network (not a `bmnas run`): using the found network",
             run,
         )
         return FOUND_STAGE
