@@ -242,3 +242,18 @@ def test_an_old_run_without_probe_or_recommendation_still_loads_and_says_what_it
     assert "names no recommended network" in caplog.text
     assert main(["predict", str(old), "--data", str(data), "--out", str(out)]) == 0
     assert "by searched (--stage train)" in capsys.readouterr().out
+
+
+def test_only_a_genotype_without_cells_may_have_a_linear_path_and_no_head_states():
+    from bmnas.core.genotype import FeatureSpec, GenotypeError
+    from bmnas.space.baselines import baseline
+
+    feats = (FeatureSpec("a.x", 3, 1), FeatureSpec("b.y", 2, 4))
+    probe = Genotype(8, 4, feats, (), (), linear=("a.x", "b.y"))
+    assert probe.describe() == "head: linear(a.x, b.y)" and probe.used_features() == ("a.x", "b.y")
+    assert Genotype.from_json(probe.to_json()) == probe
+    with pytest.raises(GenotypeError, match=r"genotype\.output: the head needs at least one state"):
+        Genotype(8, 4, feats, (), ())  # neither head states nor a linear path
+    cells = baseline("sum", feats, C=8, L=4).cells
+    with pytest.raises(GenotypeError, match=r"genotype\.output: the head needs at least one state"):
+        Genotype(8, 4, feats, cells, (), linear=("a.x",))  # Cells whose output nothing reads

@@ -193,7 +193,8 @@ def genotype_figure(genotype: Genotype, title: str = "found architecture") -> Fi
     span = max(len(feats) - 1, 1)
     head_x = 2.6 + 2.8 * n_cells if n_cells else 2.2
     cell_y = [-span * n / (n_cells + 1) for n in range(1, n_cells + 1)]
-    bottom = min([-span, *(y - 0.45 for y in cell_y)]) - (0.7 if genotype.linear else 0.0)
+    lowest = min([-span, *(y - 0.45 for y in cell_y), *_residual_lows(genotype, feats, cell_y)])
+    bottom = lowest - (0.7 if genotype.linear else 0.0)
     rows = max(len(feats), 2 * n_cells + 1, 3) + (1 if genotype.linear else 0)
     fig = figure(5.0 + 2.6 * n_cells, rows * 0.6 + 1.6)
     ax = fig.subplots()
@@ -217,7 +218,7 @@ def genotype_figure(genotype: Genotype, title: str = "found architecture") -> Fi
             (src_x, f"cell{n}.steps", X_COLOR, "-", 0.0),
             (src_y, f"cell{n}.steps", Y_COLOR, "-", 0.12 if src_y == src_x else 0.0),
             (f"cell{n}.steps", f"cell{n}", OUT_COLOR, "-", 0.0),
-            (src_x, f"cell{n}", X_COLOR, "--", 0.3),
+            (src_x, f"cell{n}", X_COLOR, "--", RESIDUAL_RAD),
         ]
     head_text = "head" if genotype.output else "logits\n(linear probe)"
     node("head", (head_x, -span / 2), head_text, "#d9f2d9", "green")
@@ -253,6 +254,26 @@ def genotype_figure(genotype: Genotype, title: str = "found architecture") -> Fi
             ax, [nodes[n] for n in genotype.linear], [nodes[f] for f in feats], nodes["linear"], bottom, left
         )
     return fig
+
+
+RESIDUAL_RAD = 0.3
+"""Curvature of the residual edges (arc3's ``rad``): they bend below the straight x edges."""
+
+
+def _residual_lows(genotype: Genotype, feats: list[str], cell_y: list[float]) -> list[float]:
+    """About the lowest point (data units) of each residual arc, so that the linear path runs under
+    them: an arc3 edge's middle lies ``rad · Δx / 2`` below its chord in display units, and a unit of
+    x is drawn about 1.5 times as long as one of y in these figures."""
+    y_of = {name: -float(i) for i, name in enumerate(feats)}
+    x_of = dict.fromkeys(feats, 0.0)
+    lows = []
+    for n, (cell, y) in enumerate(zip(genotype.cells, cell_y, strict=True), 1):
+        src = cell.inputs[0]
+        x0, y0 = x_of.get(src, 0.0), y_of.get(src, y)
+        x1, y1 = 1.5 + 2.8 * (n - 1) + 1.35, y - 0.45
+        lows.append(min(y0, y1, (y0 + y1) / 2 - RESIDUAL_RAD * 1.5 * (x1 - x0) / 2))
+        x_of[f"cell{n}"], y_of[f"cell{n}"] = x1, y1
+    return lows
 
 
 def _box(ax: Axes, text) -> tuple[float, float, float, float]:
