@@ -34,15 +34,16 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
 
     test = np.load(data / "test.npz")
     labels = test["label"]
-    pred = load(out).predict({k: test[k] for k in test.files if k != "label"}).predicted
+    pred = load(out, "train").predict({k: test[k] for k in test.files if k != "label"}).predicted
     assert m["test"]["accuracy"] == pytest.approx(float((pred == labels).mean()))
     assert m["params"]["total"] == m["params"]["fusion"] + m["params"]["classifier"] > 0
     assert m["search_seconds"] > 0 and m["train_seconds"] > 0
     assert set(m["baselines"]) == set(baselines)
-    # the recommended network is the best on val among the searched one and the hand-made fusions
+    # the recommended network is the best on val among the searched one, the hand-made fusions and
+    # the linear probe
     fusions = {
         "searched": m["val"],
-        **{n: m["baselines"][n]["val"] for n in ("late_fusion", "sum", "concat_fc")},
+        **{n: m["baselines"][n]["val"] for n in ("late_fusion", "sum", "concat_fc", "linear_probe")},
     }
     assert m["recommended"]["method"] == max(fusions, key=lambda n: (fusions[n], n == "searched"))
     assert fusions[m["recommended"]["method"]] >= fusions["late_fusion"]
@@ -53,6 +54,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
         "arch_weights.png",
         "search_diagnostics.png",
         "genotype.png",
+        "recommended_genotype.png",
     }
     # collapse diagnostics per epoch: normalised entropies in [0, 1], op shares summing to 1
     for h in history:

@@ -38,11 +38,13 @@ def test_robustness_table_numbers(trained, tmp_path, capsys):
         "noise:1",
     ]
     metrics = json.loads((run / "metrics.json").read_text())
-    # every baseline with a trained network (a genotype checkpoint); a linear probe has none
+    # every baseline with a trained network: a genotype checkpoint, or the probe's linear_probe.pt
     trained_baselines = [
-        b for b in metrics["baselines"] if (run / f"baseline_{b.replace(':', '_')}.ckpt.pt").exists()
+        b
+        for b in metrics["baselines"]
+        if (run / f"baseline_{b.replace(':', '_')}.ckpt.pt").exists() or (run / f"{b}.pt").exists()
     ]
-    assert {"unimodal:image", "unimodal:audio", "late_fusion"} <= set(trained_baselines)
+    assert {"unimodal:image", "unimodal:audio", "late_fusion", "linear_probe"} <= set(trained_baselines)
     methods = ["searched", *trained_baselines]
     assert {m for m, _ in table} == set(methods)
     assert {c for _, c in table} == set(conds)

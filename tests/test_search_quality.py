@@ -226,9 +226,12 @@ def test_recommend_takes_the_best_fusion_on_val_never_below_late_fusion():
         "late_fusion": {"val": 0.80},
         "sum": {"val": 0.82},
         "concat_fc": {"val": 0.81},
-        "linear_probe": {"val": 0.95},  # not a network of the search space
+        "linear_probe": {"val": 0.95},  # a saved network too: a contender
         "searched": {"val": 0.79},
     }
+    best, reason = recommend(rows, "accuracy")
+    assert best == "linear_probe" and "highest val accuracy (0.9500)" in reason and "sum 0.8200" in reason
+    rows["linear_probe"]["val"] = 0.82  # a tie goes to a fusion (table order)
     best, reason = recommend(rows, "accuracy")
     assert best == "sum" and "highest val accuracy (0.8200)" in reason and "searched 0.7900" in reason
     rows["searched"]["val"] = 0.82  # a tie goes to the searched network
@@ -238,5 +241,5 @@ def test_recommend_takes_the_best_fusion_on_val_never_below_late_fusion():
     best, reason = recommend(rows, "accuracy", scored_by="3-fold CV (train + val)")
     assert "highest 3-fold CV (train + val) accuracy (0.8200)" in reason and "optimistic" not in reason
     rows["searched"]["val"] = 0.5
-    rows["sum"]["val"] = rows["concat_fc"]["val"] = 0.7
+    rows["sum"]["val"] = rows["concat_fc"]["val"] = rows["linear_probe"]["val"] = 0.7
     assert recommend(rows, "accuracy")[0] == "late_fusion"

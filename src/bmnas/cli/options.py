@@ -220,9 +220,10 @@ def trained_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument(
         "--stage",
-        default="train",
-        help="which trained network: train (the found one, default), recommended (the one "
-        "`bmnas run` recommends) or a baseline's checkpoint name, e.g. baseline_late_fusion",
+        default="recommended",
+        help="which trained network: recommended (default: the one `bmnas run` recommends, see "
+        "metrics.json; the found one for runs without a recommendation), train (the found one), "
+        "linear_probe, or a baseline: baseline_late_fusion or its table name late_fusion",
     )
     cache_option(p, "cache root, for a run on a registered dataset")
     output_options(p, suppress=True)

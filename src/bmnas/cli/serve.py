@@ -104,7 +104,7 @@ def predict_command(args: argparse.Namespace) -> int:
         model, args.cache, args.data, args.raw, args.split, args.batch_size, progress=not args.quiet
     )
     metrics = write_predictions(preds, args.out, labels)
-    print(f"{len(preds)} predictions of {name} -> {Path(args.out)}")
+    print(f"{len(preds)} predictions of {name} by {describe(model)} -> {Path(args.out)}")
     if metrics is not None:
         print(f"metrics: {json.dumps(metrics)}")
     return 0
@@ -128,8 +128,14 @@ def export_model_command(args: argparse.Namespace) -> int:
     )
     ins = ", ".join(f"{i['name']} {tuple(i['shape'])}" for i in meta["inputs"])
     kind = "raw backbone inputs" if meta["inputs"][0].get("kind") == "raw" else "pooled features"
-    print(f"wrote {format_for(args.out, args.format)} model {args.out}; inputs ({kind}): {ins}")
+    net = f"{meta['method']} (--stage {meta['stage']})"
+    print(f"wrote {format_for(args.out, args.format)} model {args.out} of {net}; inputs ({kind}): {ins}")
     return 0
+
+
+def describe(model) -> str:
+    """``late_fusion (--stage baseline_late_fusion)``: which of a run's networks ``model`` is."""
+    return f"{model.method} (--stage {model.stage})"
 
 
 def robustness_command(args: argparse.Namespace) -> int:
@@ -145,5 +151,6 @@ def robustness_command(args: argparse.Namespace) -> int:
             f"; linear probe on the clean test split: {report.probe:.4f}" if report.probe is not None else ""
         )
         print(f"{report.chance[1]}: {report.chance[0]:.4f}{probe}")
+    print(f"\nrecommended network: {report.recommended}")
     print(f"\nwrote {report.paths['markdown']}, robustness.csv, robustness.json, robustness.png")
     return 0

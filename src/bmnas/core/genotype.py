@@ -202,8 +202,8 @@ class Genotype:
             steps = ", ".join(f"step{m}={s.op}({', '.join(s.inputs)})" for m, s in enumerate(c.steps, 1))
             body = c.concat[0] if len(c.concat) == 1 else f"conv1x1[{'; '.join(c.concat)}]"
             lines.append(f"cell{n}: x={c.inputs[0]} y={c.inputs[1]} | {steps} | out=LayerNorm({body} + x)")
-        linear = f" + linear({', '.join(self.linear)})" if self.linear else ""
-        lines.append(f"head: {' ++ '.join(self.output)}{linear}")
+        linear = f"linear({', '.join(self.linear)})" if self.linear else ""
+        lines.append(f"head: {' + '.join(p for p in (' ++ '.join(self.output), linear) if p)}")
         return "\n".join(lines)
 
 
@@ -297,7 +297,12 @@ def validate(
                 name in inner[2:], f"{cw}.concat", f"{name!r} is not a step of this Cell; steps: {inner[2:]}"
             )
         states.append(f"cell{n}")
-    _require(len(g.output) >= 1, f"{where}.output", "the head needs at least one state")
+    _require(
+        len(g.output) >= 1 or (not g.cells and len(g.linear) >= 1),
+        f"{where}.output",
+        "the head needs at least one state (only a genotype without Cells may have none and a linear "
+        "path alone: the linear probe)",
+    )
     for name in g.output:
         _require(
             name in states,

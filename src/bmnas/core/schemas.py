@@ -127,7 +127,10 @@ METRICS = Obj(
         "best_epoch": COUNT,
         "genotype": GENOTYPE,
         "candidates": Seq(Obj({})),
-        "recommended": Obj({"method": NAME, "reason": Text(), "genotype": GENOTYPE}, optional=("genotype",)),
+        "recommended": Obj(
+            {"method": NAME, "stage": NAME, "reason": Text(), "genotype": GENOTYPE},
+            optional=("genotype", "stage"),
+        ),
         "val_folds": COUNT,
         "baselines": Map(ROW, max_len=10_000, key=NAME),
         "data": Obj(

@@ -37,6 +37,7 @@ OWNED_FILES = (
     "genotype.json",
     "recommended_genotype.json",
     "model.pt",
+    "linear_probe.pt",
     "history.jsonl",
     "metrics.json",
     "smbo.jsonl",
@@ -64,7 +65,10 @@ OWNED_FILES = (
 MARKED_FILES = {"README.md": "<!-- bmnas model card"}
 # Folders bmnas writes into, and what it writes there.
 OWNED_DIRS = {
-    "plots": ("search_curves.png", "arch_weights.png", "search_diagnostics.png", "genotype.png"),
+    "plots": (
+        *("search_curves.png", "arch_weights.png", "search_diagnostics.png", "genotype.png"),
+        "recommended_genotype.png",
+    ),
     "ablate": ("spec.json", "results.jsonl", "lock"),  # and its jobs' run directories
     "trials": (),  # a sweep's trials: run directories
     "logs": ("*.csv", "events.out.tfevents.*"),  # --logger csv | tensorboard

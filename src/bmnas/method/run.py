@@ -3,17 +3,18 @@
 :func:`run` searches (re-ranking its candidates when ``search.rerank`` > 0), trains the found
 network and the baselines with the same recipe (:func:`bmnas.method.train.train`: score and
 epoch count from 3-fold cross-validation over train + val — or from val with
-``train.select_folds=0`` —, refit on train + val, tested once), fits the linear probe, and names
-the **recommended** network: the highest such score among the searched network and the hand-made
-fusions (:func:`bmnas.report.summary.recommend`, which also holds the result table). The test split
-never takes part in a choice.
+``train.select_folds=0`` —, refit on train + val, tested once), fits the linear probe (``C`` chosen
+by the same score, saved as ``linear_probe.pt``), and names the **recommended** network: the
+highest such score among the searched network, the hand-made fusions and the probe
+(:func:`bmnas.report.summary.recommend`, which also holds the result table). The test split never
+takes part in a choice. ``plots/genotype.png`` and ``plots/recommended_genotype.png`` draw the found
+and the recommended network as trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 
 from ..core.config import Config
@@ -23,10 +24,11 @@ from ..engine.distributed import current
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
 from ..features.validate import check_searchable
-from ..report.summary import SEARCHED, RunReport, recommend, score_name
-from ..serve.model import save_model
+from ..report.plots import plot_genotype
+from ..report.summary import PROBE, SEARCHED, RunReport, recommend, score_name, stage_of
+from ..serve.model import PROBE_FILE, save_model
 from ..space.baselines import baseline
-from .probe import linear_probe
+from .probe import fit_probe
 from .record import as_run, entry
 from .search import search
 from .train import TrainResult, train
@@ -73,6 +75,7 @@ def train_found(
     finished = len(r.history) == r.epochs  # not cut short by stop_after
     if run is not None and finished and current().main:
         save_model(run.path, r.model, data, cfg.to_dict())
+        plot_genotype(r.model.genotype, run.plots_path / "genotype.png", "trained network")
         metrics = {**r.row(), "genotype": genotype.to_dict(), "data": data_summary(data)}
         run.write_json("metrics.json", metrics)
     return r
@@ -118,6 +121,7 @@ def run(
         selection=found.selection(cfg.train.epochs, cfg.train.select_folds),
     )
     save_model(run_dir.path, r.model, data, cfg.to_dict())
+    plot_genotype(r.model.genotype, run_dir.plots_path / "genotype.png", "found network as trained")
     rows = {SEARCHED: {**r.row(), "search_seconds": found.seconds}}
     genotypes = {SEARCHED: r.model.genotype}  # as trained: with its linear path (model.linear_skip)
     if baselines:
@@ -129,15 +133,17 @@ def run(
             b = train(g, data, cfg, run_dir, progress=progress, stage=stage, desc=f"train {name}")
             rows[name] = b.row()
             genotypes[name] = b.model.genotype
-        t0 = time.perf_counter()
-        probe = linear_probe(data, cfg.seed, cfg.data.threshold)
-        rows["linear_probe"] = {**probe, "epochs": 0, "train_seconds": time.perf_counter() - t0}
+        probe = fit_probe(data, cfg.seed, cfg.data.threshold, cfg.train.select_folds, m.C, m.L)
+        save_model(run_dir.path, probe.model, data, cfg.to_dict(), name=PROBE_FILE)
+        rows[PROBE] = probe.row
+        genotypes[PROBE] = probe.model.genotype
     saw_val = (
         cfg.search.arch_split == 0 and cfg.train.select_folds == 0
     )  # scored on the split α was fitted on
     folds = cfg.train.select_folds
     best, reason = recommend(rows, metric, searched_saw_val=saw_val, scored_by=score_name(folds))
     genotypes[best].save(run_dir.path / "recommended_genotype.json")
+    plot_genotype(genotypes[best], run_dir.plots_path / "recommended_genotype.png", f"recommended: {best}")
     metrics = {
         **rows[SEARCHED],
         "metric": metric,
@@ -148,7 +154,12 @@ def run(
         "candidates": [
             {k: c[k] for k in ("source", "val", "best_epoch", "seconds")} for c in found.candidates
         ],
-        "recommended": {"method": best, "reason": reason, "genotype": genotypes[best].to_dict()},
+        "recommended": {
+            "method": best,
+            "stage": stage_of(best),
+            "reason": reason,
+            "genotype": genotypes[best].to_dict(),
+        },
         "val_folds": folds,
         "baselines": {n: v for n, v in rows.items() if n != SEARCHED},
         "data": data_summary(data),

@@ -317,7 +317,7 @@ def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -
     check_same(best.to_dict(), "searched genotype", ranks)
     if complete and run is not None and ranks.main:
         best.save(run.genotype_path)
-        plot_history(state["history"], run.plots_path)
+        plot_history(state["history"], run.plots_path, best)  # genotype.json's, not the last epoch's
     barrier(ranks)
     return SearchResult(
         best, state["best_epoch"], state["best_score"], s.metric, state["history"], seconds, net, candidates

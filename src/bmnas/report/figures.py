@@ -71,13 +71,17 @@ def figure(width: float, height: float) -> Figure:
     return fig
 
 
-def save(fig: Figure, path: str | Path, tight: bool = True) -> Path:
+def save(
+    fig: Figure, path: str | Path, tight: bool = True, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write ``fig`` to ``path`` atomically at :data:`DPI`; the format follows the suffix (png when none).
 
     ``tight``: fit the subplots to the figure first (:meth:`~matplotlib.figure.Figure.tight_layout`);
     off for a figure whose artists were placed after its layout (the genotype graph's arrows).
+    ``metadata``: text stored in the file (PNG ``tEXt`` chunks), e.g. what the figure shows.
     """
     if tight:
         fig.tight_layout()
     fmt = Path(path).suffix.lstrip(".") or "png"  # the temporary file's name ends in .tmp
-    return atomic_write(path, lambda p: fig.savefig(p, dpi=DPI, format=fmt))
+    extra = {"metadata": dict(metadata)} if metadata else {}
+    return atomic_write(path, lambda p: fig.savefig(p, dpi=DPI, format=fmt, **extra))

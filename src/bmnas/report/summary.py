@@ -1,10 +1,12 @@
 """The summary of a ``bmnas run``: every method's result row, the recommended network and the table.
 
-The **recommended** network (:func:`recommend`) is the row of :data:`FUSIONS` (the searched network
-and the hand-made fusions) with the highest selection score ``val``: the val split's score, or with
-``train.select_folds = k`` the mean over the k folds of train + val. The test split never takes part
-in the choice; since late fusion is always a contender, the recommended network is never worse than
-late fusion on that score. Pure functions of the rows: the same summary is rebuilt from a finished
+The **recommended** network (:func:`recommend`) is the row of :data:`CONTENDERS` (the searched
+network, the hand-made fusions and the linear probe) with the highest selection score ``val``: the
+val split's score, or with ``train.select_folds = k`` the mean over the k folds of train + val. The
+test split never takes part in the choice; since late fusion is always a contender, the recommended
+network is never worse than late fusion on that score. Each method's trained network is a *stage*
+of the run directory (:func:`stage_of`), which ``bmnas predict``/``export-model`` and
+:func:`bmnas.load` read. Pure functions of the rows: the same summary is rebuilt from a finished
 run's ``metrics.json`` (:func:`report_from_metrics`, ``bmnas show``).
 
 A row: ``test`` (every test metric), ``val`` (the selection score, None without one), ``params``
@@ -22,8 +24,25 @@ from ..core.schema import load_json
 from ..core.schemas import METRICS
 
 SEARCHED = "searched"
+PROBE = "linear_probe"
 FUSIONS = (SEARCHED, "late_fusion", "sum", "concat_fc")
-"""Networks the recommendation chooses among: the searched one and the hand-made fusions."""
+"""The searched network and the hand-made fusions."""
+CONTENDERS = (*FUSIONS, PROBE)
+"""Networks the recommendation chooses among: the fusions and the linear probe."""
+FOUND_STAGE = "train"
+"""The stage of the searched network (``model.pt``, else ``train.ckpt.pt``)."""
+
+
+def stage_of(method: str) -> str:
+    """The stage name of a method's trained network in a run directory: ``searched`` → ``train``,
+    ``linear_probe`` → ``linear_probe``, any other (a baseline such as ``late_fusion`` or
+    ``unimodal:image``) → ``baseline_<name>`` with ``:`` as ``_``."""
+    if method == SEARCHED:
+        return FOUND_STAGE
+    if method == PROBE:
+        return PROBE
+    return "baseline_" + method.replace(":", "_")
+
 
 VAL_FITTED_NOTE = (
     " (its architecture was chosen on val, so its val score is optimistic: by 1-3 points on AV-MNIST "
@@ -51,7 +70,7 @@ def score_name(folds: int) -> str:
 def recommend(
     rows: dict[str, dict], metric: str, searched_saw_val: bool = False, scored_by: str = "val"
 ) -> tuple[str, str]:
-    """The best row of :data:`FUSIONS` by its ``val`` score (ties: the searched one, then table
+    """The best row of :data:`CONTENDERS` by its ``val`` score (ties: the searched one, then table
     order), and why.
 
     ``scored_by`` names that score in the reason (``val``, or e.g. ``3-fold CV``).
@@ -59,7 +78,7 @@ def recommend(
     (``arch_split = 0``, ``train.select_folds = 0``); if the searched network wins, the reason says
     that its score is optimistic.
     """
-    eligible = [n for n in rows if n in FUSIONS and rows[n].get("val") is not None]
+    eligible = [n for n in rows if n in CONTENDERS and rows[n].get("val") is not None]
     if not eligible:
         return SEARCHED, "no val score to compare (train.select_epochs is off): the searched network"
     best = max(eligible, key=lambda n: (rows[n]["val"], n == SEARCHED, -eligible.index(n)))

@@ -1,4 +1,7 @@
-"""Export a trained found network as one file: TorchScript (``.pt``) or ONNX (``.onnx``).
+"""Export a trained network of a run as one file: TorchScript (``.pt``) or ONNX (``.onnx``).
+
+By default the network ``bmnas run`` recommends (:func:`bmnas.serve.model.load`), which may be the
+found network, a baseline or the linear probe: each is a :class:`~bmnas.space.found.FoundNet`.
 
 Two graphs, both returning ``(logits, probabilities)``, each ``(B, K)``: softmax (multiclass) or
 sigmoid (multilabel), with a free batch size:
@@ -13,9 +16,10 @@ sigmoid (multilabel), with a free batch size:
   pooling branches on them when traced. A backbone whose preprocessing is not a tensor (a
   tokenizer) cannot be an input, and the export falls back to features in.
 
-Metadata (``bmnas`` key, JSON): format, bmnas version, genotype, inputs with shapes, outputs, task,
-class names, threshold, L, pooling. TorchScript stores it as the extra file ``bmnas.json``
-(``torch.jit.load(f, _extra_files={"bmnas.json": ""})``), ONNX as model metadata properties
+Metadata (``bmnas`` key, JSON): format, bmnas version, the network's method and stage, genotype,
+inputs with shapes, outputs, task, class names, threshold, L, pooling. TorchScript stores it as the
+extra file ``bmnas.json`` (``torch.jit.load(f, _extra_files={"bmnas.json": ""})``), ONNX as model
+metadata properties
 (``onnxruntime.InferenceSession(f).get_modelmeta().custom_metadata_map["bmnas"]``).
 :func:`read_metadata` reads both. ONNX export needs the ``onnx`` extra (onnx, onnxscript).
 """
@@ -42,7 +46,7 @@ from ..engine.device import uses_threads
 from ..features.backbones.base import Backbone
 from ..features.pipeline import prepare_backbones
 from ..features.pooling import pool_feature
-from .model import FOUND_STAGE, LoadedModel, load, model_threads
+from .model import RECOMMENDED, LoadedModel, load, model_threads
 
 log = logging.getLogger(__name__)
 FORMATS = ("torchscript", "onnx")
@@ -129,6 +133,8 @@ def metadata(model: LoadedModel, raw_inputs: Mapping[str, torch.Tensor] | None =
     return {
         "format": EXPORT_FORMAT,
         "bmnas_version": __version__,
+        "method": model.method,
+        "stage": model.stage,
         "genotype": model.genotype.to_dict(),
         "inputs": inputs,
         "outputs": ["logits", "probabilities"],
@@ -299,12 +305,13 @@ def export_run(
     run_dir: str | Path,
     path: str | Path,
     fmt: str | None = None,
-    stage: str = FOUND_STAGE,
+    stage: str = RECOMMENDED,
     cache: str | Path | None = None,
     features_in: bool = False,
     progress: bool = False,
 ) -> dict:
-    """Export the trained network ``stage`` of a run to ``path``; returns the metadata (:func:`export_model`).
+    """Export the trained network ``stage`` of a run (default: the recommended one) to ``path``;
+    returns the metadata (:func:`export_model`).
 
     A run on a registered dataset is exported from its backbones' inputs (loaded from the cache
     root ``cache``) unless ``features_in`` or a backbone's preprocessing gives no tensor (then a

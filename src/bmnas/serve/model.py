@@ -15,6 +15,7 @@ damaged file is refused in one line (:class:`ModelError`) naming it and the fiel
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +40,16 @@ from ..features.backbones.base import Backbone
 from ..features.extract import extract_features
 from ..features.pooling import pool_feature
 from ..features.validate import check_feature
-from ..report.summary import read_metrics
+from ..report.summary import FOUND_STAGE, PROBE, SEARCHED, read_metrics, stage_of
 from ..space.found import FoundNet
 from .predictions import Predictions
 
+log = logging.getLogger(__name__)
+
 MODEL_FILE = "model.pt"
-FOUND_STAGE = "train"
+PROBE_FILE = "linear_probe.pt"
+MODEL_FILES = {FOUND_STAGE: MODEL_FILE, PROBE: PROBE_FILE}
+"""Stages saved as model files (:func:`save_model`); every other stage is a ``<stage>.ckpt.pt``."""
 RECOMMENDED = "recommended"
 MODEL_FIX = "retrain (bmnas train) or restore the file"
 CHECKPOINT_FIX = "rerun the bmnas run or train command that trained it, or restore the file"
@@ -64,7 +69,12 @@ def model_threads(model: LoadedModel, batch_size: int) -> tuple[int, int]:
 
 @dataclass
 class LoadedModel:
-    """A trained found network ready for inference (eval mode, CPU)."""
+    """A trained network of a run ready for inference (eval mode, CPU).
+
+    ``stage``: which of the run's networks it is (``train`` for the found one, ``linear_probe``,
+    ``baseline_<name>``); ``method``: its name in the run's table (``searched``, ``linear_probe``,
+    ``late_fusion`` …).
+    """
 
     genotype: Genotype
     net: FoundNet
@@ -74,6 +84,8 @@ class LoadedModel:
     class_names: tuple[str, ...]
     source: Path
     config: Mapping
+    stage: str = FOUND_STAGE
+    method: str = SEARCHED
 
     @property
     def L(self) -> int:
@@ -218,40 +230,107 @@ def save_model(
     return save_torch(Path(run_dir) / name, payload)
 
 
-def load(run_dir: str | Path, stage: str = FOUND_STAGE) -> LoadedModel:
-    """The trained network of ``run_dir`` (``stage``: ``train`` for the found network, a baseline's
-    checkpoint name such as ``baseline_late_fusion``, or ``recommended`` for the one ``bmnas run``
-    recommends).
+def load(run_dir: str | Path, stage: str = RECOMMENDED) -> LoadedModel:
+    """A trained network of ``run_dir``; by default the one ``bmnas run`` recommends.
 
-    Reads ``model.pt`` when present (found network), else ``<stage>.ckpt.pt`` with ``config.yaml``
-    and ``metrics.json``. Raises :class:`ModelError` naming what is missing or damaged.
+    ``stage``: ``recommended`` (default: ``metrics.json``'s ``recommended.method``), ``train`` (the
+    found network), ``linear_probe``, a baseline's checkpoint name such as ``baseline_late_fusion``,
+    or a method's name as the run's table shows it (``searched``, ``late_fusion``, ``unimodal:image``).
+
+    A run without a recommendation (``bmnas train``, or ``bmnas run`` of an older bmnas) or whose
+    recommended network's file is missing gives the found network, with a warning that says so.
+    Reads ``model.pt`` / ``linear_probe.pt`` when present, else ``<stage>.ckpt.pt`` with
+    ``config.yaml`` and ``metrics.json``. Raises :class:`ModelError` naming what is missing or damaged.
     """
     run = Path(run_dir)
     if not run.is_dir():
         raise ModelError(f"{run}: no such run directory")
+    asked = stage
     if stage == RECOMMENDED:
-        stage = recommended_stage(run)
-    if stage == FOUND_STAGE and (run / MODEL_FILE).is_file():
-        return _from_model_file(run / MODEL_FILE)
+        stage = _recommended_or_found(run)
+    elif not stage.startswith("baseline_") and stage not in MODEL_FILES:
+        stage = stage_of(stage)
+    method = _method_of(stage, run)
+    name = MODEL_FILES.get(stage)
+    if name is not None and (run / name).is_file():
+        return _from_model_file(run / name, stage, method)
     path = run / f"{stage}.ckpt.pt"
     if not path.is_file():
-        have = sorted(p.name for p in run.glob("*.ckpt.pt"))
-        raise ModelError(
-            f"{run}: no trained model ({MODEL_FILE} and {path.name} are missing; checkpoints here: "
-            f"{have or 'none'}); train one with `bmnas train --out {run} ...` or `bmnas run`"
+        raise ModelError(_missing(run, stage, path, asked))
+    return _from_checkpoint(run, path, stage, method)
+
+
+def _missing(run: Path, stage: str, path: Path, asked: str) -> str:
+    have = ", ".join(available_stages(run)) or "none"
+    if stage == PROBE:
+        return (
+            f"{run}: no saved linear probe ({PROBE_FILE} is missing: the run was made by a bmnas that "
+            f"did not save it, or with --no-baselines); rerun the same `bmnas run` command to add it "
+            f"(finished stages are not redone); trained networks here: {have}"
         )
-    return _from_checkpoint(run, path)
+    files = f"{MODEL_FILE} and {path.name} are" if stage == FOUND_STAGE else f"{path.name} is"
+    return (
+        f"{run}: no trained model for --stage {asked} ({files} missing); trained networks here: {have}; "
+        f"train one with `bmnas train --out {run} ...` or `bmnas run`"
+    )
+
+
+def available_stages(run: str | Path) -> list[str]:
+    """The stages of ``run`` that have a trained network's file (model file or checkpoint)."""
+    run = Path(run)
+    out = [stage for stage, name in MODEL_FILES.items() if (run / name).is_file()]
+    for path in sorted(run.glob("*.ckpt.pt")):
+        stage = path.name.removesuffix(".ckpt.pt")
+        if stage not in out and (stage == FOUND_STAGE or stage.startswith("baseline_")):
+            out.append(stage)
+    return out
 
 
 def recommended_stage(run: Path) -> str:
-    """The checkpoint name of the network ``bmnas run`` recommends (``metrics.json``)."""
-    method = ((read_metrics(run / "metrics.json") or {}).get("recommended") or {}).get("method")
+    """The stage of the network ``bmnas run`` recommends (``metrics.json``'s ``recommended.method``)."""
+    method = recommended_method(run)
     if not method:
         raise ModelError(f"{run}: metrics.json names no recommended network (`bmnas run` writes one)")
-    return FOUND_STAGE if method == "searched" else "baseline_" + method.replace(":", "_")
+    return stage_of(method)
 
 
-def _from_model_file(path: Path) -> LoadedModel:
+def recommended_method(run: str | Path) -> str | None:
+    """``recommended.method`` of the run's ``metrics.json`` (None without one)."""
+    return ((read_metrics(Path(run) / "metrics.json") or {}).get("recommended") or {}).get("method")
+
+
+def _recommended_or_found(run: Path) -> str:
+    method = recommended_method(run)
+    if not method:
+        log.warning(
+            "%s: metrics.json names no recommended network (not a `bmnas run`): using the found network",
+            run,
+        )
+        return FOUND_STAGE
+    stage = stage_of(method)
+    name = MODEL_FILES.get(stage, f"{stage}.ckpt.pt")
+    if stage != FOUND_STAGE and not (run / name).is_file():
+        log.warning(
+            "%s: the recommended network (%s) has no saved model (%s is missing): using the found network",
+            run,
+            method,
+            name,
+        )
+        return FOUND_STAGE
+    return stage
+
+
+def _method_of(stage: str, run: Path) -> str:
+    """The table name of ``stage`` (``baseline_unimodal_image`` -> ``unimodal:image``, via metrics.json)."""
+    if stage == FOUND_STAGE:
+        return SEARCHED
+    if stage == PROBE:
+        return PROBE
+    names = {stage_of(n): n for n in ((read_metrics(run / "metrics.json") or {}).get("baselines") or {})}
+    return names.get(stage, stage.removeprefix("baseline_"))
+
+
+def _from_model_file(path: Path, stage: str = FOUND_STAGE, method: str = SEARCHED) -> LoadedModel:
     d = _torch_load(path)
     if d.get("format") != MODEL_FORMAT:
         raise ModelError(f"{path}: not a bmnas model file (format {d.get('format')!r})")
@@ -267,10 +346,12 @@ def _from_model_file(path: Path) -> LoadedModel:
         source=path,
         config=_read_config(path.parent / "config.yaml") or {},
         fix=MODEL_FIX,
+        stage=stage,
+        method=method,
     )
 
 
-def _from_checkpoint(run: Path, path: Path) -> LoadedModel:
+def _from_checkpoint(run: Path, path: Path, stage: str = FOUND_STAGE, method: str = SEARCHED) -> LoadedModel:
     """A baseline (or a found network without ``model.pt``) from its evaluation-stage checkpoint."""
     ckpt = _torch_load(path)
     if "model" not in ckpt or "state" not in ckpt:
@@ -311,6 +392,8 @@ def _from_checkpoint(run: Path, path: Path) -> LoadedModel:
         source=path,
         config=_read_config(run / "config.yaml") or cfg,
         fix=CHECKPOINT_FIX,
+        stage=stage,
+        method=method,
     )
 
 
@@ -326,6 +409,8 @@ def _build(
     source: Path,
     config: Mapping,
     fix: str,
+    stage: str = FOUND_STAGE,
+    method: str = SEARCHED,
 ) -> LoadedModel:
     check_weights(genotype, task.num_outputs, state, source, fix)  # before allocating anything
     net = FoundNet(genotype, task.num_outputs, dropout=dropout)
@@ -337,7 +422,7 @@ def _build(
     names = [str(c) for c in class_names]
     if len(names) != task.num_outputs:
         names = [str(k) for k in range(task.num_outputs)]
-    return LoadedModel(genotype, net, task, threshold, pooling, tuple(names), source, config)
+    return LoadedModel(genotype, net, task, threshold, pooling, tuple(names), source, config, stage, method)
 
 
 def check_weights(genotype: Genotype, num_outputs: int, state: Mapping, source: Path, fix: str) -> None:

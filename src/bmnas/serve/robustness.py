@@ -11,8 +11,10 @@ Conditions, applied to the pooled ``(N, L_k, C_in)`` test features every network
   train std over samples and positions (so σ is relative); drawn with a fixed seed, the same
   draw for every network.
 
-Networks: the run's found network and each baseline it trained (``baseline_*.ckpt.pt``). The
-table holds the primary test metric (accuracy or weighted F1) per network and condition.
+Networks: the run's found network, each baseline it trained (``baseline_*.ckpt.pt``) and the linear
+probe (``linear_probe.pt``); the recommended one (:func:`bmnas.serve.model.load`'s default) is
+named in the report. The table holds the primary test metric (accuracy or weighted F1) per network
+and condition.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..engine.metrics import primary_metric
 from ..report import tables
 from ..report.study_plots import condition_bars
 from ..report.summary import read_metrics
-from .model import FOUND_STAGE, LoadedModel, ModelError, load
+from .model import FOUND_STAGE, PROBE_FILE, LoadedModel, ModelError, load
 from .predict import run_data
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,8 @@ def perturb(
 
 
 def run_models(run_dir: str | Path) -> dict[str, LoadedModel]:
-    """The found network (``searched``) and every baseline the run trained, by display name."""
+    """The found network (``searched``), every baseline the run trained and the linear probe, by
+    display name."""
     run = Path(run_dir)
     models = {FOUND_NAME: load(run, FOUND_STAGE)}
     names = list(((read_metrics(run / "metrics.json") or {}).get("baselines")) or {})
@@ -100,6 +103,9 @@ def run_models(run_dir: str | Path) -> dict[str, LoadedModel]:
             models[stages.get(stage, stage.removeprefix("baseline_"))] = load(run, stage)
         except ModelError as err:  # e.g. a baseline whose training was interrupted
             log.warning("skipping %s: %s", stage, err)
+    if (run / PROBE_FILE).is_file():
+        probe = load(run, "linear_probe")
+        models[probe.method] = probe
     return models
 
 
@@ -195,6 +201,7 @@ class RobustnessReport:
     paths: dict[str, Path]
     chance: tuple[float, str] | None = None  # chance_level: score and what it is
     probe: float | None = None  # the linear probe's clean test score, if the run has one
+    recommended: str = FOUND_NAME
 
 
 def robustness_report(
@@ -213,8 +220,8 @@ def robustness_report(
     root, for a run on a registered dataset.
     """
     models = run_models(run_dir)
-    found = models[FOUND_NAME]
-    data = run_data(found.config, found.L, cache, progress=progress, data_dir=data_dir)
+    recommended = load(run_dir)  # the default network: the recommended one, else the found one
+    data = run_data(recommended.config, recommended.L, cache, progress=progress, data_dir=data_dir)
     metric = primary_metric(data.task)
     rows = evaluate_robustness(models, data, noise, seed)
     out = Path(out or run_dir)
@@ -231,4 +238,4 @@ def robustness_report(
         "csv": write_csv(rows, metric, out / "robustness.csv"),
         "plot": plot(rows, metric, out / "robustness.png", title, chance, probe),
     }
-    return RobustnessReport(rows, metric, table, paths, chance, probe)
+    return RobustnessReport(rows, metric, table, paths, chance, probe, recommended.method)

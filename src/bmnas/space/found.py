@@ -6,7 +6,9 @@ are never touched). Each step runs its one op; a ``zero`` step outputs zeros.
 With ``genotype.linear`` the logits also get a linear path from those raw (pooled) features,
 ``logits = head(states) + W · BN([f_1; …; f_k]) + b`` with ``f_i`` flattened to ``L_i · C_i`` values
 and BN a batch normalisation without affine parameters (wide & deep): every network then contains
-a linear probe of those features, which small datasets need (docs/DESIGN.md §8).
+a linear probe of those features, which small datasets need (docs/DESIGN.md §8). A genotype with no
+Cells and no ``output`` has no head: ``logits = W · BN([f_1; …; f_k]) + b`` is the linear probe
+itself (:mod:`bmnas.method.probe`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class FoundNet(nn.Module):
         self.projected = tuple(n for n in self.used if n in read)
         self.projections = nn.ModuleList(FeatureProjection(channels[n], C, dropout) for n in self.projected)
         self.cells = nn.ModuleList(FoundCell(c, C, L, dropout) for c in genotype.cells)
-        self.head = Head(C, L, len(genotype.output), num_outputs, dropout)
+        self.head = Head(C, L, len(genotype.output), num_outputs, dropout) if genotype.output else None
         self.linear: nn.Sequential | None = None
         if genotype.linear:
             sizes = {f.name: f.channels * f.length for f in genotype.features}
@@ -68,20 +70,21 @@ class FoundNet(nn.Module):
         if missing:
             raise KeyError(f"missing features {missing}; this network reads {list(self.used)}")
         states = {n: proj(features[n]) for n, proj in zip(self.projected, self.projections, strict=True)}
-        B = next(iter(states.values())).shape[0]
+        B = features[self.used[0]].shape[0]
         L = self.genotype.L
         for n, (gene, cell) in enumerate(zip(self.genotype.cells, self.cells, strict=True), 1):
             x, y = (states[i].expand(B, L, states[i].shape[-1]) for i in gene.inputs)
             states[f"cell{n}"] = cell(x, y)
-        logits = self.head([states[name] for name in self.genotype.output])
-        if self.linear is not None:
-            flat = torch.cat([features[n].reshape(B, -1) for n in self.genotype.linear], dim=1)
-            logits = logits + self.linear(flat)
-        return logits
+        if self.linear is None:
+            return self.head([states[name] for name in self.genotype.output])
+        flat = torch.cat([features[n].reshape(B, -1) for n in self.genotype.linear], dim=1)
+        if self.head is None:  # the linear probe
+            return self.linear(flat)
+        return self.head([states[name] for name in self.genotype.output]) + self.linear(flat)
 
     def param_counts(self) -> dict[str, int]:
         """Parameters of the fusion part (projections + Cells + head norm) and of the classifier."""
-        classifier = sum(p.numel() for p in self.head.classifier.parameters())
+        classifier = sum(p.numel() for p in self.head.classifier.parameters()) if self.head else 0
         if self.linear is not None:
             classifier += sum(p.numel() for p in self.linear.parameters())
         total = sum(p.numel() for p in self.parameters())

@@ -159,7 +159,8 @@ def strategy_of(method: str) -> Strategy:
 def probe_row(job: Job, data: FeatureData, cfg: Config) -> tuple[dict, np.ndarray]:
     """The result row of the linear probe (:func:`bmnas.method.probe.linear_probe`) at the job's seed,
     and its test logits."""
-    r, logits = fit_probe(data, job.seed, cfg.data.threshold)
+    probe = fit_probe(data, job.seed, cfg.data.threshold, cfg.train.select_folds)
+    r, logits = probe.row, probe.test_logits
     row = {
         "method": job.method,
         "seed": job.seed,
