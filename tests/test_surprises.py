@@ -18,7 +18,8 @@ def test_a_feature_shorter_than_model_L_is_named_once_when_it_is_stretched(tmp_p
     data = write_generic(tmp_path / "d")  # audio.seq has T = 11; image.map is 6×5
     rc, _, err = _run(capsys, "pretrain", "--data", str(data), "--set", "model.L=16")
     assert rc == 0
-    lines = [line for line in err.splitlines() if "fewer than model.L" in line]
+    # info lines start with the time (HH:MM:SS); what follows is the message
+    lines = [line.split(" ", 1)[1] for line in err.splitlines() if "fewer than model.L" in line]
     assert lines == [
         "bmnas: feature 'audio.seq' has 11 positions, fewer than model.L = 16: interpolated up to 16 "
         "(copies, no new information); set model.L to at most its length, or extract it with length >= 16",
