@@ -36,7 +36,13 @@ class DataConfig:
     """Where features come from and what the labels mean."""
 
     dataset: str | None = None  # a registered dataset name (e.g. "avmnist"), or
-    dir: str | None = None  # a directory in the generic format (docs/DESIGN.md §12)
+    dir: str | None = None  # a directory in the generic format (docs/DESIGN.md §12), or
+    table: str | None = None  # a CSV/Parquet table, one row per sample (features/table.py)
+    label: str | None = None  # the table's label column
+    label_sep: str | None = None  # splits a delimited multilabel column, e.g. "|"
+    modalities: tuple[str, ...] = ()  # "name=col1,col2" / "name=prefix*" (default: every column, inferred)
+    split_column: str = "split"  # a table column of train/val/test, used as given when present
+    split_shares: tuple[float, float] = (0.15, 0.15)  # val, test shares carved when a split is missing
     pooling: str = "max"
     task: str | None = None  # multiclass | multilabel | None (inferred from the labels)
     num_outputs: int | None = None  # classes / labels (None: inferred)
@@ -441,6 +447,12 @@ def _check(cfg) -> None:
             "must be multiclass, multilabel or null",
         )
         need(0.0 < cfg.threshold < 1.0, "data.threshold", f"must be in (0, 1), got {cfg.threshold}")
+        need(
+            all(0.0 < v < 1.0 for v in cfg.split_shares) and sum(cfg.split_shares) < 1.0,
+            "data.split_shares",
+            f"val and test shares must each be in (0, 1) and sum below 1, got {list(cfg.split_shares)}",
+        )
+        need(cfg.label_sep is None or cfg.label_sep != "", "data.label_sep", "must be a non-empty string")
         need(
             cfg.num_outputs is None or cfg.num_outputs >= 1,
             "data.num_outputs",

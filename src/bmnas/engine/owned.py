@@ -39,6 +39,7 @@ OWNED_FILES = (
     "model.pt",
     "history.jsonl",
     "metrics.json",
+    "split.csv",
     "smbo.jsonl",
     "rerank.jsonl",
     "robustness.md",

@@ -20,6 +20,8 @@ from ..core.data import FeatureData
 from ..core.genotype import modalities
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
+from ..features.pipeline import load_data
+from ..features.table import public_info, write_split_file
 from ..report.summary import SEARCHED, RunReport, recommend, score_name
 from ..serve.model import save_model
 from ..space.baselines import baseline
@@ -44,7 +46,7 @@ def fit_config_to_data(cfg: Config, data: FeatureData) -> Config:
 
 
 def run(
-    data: FeatureData,
+    data: FeatureData | object,
     cfg: Config,
     run_dir: RunDir | str,
     baselines: bool = True,
@@ -55,12 +57,18 @@ def run(
     """Search, train and compare on ``data``; write ``metrics.json`` and the genotypes to ``run_dir``.
 
     Args:
+        data: the features, or a table (a pandas DataFrame or a CSV/Parquet path) that
+            ``cfg.data.label`` names the label column of (read by :func:`bmnas.load_data`).
         baselines: also train the unimodal, late-fusion and fixed-fusion networks and the probe.
         on_search: called with the :class:`~bmnas.method.search.SearchResult` before training (the CLI
             prints the genotype there).
     """
 
+    if not isinstance(data, FeatureData):
+        data = load_data(cfg, table=data, progress=progress)
+        cfg = fit_config_to_data(cfg, data)
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    write_split_file(run_dir.path, data.info)
     metric = primary_metric(data.task)
     found = search(data, cfg, run_dir, progress=progress)
     if on_search is not None:
@@ -113,7 +121,7 @@ def run(
             "name": data.name,
             "sizes": {s: len(sp) for s, sp in data.splits.items()},
             "task": data.task.__dict__,
-            "info": data.info,
+            "info": public_info(data.info),
         },
     }
     run_dir.write_json("metrics.json", metrics)
