@@ -174,11 +174,17 @@ def data_options(p: argparse.ArgumentParser, out: bool = True) -> None:
     src = p.add_argument_group("data (one of)")
     src.add_argument("--dataset", help="registered dataset name, e.g. avmnist (prepared on first use)")
     src.add_argument(
-        "--data", metavar="DIR", help="directory with train/val/test.npz or train/ val/ test/ of .npy (generic format)"
+        "--data",
+        metavar="DIR",
+        help="directory with train/val/test.npz or train/ val/ test/ of .npy (generic format)",
     )
-    src.add_argument("--table", metavar="FILE", help="CSV or Parquet table, one row per sample (README, 'Your own data')")
+    src.add_argument(
+        "--table", metavar="FILE", help="CSV or Parquet table, one row per sample (README, 'Your own data')"
+    )
     src.add_argument("--label", metavar="COL", help="the table's label column (integers or class names)")
-    src.add_argument("--label-sep", metavar="SEP", help='multilabel: the label column holds SEP-separated labels, e.g. "|"')
+    src.add_argument(
+        "--label-sep", metavar="SEP", help='multilabel: the label column holds SEP-separated labels, e.g. "|"'
+    )
     src.add_argument(
         "--modality",
         metavar="NAME=COLS",
@@ -241,12 +247,16 @@ def resolve_config(args: argparse.Namespace) -> Config:
     overrides = [*args.overrides, *([f"device={args.device}"] if getattr(args, "device", None) else [])]
     cfg = Config.from_sources(args.config, overrides, base=base)
     table = getattr(args, "table", None)
-    given = [flag for flag, v in (("--dataset", args.dataset), ("--data", args.data), ("--table", table)) if v]
+    given = [
+        flag for flag, v in (("--dataset", args.dataset), ("--data", args.data), ("--table", table)) if v
+    ]
     if len(given) > 1:
         raise ConfigError(f"give one of --dataset, --data and --table, not {' and '.join(given)}")
     if given:
         cfg = cfg.replace(
-            data=type(cfg.data)(**{**cfg.data.__dict__, "dataset": args.dataset, "dir": args.data, "table": table})
+            data=type(cfg.data)(
+                **{**cfg.data.__dict__, "dataset": args.dataset, "dir": args.data, "table": table}
+            )
         )
     table_flags = {
         "label": getattr(args, "label", None),
@@ -262,7 +272,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         raise ConfigError(f"--table {cfg.data.table}: name its label column with --label COL")
     if not cfg.data.dataset and not cfg.data.dir and not cfg.data.table:
         raise ConfigError(
-            "no data: pass --dataset NAME (e.g. avmnist), --data DIR (generic format) or --table FILE --label COL"
+            "no data: pass --dataset NAME (e.g. avmnist), --data DIR (generic format) or "
+            "--table FILE --label COL"
         )
     return cfg
 

@@ -189,7 +189,8 @@ def load_data(
         unknown = sorted(set(options) - {"image_size", "max_length", "batch_size", "backbones"})
         if unknown:
             raise ConfigError(
-                f"--backbone-option {unknown[0]!r}: a table's backbones take image_size, max_length, batch_size"
+                f"--backbone-option {unknown[0]!r}: a table's backbones take image_size, max_length, "
+                "batch_size"
             )
         data = table_features(
             table if table is not None else d.table,

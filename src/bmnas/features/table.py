@@ -101,7 +101,9 @@ def read_table(source, where: str = "--table"):
         elif suffix in (".csv", ".tsv", ".txt"):
             df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=True)
         else:
-            raise DataError(f"{where} {path}: unknown table type {suffix!r}; give a .csv, .tsv or .parquet file")
+            raise DataError(
+                f"{where} {path}: unknown table type {suffix!r}; give a .csv, .tsv or .parquet file"
+            )
     except (ValueError, OSError, UnicodeDecodeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{where} {path}: cannot be read as a table ({first})") from None
@@ -153,7 +155,9 @@ def parse_rules(rules: Sequence[str], columns: Sequence[str], where: str) -> dic
             elif part in columns:
                 cols.append(part)
             else:
-                raise DataError(f"--modality {rule!r}: no column {part!r} in {where}; columns: {list(columns)}")
+                raise DataError(
+                    f"--modality {rule!r}: no column {part!r} in {where}; columns: {list(columns)}"
+                )
         for c in cols:
             if c in taken and taken[c] != name:
                 raise DataError(f"--modality: column {c!r} is in both {taken[c]!r} and {name!r}")
@@ -162,7 +166,9 @@ def parse_rules(rules: Sequence[str], columns: Sequence[str], where: str) -> dic
     return out
 
 
-def plan_modalities(df, label: str, split_column: str, rules: Sequence[str], where: str) -> tuple[Modality, ...]:
+def plan_modalities(
+    df, label: str, split_column: str, rules: Sequence[str], where: str
+) -> tuple[Modality, ...]:
     """The table's modalities: the ``--modality`` rules, or every other column by its inferred kind."""
     reserved = {label, split_column}
     columns = [c for c in df.columns if c not in reserved]
@@ -207,7 +213,8 @@ def check_columns(df, mods: Sequence[Modality], base: Path, where: str) -> None:
                 bad = np.flatnonzero(pd.isna(s).to_numpy())
                 if bad.size:
                     raise DataError(
-                        f"{where}: column {c!r} has {bad.size} empty value(s), first at {_row(df, int(bad[0]))}; "
+                        f"{where}: column {c!r} has {bad.size} empty value(s), first at "
+                        f"{_row(df, int(bad[0]))}; "
                         f"fill or drop them"
                     )
             elif m.kind == "text":
@@ -215,7 +222,8 @@ def check_columns(df, mods: Sequence[Modality], base: Path, where: str) -> None:
                 empty = [i for i, t in enumerate(text) if not isinstance(t, str) or not t.strip()]
                 if empty:
                     raise DataError(
-                        f"{where}: column {c!r} has {len(empty)} empty text(s), first at {_row(df, empty[0])}; "
+                        f"{where}: column {c!r} has {len(empty)} empty text(s), first at "
+                        f"{_row(df, empty[0])}; "
                         f"write a text in every row (or drop those rows)"
                     )
             else:
@@ -336,7 +344,9 @@ def assign_splits(
             )
         _, carved, stratified = _carve(pool, strata, k, seed)
         split[carved] = name
-        notes.append(f"{name} ({k} rows, {'stratified' if stratified else 'not stratified: too few rows per class'})")
+        notes.append(
+            f"{name} ({k} rows, {'stratified' if stratified else 'not stratified: too few rows per class'})"
+        )
     if not notes:
         return split, "splits as given by the split column"
     source = "the split column's train rows" if given is not None else "the table"
@@ -375,7 +385,9 @@ def plan_table(
     if not label:
         raise DataError(f"{where}: no label column; name it with --label COL (data.label)")
     if label not in df.columns:
-        raise DataError(f"--label {label!r}: no such column in {where}; columns: {list(map(str, df.columns))}")
+        raise DataError(
+            f"--label {label!r}: no such column in {where}; columns: {list(map(str, df.columns))}"
+        )
     mods = plan_modalities(df, label, split_column, modalities, where)
     check_columns(df, mods, base or Path.cwd(), where)
     labels, names = encode_labels(df[label], label_sep, where)
@@ -532,7 +544,7 @@ def public_info(info: Mapping[str, object]) -> dict[str, object]:
 
 
 def write_split_file(run_dir: str | Path, info: Mapping[str, object] | None) -> Path | None:
-    """``RUN_DIR/split.csv`` (``row,split``: the table's row numbers from 0) when ``info`` has a table's split."""
+    """``RUN_DIR/split.csv`` (``row,split``, rows from 0) when ``info`` holds a table's split."""
     rows = (info or {}).get("split_rows")
     if not rows:
         return None

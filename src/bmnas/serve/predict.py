@@ -73,7 +73,9 @@ def run_data(
     """
     d = (config or {}).get("data") or {}
     if not (data_dir or d.get("dir") or d.get("dataset") or d.get("table")):
-        raise DataError("the run's config.yaml names no data (data.dir, data.table or data.dataset); pass --data")
+        raise DataError(
+            "the run's config.yaml names no data (data.dir, data.table or data.dataset); pass --data"
+        )
     cfg = Config.from_dict(dict(config), "config.yaml")
     if data_dir:
         cfg = cfg.replace(data=dataclasses.replace(cfg.data, dir=str(data_dir), dataset=None, table=None))
