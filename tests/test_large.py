@@ -138,6 +138,11 @@ def test_class_names_of_the_generic_format_reach_predict_and_show(tmp_path, caps
         "green",
         "blue",
     }
+    exported = tmp_path / "e"
+    assert main(["export", "--data", str(data), "--out", str(exported), "--quiet", "--set", "model.L=4"]) == 0
+    with np.load(exported / "train.npz") as e:
+        assert e["class_names"].tolist() == ["red", "green", "blue"]
+    assert load_generic_dir(exported, 4).info["class_names"] == ["red", "green", "blue"]
     np.savez(data / "train.npz", class_names=np.array(["red", "green"]), **z)
     with pytest.raises(DataError, match="'class_names' has 2 names but the labels have 3 classes"):
         load_generic_dir(data, 4)

@@ -226,9 +226,15 @@ def load_npy_dir(
             fill(pooled)
         else:
             key = CacheKey(
-                "generic-npy", _files_digest(root / split, feats), split, "all", "none",
-                tuple((k, f"{k}.npy") for k in feats), length, pooling,
-            )  # fmt: skip
+                "generic-npy",
+                _files_digest(root / split, feats),
+                split,
+                "all",
+                "none",
+                tuple((k, f"{k}.npy") for k in feats),
+                length,
+                pooling,
+            )
             pooled, _ = store.get_or_fill(key, shapes, fill)
             dirs.append(str(store.entry_dir(key)))
         y = labels.astype(np.int64) if task.type == "multiclass" else labels.astype(np.float32)
@@ -287,7 +293,8 @@ def generic_layout(pooled: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
-    """Write pooled features in the generic format: ``(N, C_in, L)`` maps, ``(N, C_in)`` vectors.
+    """Write pooled features in the generic format: ``(N, C_in, L)`` maps, ``(N, C_in)`` vectors,
+    and the class names (``info["class_names"]``) in ``train.npz``.
 
     Loading the export with the same L gives the same pooled features back.
     """
@@ -295,6 +302,9 @@ def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
     if root.exists() and not root.is_dir():
         raise DataError(f"--out {root} is a file; the export needs a directory (new or empty)")
     root.mkdir(parents=True, exist_ok=True)
+    names = [str(c) for c in (data.info or {}).get(CLASS_NAMES, [])]
+    named = {CLASS_NAMES: np.array(names)} if names and len(names) == data.task.num_outputs else {}
     for split, sp in data.splits.items():
-        write_npz(root / f"{split}.npz", sp.labels, generic_layout(sp.features))
+        extra = named if split == "train" else {}
+        write_npz(root / f"{split}.npz", sp.labels, {**generic_layout(sp.features), **extra})
     return root

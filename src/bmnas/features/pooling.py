@@ -16,6 +16,7 @@ projection's matmul wants, so search and training never transpose it.
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Callable
 
 import numpy as np
@@ -124,4 +125,25 @@ def pool_chunks(
         if on_chunk is not None:
             on_chunk(chunk, start)
         out[start : start + chunk.shape[0]] = pool_feature(torch.as_tensor(chunk), length, mode).numpy()
+        _release(x, start + chunk.shape[0])
     return out
+
+
+def _release(x: np.ndarray, stop: int) -> None:
+    """Unmap the pages of rows ``< stop`` of a memory-mapped ``x`` from this process.
+
+    Pages a memory map has read stay in the process's resident set until it is closed; dropping
+    them (``MADV_DONTNEED``: the kernel's page cache keeps the file) holds the resident set to one
+    chunk. Anything but a whole ``np.load(mmap_mode="r")`` array is left alone.
+    """
+    mm = getattr(x, "_mmap", None)
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED") or not x.flags.c_contiguous:
+        return
+    begin = int(getattr(x, "offset", 0)) % mmap.ALLOCATIONGRANULARITY  # where the array starts in the map
+    end = begin + stop * (x.nbytes // max(x.shape[0], 1))
+    end -= end % mmap.PAGESIZE
+    if end > 0:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, 0, min(end, len(mm)))
+        except (OSError, ValueError):  # not every platform or mapping supports it: memory only
+            return

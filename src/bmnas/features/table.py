@@ -488,9 +488,16 @@ def table_features(
     df, base = read_table(table)
     where = str(table) if not hasattr(table, "columns") else "the DataFrame"
     plan = plan_table(
-        df, label, label_sep=label_sep, modalities=modalities, split_column=split_column, base=base,
-        seed=seed, shares=shares, where=where,
-    )  # fmt: skip
+        df,
+        label,
+        label_sep=label_sep,
+        modalities=modalities,
+        split_column=split_column,
+        base=base,
+        seed=seed,
+        shares=shares,
+        where=where,
+    )
     log.info("table %s: %s", where, plan.split_note)
     cache = FeatureCache(Path(root if root is not None else default_root()) / "features")
     whole: dict[str, np.ndarray] = {}
@@ -509,15 +516,27 @@ def table_features(
         )
         layers = tuple(zip(backbone.feature_names(), backbone.layers.values(), strict=True))
         key = CacheKey(
-            "table", content_hash(df, m, base, image_size), "all", m.name, backbone.weights_hash(),
-            layers, length, pooling,
-        )  # fmt: skip
+            "table",
+            content_hash(df, m, base, image_size),
+            "all",
+            m.name,
+            backbone.weights_hash(),
+            layers,
+            length,
+            pooling,
+        )
 
         def compute(backbone: Backbone = backbone, inputs=inputs, m: Modality = m) -> dict[str, np.ndarray]:
             return extract_features(
-                backbone, inputs, length=length, pooling=pooling, batch_size=batch_size,
-                progress=progress, device=device, desc=f"extract {m.name}",
-            )  # fmt: skip
+                backbone,
+                inputs,
+                length=length,
+                pooling=pooling,
+                batch_size=batch_size,
+                progress=progress,
+                device=device,
+                desc=f"extract {m.name}",
+            )
 
         arrays, hit = cache.get_or_compute(key, compute)
         whole.update(generic_layout(arrays))  # re-pooled to the same L: the same features
@@ -525,7 +544,14 @@ def table_features(
         dirs.append(str(cache.entry_dir(key)))
     rows = {s: np.flatnonzero(plan.split_of_row == s) for s in SPLITS}
     raw = {s: ({k: v[r] for k, v in whole.items()}, plan.labels[r]) for s, r in rows.items()}
-    data = build_feature_data(raw, length, pooling, task_type, num_outputs, name=Path(where).stem or where)
+    data = build_feature_data(
+        raw,
+        length,
+        pooling,
+        task_type,
+        num_outputs,
+        name=Path(where).stem if hasattr(table, "__fspath__") or isinstance(table, str) else "table",
+    )
     info = {
         "table": where,
         "class_names": list(plan.class_names),
