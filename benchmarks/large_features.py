@@ -9,7 +9,7 @@ rows as fit ``--gb`` gigabytes on disk; then, each in a fresh process,
 0. ``idle``: importing torch and bmnas only (the floor every process starts from),
 2. ``search``: ``bmnas search --data DIR`` for one epoch on the cached features (a cache hit),
 
-and reports each process's peak resident set (``ru_maxrss``) against the data size, and the
+and reports each process's peak resident set (``VmHWM``) against the data size, and the
 fraction of "2 × free memory" the data reaches.
 
     python benchmarks/large_features.py --gb 4 --dir /tmp/large --cache /tmp/large-cache
@@ -80,7 +80,7 @@ def free_bytes() -> int:
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 kind, data, cache, out = sys.argv[1:5]
 if kind == "idle":  # what importing torch and bmnas costs alone
@@ -95,8 +95,9 @@ else:
     from bmnas.cli.main import main
     rc = main(["search", "--data", data, "--cache", cache, "--out", out, "--quiet", "--fresh",
                "--set", "search.epochs=1", "--set", "search.rerank=0", "--set", "model.C=64"])
-print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t0,
-                  "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+# VmHWM: this process's own peak (ru_maxrss would also count the parent's resident set at fork)
+hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t0, "maxrss_bytes": hwm}))
 """
 
 
@@ -119,15 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gb", type=float, default=4.0, help="data size on disk, in GB (1e9 bytes)")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/bmnas-large"))
     ap.add_argument("--cache", type=Path, default=Path("/tmp/bmnas-large-cache"))
+    ap.add_argument("--write", type=float, metavar="GB", help=argparse.SUPPRESS)  # the writing child
     ap.add_argument("--keep", action="store_true", help="keep the data and the cache afterwards")
     args = ap.parse_args(argv)
+    if args.write is not None:
+        write(args.dir, args.write)
+        return 0
     if args.gb > 8:
         raise SystemExit("--gb above 8: this benchmark stays within 8 GB on a shared machine")
     t0 = time.perf_counter()
-    if not (args.dir / "test" / "label.npy").exists():
-        sizes = write(args.dir, args.gb)
-    else:
-        sizes = {s: int(np.load(args.dir / s / "label.npy", mmap_mode="r").shape[0]) for s in SHARES}
+    if not (args.dir / "test" / "label.npy").exists():  # written by a child: this process stays small
+        subprocess.run(
+            [sys.executable, __file__, "--write", str(args.gb), "--dir", str(args.dir)], check=True
+        )
+    sizes = {s: int(np.load(args.dir / s / "label.npy", mmap_mode="r").shape[0]) for s in SHARES}
     written = time.perf_counter() - t0
     size, free = disk_bytes(args.dir), free_bytes()
     shutil.rmtree(args.cache, ignore_errors=True)
