@@ -42,7 +42,6 @@ EXAMPLES = {
         ("bmnas run --dataset avmnist --out runs/a", ""),
         ("bmnas run --data DIR --out runs/b --set search.epochs=6 --set model.C=32", ""),
         ("bmnas run --table photos.csv --label label --out runs/p", "a CSV of image paths, texts, labels"),
-        ("bmnas run --data DIR --config runs/sw/best_config.yaml --out runs/best", "a sweep's winner"),
     ],
     "search": [
         ("bmnas search --data DIR --out runs/s", "writes runs/s/genotype.json"),
