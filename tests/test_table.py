@@ -222,3 +222,19 @@ def test_the_real_backbones_read_a_tiny_table(tmp_path):
     assert {n.split(".")[0] for n in data.feature_names} == {"path", "caption"}
     assert data["train"].features["caption.layer6"].shape[-1] == 384
     assert data["train"].features["path.head"].shape[-1] == 1280
+
+
+def test_bmnas_run_takes_a_dataframe(tmp_path, monkeypatch):
+    monkeypatch.setenv("BMNAS_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(3)
+    y = np.arange(48) % 2
+    df = pd.DataFrame({"a": rng.normal(size=48) + y, "b": rng.normal(size=48) - y})
+    df["label"] = np.where(y == 1, "yes", "no")
+    sets = ["data.label=label", "data.modalities=[x=a,z=b]", "search.epochs=1", "train.epochs=1", "model.C=8"]
+    cfg = bmnas.Config.from_sources(None, [*sets, "train.select_folds=0", "search.rerank=0"])
+    report = bmnas.run(df, cfg, tmp_path / "run", baselines=False, progress=False)
+    assert set(report.rows) == {"searched"}
+    split = pd.read_csv(tmp_path / "run" / "split.csv")
+    assert split["split"].value_counts().to_dict() == {"train": 34, "val": 7, "test": 7}
+    info = json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]["info"]
+    assert info["class_names"] == ["no", "yes"] and list(info["modalities"]) == ["x", "z"]
