@@ -238,3 +238,17 @@ def test_bmnas_run_takes_a_dataframe(tmp_path, monkeypatch):
     assert split["split"].value_counts().to_dict() == {"train": 34, "val": 7, "test": 7}
     info = json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]["info"]
     assert info["class_names"] == ["no", "yes"] and list(info["modalities"]) == ["x", "z"]
+
+
+def test_a_missing_val_split_is_carved_from_train_only_stratified_and_seeded():
+    y = np.arange(60) % 3
+    given = np.array(["train"] * 45 + ["test"] * 15, dtype=object)
+    split, how = tb.assign_splits(y, given, seed=5)
+    assert list(split[45:]) == ["test"] * 15  # the given test rows stay
+    val = np.flatnonzero(split == "val")
+    assert val.size == 9 and val.max() < 45 and np.bincount(y[val]).tolist() == [3, 3, 3]
+    assert how == "carved val (9 rows, stratified) from the split column's train rows with seed 5"
+    assert np.array_equal(tb.assign_splits(y, given, seed=5)[0], split)
+    assert not np.array_equal(tb.assign_splits(y, given, seed=6)[0], split)
+    with pytest.raises(DataError, match="too few to carve a test split"):
+        tb.assign_splits(np.array([0, 1, 0]), None)

@@ -308,15 +308,20 @@ def strata_of(labels: np.ndarray) -> np.ndarray:
         freq = labels.sum(axis=0)
         masked = np.where(labels > 0, freq[None, :], np.inf)
         strata = np.where(labels.any(axis=1), np.argmin(masked, axis=1), -1).astype(np.int64)
+    return _merge_rare(strata)
+
+
+def _merge_rare(strata: np.ndarray) -> np.ndarray:
+    """Strata of fewer than two rows merged into one (stratified splitting needs two per stratum)."""
     values, counts = np.unique(strata, return_counts=True)
-    rare = values[counts < 2]
-    return np.where(np.isin(strata, rare), -2, strata)
+    return np.where(np.isin(strata, values[counts < 2]), -2, strata)
 
 
 def _carve(rows: np.ndarray, strata: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """``(rest, carved, stratified)``: ``n`` of ``rows`` carved out, stratified when possible."""
     try:
-        rest, carved = train_test_split(rows, test_size=n, random_state=seed, stratify=strata[rows])
+        sub = _merge_rare(strata[rows])  # the pool's own rare strata (val is carved after test)
+        rest, carved = train_test_split(rows, test_size=n, random_state=seed, stratify=sub)
         return np.sort(rest), np.sort(carved), True
     except ValueError:  # fewer rows carved than strata, or a stratum of one row among the pool
         rest, carved = train_test_split(rows, test_size=n, random_state=seed)
