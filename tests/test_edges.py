@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -456,3 +457,77 @@ def test_export_model_refuses_an_unknown_extension_unless_the_format_is_given(tr
             f"bmnas: error: --out {bad} names a {implied} file but --format is {fmt}",
         )
         assert not bad.exists()
+
+
+# ------------------------------------------------------------------- bad tables: one line, nothing written
+def _bad_table(root: Path, case: str) -> list[str]:
+    """A small photos table broken one way; returns the extra arguments of ``bmnas run``."""
+    import pandas as pd
+
+    from test_table import write_photos
+
+    csv = write_photos(root, n=12)
+    df = pd.read_csv(csv)
+    extra: list[str] = []
+    if case == "missing label column":
+        extra = ["--label", "genre"]
+    elif case == "missing modality column":
+        extra = ["--label", "label", "--modality", "pix=path,zz"]
+    elif case == "missing image file":
+        df.loc[5, "path"] = "img/missing.png"
+    elif case == "damaged image file":
+        (root / "img" / "3.png").write_bytes(b"not a png")
+    elif case == "empty text":
+        df.loc[7, "caption"] = "  "
+    elif case == "one class":
+        df["label"] = "cat"
+    elif case == "unknown split value":
+        df["split"] = ["train"] * 8 + ["training"] + ["val", "test", "test"]
+    elif case == "empty number":
+        df["age"] = 1.0
+        df.loc[4, "age"] = None
+    elif case == "no rows":
+        df = df.iloc[:0]
+    df.to_csv(csv, index=False)
+    return ["--table", str(csv), *(extra or ["--label", "label"])]
+
+
+BAD_TABLES = {
+    "missing label column": r"--label 'genre': no such column in .*photos\.csv; columns: "
+    r"\['path', 'caption', 'label'\]",
+    "missing modality column": r"--modality 'pix=path,zz': no column 'zz'",
+    "missing image file": r"column 'path' row 5 \(line 7 of a CSV with a header\): "
+    r"image 'img/missing\.png' cannot be read",
+    "damaged image file": r"image .*img/3\.png: cannot be read \(UnidentifiedImageError",
+    "empty text": r"column 'caption' has 1 empty text\(s\), first at row 7",
+    "one class": r"every label in column 'label' is 'cat'; a classification task needs at least 2 classes",
+    "unknown split value": r"split column 'split' has 'training' at row 8 \(1 such rows\); "
+    r"its values must be train / val / test",
+    "empty number": r"column 'age' has 1 empty value\(s\), first at row 4",
+    "no rows": r"photos\.csv: no rows",
+}
+
+
+@pytest.mark.parametrize(("case", "message"), list(BAD_TABLES.items()))
+def test_a_bad_table_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch, case, message):
+    from bmnas.features import table
+    from test_table import tiny_backbone
+
+    monkeypatch.setattr(table, "default_backbone", tiny_backbone)
+    argv = _bad_table(tmp_path / "t", case)
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    rc, err = run_cli(capsys, "run", *argv, "--out", str(out), "--cache", str(cache), "--quiet")
+    assert rc == 2 and re.search(message, last_line(err)), err
+    assert last_line(err).startswith("bmnas: error: ") and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not list(cache.rglob("*.npy"))
+
+
+def test_table_flags_need_a_table_and_a_table_needs_a_label(tmp_path, capsys):
+    rc, err = run_cli(capsys, "run", "--data", str(tmp_path), "--label", "y", "--out", str(tmp_path / "r"))
+    assert rc == 2 and "--label, --label-sep and --modality describe a --table; pass --table FILE" in err
+    rc, err = run_cli(capsys, "run", "--table", "t.csv", "--out", str(tmp_path / "r"))
+    assert rc == 2 and "--table t.csv: name its label column with --label COL" in err
+    rc, err = run_cli(
+        capsys, "run", "--table", "t.csv", "--data", "d", "--label", "y", "--out", str(tmp_path / "r")
+    )
+    assert rc == 2 and "give one of --dataset, --data and --table, not --data and --table" in err

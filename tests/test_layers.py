@@ -30,6 +30,8 @@ LATE_FLOORS = {"cli"}
 # optional dependencies (extras), imported where they are used so that bmnas works without them
 OPTIONAL = {
     "PIL",
+    "pandas",
+    "pyarrow",
     "h5py",
     "safetensors",
     "tokenizers",

@@ -40,7 +40,7 @@ EXAMPLES = {
     "run": [
         ("bmnas run --dataset avmnist --out runs/a", ""),
         ("bmnas run --data DIR --out runs/b --set search.epochs=6 --set model.C=32", ""),
-        ("bmnas run --data DIR --config runs/sw/best_config.yaml --out runs/best", "a sweep's winner"),
+        ("bmnas run --table photos.csv --label label --out runs/p", "a CSV of image paths, texts, labels"),
     ],
     "search": [
         ("bmnas search --data DIR --out runs/s", "writes runs/s/genotype.json"),
@@ -176,7 +176,27 @@ def data_options(p: argparse.ArgumentParser, out: bool = True) -> None:
     and (``out``) the run directory ``--out RUN_DIR [--fresh]``."""
     src = p.add_argument_group("data (one of)")
     src.add_argument("--dataset", help="registered dataset name, e.g. avmnist (prepared on first use)")
-    src.add_argument("--data", metavar="DIR", help="directory with train/val/test.npz (generic format)")
+    src.add_argument(
+        "--data",
+        metavar="DIR",
+        help="directory with train/val/test.npz or train/ val/ test/ of .npy (generic format)",
+    )
+    src.add_argument(
+        "--table", metavar="FILE", help="CSV or Parquet table, one row per sample (README, 'Your own data')"
+    )
+    src.add_argument("--label", metavar="COL", help="the table's label column (integers or class names)")
+    src.add_argument(
+        "--label-sep", metavar="SEP", help='multilabel: the label column holds SEP-separated labels, e.g. "|"'
+    )
+    src.add_argument(
+        "--modality",
+        metavar="NAME=COLS",
+        action="append",
+        default=[],
+        dest="modalities",
+        help="table columns of one modality: NAME=col1,col2 or NAME=prefix* (repeatable; default: every "
+        "column, numeric ones as one vector, image paths through EfficientNet-Lite0, text through MiniLM)",
+    )
     key_values(
         src,
         "--dataset-option",
@@ -239,14 +259,35 @@ def resolve_config(args: argparse.Namespace) -> Config:
     base = preset(args.dataset) if args.dataset else {}
     overrides = [*args.overrides, *([f"device={args.device}"] if getattr(args, "device", None) else [])]
     cfg = Config.from_sources(args.config, overrides, base=base)
-    if args.dataset and args.data:
-        raise ConfigError("give either --dataset or --data, not both")
-    if args.dataset or args.data:
+    table = getattr(args, "table", None)
+    given = [
+        flag for flag, v in (("--dataset", args.dataset), ("--data", args.data), ("--table", table)) if v
+    ]
+    if len(given) > 1:
+        raise ConfigError(f"give one of --dataset, --data and --table, not {' and '.join(given)}")
+    if given:
         cfg = cfg.replace(
-            data=type(cfg.data)(**{**cfg.data.__dict__, "dataset": args.dataset, "dir": args.data})
+            data=type(cfg.data)(
+                **{**cfg.data.__dict__, "dataset": args.dataset, "dir": args.data, "table": table}
+            )
         )
-    if not cfg.data.dataset and not cfg.data.dir:
-        raise ConfigError("no data: pass --dataset NAME (e.g. avmnist) or --data DIR (generic format)")
+    table_flags = {
+        "label": getattr(args, "label", None),
+        "label_sep": getattr(args, "label_sep", None),
+        "modalities": tuple(getattr(args, "modalities", ()) or ()),
+    }
+    table_flags = {k: v for k, v in table_flags.items() if v}
+    if table_flags:
+        if not cfg.data.table:
+            raise ConfigError("--label, --label-sep and --modality describe a --table; pass --table FILE")
+        cfg = cfg.replace(data=type(cfg.data)(**{**cfg.data.__dict__, **table_flags}))
+    if cfg.data.table and not cfg.data.label:
+        raise ConfigError(f"--table {cfg.data.table}: name its label column with --label COL")
+    if not cfg.data.dataset and not cfg.data.dir and not cfg.data.table:
+        raise ConfigError(
+            "no data: pass --dataset NAME (e.g. avmnist), --data DIR (generic format) or "
+            "--table FILE --label COL"
+        )
     return cfg
 
 

@@ -86,6 +86,12 @@ def show_command(args: argparse.Namespace) -> int:
     if metrics is not None:
         print()
         print(format_table(report_from_metrics(metrics)))
+        names = ((metrics.get("data") or {}).get("info") or {}).get("class_names") or []
+        if names:
+            shown = ", ".join(map(str, names[:20])) + (
+                f" and {len(names) - 20} more" if len(names) > 20 else ""
+            )
+            print(f"\nclasses ({len(names)}): {shown}")
         print(f"\nall figures: {run.metrics_path}")
     return 0
 

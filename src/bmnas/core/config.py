@@ -41,8 +41,18 @@ def _doc(default: object, text: str):
 class DataConfig:
     """Where features come from and what the labels mean."""
 
-    dataset: str | None = _doc(None, 'a registered dataset name (e.g. "avmnist"), or dir')
+    dataset: str | None = _doc(None, 'a registered dataset name (e.g. "avmnist"), or dir, or table')
     dir: str | None = _doc(None, "a directory in the generic format (docs/DESIGN.md §12)")
+    table: str | None = _doc(None, "a CSV/Parquet table, one row per sample (features/table.py)")
+    label: str | None = _doc(None, "the table's label column")
+    label_sep: str | None = _doc(None, 'splits a delimited multilabel column, e.g. "|"')
+    modalities: tuple[str, ...] = _doc(
+        (), '"name=col1,col2" / "name=prefix*" (default: every column, kind inferred)'
+    )
+    split_column: str = _doc("split", "a table column of train/val/test, used as given when present")
+    split_shares: tuple[float, float] = _doc(
+        (0.15, 0.15), "val, test shares carved from the table when a split is missing"
+    )
     pooling: str = _doc("max", "parameter-free pooling of each raw feature to L positions: max | avg")
     task: str | None = _doc(None, "multiclass | multilabel | None (inferred from the labels)")
     num_outputs: int | None = _doc(None, "classes / labels (None: inferred)")
@@ -509,6 +519,12 @@ def _check(cfg) -> None:
             "must be multiclass, multilabel or null",
         )
         need(0.0 < cfg.threshold < 1.0, "data.threshold", f"must be in (0, 1), got {cfg.threshold}")
+        need(
+            all(0.0 < v < 1.0 for v in cfg.split_shares) and sum(cfg.split_shares) < 1.0,
+            "data.split_shares",
+            f"val and test shares must each be in (0, 1) and sum below 1, got {list(cfg.split_shares)}",
+        )
+        need(cfg.label_sep is None or cfg.label_sep != "", "data.label_sep", "must be a non-empty string")
         need(
             cfg.num_outputs is None or cfg.num_outputs >= 1,
             "data.num_outputs",

@@ -40,6 +40,7 @@ OWNED_FILES = (
     "linear_probe.pt",
     "history.jsonl",
     "metrics.json",
+    "split.csv",
     "smbo.jsonl",
     "rerank.jsonl",
     "robustness.md",

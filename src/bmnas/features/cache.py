@@ -160,6 +160,51 @@ class FeatureCache:
         publish_dir(staging, final)
         return self._read(final, key)
 
+    def store_rows(
+        self,
+        key: CacheKey,
+        shapes: Mapping[str, tuple[int, ...]],
+        fill: Callable[[Mapping[str, np.ndarray]], None],
+    ) -> dict[str, np.ndarray]:
+        """Write the entry of ``key`` in place: ``fill`` gets one writable float32 memory map per
+        feature (name -> ``shapes[name]``) and fills it, e.g. chunk by chunk; nothing is held in memory.
+
+        A ``fill`` that raises leaves no entry (its staging directory is deleted).
+        """
+        if list(shapes) != key.feature_names:
+            raise ValueError(f"shapes {list(shapes)} do not match the key's features {key.feature_names}")
+        final = self.entry_dir(key)
+        staging = make_staging_dir(final)
+        try:
+            files = {name: f"{i:02d}.npy" for i, name in enumerate(shapes)}
+            with naming_write_errors(final):
+                maps = {
+                    name: np.lib.format.open_memmap(
+                        staging / files[name], mode="w+", dtype=np.float32, shape=tuple(shapes[name])
+                    )
+                    for name in shapes
+                }
+                fill(maps)
+                for m in maps.values():
+                    m.flush()
+            del maps
+            entries = [
+                {
+                    "name": name,
+                    "file": files[name],
+                    "shape": list(shapes[name]),
+                    "dtype": np.dtype(np.float32).str,
+                    "sha256": sha256_file(staging / files[name]),
+                }
+                for name in shapes
+            ]
+            write_json_sorted(staging / MANIFEST, {"key": key.as_dict(), "features": entries})
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        publish_dir(staging, final)
+        return self._read(final, key)
+
     def get_or_compute(
         self, key: CacheKey, compute: Callable[[], Mapping[str, np.ndarray]]
     ) -> tuple[dict[str, np.ndarray], bool]:
@@ -168,6 +213,20 @@ class FeatureCache:
         A miss is built under the entry's lock: a second process asking for the same entry waits,
         then reads the first one's result instead of building (and replacing) it again.
         """
+        return self._get_or_build(key, lambda: self.store(key, compute()))
+
+    def get_or_fill(
+        self,
+        key: CacheKey,
+        shapes: Mapping[str, tuple[int, ...]],
+        fill: Callable[[Mapping[str, np.ndarray]], None],
+    ) -> tuple[dict[str, np.ndarray], bool]:
+        """``(arrays, hit)`` as :meth:`get_or_compute`, a miss written in place by :meth:`store_rows`."""
+        return self._get_or_build(key, lambda: self.store_rows(key, shapes, fill))
+
+    def _get_or_build(
+        self, key: CacheKey, build: Callable[[], dict[str, np.ndarray]]
+    ) -> tuple[dict[str, np.ndarray], bool]:
         cached = self.load(key)
         if cached is not None:
             return cached, True
@@ -178,7 +237,7 @@ class FeatureCache:
             if cached is not None:
                 return cached, True
             remove_leftovers(final)
-            return self.store(key, compute()), False
+            return build(), False
 
 
 def remove_leftovers(final: Path) -> None:

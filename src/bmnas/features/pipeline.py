@@ -26,6 +26,7 @@ from .datasets.base import RawDataset, create_dataset, dataset_checksum, list_da
 from .datasets.base import dataset_options as dataset_options_of
 from .extract import extract_features
 from .generic import load_generic_dir
+from .table import table_features
 from .validate import check_like_train, infer_task, validate_split
 
 
@@ -170,23 +171,54 @@ def load_data(
     progress: bool = True,
     dataset_options: dict | None = None,
     backbone_options: dict | None = None,
+    table=None,
 ) -> FeatureData:
-    """Features for ``cfg.data``: the generic directory, or a registered dataset through the pipeline.
+    """Features for ``cfg.data``: the generic directory, a table, or a registered dataset.
 
     ``cache``: the cache root (default :func:`default_root`); ``progress``: bars while preparing;
-    ``dataset_options``/``backbone_options``: a registered dataset's builder and backbone options.
+    ``dataset_options``/``backbone_options``: a registered dataset's builder and backbone options
+    (for a table: ``image_size``, ``max_length``, ``batch_size``); ``table``: a pandas DataFrame (or a
+    file) to read instead of ``cfg.data.table``, with ``cfg.data.label`` its label column.
     """
     d = cfg.data
-    if d.dir:
+    root = Path(cache) if cache is not None else default_root()
+    if table is not None or d.table:
+        if dataset_options:
+            raise ConfigError("--dataset-option applies to --dataset, not to --table")
+        options = dict(backbone_options or {})
+        unknown = sorted(set(options) - {"image_size", "max_length", "batch_size", "backbones"})
+        if unknown:
+            raise ConfigError(
+                f"--backbone-option {unknown[0]!r}: a table's backbones take image_size, max_length, "
+                "batch_size"
+            )
+        data = table_features(
+            table if table is not None else d.table,
+            d.label or "",
+            label_sep=d.label_sep,
+            modalities=d.modalities,
+            split_column=d.split_column,
+            length=cfg.model.L,
+            pooling=d.pooling,
+            seed=cfg.seed,
+            shares=d.split_shares,
+            root=root,
+            progress=progress,
+            device=resolve_device(cfg.device),
+            task_type=d.task,
+            num_outputs=d.num_outputs,
+            **options,
+        )
+    elif d.dir:
         if dataset_options or backbone_options:
             raise ConfigError("--dataset-option and --backbone-option apply to --dataset, not to --data DIR")
-        data = load_generic_dir(d.dir, cfg.model.L, d.pooling, d.task, d.num_outputs)
+        data = load_generic_dir(d.dir, cfg.model.L, d.pooling, d.task, d.num_outputs, cache=root)
     else:
         dataset_options = dict(dataset_options or {})
         progress = bool(dataset_options.pop("progress", progress)) and progress  # the builder's bars too
         data = dataset_features(
             d.dataset,
-            root=Path(cache) if cache is not None else default_root(),
+            root=root,
             device=resolve_device(cfg.device),
             length=cfg.model.L,
             pooling=d.pooling,

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
+from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,3 +104,75 @@ def pool_feature(x: torch.Tensor, length: int, mode: str = "max", name: str | No
             f"got {tuple(x.shape)}"
         )
     return out.transpose(1, 2).contiguous()
+
+
+CHUNK_BYTES = 64 << 20  # rows pooled at once, as float32: peak memory is one chunk, not the data
+
+
+def pooled_shape(shape: tuple[int, ...], length: int) -> tuple[int, int, int]:
+    """``(N, L_k, C_in)`` of a raw feature of ``shape`` ``(N, C_in, *spatial)`` pooled to L positions."""
+    return (shape[0], 1 if len(shape) == 2 else length, shape[1])
+
+
+def chunk_rows(shape: tuple[int, ...], budget: int | None = None) -> int:
+    """Rows of a raw feature of ``shape`` whose float32 copy fits ``budget`` bytes (default
+    :data:`CHUNK_BYTES`; at least one row)."""
+    budget = CHUNK_BYTES if budget is None else budget
+    per_row = 4 * math.prod(shape[1:])
+    return max(1, budget // max(per_row, 1))
+
+
+def pool_chunks(
+    x: np.ndarray,
+    length: int,
+    mode: str = "max",
+    out: np.ndarray | None = None,
+    rows: int | None = None,
+    on_chunk: Callable[[np.ndarray, int], None] | None = None,
+) -> np.ndarray:
+    """Pool a raw feature ``(N, C_in, *spatial)`` (e.g. a read-only memory map) chunk by chunk.
+
+    Pooling is per row, so the result equals :func:`pool_feature` of the whole array; only one chunk
+    of ``rows`` rows (default :func:`chunk_rows`) is in memory at a time.
+
+    Args:
+        x: an array-like with ``shape`` and row slicing (``numpy.ndarray``, ``numpy.memmap``).
+        out: where to write ``(N, L_k, C_in)`` float32 (e.g. a memory-mapped file); default a new array.
+        on_chunk: called as ``on_chunk(chunk, first_row)`` before each chunk is pooled (checks).
+
+    Returns:
+        ``out``.
+    """
+    n = x.shape[0]
+    rows = rows or chunk_rows(tuple(x.shape))
+    if out is None:
+        out = np.empty(pooled_shape(tuple(x.shape), length), dtype=np.float32)
+    for start in range(0, n, rows):
+        chunk = np.array(x[start : start + rows])  # read from disk once, writable for torch
+        if chunk.dtype.byteorder not in ("=", "|") and chunk.dtype != chunk.dtype.newbyteorder("="):
+            chunk = chunk.astype(chunk.dtype.newbyteorder("="))
+        if on_chunk is not None:
+            on_chunk(chunk, start)
+        out[start : start + chunk.shape[0]] = pool_feature(torch.as_tensor(chunk), length, mode).numpy()
+        _release(x, start + chunk.shape[0])
+    return out
+
+
+def _release(x: np.ndarray, stop: int) -> None:
+    """Unmap the pages of rows ``< stop`` of a memory-mapped ``x`` from this process.
+
+    Pages a memory map has read stay in the process's resident set until it is closed; dropping
+    them (``MADV_DONTNEED``: the kernel's page cache keeps the file) holds the resident set to one
+    chunk. Anything but a whole ``np.load(mmap_mode="r")`` array is left alone.
+    """
+    mm = getattr(x, "_mmap", None)
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED") or not x.flags.c_contiguous:
+        return
+    begin = int(getattr(x, "offset", 0)) % mmap.ALLOCATIONGRANULARITY  # where the array starts in the map
+    end = begin + stop * (x.nbytes // max(x.shape[0], 1))
+    end -= end % mmap.PAGESIZE
+    if end > 0:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, 0, min(end, len(mm)))
+        except (OSError, ValueError):  # not every platform or mapping supports it: memory only
+            return

@@ -150,8 +150,11 @@ def _check_classes(labels: Mapping[str, np.ndarray], train: np.ndarray) -> None:
             )
 
 
-def check_feature(name: str, key: str, arr: np.ndarray, n: int | None = None) -> None:
-    """One raw feature: ``(N, *raw_shape)`` (N = ``n`` if given) of real, finite numbers that fit float32."""
+def check_feature(name: str, key: str, arr: np.ndarray, n: int | None = None, values: bool = True) -> None:
+    """One raw feature: ``(N, *raw_shape)`` (N = ``n`` if given) of real, finite numbers that fit float32.
+
+    ``values=False`` checks shape and dtype only (a memory-mapped feature's values are checked chunk
+    by chunk with :func:`check_values` while it is pooled)."""
     if not 2 <= arr.ndim <= 5:
         raise DataError(f"{name}: feature {key!r} has shape {arr.shape}; a raw feature must be {RAW_SHAPES}")
     if n is not None and arr.shape[0] != n:
@@ -171,32 +174,36 @@ def check_feature(name: str, key: str, arr: np.ndarray, n: int | None = None) ->
         )
     if not np.issubdtype(arr.dtype, np.number):
         raise DataError(f"{name}: feature {key!r} has non-numeric dtype {arr.dtype}")
-    _check_values(name, key, arr)
+    if values:
+        check_values(name, key, arr)
 
 
-def _check_values(name: str, key: str, arr: np.ndarray) -> None:
-    """No NaN/inf, and nothing that becomes inf as float32."""
+def check_values(name: str, key: str, arr: np.ndarray, first_row: int = 0) -> None:
+    """No NaN/inf, and nothing that becomes inf as float32 (``arr``: rows from ``first_row`` on)."""
     if arr.dtype.kind != "f":
         return
     finite = np.isfinite(arr)
     if not finite.all():
-        row = int(np.argwhere(~finite)[0][0])
+        row = first_row + int(np.argwhere(~finite)[0][0])
+        many = "" if first_row == 0 else " in this chunk"
         raise DataError(
-            f"{name}: feature {key!r} has {int((~finite).sum())} NaN/inf values "
+            f"{name}: feature {key!r} has {int((~finite).sum())} NaN/inf values{many} "
             f"(first in sample {row}); clean or impute them first"
         )
     if arr.dtype.itemsize > 4 and arr.size:
         big = np.abs(arr) > FLOAT32_MAX
         if big.any():
-            row = int(np.argwhere(big)[0][0])
+            row = first_row + int(np.argwhere(big)[0][0])
             raise DataError(
                 f"{name}: feature {key!r} has {int(big.sum())} values beyond float32's range "
                 f"(|x| > {FLOAT32_MAX:.2e}, first in sample {row}); rescale the feature"
             )
 
 
-def validate_split(name: str, split: Mapping[str, np.ndarray], labels: np.ndarray, min_rows: int = 1) -> None:
-    """Check one split's arrays: labels, names, shapes, dtypes, sample counts and finiteness."""
+def validate_split(
+    name: str, split: Mapping[str, np.ndarray], labels: np.ndarray, min_rows: int = 1, values: bool = True
+) -> None:
+    """Check one split's arrays: labels, names, shapes, dtypes, sample counts and (``values``) finiteness."""
     labels = np.asarray(labels)
     _check_label_array(name, labels)
     n = labels.shape[0]
@@ -218,7 +225,7 @@ def validate_split(name: str, split: Mapping[str, np.ndarray], labels: np.ndarra
                 f"{name}: array {key!r} is not a feature name; name features "
                 f"'<modality>.<layer>', e.g. 'image.block3'"
             )
-        check_feature(name, key, arr, n)
+        check_feature(name, key, arr, n, values)
 
 
 def check_like_train(name: str, split: Mapping[str, np.ndarray], train: Mapping[str, np.ndarray]) -> None:

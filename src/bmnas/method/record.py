@@ -22,6 +22,7 @@ from ..core.data import FeatureData
 from ..engine.device import uses_threads
 from ..engine.distributed import barrier, current
 from ..engine.rundir import RunDir
+from ..features.table import write_split_file
 from ..features.validate import fingerprint
 
 
@@ -37,6 +38,7 @@ def open_run(out: str | Path, cfg: Config, data: FeatureData, fresh: bool = Fals
     if ranks.main:
         run = RunDir(out)
         run.open(cfg, fingerprint(data), fresh=fresh)
+        write_split_file(run.path, data.info)  # a table's split, made by bmnas or given
     barrier(ranks)
     return run if run is not None else RunDir(out, create=False)
 

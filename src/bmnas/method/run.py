@@ -23,6 +23,8 @@ from ..core.genotype import Genotype, modalities
 from ..engine.distributed import current
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
+from ..features.pipeline import load_data
+from ..features.table import public_info
 from ..features.validate import check_searchable
 from ..report.plots import plot_genotype
 from ..report.summary import PROBE, SEARCHED, RunReport, recommend, score_name, stage_of
@@ -52,7 +54,7 @@ def fit_config_to_data(cfg: Config, data: FeatureData) -> Config:
 def data_summary(data: FeatureData) -> dict:
     """``metrics.json``'s ``data``: name, split sizes, task, info (class names)."""
     sizes = {s: len(sp) for s, sp in data.splits.items()}
-    return {"name": data.name, "sizes": sizes, "task": data.task.__dict__, "info": data.info}
+    return {"name": data.name, "sizes": sizes, "task": data.task.__dict__, "info": public_info(data.info)}
 
 
 @entry
@@ -83,7 +85,7 @@ def train_found(
 
 @entry
 def run(
-    data: FeatureData,
+    data: FeatureData | object,
     cfg: Config,
     run_dir: RunDir | str | Path,
     baselines: bool = True,
@@ -99,10 +101,14 @@ def run(
     (:func:`bmnas.method.record.open_run`: locked, checked, ``config.yaml`` and the data's fingerprint).
 
     Args:
+        data: the features, or a table (a pandas DataFrame or a CSV/Parquet path) that
+            ``cfg.data.label`` names the label column of (read by :func:`bmnas.load_data`).
         baselines: also train the unimodal, late-fusion and fixed-fusion networks and the probe.
         on_search: called with the :class:`~bmnas.method.search.SearchResult` before training (the CLI
             prints the genotype there).
     """
+    if not isinstance(data, FeatureData):  # a pandas DataFrame: a table (features/table.py)
+        data = load_data(cfg, table=data, progress=progress)
     check_searchable(data)
     cfg = fit_config_to_data(cfg, data)
     run_dir = as_run(run_dir, cfg, data)

@@ -72,11 +72,13 @@ def run_data(
     ``data_dir``: a generic directory to use instead (e.g. the run's data, moved).
     """
     d = (config or {}).get("data") or {}
-    if not (data_dir or d.get("dir") or d.get("dataset")):
-        raise DataError("the run's config.yaml names no data (data.dir or data.dataset); pass --data")
+    if not (data_dir or d.get("dir") or d.get("dataset") or d.get("table")):
+        raise DataError(
+            "the run's config.yaml names no data (data.dir, data.table or data.dataset); pass --data"
+        )
     cfg = Config.from_dict(dict(config), "config.yaml")
     if data_dir:
-        cfg = cfg.replace(data=dataclasses.replace(cfg.data, dir=str(data_dir), dataset=None))
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, dir=str(data_dir), dataset=None, table=None))
     return load_data(cfg.replace(model=dataclasses.replace(cfg.model, L=L)), cache, progress)
 
 
