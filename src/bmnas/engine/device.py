@@ -214,7 +214,8 @@ def config_threads(arguments: Mapping[str, Any]) -> tuple[int, int]:
     and ``data`` (a :class:`~bmnas.core.data.FeatureData`): one search batch of every feature."""
     cfg, data = arguments["cfg"], arguments["data"]
     m = cfg.model
-    return cfg.threads, step_elements(cfg.search.batch_size, len(data.feature_names), m.C, m.L)
+    names = getattr(data, "feature_names", None)  # a table (DataFrame) has its features made inside
+    return cfg.threads, step_elements(cfg.search.batch_size, len(names) if names else 2, m.C, m.L)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
