@@ -83,7 +83,10 @@ class SearchConfig(_WeightTraining):
     """Bilevel search (docs/DESIGN.md §7 Search)."""
 
     epochs: int = 12
-    arch_lr: float = 3e-4
+    # the upper level: how fast α, β, γ move and how the final Cell inputs are chosen
+    arch_lr: float | str = 3e-4  # or "auto": set from the number of architecture steps (auto_arch_lr)
+    select: str = "alpha"  # alpha: argmax of α | perturb: by the val loss when each edge is masked
+    select_tune_steps: int = 0  # perturb, progressive: weight steps after each Cell's inputs are fixed
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     warmup_epochs: int = 0  # epochs of weight steps only before α, β, γ start to move
@@ -94,6 +97,35 @@ class SearchConfig(_WeightTraining):
     cross_modal: bool = DeriveRules.cross_modal  # a Cell never reads two features of one modality (MFAS)
     rerank: int = 8  # candidates trained and compared on val (0: the best hypernet epoch, as the paper)
     rerank_epochs: int = 0  # training epochs of each candidate (0: train.epochs)
+
+
+AUTO = "auto"
+SELECT_MODES = ("alpha", "perturb")
+# search.arch_lr=auto: the architecture "travel" lr × steps of the AV-MNIST preset (3e-3 × ~800
+# architecture steps), where α, β, γ were measured to leave their initialisation
+ARCH_TRAVEL = 2.4
+ARCH_LR_RANGE = (3e-4, 3e-2)  # clip: the paper's rate, and 10x the preset's
+
+
+def auto_arch_lr(
+    arch_steps: int, travel: float = ARCH_TRAVEL, bounds: tuple[float, float] = ARCH_LR_RANGE
+) -> float:
+    """The architecture learning rate of ``search.arch_lr=auto`` for ``arch_steps`` architecture steps.
+
+    ``arch_lr = clip(travel / arch_steps, lo, hi)``, ``arch_steps = (epochs − warmup_epochs) ×
+    batches_per_epoch``: the total travel ``arch_lr × arch_steps`` is the same whatever the data's
+    size (Adam's step is about ``lr`` per step whatever the gradient's scale), so a search with few
+    steps per epoch still moves α, β, γ as far as the AV-MNIST preset's (3e-3 over ~800 steps).
+    """
+    lo, hi = bounds
+    return float(min(hi, max(lo, travel / max(1, arch_steps))))
+
+
+def arch_lr_of(search: SearchConfig, batches_per_epoch: int) -> float:
+    """``search.arch_lr`` as a number: the configured one, or :func:`auto_arch_lr` of the steps it makes."""
+    if isinstance(search.arch_lr, str):
+        return auto_arch_lr((search.epochs - search.warmup_epochs) * batches_per_epoch)
+    return float(search.arch_lr)
 
 
 @dataclass(frozen=True)
@@ -415,7 +447,30 @@ def _check(cfg) -> None:
             f"must be 0 (score on val) or 2..10 folds, got {cfg.select_folds}",
         )
     if isinstance(cfg, SearchConfig):
-        need(cfg.arch_lr > 0, "search.arch_lr", f"must be > 0, got {cfg.arch_lr}")
+        if isinstance(cfg.arch_lr, str):
+            need(
+                cfg.arch_lr == AUTO,
+                "search.arch_lr",
+                f"must be a number > 0 or {AUTO!r} (set from the number of architecture steps), "
+                f"got {_brief(cfg.arch_lr)}",
+            )
+        else:
+            need(cfg.arch_lr > 0, "search.arch_lr", f"must be > 0, got {cfg.arch_lr}")
+        need(
+            cfg.select in SELECT_MODES,
+            "search.select",
+            f"must be one of {', '.join(SELECT_MODES)}, got {_brief(cfg.select)}",
+        )
+        need(
+            cfg.select_tune_steps >= 0,
+            "search.select_tune_steps",
+            f"must be >= 0 (weight steps after each Cell's inputs are fixed), got {cfg.select_tune_steps}",
+        )
+        need(
+            cfg.select_tune_steps == 0 or cfg.select == "perturb",
+            "search.select_tune_steps",
+            "only applies with search.select=perturb; set both or leave it 0",
+        )
         need(
             cfg.arch_weight_decay >= 0,
             "search.arch_weight_decay",

@@ -41,6 +41,7 @@ OWNED_FILES = (
     "metrics.json",
     "smbo.jsonl",
     "rerank.jsonl",
+    "perturb.json",
     "robustness.md",
     "robustness.csv",
     "robustness.json",
