@@ -171,6 +171,7 @@ COMMANDS = [
     "predict",
     "export-model",
     "robustness",
+    "config",
 ]
 
 
@@ -283,6 +284,9 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(command, tmp_path, monke
         monkeypatch.setattr(importlib.import_module(f"bmnas.serve.{module}"), "load", interrupted)
     elif command == "show":
         monkeypatch.setattr(importlib.import_module("bmnas.engine.rundir"), "RunDir", interrupted)
+    elif command == "config":
+        argv = []
+        monkeypatch.setattr(importlib.import_module("bmnas.cli.configure"), "resolved", interrupted)
     else:  # every command that reads data, as it starts reading (patched where no module binds it)
         monkeypatch.setattr(importlib.import_module("bmnas.cli.options"), "builder_options", interrupted)
     assert main([command, *argv]) == 130

@@ -1,5 +1,5 @@
 """The ``bmnas`` command line: ``run | search | train | ablate | sweep | pretrain | export | show``;
-using a trained run: ``predict | export-model | robustness``.
+using a trained run: ``predict | export-model | robustness``; ``config`` prints the configuration.
 
 Every command takes its data from ``--dataset NAME`` (a registered dataset, prepared and cached on
 first use) or ``--data DIR`` (the generic format, docs/DESIGN.md §12), a YAML ``--config`` and dotted
@@ -7,10 +7,10 @@ first use) or ``--data DIR`` (the generic format, docs/DESIGN.md §12), a YAML `
 
 Each command group is a module with ``register(sub)``, which adds its parsers and sets ``func``
 (the command, which prints its results) and ``saved`` (what a Ctrl-C leaves for a rerun):
-:mod:`.search`, :mod:`.studies`, :mod:`.data`, :mod:`.serve`; their shared options and the prelude
-config → data → run directory are in :mod:`.options`. This module parses, decides once where log
-records go (the library only logs), calls ``args.func(args)`` and turns its errors into one line.
-Importing it loads no torch: a command imports its work when it runs.
+:mod:`.search`, :mod:`.studies`, :mod:`.data`, :mod:`.serve`, :mod:`.configure`; their shared
+options and the prelude config → data → run directory are in :mod:`.options`. This module parses,
+decides once where log records go (the library only logs), calls ``args.func(args)`` and turns its
+errors into one line. Importing it loads no torch: a command imports its work when it runs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,10 +29,10 @@ from .._version import __version__
 from ..core import locks
 from ..core.errors import BmnasError
 from ..core.fileio import write_error
-from . import data, search, serve, studies
+from . import configure, data, runlog, search, serve, studies
 from .options import epilog, output_options
 
-COMMAND_GROUPS = (search, studies, data, serve)  # in the order of the command list
+COMMAND_GROUPS = (search, studies, data, serve, configure)  # in the order of the command list
 
 DESCRIPTION = """\
 Find how to fuse your modalities (BM-NAS, bilevel multimodal neural architecture search):
@@ -74,15 +75,21 @@ class _StderrHandler(logging.Handler):
 
 
 class _LogFormat(logging.Formatter):
-    """``bmnas: message``, ``bmnas: warning: message``; debug lines and other libraries' records
-    name their logger."""
+    """``HH:MM:SS bmnas: message``, ``bmnas: warning: message``; debug lines and other libraries'
+    records name their logger. Info and debug lines carry the time; warnings and errors stand out
+    without it (``RUN_DIR/run.log`` has the full date of every line)."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         kind = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
         ours = record.name.split(".")[0] == "bmnas"
         source = f"{record.name}: " if record.levelno < logging.INFO or not ours else ""
-        return f"bmnas: {kind}{source}{text}"
+        stamp = (
+            time.strftime("%H:%M:%S ", time.localtime(record.created))
+            if record.levelno <= logging.INFO
+            else ""
+        )
+        return f"{stamp}bmnas: {kind}{source}{text}"
 
 
 @contextlib.contextmanager
@@ -109,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input is one ``bmnas: error:`` line and exit code 2, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for run.log and the model card
     if args.quiet and args.verbose:
         parser.error("--quiet and --verbose exclude each other")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     with _log_to_stderr(level):
+        runlog.keep_early_records()  # for RUN_DIR/run.log, once the command opens one
         return _run(args)
 
 
@@ -149,6 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 1
     finally:
+        runlog.close_session()
         locks.release_all()
         if getattr(args, "owns_process_group", False):
             import torch.distributed as dist

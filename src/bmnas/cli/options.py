@@ -79,6 +79,10 @@ EXAMPLES = {
         ("bmnas robustness runs/a", "writes runs/a/robustness.{md,csv,json,png}"),
         ("bmnas robustness runs/a --noise 0.2 1.0 --out report/", ""),
     ],
+    "config": [
+        ("bmnas config --dataset mmimdb", "the preset's values, each key explained"),
+        ("bmnas config --config my.yaml --set search.epochs=3", "a valid --config file"),
+    ],
 }
 """Example command lines per command (``None``: the top-level help); a test parses every one."""
 
@@ -201,6 +205,15 @@ def data_options(p: argparse.ArgumentParser, out: bool = True) -> None:
     if out:
         p.add_argument("--out", metavar="RUN_DIR", required=True, help="run directory (resumed if it exists)")
         p.add_argument("--fresh", action="store_true", help="discard all a run wrote in RUN_DIR; start over")
+        p.add_argument(
+            "--logger",
+            metavar="NAME",
+            action="append",
+            default=[],
+            help="also log the run's rows to csv (RUN_DIR/logs/<kind>.csv), tensorboard "
+            "(pip install 'bmnas[tensorboard]') or mlflow (pip install 'bmnas[mlflow]'); repeatable or "
+            "a comma list",
+        )
 
 
 def trained_run_options(p: argparse.ArgumentParser) -> None:
@@ -263,6 +276,10 @@ def config_of(args: argparse.Namespace, distributed: bool = False) -> Config:
     processes) before any data is read; any other command refuses to run there.
     """
     cfg = resolve_config(args)
+    if getattr(args, "logger", None):
+        from ..report.loggers import parse_loggers
+
+        parse_loggers(args.logger)  # a misspelt --logger is refused before any data is read
     log.debug("configuration:\n%s", cfg.to_yaml().rstrip())
     _setup_processes(args, cfg, distributed)
     return cfg
@@ -358,7 +375,11 @@ def open_run(args: argparse.Namespace, cfg: Config, data: FeatureData) -> RunDir
 
     ranks = current()
     if ranks.main:
+        from . import runlog
+
         run = RunDir(args.out)
         run.open(cfg, fingerprint(data), fresh=args.fresh)
+        runlog.start_session(args, run.path, cfg.to_dict())  # run.log, --logger, the start time
+        run.observe(args.row_feed)
     barrier(ranks)
     return run if ranks.main else RunDir(args.out, create=False)

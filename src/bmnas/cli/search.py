@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
+from ..core.fileio import read_json
+from ..report.summary import SEARCHED
 from .options import SAVED_EPOCHS, command, data_options, open_run, prepare
+
+log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -57,8 +62,10 @@ def train_command(args: argparse.Namespace) -> int:
     if current().main:
         save_model(run.path, r.model, data, cfg.to_dict())
         result = r.row()
-        run.write_json("metrics.json", {**result, "genotype": genotype.to_dict()})
+        metrics = {**result, "genotype": genotype.to_dict(), "data": data_summary(data)}
+        run.write_json("metrics.json", metrics)
         print(f"test: {json.dumps(result['test'])}")
+        finish_run(args, cfg, run, metrics, r.model.genotype)
     return 0
 
 
@@ -80,8 +87,38 @@ def run_command(args: argparse.Namespace) -> int:
     )
     print()
     print(format_table(report))
-    print(f"\nrun directory: {rundir.path} (metrics.json, genotype.json, recommended_genotype.json, plots/)")
+    metrics = read_json(rundir.metrics_path)
+    finish_run(args, cfg, rundir, metrics, report.genotypes.get(SEARCHED))
+    print(
+        f"\nrun directory: {rundir.path} (README.md, metrics.json, genotype.json, recommended_genotype.json, "
+        f"plots/)"
+    )
     return 0
+
+
+def data_summary(data) -> dict:
+    """``metrics.json``'s ``data``: name, split sizes, task, info (class names)."""
+    sizes = {s: len(sp) for s, sp in data.splits.items()}
+    return {"name": data.name, "sizes": sizes, "task": data.task.__dict__, "info": data.info}
+
+
+def finish_run(args: argparse.Namespace, cfg, run, metrics: dict, genotype) -> None:
+    """Record the environment in ``metrics.json`` and write the model card ``RUN_DIR/README.md``
+    (unless a README.md there is the user's: it stays, and the card is skipped with a warning)."""
+    from ..core.fileio import write_json, write_text_atomic
+    from ..engine.device import resolve_device
+    from ..engine.owned import is_marked_ours
+    from ..report.model_card import environment, model_card, now
+
+    env = environment(str(resolve_device(cfg.device)), args.argv, args.started, now())
+    metrics = {**metrics, "environment": env}
+    write_json(run.metrics_path, metrics)  # not through RunDir: the loggers saw these metrics already
+    card = run.path / "README.md"
+    if (card.exists() or card.is_symlink()) and not is_marked_ours(card):
+        log.warning("%s is not bmnas' model card: left as it is (no model card written)", card)
+        return
+    figure = (run.plots_path / "genotype.png").is_file()
+    write_text_atomic(card, model_card(f"bmnas run {run.path.name}", metrics, genotype, figure))
 
 
 def show_search(result, run) -> None:

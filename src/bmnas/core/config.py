@@ -8,6 +8,7 @@ The resolved config is saved in every run directory so a run can be rebuilt and 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import reprlib
@@ -31,72 +32,99 @@ class ConfigError(BmnasError, ValueError):
     """An invalid configuration key or value."""
 
 
+def _doc(default: object, text: str):
+    """A field with ``default`` and its one-line documentation (:func:`doc_of`; ``bmnas config``)."""
+    return field(default=default, metadata={"doc": text})
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where features come from and what the labels mean."""
 
-    dataset: str | None = None  # a registered dataset name (e.g. "avmnist"), or
-    dir: str | None = None  # a directory in the generic format (docs/DESIGN.md §12)
-    pooling: str = "max"
-    task: str | None = None  # multiclass | multilabel | None (inferred from the labels)
-    num_outputs: int | None = None  # classes / labels (None: inferred)
-    threshold: float = 0.5  # multilabel decision threshold
-    features: tuple[str, ...] = ()  # restrict to these features (default: all)
+    dataset: str | None = _doc(None, 'a registered dataset name (e.g. "avmnist"), or dir')
+    dir: str | None = _doc(None, "a directory in the generic format (docs/DESIGN.md §12)")
+    pooling: str = _doc("max", "parameter-free pooling of each raw feature to L positions: max | avg")
+    task: str | None = _doc(None, "multiclass | multilabel | None (inferred from the labels)")
+    num_outputs: int | None = _doc(None, "classes / labels (None: inferred)")
+    threshold: float = _doc(0.5, "multilabel decision threshold")
+    features: tuple[str, ...] = _doc((), "restrict to these features (default: all)")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Search space and sizes (docs/DESIGN.md §1–§6)."""
 
-    C: int = 64
-    L: int = 8
-    cells: int = 2  # N
-    steps: int = 2  # M
-    inner_multiplier: int = 1
-    multiplier: int = 0  # last Cells read by the head; 0 = all
-    dropout: float = 0.1
-    ops: tuple[str, ...] = DEFAULT_OPS
-    input_mode: str = "separate"  # separate | shared (the authors' behaviour)
-    relaxation: str = "gate"  # gate (paper: independent identity/zero gates) | softmax (predecessors compete)
-    linear_skip: bool = True  # trained networks get a linear path from each modality's last feature
-    linear_init: str = "auto"  # probe (the linear path starts as the fitted probe) | random | auto: probe
-    # when every feature is a vector (precomputed views), random otherwise
+    C: int = _doc(64, "channels of every fused tensor (B, L, C)")
+    L: int = _doc(8, "positions every feature is pooled to")
+    cells: int = _doc(2, "Cells of the fusion network (N)")
+    steps: int = _doc(2, "steps per Cell (M)")
+    inner_multiplier: int = _doc(1, "last steps a Cell's output concatenates")
+    multiplier: int = _doc(0, "last Cells read by the head; 0 = all")
+    dropout: float = _doc(0.1, "dropout of the feature projections and the head")
+    ops: tuple[str, ...] = _doc(
+        DEFAULT_OPS, "the fusion ops a step chooses among (bmnas.ops.register_op adds more)"
+    )
+    input_mode: str = _doc("separate", "separate | shared (the authors' behaviour)")
+    relaxation: str = _doc(
+        "gate", "gate (paper: independent identity/zero gates) | softmax (predecessors compete)"
+    )
+    linear_skip: bool = _doc(True, "trained networks get a linear path from each modality's last feature")
+    linear_init: str = _doc(
+        "auto",
+        "probe (the linear path starts as the fitted probe) | random | auto: probe when every feature "
+        "is a vector (precomputed views), random otherwise",
+    )
 
 
 @dataclass(frozen=True)
 class _WeightTraining:
     """Weight training, the same knobs in the search and in the evaluation stage."""
 
-    epochs: int = 30
-    batch_size: int = 96
-    lr: float = 1e-3
-    lr_min: float = 1e-6
-    weight_decay: float = 1e-4
-    restart_epochs: int = 1  # first period of the cosine schedule with warm restarts
-    restart_mult: int = 2
-    eval_batch_size: int = 1024
-    modality_dropout: float = 0.0  # per sample, drop each whole modality with this probability (keep >= 1)
+    epochs: int = _doc(30, "training epochs")
+    batch_size: int = _doc(96, "rows per training batch")
+    lr: float = _doc(1e-3, "Adam's learning rate of the weights (start of each cosine period)")
+    lr_min: float = _doc(1e-6, "learning rate at the end of each cosine period")
+    weight_decay: float = _doc(1e-4, "Adam's weight decay of the weights")
+    restart_epochs: int = _doc(1, "first period of the cosine schedule with warm restarts")
+    restart_mult: int = _doc(2, "each cosine period is this many times longer than the one before")
+    eval_batch_size: int = _doc(1024, "rows per evaluation batch")
+    modality_dropout: float = _doc(
+        0.0, "per sample, drop each whole modality with this probability (keep >= 1)"
+    )
 
 
 @dataclass(frozen=True)
 class SearchConfig(_WeightTraining):
     """Bilevel search (docs/DESIGN.md §7 Search)."""
 
-    epochs: int = 12
-    # the upper level: how fast α, β, γ move and how the final Cell inputs are chosen
-    arch_lr: float | str = 3e-4  # or "auto": set from the number of architecture steps (auto_arch_lr)
-    select: str = "alpha"  # alpha: argmax of α | perturb: by the val loss when each edge is masked
-    select_tune_steps: int = 0  # perturb, progressive: weight steps after each Cell's inputs are fixed
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
-    warmup_epochs: int = 0  # epochs of weight steps only before α, β, γ start to move
-    arch_split: float = 0.0  # share of train held out for the α/β/γ steps (0: they use val, as the paper)
-    # derivation rules (bmnas.core.genotype.DeriveRules holds the defaults; the paper's: False, True, False)
-    distinct_steps: bool = DeriveRules.distinct_steps  # a two-input step reads two different states
-    zero_output: bool = DeriveRules.zero_output  # may a Cell's output step derive `zero`
-    cross_modal: bool = DeriveRules.cross_modal  # a Cell never reads two features of one modality (MFAS)
-    rerank: int = 8  # candidates trained and compared on val (0: the best hypernet epoch, as the paper)
-    rerank_epochs: int = 0  # training epochs of each candidate (0: train.epochs)
+    epochs: int = _doc(12, "search epochs (a weight step and an α/β/γ step per batch)")
+    arch_lr: float | str = _doc(
+        3e-4, "Adam's learning rate of α, β, γ, or 'auto': set from the number of architecture steps"
+    )
+    select: str = _doc(
+        "alpha", "the Cells' inputs: alpha (argmax of α) | perturb (by the loss when each edge is removed)"
+    )
+    select_tune_steps: int = _doc(
+        0, "search.select=perturb, progressive: weight steps after each Cell's inputs are fixed"
+    )
+    arch_betas: tuple[float, float] = _doc((0.5, 0.999), "Adam's betas of α, β, γ")
+    arch_weight_decay: float = _doc(1e-3, "Adam's weight decay of α, β, γ")
+    warmup_epochs: int = _doc(0, "epochs of weight steps only before α, β, γ start to move")
+    arch_split: float = _doc(
+        0.0, "share of train held out for the α/β/γ steps (0: they use val, as the paper)"
+    )
+    distinct_steps: bool = _doc(
+        DeriveRules.distinct_steps, "derivation: a two-input step reads two different states (paper: False)"
+    )
+    zero_output: bool = _doc(
+        DeriveRules.zero_output, "derivation: may a Cell's output step derive `zero` (paper: True)"
+    )
+    cross_modal: bool = _doc(
+        DeriveRules.cross_modal,
+        "derivation: a Cell never reads two features of one modality, as MFAS (paper: False)",
+    )
+    rerank: int = _doc(8, "candidates trained and compared on val (0: the best hypernet epoch, as the paper)")
+    rerank_epochs: int = _doc(0, "training epochs of each candidate (0: train.epochs)")
 
 
 AUTO = "auto"
@@ -132,20 +160,28 @@ def arch_lr_of(search: SearchConfig, batches_per_epoch: int) -> float:
 class TrainConfig(_WeightTraining):
     """Evaluation stage (docs/DESIGN.md §8): the found network on train + val."""
 
-    select_epochs: bool = True  # choose the epoch count on val (trained on train), then refit on train + val
-    select_folds: int = 3  # k >= 2: score networks and choose epochs by k-fold CV over train + val; 0: on val
+    select_epochs: bool = _doc(
+        True, "choose the epoch count on val (trained on train), then refit on train + val"
+    )
+    select_folds: int = _doc(
+        3, "k >= 2: score networks and choose epochs by k-fold CV over train + val; 0: on val"
+    )
 
 
 @dataclass(frozen=True)
 class Config:
-    seed: int = 0
-    threads: int = 0  # torch threads; 0 = bmnas' policy (bmnas.engine.device.choose_threads)
-    device: str = "auto"  # auto (cuda if present) | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast of forward passes)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = _doc(0, "seed of every random draw (weights, batches, folds, dropout)")
+    threads: int = _doc(0, "torch threads; 0 = bmnas' policy (bmnas.engine.device.choose_threads)")
+    device: str = _doc("auto", "auto (cuda if present) | cpu | cuda | cuda:N")
+    precision: str = _doc("fp32", "fp32 | bf16 (autocast of forward passes)")
+    data: DataConfig = field(
+        default_factory=DataConfig, metadata={"doc": "where features come from and what the labels mean"}
+    )
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "search space and sizes"})
+    search: SearchConfig = field(default_factory=SearchConfig, metadata={"doc": "bilevel search"})
+    train: TrainConfig = field(
+        default_factory=TrainConfig, metadata={"doc": "evaluation stage: the found network on train + val"}
+    )
 
     def to_dict(self) -> dict:
         def plain(v):
@@ -159,6 +195,11 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_commented_yaml(self) -> str:
+        """:meth:`to_yaml` with each key's documentation (:func:`doc_of`) as a comment line above it
+        (``bmnas config``); it reads back to the same configuration."""
+        return "\n".join(_commented(self, "")) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> Config:
@@ -186,6 +227,34 @@ class Config:
 
     def replace(self, **sections) -> Config:
         return dataclasses.replace(self, **sections)
+
+
+def doc_of(cls: type, name: str) -> str:
+    """The one-line documentation of field ``name`` of the config dataclass ``cls`` ("" if none)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return fields[name].metadata.get("doc", "") if name in fields else ""
+
+
+def _commented(section: object, indent: str) -> list[str]:
+    """YAML lines of ``section`` (a config dataclass), a ``# doc`` line above each key."""
+    lines = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        lines.append(f"{indent}# {f.metadata.get('doc', '')}".rstrip())
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{indent}{f.name}:")
+            lines += _commented(value, indent + "  ")
+        else:
+            plain = list(value) if isinstance(value, tuple) else value
+            text = yaml.safe_dump({f.name: plain}, default_flow_style=True, width=10_000, allow_unicode=True)
+            lines.append(indent + text.strip().removeprefix("{").removesuffix("}"))
+    return lines
+
+
+def did_you_mean(name: str, valid: typing.Iterable[str]) -> str:
+    """``" (did you mean 'epochs'?)"`` for the valid name closest to a misspelt ``name``, else ""."""
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def set_dotted(d: dict, key: str, value: object, where: str, create: bool = True) -> None:
@@ -375,9 +444,10 @@ def _build(cls, d: dict, where: str):
         raise ConfigError(f"{where}: expected a mapping, got {d!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
+    unknown = sorted(set(d) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+        hint = did_you_mean(str(unknown[0]), fields)
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{hint}; valid keys: {sorted(fields)}")
     kwargs = {}
     for name, value in d.items():
         tp = hints[name]

@@ -106,6 +106,17 @@ RESULT_ROW = {
     "search_seconds": SECONDS,
 }
 ROW = Obj(RESULT_ROW, optional=("val", "epochs", "search_seconds"))
+ENVIRONMENT = Obj(
+    {
+        **{k: Text(max_len=500) for k in ("bmnas", "torch", "python", "platform", "device")},
+        "command": Text(max_len=100_000),
+        "started": Text(max_len=100),
+        "ended": Text(max_len=100),
+    },
+    optional=("bmnas", "torch", "python", "platform", "device", "command", "started", "ended"),
+)
+"""``metrics.json``'s ``environment`` (bmnas ≥ 0.5): versions, machine, command line, ISO start/end times."""
+
 METRICS = Obj(
     {
         **RESULT_ROW,
@@ -126,10 +137,11 @@ METRICS = Obj(
             },
             optional=("name", "sizes", "task", "info"),
         ),
+        "environment": ENVIRONMENT,
     },
     optional=(
         *("val", "epochs", "search_seconds", "metric", "data_seconds", "best_epoch", "genotype"),
-        *("candidates", "recommended", "val_folds", "baselines", "data"),
+        *("candidates", "recommended", "val_folds", "baselines", "data", "environment"),
     ),
 )
 """``metrics.json`` of ``bmnas run`` (every field) or ``bmnas train`` (a result row and the genotype)."""

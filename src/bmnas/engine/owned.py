@@ -57,17 +57,33 @@ OWNED_FILES = (
     "*.ckpt.pt",
     "*_history.jsonl",
     "*_selection.json",
+    "run.log",
 )
+# Files a user may have of the same name: bmnas' own only when they start with bmnas' mark.
+MARKED_FILES = {"README.md": "<!-- bmnas model card"}
 # Folders bmnas writes into, and what it writes there.
 OWNED_DIRS = {
     "plots": ("search_curves.png", "arch_weights.png", "search_diagnostics.png", "genotype.png"),
     "ablate": ("spec.json", "results.jsonl", "lock"),  # and its jobs' run directories
     "trials": (),  # a sweep's trials: run directories
+    "logs": ("*.csv", "events.out.tfevents.*"),  # --logger csv | tensorboard
 }
 
 
 def is_owned_name(name: str, patterns: Iterable[str] = OWNED_FILES) -> bool:
     return any(Path(name).match(p) for p in patterns)
+
+
+def is_marked_ours(path: Path) -> bool:
+    """A :data:`MARKED_FILES` file that bmnas wrote (its first bytes are bmnas' mark); never a link."""
+    mark = MARKED_FILES.get(path.name)
+    if mark is None or path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as f:
+            return f.read(len(mark)).decode("utf-8", "replace") == mark
+    except OSError:
+        return False
 
 
 def is_left_temp(path: Path) -> bool:
@@ -177,7 +193,7 @@ def clear(path: Path, keep: Iterable[str] = (MARKER, LOCK)) -> list[Path]:
     for entry in _entries(path):
         if entry.is_symlink() or entry.name in keep:
             continue
-        if entry.is_file() and (is_owned_name(entry.name) or is_left_temp(entry)):
+        if entry.is_file() and (is_owned_name(entry.name) or is_left_temp(entry) or is_marked_ours(entry)):
             entry.unlink(missing_ok=True)
             removed.append(entry)
         elif entry.is_dir() and entry.name in OWNED_DIRS:
@@ -195,7 +211,7 @@ def _clear_folder(folder: Path, names: tuple[str, ...], keep: set[str] = frozens
     for entry in _entries(folder):
         if entry.is_symlink() or entry.name in keep:
             continue
-        if entry.is_file() and (entry.name in names or is_left_temp(entry)):
+        if entry.is_file() and (is_owned_name(entry.name, names) or is_left_temp(entry)):
             entry.unlink(missing_ok=True)
             removed.append(entry)
         elif entry.is_dir() and has_marker(entry):  # a sub-run (an ablation's job, a trial)

@@ -27,7 +27,7 @@ shared run directory cannot run code.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from ..core import locks
 from ..core.config import Config
 from ..core.errors import BmnasError
 from ..core.fileio import (
+    append_jsonl,
     read_jsonl_lines,
     save_torch,
     write_json,
@@ -75,6 +76,10 @@ _CKPT_KEYS = {
 }
 FINGERPRINT = "fingerprint.json"
 LOCK = owned.LOCK
+
+
+Observer = Callable[[Path, list, bool], None]
+"""What :meth:`RunDir.observe` takes: ``(path, rows, replaces)``."""
 
 
 class RunError(BmnasError, RuntimeError):
@@ -127,6 +132,7 @@ class RunDir:
 
     def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path)
+        self._observers: list[Observer] = []
         if self.path.exists() and not self.path.is_dir():
             raise RunError(
                 f"{self.path} is a file, not a directory; give --out a new or existing run directory"
@@ -230,14 +236,30 @@ class RunDir:
         owned.remove_own_temps(self.path)
 
     # --------------------------------------------------------------------------------------- I/O
+    def observe(self, observer: Observer) -> None:
+        """Call ``observer(path, rows, replaces)`` before each JSON or JSON-lines write of this run:
+        the rows written (a JSON file: its one object) and whether they replace the file's content
+        (else they are appended). The command line's ``--logger`` feeds on these."""
+        self._observers.append(observer)
+
+    def _notify(self, name: str, rows: list, replaces: bool) -> None:
+        for observer in self._observers:
+            observer(self.path / name, rows, replaces)
+
     def write_config(self, cfg: Config) -> None:
         write_text_atomic(self.config_path, cfg.to_yaml())
 
     def write_json(self, name: str, obj: Any) -> Path:
+        self._notify(name, [obj], replaces=False)
         return write_json(self.path / name, obj)
 
     def write_jsonl(self, name: str, rows: list[dict]) -> Path:
+        self._notify(name, rows, replaces=True)
         return write_jsonl(self.path / name, rows)
+
+    def append_jsonl(self, name: str, row: dict) -> None:
+        self._notify(name, [row], replaces=False)
+        append_jsonl(self.path / name, row)
 
     def write_history(self, rows: list[dict]) -> None:
         self.write_jsonl(self.history_path.name, rows)

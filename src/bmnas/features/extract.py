@@ -20,9 +20,9 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..core.errors import BmnasError
+from ..core.progress import bar as progress_bar
 from .backbones.base import Backbone, torch_threads
 from .pooling import pool_feature
 
@@ -143,12 +143,8 @@ def extract_features(
             for layer, target in targets.items():
                 if isinstance(target, nn.Module):
                     stack.callback(target.register_forward_hook(hook_for(layer)).remove)
-            bar = tqdm(
-                total=n,
-                desc=desc or f"extract {backbone.modality}",
-                unit="sample",
-                disable=not progress,
-                leave=False,
+            bar = progress_bar(
+                total=n, desc=desc or f"extract {backbone.modality}", unit="sample", enabled=progress
             )
             stack.callback(bar.close)
             for start in range(0, n, batch_size):

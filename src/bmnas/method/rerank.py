@@ -29,12 +29,12 @@ import time
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.config import Config
 from ..core.data import FeatureData
-from ..core.fileio import append_jsonl
 from ..core.genotype import DeriveRules, Genotype
+from ..core.progress import bar as progress_bar
+from ..core.progress import label
 from ..core.schema import load_rows
 from ..core.schemas import RERANK_ROW
 from ..engine.distributed import barrier, current
@@ -102,14 +102,15 @@ def rerank(
     done = {json.dumps(row["genotype"], sort_keys=True): row for row in rows_done}
     rows = []
     cands = candidates(net, state["history"], cfg, cfg.search.rerank, primary_metric(data.task), first)
-    bar = tqdm(cands, desc="re-rank candidates", disable=not progress, leave=False)
+    bar = progress_bar(cands, desc="re-rank candidates", enabled=progress)
     for rank, (source, g) in enumerate(bar):
         key = json.dumps(g.to_dict(), sort_keys=True)
         if key in done and Selection.from_dict(done[key]).matches(epochs, sel_folds):
             rows.append({**done[key], "rank": rank, "source": source})
             continue
         t0 = time.perf_counter()
-        sel = select_epochs(g, data, cfg, epochs)
+        what = label(f"candidate {rank + 1}/{len(cands)}", source)
+        sel = select_epochs(g, data, cfg, epochs, progress=progress, desc=what)
         row = {
             "rank": rank,
             "source": source,
@@ -122,7 +123,7 @@ def rerank(
         }
         rows.append(row)
         if log_path is not None and writes:
-            append_jsonl(log_path, row)
+            run.append_jsonl(log_path.name, row)
         bar.set_postfix(best=f"{max(r['val'] for r in rows):.4f}")
     barrier(current())
     return rows

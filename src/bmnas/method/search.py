@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..core.config import Config, arch_lr_of
 from ..core.data import FeatureData, FeatureSplit, TaskInfo
 from ..core.fileio import write_json
 from ..core.genotype import DeriveRules, Genotype
+from ..core.progress import bar as progress_bar
 from ..engine.checkpoint import Checkpoint
 from ..engine.device import on_device
 from ..engine.distributed import DistributedError, barrier, broadcast_state, check_same, min_batch, shard
@@ -259,11 +259,8 @@ def _bilevel_steps(s: _Bilevel, epoch: int, warm: bool) -> tuple[float, float]:
     weights, arch = net.weight_parameters(), net.arch_parameters()
     train_batches = [s.weight_rows[b] for b in batch_indices(len(s.weight_rows), bs, s.shuffle, s.min_rows)]
     arch_batches: list = []
-    bar = tqdm(
-        train_batches,
-        desc=f"search {epoch}/{s.cfg.search.epochs}",
-        disable=not s.progress or not ranks.main,
-        leave=False,
+    bar = progress_bar(
+        train_batches, desc=f"search epoch {epoch}/{s.cfg.search.epochs}", enabled=s.progress and ranks.main
     )
     a_loss = torch.zeros(())
 

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..core.config import Config
 from ..core.data import FeatureData, FeatureSplit, merge_splits
 from ..core.fileio import FileFormatError
 from ..core.genotype import Genotype, last_feature, modalities
+from ..core.progress import bar as progress_bar
+from ..core.progress import label
 from ..core.schema import load_json
 from ..core.schemas import SELECTION
 from ..engine.checkpoint import Checkpoint
@@ -189,9 +190,7 @@ def fit(
         return row
 
     last = epochs if stop_after is None else min(epochs, stop_after)
-    with tqdm(
-        total=last, initial=state["epoch"], desc=desc, disable=not progress or not ranks.main, leave=False
-    ) as bar:
+    with progress_bar(total=last, initial=state["epoch"], desc=desc, enabled=progress and ranks.main) as bar:
 
         def report(row: dict) -> None:
             bar.update(1)
@@ -258,24 +257,34 @@ def score(model: FoundNet, split: FeatureSplit, data: FeatureData, cfg: Config) 
 
 
 def select_epochs(
-    genotype: Genotype, data: FeatureData, cfg: Config, epochs: int | None = None, progress: bool = False
+    genotype: Genotype,
+    data: FeatureData,
+    cfg: Config,
+    epochs: int | None = None,
+    progress: bool = False,
+    desc: str = "select epochs",
 ) -> Selection:
     """Train ``FoundNet(genotype)`` on the train split alone and score the val split after each epoch.
 
     With ``train.select_folds = k`` the same is done on each of the ``k`` folds of train ∪ val
     (:func:`bmnas.engine.folds.kfold`) and the curves are averaged: a score every network comparison can
-    rely on to a point, where one val split of a few hundred rows cannot.
+    rely on to a point, where one val split of a few hundred rows cannot. ``desc`` names the
+    network on its progress bars (``… · fold 2/3``).
     """
     k = cfg.train.select_folds
     if k >= 2:
+        folds = kfold(data, k, cfg.seed)
         return Selection.mean(
-            [_select_on(genotype, d, cfg, epochs, progress) for d in kfold(data, k, cfg.seed)]
+            [
+                _select_on(genotype, d, cfg, epochs, progress, label(desc, f"fold {i}/{len(folds)}"))
+                for i, d in enumerate(folds, 1)
+            ]
         )
-    return _select_on(genotype, data, cfg, epochs, progress)
+    return _select_on(genotype, data, cfg, epochs, progress, desc)
 
 
 def _select_on(
-    genotype: Genotype, data: FeatureData, cfg: Config, epochs: int | None, progress: bool
+    genotype: Genotype, data: FeatureData, cfg: Config, epochs: int | None, progress: bool, desc: str
 ) -> Selection:
     genotype = with_recipe(genotype, cfg)
     model = build_model(genotype, data, cfg, data["train"])
@@ -290,7 +299,7 @@ def _select_on(
         epochs or cfg.train.epochs,
         val=data["val"],
         progress=progress,
-        desc="select epochs",
+        desc=desc,
     )
     return Selection(state["val"], primary_metric(data.task), state["seconds"], initial)
 
@@ -335,7 +344,7 @@ def train(
     if t.select_epochs and selection is None and run is not None:
         selection = saved_selection(run.path / f"{stage}_selection.json", genotype, t.epochs, t.select_folds)
     if t.select_epochs and selection is None:
-        selection = select_epochs(genotype, data, cfg, progress=progress)
+        selection = select_epochs(genotype, data, cfg, progress=progress, desc=label(desc, "select epochs"))
         if run is not None and current().main:
             run.write_json(
                 f"{stage}_selection.json",
@@ -356,7 +365,7 @@ def train(
         stage=stage,
         genotype=genotype,
         progress=progress,
-        desc=desc,
+        desc=label(desc, "refit on train + val"),
         stop_after=stop_after,
     )
     test = score(model, data["test"], data, cfg)

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.ensemble import RandomForestRegressor
-from tqdm.auto import tqdm
 
 from ..core.config import Config
 from ..core.data import FeatureData
 from ..core.fileio import append_jsonl
 from ..core.genotype import CELL_INPUTS, Genotype, GenotypeError, validate
+from ..core.progress import bar as progress_bar
 from ..core.schema import load_rows
 from ..core.schemas import SMBO_ROW
 from ..engine.metrics import primary_metric
@@ -195,7 +195,7 @@ def smbo(
     redo = "running that round and the later ones again"  # each round builds on the earlier ones
     done = load_rows(log, SMBO_ROW, redo, valid=_round_check(data, cfg), prefix=True)[: opts.budget]
     metric = primary_metric(data.task)
-    bar = tqdm(total=opts.budget, initial=len(done), desc="smbo", disable=not progress, leave=False)
+    bar = progress_bar(total=opts.budget, initial=len(done), desc="smbo", enabled=progress)
     for r in range(len(done), opts.budget):
         t0 = time.perf_counter()
         g, predicted = _pick(data, cfg, opts, np.random.default_rng([cfg.seed, r]), done)

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ...core.data import TaskInfo
 from ...core.errors import DataError
 from ...core.fileio import save_torch, write_json_sorted
 from ...core.fileio import sha256 as sha256_file
+from ...core.progress import bar as progress_bar
 from ...engine.loop import (
     AdamSettings,
     Context,
@@ -199,7 +199,7 @@ def train_classifier(
         return x, y.float() if multilabel else y.long()
 
     total = epochs * len(split_batches(np.arange(n), batch_size))
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=desc, enabled=progress)
 
     def tick(_i: int, _loss: torch.Tensor) -> None:
         bar.update()
@@ -327,7 +327,7 @@ def fit_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps)
     task = classifier_task(train[1], multilabel=False)
     best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
-    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=steps, desc=desc, unit="step", enabled=progress)
 
     def tick(_i: int, _loss: torch.Tensor) -> None:
         bar.update()

@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ...core.errors import DataError
 from ...core.fileio import sha256 as sha256_file
 from ...core.fileio import write_json_sorted
+from ...core.progress import bar as progress_bar
 from .base import RawDataset, RawSplit, register_dataset
 from .prepared import load_or_publish, write_manifest
 
@@ -255,7 +255,7 @@ def _write_clips(
     """Decode every clip once into ``staging/<split>_{rgb,depth}.npy`` (+ labels, clip keys, manifest)."""
     bar = None
     if progress:
-        bar = tqdm(total=sum(map(len, members.values())), desc="decode EgoGesture clips", leave=False)
+        bar = progress_bar(total=sum(map(len, members.values())), desc="decode EgoGesture clips")
     files = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for split, clips in members.items():

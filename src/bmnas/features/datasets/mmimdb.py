@@ -51,7 +51,7 @@ _FUEL_SPLIT_NAMES = {
 
 
 def _h5py():
-    return optional("h5py", "reading MM-IMDB", "pip install h5py")
+    return optional("h5py", "reading MM-IMDB", "pip install 'bmnas[mmimdb]'")
 
 
 def caffe_bgr_to_rgb(x: np.ndarray) -> np.ndarray:

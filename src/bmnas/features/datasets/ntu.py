@@ -55,11 +55,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ...core.errors import DataError
 from ...core.fileio import sha256 as sha256_file
 from ...core.fileio import write_json_sorted
+from ...core.progress import bar as progress_bar
 from .base import RawDataset, RawSplit, register_dataset
 from .prepared import load_or_publish, write_manifest
 
@@ -493,7 +493,7 @@ def _write_skeletons(
     sums: dict[str, str] = {}
     bar = None
     if progress:
-        bar = tqdm(total=sum(map(len, members.values())), desc="parse NTU skeletons", leave=False)
+        bar = progress_bar(total=sum(map(len, members.values())), desc="parse NTU skeletons")
     for split, stems in members.items():
         out = np.lib.format.open_memmap(
             staging / f"{split}_all.npy",
