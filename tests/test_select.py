@@ -14,7 +14,7 @@ from bmnas.engine.rundir import RunDir
 from bmnas.features.synthetic import planted_interaction
 from bmnas.method.search import search
 from bmnas.method.select import scores_of
-from bmnas.space.hypernet import HyperNet, fix_inputs, mask_edge
+from bmnas.space.hypernet import HyperNet, fix_inputs, mask_edge, mask_op
 from helpers import FEATS, write_generic
 
 OPS = ("zero", "sum", "linear_glu")
@@ -58,6 +58,24 @@ def test_masked_edge_is_the_hand_mix_without_that_edge(relaxation):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert (got - full).abs().max() > 1e-3  # the edge mattered: the test could fail
     torch.testing.assert_close(net(feats), full)  # the override ends with its block
+
+
+def test_masked_op_is_the_mixture_without_that_op():
+    net, feats = small_net("gate")
+    with torch.no_grad():
+        net.arch.gamma[0].copy_(torch.tensor([[0.2, 1.0, -0.5]]))  # zero, sum, linear_glu
+    w = [g.softmax(-1).detach() for g in net.arch.gamma]
+    masked = mask_op(w, 0, 0, 1)  # step 1 loses `sum`: linear_glu's weight is renormalised
+    p = torch.tensor([0.2, 1.0, -0.5]).softmax(0)
+    torch.testing.assert_close(masked[0][0], torch.stack([p[0], torch.tensor(0.0), p[2]]) / (p[0] + p[2]))
+    with torch.no_grad():
+        with net.op_override(masked):
+            got = net(feats)
+        full = net(feats)
+        net.arch.gamma[0].copy_(masked[0].log())  # softmax(log w) = w: the plain forward, that mixture
+        want = net(feats)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert (got - full).abs().max() > 1e-3
 
 
 def test_override_refuses_weights_of_the_wrong_shape():
@@ -173,6 +191,19 @@ def test_progressive_selection_tunes_a_copy_and_keeps_the_search_hypernet():
         torch.testing.assert_close(a, b)
 
 
+def test_select_ops_takes_the_op_whose_removal_hurts_most():
+    data = planted_interaction(n=400, L=4, seed=1)
+    opts = ["model.C=8", "model.L=4", "search.epochs=2", "search.batch_size=64", "search.rerank=0"]
+    result = search(
+        data,
+        Config.from_sources(None, opts + ["search.select=perturb", "search.select_ops=true"]),
+        progress=False,
+    )
+    for cell, rec in zip(result.genotype.cells, result.perturb["cells"], strict=True):
+        assert [s.op for s in cell.steps] == [max(r["delta"], key=r["delta"].get) for r in rec["ops"]]
+        assert all("zero" not in r["delta"] for r in rec["ops"])
+
+
 def test_perturb_genotype_is_the_first_rerank_candidate():
     data = planted_interaction(n=300, L=4, seed=0)
     cfg = Config.from_sources(
@@ -217,6 +248,7 @@ def test_auto_arch_lr_is_the_formula_in_the_search():
         ("search.select=best", "search.select: must be one of alpha, perturb, got 'best'"),
         ("search.select_tune_steps=-1", "search.select_tune_steps: must be >= 0"),
         ("search.select_tune_steps=5", "search.select_tune_steps: only applies with search.select=perturb"),
+        ("search.select_ops=true", "search.select_ops: only applies with search.select=perturb"),
     ],
 )
 def test_bad_upper_level_keys_are_refused_clearly(override, message):

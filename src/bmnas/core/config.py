@@ -107,6 +107,9 @@ class SearchConfig(_WeightTraining):
     select_tune_steps: int = _doc(
         0, "search.select=perturb, progressive: weight steps after each Cell's inputs are fixed"
     )
+    select_ops: bool = _doc(
+        False, "search.select=perturb: also each step's op by the loss when it is removed"
+    )
     arch_betas: tuple[float, float] = _doc((0.5, 0.999), "Adam's betas of α, β, γ")
     arch_weight_decay: float = _doc(1e-3, "Adam's weight decay of α, β, γ")
     warmup_epochs: int = _doc(0, "epochs of weight steps only before α, β, γ start to move")
@@ -540,6 +543,11 @@ def _check(cfg) -> None:
             cfg.select_tune_steps == 0 or cfg.select == "perturb",
             "search.select_tune_steps",
             "only applies with search.select=perturb; set both or leave it 0",
+        )
+        need(
+            not cfg.select_ops or cfg.select == "perturb",
+            "search.select_ops",
+            "only applies with search.select=perturb; set both or leave it false",
         )
         need(
             cfg.arch_weight_decay >= 0,

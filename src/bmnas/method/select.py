@@ -22,6 +22,9 @@ Cell reads them) and a copy of the hypernet's weights is tuned T steps on train 
 γ frozen before Cell n + 1 is measured, so later Cells are judged in a network whose earlier Cells
 are already discrete. The search's own hypernet is left as the search trained it.
 
+With ``search.select_ops``, each step's op is chosen the same way afterwards (the op whose removal
+from the step's mixture raises the loss most; ``zero`` is never chosen), else by argmax γ.
+
 The record (per Cell and slot, each predecessor's Δ and the base loss) goes to
 ``RUN_DIR/perturb.json`` and :attr:`bmnas.method.search.SearchResult.perturb`.
 """
@@ -48,7 +51,7 @@ from ..engine.loop import (
     loss_fn,
     optimizer_step,
 )
-from ..space.hypernet import HyperNet, fix_inputs, mask_edge
+from ..space.hypernet import HyperNet, fix_inputs, mask_edge, mask_op
 
 SLOT_NAMES = ("x", "y")
 
@@ -129,10 +132,12 @@ def perturb_select(
                 ],
             }
         )
-        if tune is not None and n + 1 < len(weights):
+        if tune is not None:
             weights = fix_inputs(weights, n, (names.index(inputs[0]), names.index(inputs[1])))
-            tune(weights, steps, seed=cfg.seed + n)
-    genotype = net.genotype(rules, alpha=scores)
+            if n + 1 < len(weights):
+                tune(weights, steps, seed=cfg.seed + n)
+    op_scores = _select_ops(tuned, weights, b, task, cfg, ctx, cells) if s.select_ops else None
+    genotype = net.genotype(rules, alpha=scores, gamma=op_scores)
     record = {
         "method": "perturb",
         "rows": int(len(b.rows)),
@@ -143,6 +148,45 @@ def perturb_select(
     if not all(math.isfinite(c["base_loss"]) for c in cells):
         raise FloatingPointError("perturbation selection: the hypernet's loss is not finite on the arch rows")
     return genotype, record
+
+
+def _select_ops(
+    net: HyperNet,
+    weights: list[torch.Tensor],
+    b: Batches,
+    task: TaskInfo,
+    cfg: Config,
+    ctx: Context,
+    cells: list,
+) -> list[np.ndarray]:
+    """``search.select_ops``: each step's op by the loss when it is removed from the step's mixture
+    (:func:`~bmnas.space.hypernet.mask_op`), ``Δ[n, m, f] = loss(op f of step m removed) − loss``;
+    the step takes ``argmax_f Δ`` over the ops other than ``zero``. The Cell slots mix with
+    ``weights`` (α's, or the fixed inputs when progressive). Adds ``"ops"`` to each Cell's record."""
+    bs = cfg.search.eval_batch_size
+    with torch.no_grad():
+        op_w = [w.detach().clone() for w in net.op_weights()]
+    out = []
+    with net.alpha_override(weights):
+        with net.op_override(op_w):
+            base = loss_on(net, b, task, bs, ctx)
+        for n, w in enumerate(op_w):
+            delta = np.full(tuple(w.shape), -np.inf)
+            for m in range(w.shape[0]):
+                for f, name in enumerate(net.ops):
+                    if name == "zero":
+                        continue
+                    with net.op_override(mask_op(op_w, n, m, f)):
+                        delta[m, f] = loss_on(net, b, task, bs, ctx) - base
+            out.append(delta)
+            cells[n]["ops"] = [
+                {
+                    "step": m + 1,
+                    "delta": {o: float(delta[m, f]) for f, o in enumerate(net.ops) if o != "zero"},
+                }
+                for m in range(w.shape[0])
+            ]
+    return out
 
 
 class _Tuner:

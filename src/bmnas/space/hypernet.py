@@ -66,6 +66,17 @@ def mask_edge(
     return out
 
 
+def mask_op(weights: Sequence[torch.Tensor], cell: int, step: int, op: int) -> list[torch.Tensor]:
+    """Cells' op weights (per Cell ``(M, |ops|)``, softmax(γ)) with op ``op`` of step ``step`` removed:
+    ``w'(f) = w(f) / Σ_{g ≠ op} w(g)`` for the step's other ops, ``w'(op) = 0``."""
+    out = list(weights)
+    w = weights[cell].clone()
+    w[step, op] = 0.0
+    w[step] = w[step] / w[step].sum().clamp_min(torch.finfo(w.dtype).tiny)
+    out[cell] = w
+    return out
+
+
 def fix_inputs(weights: Sequence[torch.Tensor], cell: int, pair: tuple[int, int]) -> list[torch.Tensor]:
     """Cell slots' edge weights with Cell ``cell`` made discrete: slot x reads only ``pair[0]``, slot y
     only ``pair[1]`` (weight 1, every other edge 0), as the derived network's Cell reads them; a
@@ -154,6 +165,7 @@ class SearchCell(nn.Module):
         self._mixed = [(o, self.arity[f]) for f, o in enumerate(self.op_names) if o != ZERO]
         nonzero = [f for f, o in enumerate(self.op_names) if o != ZERO]
         self.register_buffer("_nonzero", torch.tensor(nonzero, dtype=torch.long), persistent=False)
+        self._op_override: torch.Tensor | None = None  # (M, |ops|) op weights, see HyperNet.op_override
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, betas: Sequence[torch.Tensor], gamma: torch.Tensor
@@ -171,7 +183,8 @@ class SearchCell(nn.Module):
         """
         R, shape = xy.shape[0], xy.shape[1:]
         flat_xy = xy.reshape(R, -1)
-        op_w = gamma.softmax(-1).index_select(1, self._nonzero)  # (M, |ops| − zero)
+        op_p = gamma.softmax(-1) if self._op_override is None else self._op_override
+        op_w = op_p.index_select(1, self._nonzero)  # (M, |ops| − zero)
         outs: list[torch.Tensor] = []  # step outputs, each (1, B·L·C)
         for m, mixed in enumerate(self.steps):
             w = edge_weights(betas[m], self.relaxation)  # (S_step, 2 + m) over [x, y, step_1 … step_{m-1}]
@@ -329,6 +342,30 @@ class HyperNet(nn.Module):
         cells = self.forward_cells(features)
         return self.head(cells[-self.multiplier :])
 
+    def op_weights(self) -> list[torch.Tensor]:
+        """Per Cell, the op weights ``(M, |ops|)`` its steps mix with (softmax(γ), or the override's)."""
+        return [
+            g.softmax(-1) if c._op_override is None else c._op_override
+            for g, c in zip(self.arch.gamma, self.cells, strict=True)
+        ]
+
+    @contextlib.contextmanager
+    def op_override(self, weights: Sequence[torch.Tensor]) -> Iterator[None]:
+        """Inside the block, every Cell's steps mix their ops with ``weights`` (per Cell an
+        ``(M, |ops|)`` tensor, e.g. :func:`mask_op`'s) instead of softmax(γ); nothing else changes."""
+        expected = [tuple(g.shape) for g in self.arch.gamma]
+        got = [tuple(w.shape) for w in weights]
+        if got != expected:
+            raise ValueError(f"op override: expected weights of shapes {expected}, got {got}")
+        previous = [c._op_override for c in self.cells]
+        for c, w in zip(self.cells, weights, strict=True):
+            c._op_override = w.detach()
+        try:
+            yield
+        finally:
+            for c, w in zip(self.cells, previous, strict=True):
+                c._op_override = w
+
     # -- derivation --------------------------------------------------------------------------
     @torch.no_grad()
     def genotype(
@@ -337,6 +374,7 @@ class HyperNet(nn.Module):
         noise: torch.Generator | None = None,
         temperature: float = 1.0,
         alpha: Sequence[np.ndarray] | None = None,
+        gamma: Sequence[np.ndarray] | None = None,
     ) -> Genotype:
         """The discrete architecture the current α, β, γ select (rules: :func:`bmnas.space.derive.derive`;
         ``rules``: :class:`~bmnas.core.genotype.DeriveRules`, the search config's by default).
@@ -346,7 +384,8 @@ class HyperNet(nn.Module):
         picks predecessor i with probability ``softmax_i(logit_i / temperature)``).
 
         ``alpha``: per Cell, positive scores ``(S, K + n)`` that replace α's edge weights in the
-        derivation (e.g. perturbation selection's, :mod:`bmnas.method.select`); β and γ are the net's.
+        derivation (e.g. perturbation selection's, :mod:`bmnas.method.select`); ``gamma``: per Cell,
+        ``(M, |ops|)`` scores replacing γ (only their argmax counts).
         """
         arch, r = self.arch, self.relaxation
 
@@ -371,7 +410,7 @@ class HyperNet(nn.Module):
                 [edge_weights(perturb(b, True), r).cpu().numpy() for b in arch.betas(n)]
                 for n in range(self.num_cells)
             ],
-            gamma=[perturb(g, False).cpu().numpy() for g in arch.gamma],
+            gamma=list(gamma) if gamma is not None else [perturb(g, False).cpu().numpy() for g in arch.gamma],
             features=self.features,
             ops=self.ops,
             C=self.C,
