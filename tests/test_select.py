@@ -290,6 +290,9 @@ def test_cli_search_with_perturb_writes_the_record(tmp_path, capsys):
     sets = ["search.epochs=2", "model.C=8", "model.L=4", "search.batch_size=16", "search.rerank=0"]
     sets += ["search.select=perturb", "search.arch_lr=auto"]
     assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+    assert (
+        "genotype chosen by perturbation selection (loss deltas in perturb.json)" in capsys.readouterr().out
+    )
     record = json.loads((out / "perturb.json").read_text())
     genotype = json.loads((out / "genotype.json").read_text())
     assert record["genotype"] == genotype
