@@ -114,7 +114,11 @@ def show_search(result, run) -> None:
     """Print the genotype the search chose, and how (the search itself wrote it and its plots)."""
     hypernet = f"hypernet's best epoch {result.best_epoch}: val {result.metric} {result.best_score:.4f}"
     chosen = next((c for c in result.candidates if c["genotype"] == result.genotype.to_dict()), None)
-    if chosen is None:
+    if chosen is None and result.perturb is not None:
+        print(
+            f"genotype chosen by perturbation selection (loss deltas in perturb.json) -> {run.genotype_path}"
+        )
+    elif chosen is None:
         print(f"best genotype ({hypernet}) -> {run.genotype_path}")
     else:
         folds = chosen.get("folds", 0)

@@ -108,7 +108,18 @@ class SearchConfig(_WeightTraining):
     """Bilevel search (docs/DESIGN.md §7 Search)."""
 
     epochs: int = _doc(12, "search epochs (a weight step and an α/β/γ step per batch)")
-    arch_lr: float = _doc(3e-4, "Adam's learning rate of α, β, γ")
+    arch_lr: float | str = _doc(
+        3e-4, "Adam's learning rate of α, β, γ, or 'auto': set from the number of architecture steps"
+    )
+    select: str = _doc(
+        "alpha", "the Cells' inputs: alpha (argmax of α) | perturb (by the loss when each edge is removed)"
+    )
+    select_tune_steps: int = _doc(
+        0, "search.select=perturb, progressive: weight steps after each Cell's inputs are fixed"
+    )
+    select_ops: bool = _doc(
+        False, "search.select=perturb: also each step's op by the loss when it is removed"
+    )
     arch_betas: tuple[float, float] = _doc((0.5, 0.999), "Adam's betas of α, β, γ")
     arch_weight_decay: float = _doc(1e-3, "Adam's weight decay of α, β, γ")
     warmup_epochs: int = _doc(0, "epochs of weight steps only before α, β, γ start to move")
@@ -127,6 +138,35 @@ class SearchConfig(_WeightTraining):
     )
     rerank: int = _doc(8, "candidates trained and compared on val (0: the best hypernet epoch, as the paper)")
     rerank_epochs: int = _doc(0, "training epochs of each candidate (0: train.epochs)")
+
+
+AUTO = "auto"
+SELECT_MODES = ("alpha", "perturb")
+# search.arch_lr=auto: the architecture "travel" lr × steps of the AV-MNIST preset (3e-3 × ~800
+# architecture steps), where α, β, γ were measured to leave their initialisation
+ARCH_TRAVEL = 2.4
+ARCH_LR_RANGE = (3e-4, 3e-2)  # clip: the paper's rate, and 10x the preset's
+
+
+def auto_arch_lr(
+    arch_steps: int, travel: float = ARCH_TRAVEL, bounds: tuple[float, float] = ARCH_LR_RANGE
+) -> float:
+    """The architecture learning rate of ``search.arch_lr=auto`` for ``arch_steps`` architecture steps.
+
+    ``arch_lr = clip(travel / arch_steps, lo, hi)``, ``arch_steps = (epochs − warmup_epochs) ×
+    batches_per_epoch``: the total travel ``arch_lr × arch_steps`` is the same whatever the data's
+    size (Adam's step is about ``lr`` per step whatever the gradient's scale), so a search with few
+    steps per epoch still moves α, β, γ as far as the AV-MNIST preset's (3e-3 over ~800 steps).
+    """
+    lo, hi = bounds
+    return float(min(hi, max(lo, travel / max(1, arch_steps))))
+
+
+def arch_lr_of(search: SearchConfig, batches_per_epoch: int) -> float:
+    """``search.arch_lr`` as a number: the configured one, or :func:`auto_arch_lr` of the steps it makes."""
+    if isinstance(search.arch_lr, str):
+        return auto_arch_lr((search.epochs - search.warmup_epochs) * batches_per_epoch)
+    return float(search.arch_lr)
 
 
 @dataclass(frozen=True)
@@ -493,7 +533,35 @@ def _check(cfg) -> None:
             f"must be 0 (score on val) or 2..10 folds, got {cfg.select_folds}",
         )
     if isinstance(cfg, SearchConfig):
-        need(cfg.arch_lr > 0, "search.arch_lr", f"must be > 0, got {cfg.arch_lr}")
+        if isinstance(cfg.arch_lr, str):
+            need(
+                cfg.arch_lr == AUTO,
+                "search.arch_lr",
+                f"must be a number > 0 or {AUTO!r} (set from the number of architecture steps), "
+                f"got {_brief(cfg.arch_lr)}",
+            )
+        else:
+            need(cfg.arch_lr > 0, "search.arch_lr", f"must be > 0, got {cfg.arch_lr}")
+        need(
+            cfg.select in SELECT_MODES,
+            "search.select",
+            f"must be one of {', '.join(SELECT_MODES)}, got {_brief(cfg.select)}",
+        )
+        need(
+            cfg.select_tune_steps >= 0,
+            "search.select_tune_steps",
+            f"must be >= 0 (weight steps after each Cell's inputs are fixed), got {cfg.select_tune_steps}",
+        )
+        need(
+            cfg.select_tune_steps == 0 or cfg.select == "perturb",
+            "search.select_tune_steps",
+            "only applies with search.select=perturb; set both or leave it 0",
+        )
+        need(
+            not cfg.select_ops or cfg.select == "perturb",
+            "search.select_ops",
+            "only applies with search.select=perturb; set both or leave it false",
+        )
         need(
             cfg.arch_weight_decay >= 0,
             "search.arch_weight_decay",

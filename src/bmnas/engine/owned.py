@@ -43,6 +43,7 @@ OWNED_FILES = (
     "split.csv",
     "smbo.jsonl",
     "rerank.jsonl",
+    "perturb.json",
     "robustness.md",
     "robustness.csv",
     "robustness.json",

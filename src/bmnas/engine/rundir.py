@@ -57,7 +57,7 @@ _STAGE_KEYS = {"search": ("seed", "data", "model", "search"), "train": ("seed", 
 _ALL_KEYS = ("seed", "data", "model", "search", "train")
 # Files holding each stage's results (globs in the run directory).
 _STAGE_FILES = {
-    "search": ("search.ckpt.pt", "genotype.json", "history.jsonl", "rerank.jsonl"),
+    "search": ("search.ckpt.pt", "genotype.json", "history.jsonl", "rerank.jsonl", "perturb.json"),
     "train": (
         "train.ckpt.pt",
         "baseline_*.ckpt.pt",

@@ -6,6 +6,8 @@ candidate genotypes are each trained briefly on the train split and scored on va
 evaluation stage's own selection phase (:func:`bmnas.method.train.select_epochs`); the best val score
 wins (ties: the earlier candidate). Candidates, in order, without repeats:
 
+0. with ``search.select=perturb``, the genotype perturbation selection picked
+   (:mod:`bmnas.method.select`), source ``perturb``;
 1. the argmax of the final α, β, γ;
 2. the genotype of the epoch whose hypernet scored best on val (the paper's choice);
 3. samples of the final architecture distribution (Gumbel-max on α, β, γ at temperature 1),
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 
 import torch
 
@@ -44,9 +47,15 @@ SAMPLE_TRIES = 20  # samples drawn per missing candidate before giving up on new
 
 
 def candidates(
-    net: HyperNet, history: list[dict], cfg: Config, k: int, metric: str
+    net: HyperNet,
+    history: list[dict],
+    cfg: Config,
+    k: int,
+    metric: str,
+    first: Sequence[tuple[str, Genotype]] = (),
 ) -> list[tuple[str, Genotype]]:
-    """Up to ``k`` distinct candidate genotypes with where each came from (see the module doc)."""
+    """Up to ``k`` distinct candidate genotypes with where each came from (see the module doc);
+    ``first``: candidates put before all others (``search.select=perturb``'s genotype)."""
     s = cfg.search
     out: dict[str, tuple[str, Genotype]] = {}
 
@@ -54,6 +63,8 @@ def candidates(
         if len(out) < k:
             out.setdefault(g.to_json(indent=None), (source, g))
 
+    for source, g in first:
+        add(source, g)
     rules = DeriveRules.of(s)
     add("argmax", net.genotype(rules))
     rows = sorted(
@@ -72,9 +83,16 @@ def candidates(
 
 
 def rerank(
-    net: HyperNet, state: dict, data: FeatureData, cfg: Config, run: RunDir | None, progress: bool = True
+    net: HyperNet,
+    state: dict,
+    data: FeatureData,
+    cfg: Config,
+    run: RunDir | None,
+    progress: bool = True,
+    first: Sequence[tuple[str, Genotype]] = (),
 ) -> list[dict]:
-    """Train each candidate briefly on train, score it on val; returns one row per candidate."""
+    """Train each candidate briefly on train, score it on val; returns one row per candidate
+    (``first``: candidates before the others, see :func:`candidates`)."""
 
     epochs = cfg.search.rerank_epochs or cfg.train.epochs
     sel_folds = cfg.train.select_folds
@@ -83,7 +101,7 @@ def rerank(
     rows_done = load_rows(log_path, RERANK_ROW, "re-ranking that candidate again", rewrite=writes)
     done = {json.dumps(row["genotype"], sort_keys=True): row for row in rows_done}
     rows = []
-    cands = candidates(net, state["history"], cfg, cfg.search.rerank, primary_metric(data.task))
+    cands = candidates(net, state["history"], cfg, cfg.search.rerank, primary_metric(data.task), first)
     bar = progress_bar(cands, desc="re-rank candidates", enabled=progress)
     for rank, (source, g) in enumerate(bar):
         key = json.dumps(g.to_dict(), sort_keys=True)

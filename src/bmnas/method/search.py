@@ -8,7 +8,9 @@ checkpointed each epoch, so a killed search resumes and ends with the same resul
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.config import Config, SearchConfig
+from ..core.config import Config, SearchConfig, arch_lr_of
 from ..core.data import FeatureData, FeatureSplit, TaskInfo
+from ..core.fileio import write_json
 from ..core.genotype import DeriveRules, Genotype
 from ..core.progress import bar as progress_bar
 from ..engine.checkpoint import Checkpoint
@@ -42,6 +45,7 @@ from ..report.plots import plot_history
 from ..space.hypernet import HyperNet, edge_weights
 from .record import as_run, entry
 from .rerank import rerank
+from .select import Batches, perturb_select
 from .train import Selection
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ class SearchResult:
     seconds: float
     hypernet: HyperNet
     candidates: list[dict] = field(default_factory=list)
+    perturb: dict | None = None  # search.select=perturb: per Cell slot, each edge's loss delta
 
     def selection(self, epochs: int, folds: int = 0):
         """The re-ranking's selection phase of the chosen genotype, if it ran for ``epochs`` epochs.
@@ -111,10 +116,15 @@ def split_for_search(n_train: int, n_val: int, cfg: Config) -> tuple[np.ndarray,
 
 
 def _optimizers(net: HyperNet, cfg: Config, batches_per_epoch: int):
-    """Adam of the weights and of α, β, γ (both fused), and the weights' per-batch cosine schedule."""
+    """Adam of the weights and of α, β, γ (both fused), and the weights' per-batch cosine schedule.
+
+    α, β, γ's rate is ``search.arch_lr``, or with ``auto`` :func:`bmnas.core.config.auto_arch_lr` of
+    the ``(epochs − warmup_epochs) × batches_per_epoch`` architecture steps the search makes.
+    """
     s = cfg.search
     w_opt = build_optimizer(net.weight_parameters(), AdamSettings.of(s, fused=True))
-    a_opt = build_optimizer(net.arch_parameters(), AdamSettings.arch(s))
+    arch = dataclasses.replace(AdamSettings.arch(s), lr=arch_lr_of(s, batches_per_epoch))
+    a_opt = build_optimizer(net.arch_parameters(), arch)
     sched = cosine_restarts(w_opt, batches_per_epoch, s.restart_epochs, s.restart_mult, s.lr_min)
     return w_opt, a_opt, sched
 
@@ -236,6 +246,7 @@ def _search_epoch(s: _Bilevel, epoch: int, state: dict) -> dict:
         "arch_loss": arch_loss,
         "val": scores,
         "lr": s.sched.get_last_lr()[0],
+        "arch_lr": s.a_opt.param_groups[0]["lr"],
         "best": improved,
         "genotype": genotype.to_dict(),
         "arch": s.net.arch.softmaxed(s.net.relaxation),
@@ -301,17 +312,23 @@ def _report(s: _Bilevel, row: dict) -> None:
 def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -> SearchResult:
     """The search's genotype: the best epoch's or, once every epoch ran, re-ranking's choice."""
     cfg, ranks, net = s.cfg, s.ctx.ranks, s.net
-    net.cpu()  # derivation with sampled noise (re-ranking) and callers work on the CPU copy
     # stopped inside the warm-up (stop_after): the last genotype stands in for the best
     best = Genotype.from_dict(state["best_genotype"] or state["history"][-1]["genotype"])
     candidates: list[dict] = []
     seconds = state["seconds"]
     complete = state["epoch"] >= cfg.search.epochs
+    first: list[tuple[str, Genotype]] = []
+    record = None
+    if complete and cfg.search.select == "perturb":
+        best, record = _perturb(s, run)
+        seconds += record["seconds"]
+        first = [("perturb", best)]
+    net.cpu()  # derivation with sampled noise (re-ranking) and callers work on the CPU copy
     if complete:
-        if ranks.main:
+        if ranks.main and cfg.search.select == "alpha":
             warn_if_undecided(state["history"][-1], cfg.search)
         if cfg.search.rerank:
-            candidates = rerank(net, state, data, cfg, run, s.progress)
+            candidates = rerank(net, state, data, cfg, run, s.progress, first=first)
             seconds += sum(c["seconds"] for c in candidates)
             best = Genotype.from_dict(max(candidates, key=lambda c: (c["val"], -c["rank"]))["genotype"])
     check_same(best.to_dict(), "searched genotype", ranks)
@@ -320,8 +337,37 @@ def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -
         plot_history(state["history"], run.plots_path, best)  # genotype.json's, not the last epoch's
     barrier(ranks)
     return SearchResult(
-        best, state["best_epoch"], state["best_score"], s.metric, state["history"], seconds, net, candidates
+        best,
+        state["best_epoch"],
+        state["best_score"],
+        s.metric,
+        state["history"],
+        seconds,
+        net,
+        candidates,
+        record,
     )
+
+
+PERTURB_FILE = "perturb.json"
+
+
+def _perturb(s: _Bilevel, run: RunDir | None) -> tuple[Genotype, dict]:
+    """Perturbation selection on the trained hypernet (:mod:`bmnas.method.select`), recorded in
+    ``RUN_DIR/perturb.json``: the genotype it picks replaces the argmax of α as the search's
+    answer, first among re-ranking's candidates (source ``perturb``) or, with ``search.rerank=0``,
+    instead of the best epoch's genotype."""
+    t0 = time.perf_counter()
+    b = Batches(s.arch_src, s.arch_rows, s.train, s.weight_rows, s.min_rows)
+    genotype, record = perturb_select(s.net, b, s.task, s.cfg, s.ctx)
+    record = {**record, "genotype": genotype.to_dict(), "seconds": time.perf_counter() - t0}
+    check_same(genotype.to_dict(), "perturbation-selected genotype", s.ctx.ranks)
+    if run is not None and s.ctx.ranks.main:
+        write_json(run.path / PERTURB_FILE, record)
+    cells = "; ".join(f"cell{c['cell']} reads {', '.join(c['inputs'])}" for c in record["cells"])
+    if s.ctx.ranks.main:
+        log.info("perturbation selection (%.1f s): %s", record["seconds"], cells)
+    return genotype, record
 
 
 def _entropy(p: torch.Tensor) -> float:
@@ -378,13 +424,13 @@ def warn_if_undecided(last: dict, cfg: SearchConfig) -> None:
     if cfg.rerank > 0:
         then = (
             f"The genotype is chosen among the {cfg.rerank} re-ranked candidates by their scores on val, "
-            "so it rests on those scores alone. Raise search.arch_lr or search.epochs for the search to "
-            "take part in the choice."
+            "so it rests on those scores alone. Set search.arch_lr=auto (or raise it or search.epochs) "
+            "or search.select=perturb (choose by the hypernet's loss) for the search to take part."
         )
     else:
         then = (
-            "Raise search.arch_lr or search.epochs, or set search.rerank > 0 (e.g. 8) so that "
-            "candidates are compared on val."
+            "Set search.arch_lr=auto (or raise it or search.epochs), search.select=perturb (choose by "
+            "the hypernet's loss), or set search.rerank > 0 (e.g. 8) so that candidates are compared on val."
         )
     log.warning(
         "the search did not decide which features to fuse: after %s the weights of every Cell slot "

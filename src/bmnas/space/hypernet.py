@@ -18,8 +18,10 @@ of the op weights with the stacked op outputs. Ops run on channels-last tensors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +46,49 @@ def edge_weights(logits: torch.Tensor, relaxation: str = "gate") -> torch.Tensor
     if relaxation == "softmax":
         return logits[..., 0].softmax(-1)
     return torch.sigmoid(logits[..., 0] - logits[..., 1])
+
+
+def mask_edge(
+    weights: Sequence[torch.Tensor], cell: int, slot: int, pred: int, relaxation: str = "gate"
+) -> list[torch.Tensor]:
+    """Cell slots' edge weights with one edge removed: ``w[cell][slot, pred] = 0``.
+
+    ``gate``: the other edges keep their weights (each is on its own). ``softmax``: the slot's
+    other weights are renormalised to sum to 1, ``w'(i) = w(i) / Σ_{j ≠ pred} w(j)``, as if the
+    edge had never been a candidate. The other Cells' weights are returned as they are (not copied).
+    """
+    out = list(weights)
+    w = weights[cell].clone()
+    w[slot, pred] = 0.0
+    if relaxation == "softmax":
+        w[slot] = w[slot] / w[slot].sum().clamp_min(torch.finfo(w.dtype).tiny)
+    out[cell] = w
+    return out
+
+
+def mask_op(weights: Sequence[torch.Tensor], cell: int, step: int, op: int) -> list[torch.Tensor]:
+    """Cells' op weights (per Cell ``(M, |ops|)``, softmax(γ)) with op ``op`` of step ``step`` removed:
+    ``w'(f) = w(f) / Σ_{g ≠ op} w(g)`` for the step's other ops, ``w'(op) = 0``."""
+    out = list(weights)
+    w = weights[cell].clone()
+    w[step, op] = 0.0
+    w[step] = w[step] / w[step].sum().clamp_min(torch.finfo(w.dtype).tiny)
+    out[cell] = w
+    return out
+
+
+def fix_inputs(weights: Sequence[torch.Tensor], cell: int, pair: tuple[int, int]) -> list[torch.Tensor]:
+    """Cell slots' edge weights with Cell ``cell`` made discrete: slot x reads only ``pair[0]``, slot y
+    only ``pair[1]`` (weight 1, every other edge 0), as the derived network's Cell reads them; a
+    single slot (``input_mode: shared``) reads the sum of both."""
+    out = list(weights)
+    w = torch.zeros_like(weights[cell])
+    if w.shape[0] == 1:
+        w[0, list(pair)] = 1.0
+    else:
+        w[0, pair[0]] = w[1, pair[1]] = 1.0
+    out[cell] = w
+    return out
 
 
 class ArchParameters(nn.Module):
@@ -120,6 +165,7 @@ class SearchCell(nn.Module):
         self._mixed = [(o, self.arity[f]) for f, o in enumerate(self.op_names) if o != ZERO]
         nonzero = [f for f, o in enumerate(self.op_names) if o != ZERO]
         self.register_buffer("_nonzero", torch.tensor(nonzero, dtype=torch.long), persistent=False)
+        self._op_override: torch.Tensor | None = None  # (M, |ops|) op weights, see HyperNet.op_override
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, betas: Sequence[torch.Tensor], gamma: torch.Tensor
@@ -137,7 +183,8 @@ class SearchCell(nn.Module):
         """
         R, shape = xy.shape[0], xy.shape[1:]
         flat_xy = xy.reshape(R, -1)
-        op_w = gamma.softmax(-1).index_select(1, self._nonzero)  # (M, |ops| − zero)
+        op_p = gamma.softmax(-1) if self._op_override is None else self._op_override
+        op_w = op_p.index_select(1, self._nonzero)  # (M, |ops| − zero)
         outs: list[torch.Tensor] = []  # step outputs, each (1, B·L·C)
         for m, mixed in enumerate(self.steps):
             w = edge_weights(betas[m], self.relaxation)  # (S_step, 2 + m) over [x, y, step_1 … step_{m-1}]
@@ -220,6 +267,7 @@ class HyperNet(nn.Module):
         self._vec = [i for i, f in enumerate(features) if f.length == 1]
         self.register_buffer("_full_idx", torch.tensor(self._full, dtype=torch.long), persistent=False)
         self.register_buffer("_vec_idx", torch.tensor(self._vec, dtype=torch.long), persistent=False)
+        self._alpha_override: list[torch.Tensor] | None = None
 
     # -- parameter groups --------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -240,8 +288,26 @@ class HyperNet(nn.Module):
         return [proj(features[f.name]) for f, proj in zip(self.features, self.projections, strict=True)]
 
     def alpha_weights(self) -> list[torch.Tensor]:
-        """Per Cell n, the weights ``(S, K + n)`` of its input slots over all its predecessors."""
+        """Per Cell n, the weights ``(S, K + n)`` of its input slots over all its predecessors
+        (those of :meth:`alpha_override` inside its block)."""
+        if self._alpha_override is not None:
+            return list(self._alpha_override)
         return [edge_weights(a, self.relaxation) for a in self.arch.alpha]
+
+    @contextlib.contextmanager
+    def alpha_override(self, weights: Sequence[torch.Tensor]) -> Iterator[None]:
+        """Inside the block, every forward pass mixes the Cell slots with ``weights`` (per Cell n a
+        ``(S, K + n)`` tensor, e.g. :func:`mask_edge`'s) instead of α's edge weights; the rest of the
+        forward is unchanged. α itself is untouched and gets no gradient from such a pass."""
+        expected = [tuple(a.shape[:-1]) for a in self.arch.alpha]
+        got = [tuple(w.shape) for w in weights]
+        if got != expected:
+            raise ValueError(f"alpha override: expected weights of shapes {expected}, got {got}")
+        previous, self._alpha_override = self._alpha_override, [w.detach() for w in weights]
+        try:
+            yield
+        finally:
+            self._alpha_override = previous
 
     def mix_features(self, projected: list[torch.Tensor], weights: list[torch.Tensor]) -> torch.Tensor:
         """Feature part of every Cell slot's input, ``(N, S, B, L, C)``, as one gated matmul."""
@@ -276,6 +342,30 @@ class HyperNet(nn.Module):
         cells = self.forward_cells(features)
         return self.head(cells[-self.multiplier :])
 
+    def op_weights(self) -> list[torch.Tensor]:
+        """Per Cell, the op weights ``(M, |ops|)`` its steps mix with (softmax(γ), or the override's)."""
+        return [
+            g.softmax(-1) if c._op_override is None else c._op_override
+            for g, c in zip(self.arch.gamma, self.cells, strict=True)
+        ]
+
+    @contextlib.contextmanager
+    def op_override(self, weights: Sequence[torch.Tensor]) -> Iterator[None]:
+        """Inside the block, every Cell's steps mix their ops with ``weights`` (per Cell an
+        ``(M, |ops|)`` tensor, e.g. :func:`mask_op`'s) instead of softmax(γ); nothing else changes."""
+        expected = [tuple(g.shape) for g in self.arch.gamma]
+        got = [tuple(w.shape) for w in weights]
+        if got != expected:
+            raise ValueError(f"op override: expected weights of shapes {expected}, got {got}")
+        previous = [c._op_override for c in self.cells]
+        for c, w in zip(self.cells, weights, strict=True):
+            c._op_override = w.detach()
+        try:
+            yield
+        finally:
+            for c, w in zip(self.cells, previous, strict=True):
+                c._op_override = w
+
     # -- derivation --------------------------------------------------------------------------
     @torch.no_grad()
     def genotype(
@@ -283,6 +373,8 @@ class HyperNet(nn.Module):
         rules: DeriveRules = OUR_RULES,
         noise: torch.Generator | None = None,
         temperature: float = 1.0,
+        alpha: Sequence[np.ndarray] | None = None,
+        gamma: Sequence[np.ndarray] | None = None,
     ) -> Genotype:
         """The discrete architecture the current α, β, γ select (rules: :func:`bmnas.space.derive.derive`;
         ``rules``: :class:`~bmnas.core.genotype.DeriveRules`, the search config's by default).
@@ -290,6 +382,10 @@ class HyperNet(nn.Module):
         With ``noise``, a *sample* instead of the argmax: Gumbel noise ``temperature · G`` is added to
         every edge's identity logit and every op logit before deriving (Gumbel-max: a slot then
         picks predecessor i with probability ``softmax_i(logit_i / temperature)``).
+
+        ``alpha``: per Cell, positive scores ``(S, K + n)`` that replace α's edge weights in the
+        derivation (e.g. perturbation selection's, :mod:`bmnas.method.select`); ``gamma``: per Cell,
+        ``(M, |ops|)`` scores replacing γ (only their argmax counts).
         """
         arch, r = self.arch, self.relaxation
 
@@ -307,12 +403,14 @@ class HyperNet(nn.Module):
             return out
 
         return derive(
-            alpha=[edge_weights(perturb(a, True), r).cpu().numpy() for a in arch.alpha],
+            alpha=list(alpha)
+            if alpha is not None
+            else [edge_weights(perturb(a, True), r).cpu().numpy() for a in arch.alpha],
             beta=[
                 [edge_weights(perturb(b, True), r).cpu().numpy() for b in arch.betas(n)]
                 for n in range(self.num_cells)
             ],
-            gamma=[perturb(g, False).cpu().numpy() for g in arch.gamma],
+            gamma=list(gamma) if gamma is not None else [perturb(g, False).cpu().numpy() for g in arch.gamma],
             features=self.features,
             ops=self.ops,
             C=self.C,
