@@ -27,6 +27,17 @@ _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, No
 def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Raw features and labels (None when the file has no ``label`` array) of one generic ``.npz``.
 
+    A ``group`` array is read and dropped (:func:`read_npz_grouped` keeps it).
+    """
+    arrays, labels, _ = read_npz_grouped(path)
+    return arrays, labels
+
+
+def read_npz_grouped(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
+    """``(features, labels, groups)`` of one generic ``.npz``; labels and groups are None when absent.
+
+    ``group`` (optional) holds one id per row, integers or strings: rows of the same item (an
+    utterance, a subject, a picture used twice) share an id and stay in one cross-validation fold.
     Never unpickles; arrays come in this machine's byte order (:func:`~bmnas.features.validate.native`).
     A missing, foreign or damaged file is a :class:`DataError` naming the file, the cause and the fix.
     """
@@ -46,7 +57,7 @@ def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None
             arrays = {k: native(z[k]) for k in z.files}  # big-endian arrays in this machine's order
         except _NPZ_ERRORS as err:  # a flipped byte shows as a CRC error only when the array is read
             raise DataError(f"{path}: damaged .npz ({_cause(err)}); {NPZ_FIX}") from None
-    return arrays, arrays.pop("label", None)
+    return arrays, arrays.pop("label", None), arrays.pop("group", None)
 
 
 def _cause(err: BaseException) -> str:
@@ -55,21 +66,29 @@ def _cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
-def write_npz(path: str | Path, labels: np.ndarray, features: Mapping[str, np.ndarray]) -> Path:
-    """Write one split atomically: ``label`` first, then the feature arrays.
+def write_npz(
+    path: str | Path,
+    labels: np.ndarray,
+    features: Mapping[str, np.ndarray],
+    groups: np.ndarray | None = None,
+) -> Path:
+    """Write one split atomically: ``label`` first, then the feature arrays (and ``group``, if given).
 
     Through a file object: given a file name, ``np.savez`` would append ``.npz`` to the temporary one.
     """
 
     def write(tmp: Path) -> None:
         with tmp.open("wb") as f:
-            np.savez(f, label=labels, **features)
+            np.savez(f, label=labels, **features, **({} if groups is None else {"group": groups}))
 
     return atomic_write(path, write)
 
 
-def read_generic_dir(path: str | Path) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Read ``DIR/{train,val,test}.npz`` (raw shapes) without pooling: ``split -> (features, labels)``."""
+def read_generic_dir(
+    path: str | Path,
+) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]]:
+    """Read ``DIR/{train,val,test}.npz`` (raw shapes) without pooling: ``split -> (features, labels,
+    groups)`` (groups None where a split has no ``group`` array)."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"--data {root}: not a directory; it must hold train.npz, val.npz, test.npz")
@@ -78,10 +97,10 @@ def read_generic_dir(path: str | Path) -> dict[str, tuple[dict[str, np.ndarray],
         file = root / f"{split}.npz"
         if not file.exists():
             raise DataError(f"{file}: missing; the generic format needs {[s + '.npz' for s in SPLITS]}")
-        arrays, labels = read_npz(file)
+        arrays, labels, groups = read_npz_grouped(file)
         if labels is None:
             raise DataError(f"{file}: no 'label' array; add labels of shape (N,) or (N, K)")
-        raw[split] = (arrays, labels)
+        raw[split] = (arrays, labels, groups)
     return raw
 
 
@@ -94,7 +113,9 @@ def load_generic_dir(
 ) -> FeatureData:
     """Read, validate and pool the generic format (docs/DESIGN.md §2, §12); ``info`` holds its SHA-256s."""
     raw = read_generic_dir(path)
-    data = build_feature_data(raw, length, pooling, task_type, num_outputs, name=str(path))
+    features = {s: (feats, labels) for s, (feats, labels, _) in raw.items()}
+    groups = {s: g for s, (_, _, g) in raw.items()}
+    data = build_feature_data(features, length, pooling, task_type, num_outputs, str(path), groups)
     sums = {f"{s}.npz": sha256(Path(path) / f"{s}.npz") for s in SPLITS}
     return FeatureData(data.splits, data.task, data.name, {"files_sha256": sums})
 
@@ -112,7 +133,8 @@ def generic_layout(pooled: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
-    """Write pooled features in the generic format: ``(N, C_in, L)`` maps, ``(N, C_in)`` vectors.
+    """Write pooled features in the generic format: ``(N, C_in, L)`` maps, ``(N, C_in)`` vectors
+    (and each split's ``group`` codes, when it has them).
 
     Loading the export with the same L gives the same pooled features back.
     """
@@ -121,5 +143,5 @@ def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
         raise DataError(f"--out {root} is a file; the export needs a directory (new or empty)")
     root.mkdir(parents=True, exist_ok=True)
     for split, sp in data.splits.items():
-        write_npz(root / f"{split}.npz", sp.labels, generic_layout(sp.features))
+        write_npz(root / f"{split}.npz", sp.labels, generic_layout(sp.features), sp.groups)
     return root
