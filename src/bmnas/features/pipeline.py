@@ -150,7 +150,8 @@ def dataset_features(
     dtype = np.int64 if task.type == "multiclass" else np.float32
     groups = group_codes({s: raw.splits[s].groups for s in SPLITS})  # one coding: equal ids, one item
     splits = {
-        s: FeatureSplit(sp.features, sp.labels.astype(dtype, copy=False), groups[s]) for s, sp in splits.items()
+        s: FeatureSplit(sp.features, sp.labels.astype(dtype, copy=False), groups[s])
+        for s, sp in splits.items()
     }
     info = {
         "provenance": dict(raw.provenance),

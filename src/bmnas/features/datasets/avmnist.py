@@ -376,7 +376,9 @@ def build_arrays(
     arrays: dict[str, np.ndarray] = {}
     for s in SPLITS:
         if opts.task == "digit":
-            img_pairs, utt_pairs = pair_by_label(img_split[s], image_labels, utt_split[s], utterance_labels, rng)
+            img_pairs, utt_pairs = pair_by_label(
+                img_split[s], image_labels, utt_split[s], utterance_labels, rng
+            )
             labels = image_labels[img_pairs]
         else:
             img_pairs, utt_pairs, labels = pair_for_task(
@@ -407,7 +409,9 @@ def prepare(directory: Path, sources: Path, opts: AVMNISTOptions) -> dict:
     utterances, utterance_labels = read_fsdd(fsdd_path)
     arrays = build_arrays(images, image_labels, utterances, utterance_labels, opts)
 
-    return publish_arrays(directory, arrays, format=FORMAT_VERSION, options=opts.fields(), sources=source_sums)
+    return publish_arrays(
+        directory, arrays, format=FORMAT_VERSION, options=opts.fields(), sources=source_sums
+    )
 
 
 def load_prepared(directory: Path, opts: AVMNISTOptions) -> tuple[dict, dict[str, np.ndarray]]:
@@ -460,7 +464,9 @@ def avmnist(root: Path, **options) -> RawDataset:
         manifest["sha256"][:16],
     )
     own = {  # each modality's digit, which its backbone is pre-trained on (the label is for digit)
-        s: {"image": arrays[f"{s}.image_digit"], "audio": arrays[f"{s}.audio_digit"]} if opts.task != "digit" else {}
+        s: {"image": arrays[f"{s}.image_digit"], "audio": arrays[f"{s}.audio_digit"]}
+        if opts.task != "digit"
+        else {}
         for s in SPLITS
     }
     splits = {
