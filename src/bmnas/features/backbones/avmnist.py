@@ -3,9 +3,9 @@
 Each network is trained on its own modality on the *train* split (Adam, a few epochs, seeded) and
 the epoch with the best val accuracy is kept. It learns the modality's own digit
 (``RawSplit.labels_of``): the task's label for the default digit task, the written or spoken digit
-for an interaction task (``task=match``/``parity``), whose label either modality alone is blind to. Weights are cached under
-``<root>/avmnist/backbones/<arch>-<dataset sha256>-s<seed>.pt`` with a JSON sidecar (SHA-256 of the
-weights, val accuracy, epochs, seconds); a second call loads them.
+for an interaction task (``task=match``/``parity``), whose label either modality alone is blind to.
+Weights are cached under ``<root>/avmnist/backbones/<arch>-<dataset sha256>-s<seed>.pt`` with a
+JSON sidecar (SHA-256 of the weights, val accuracy, epochs, seconds); a second call loads them.
 
 Features (raw shapes per sample):
 

@@ -23,7 +23,27 @@ paired with an utterance of the same digit (utterances are reused, each about 1.
 3,500 / 500 / 1,000 pairs.
 
 The defaults are tuned so that neither modality alone suffices (the linear probe's accuracies per
-modality and fused: docs/DESIGN.md §13).
+modality and fused: docs/DESIGN.md §13). Each row's group (``RawSplit.groups``) is its utterance's
+index, so k-fold selection never scores a row on an utterance it trained on.
+
+Interaction tasks (``task`` option; the default ``digit`` is the above, unchanged). On the digit
+task each modality's last feature carries nearly everything, so no fusion has room to matter.
+These label a pair by how its two digits relate:
+
+* ``task=match``: "is the spoken digit the written one?" (``no``/``yes``). Per written digit, half
+  its images are paired with an utterance of the same digit (yes), half with one of another digit,
+  every other digit about equally often (hard negatives: 19–20 of each per digit in train).
+* ``task=parity``: "is the written plus the spoken digit even?" (``odd``/``even``). Per written
+  digit, every spoken digit equally often (35/5/10 times in train/val/test), drawn independently.
+
+Both: 3,500 / 500 / 1,000 rows, 50/50 labels, every image in exactly one row, utterances reused
+inside their split (each about 1.7 times), the digit task's disjoint image and utterance splits.
+Since P(label | written digit) = P(label | spoken digit) = 1/2 exactly, each modality alone is at
+chance, and so is any sum ``f(image) + g(audio)`` of per-modality scores for parity (an XOR of the
+two parities) and nearly so for match (the identity of a 10×10 table is far from additive). The
+backbones are pre-trained on each modality's own digit (``RawSplit.modality_labels``; the rows'
+``image_digit``/``audio_digit`` arrays), as a user's pretrained unimodal backbones would be, never
+on the interaction label, which either alone cannot learn.
 
 The prepared arrays live in ``<root>/avmnist/<variant>/`` with a manifest of SHA-256 checksums of
 the sources and of every array; a corrupt file is detected when loading and the variant is
