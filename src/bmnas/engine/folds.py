@@ -86,7 +86,10 @@ def fold_parts(
         else:
             cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
             split = cv.split(np.zeros(n), labels, groups)
-        return [np.sort(test) for _, test in split]
+        parts = [np.sort(test) for _, test in split]
+    if groups is not None and any(len(p) == 0 for p in parts):  # a few large groups: balance sizes
+        return _grouped_parts(groups, k, seed)
+    return parts
 
 
 def _grouped_parts(groups: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
