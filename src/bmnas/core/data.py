@@ -51,10 +51,24 @@ class TaskInfo:
 
 @dataclass(frozen=True)
 class FeatureSplit(Labelled):
-    """One split: pooled features ``name -> (N, L_k, C_in)`` float32 and labels."""
+    """One split: pooled features ``name -> (N, L_k, C_in)`` float32, labels and optional groups.
+
+    ``groups`` ``(N,)`` int64 (or None) names the item each row comes from: rows of one group (the
+    same utterance, subject or picture in several rows) are never split between the train and the
+    val part of a fold (:func:`bmnas.engine.folds.kfold`). Codes are ``>= 0``; equal codes in train
+    and val are the same item.
+    """
 
     features: Mapping[str, np.ndarray]
     labels: np.ndarray
+    groups: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.groups is not None and np.shape(self.groups) != (len(self),):
+            raise DataError(
+                f"groups have shape {np.shape(self.groups)} but the split has {len(self)} rows; "
+                f"give one group per row, shape ({len(self)},)"
+            )
 
     def batch(self, index: np.ndarray | slice) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Gather rows ``index`` as torch tensors (one copy out of a memory map, none else)."""
@@ -103,7 +117,8 @@ class FeatureData:
         if unknown:
             raise DataError(f"unknown features {unknown}; available: {list(self.feature_names)}")
         splits = {
-            s: FeatureSplit({n: sp.features[n] for n in names}, sp.labels) for s, sp in self.splits.items()
+            s: FeatureSplit({n: sp.features[n] for n in names}, sp.labels, sp.groups)
+            for s, sp in self.splits.items()
         }
         return FeatureData(splits, self.task, self.name, self.info)
 
@@ -125,6 +140,29 @@ def memo_of(array: np.ndarray) -> dict:
 
 
 def merge_splits(a: FeatureSplit, b: FeatureSplit) -> FeatureSplit:
-    """Concatenate two splits (used for train + val in the evaluation stage)."""
+    """Concatenate two splits (train + val: the evaluation stage, the k folds).
+
+    Groups are kept (equal codes in both splits stay one group); when only one split has groups,
+    every row of the other is a group of its own (negative codes, which no given group uses).
+    """
     feats = {k: np.concatenate([a.features[k], b.features[k]]) for k in a.features}
-    return FeatureSplit(feats, np.concatenate([a.labels, b.labels]))
+    groups = None
+    if a.groups is not None or b.groups is not None:
+        ga = a.groups if a.groups is not None else -1 - np.arange(len(a), dtype=np.int64)
+        gb = b.groups if b.groups is not None else -1 - len(a) - np.arange(len(b), dtype=np.int64)
+        groups = np.concatenate([np.asarray(ga, np.int64), np.asarray(gb, np.int64)])
+    return FeatureSplit(feats, np.concatenate([a.labels, b.labels]), groups)
+
+
+def group_codes(groups: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray | None]:
+    """Per-split group arrays (ints or strings) as int64 codes ``>= 0``, equal values equal codes
+    across splits (so ``"anna"`` in train and in val stays one group); None stays None."""
+    given = {s: np.asarray(g) for s, g in groups.items() if g is not None}
+    if not given:
+        return dict.fromkeys(groups)
+    kinds = {g.dtype.kind for g in given.values()}
+    values = [g.astype(str) if len(kinds) > 1 else g for g in given.values()]
+    _, codes = np.unique(np.concatenate(values), return_inverse=True)
+    bounds = np.cumsum([0, *(len(g) for g in given.values())])
+    cut = {s: codes[lo:hi].astype(np.int64) for s, lo, hi in zip(given, bounds[:-1], bounds[1:], strict=True)}
+    return {s: cut.get(s) for s in groups}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.data import SPLITS, FeatureData, FeatureSplit
+from ..core.data import SPLITS, FeatureData, FeatureSplit, group_codes
 from ..core.errors import DataError
 from ..core.fileio import atomic_write, sha256
 from .cache import CacheKey, FeatureCache
@@ -32,6 +32,7 @@ from .pooling import pool_chunks, pooled_shape
 from .validate import (
     MIN_ROWS,
     build_feature_data,
+    check_groups,
     check_like_train,
     check_values,
     infer_task,
@@ -50,6 +51,17 @@ _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, No
 def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Raw features and labels (None when the file has no ``label`` array) of one generic ``.npz``.
 
+    A ``group`` array is read and dropped (:func:`read_npz_grouped` keeps it).
+    """
+    arrays, labels, _ = read_npz_grouped(path)
+    return arrays, labels
+
+
+def read_npz_grouped(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
+    """``(features, labels, groups)`` of one generic ``.npz``; labels and groups are None when absent.
+
+    ``group`` (optional) holds one id per row, integers or strings: rows of the same item (an
+    utterance, a subject, a picture used twice) share an id and stay in one cross-validation fold.
     Never unpickles; arrays come in this machine's byte order (:func:`~bmnas.features.validate.native`).
     A missing, foreign or damaged file is a :class:`DataError` naming the file, the cause and the fix.
     """
@@ -70,7 +82,7 @@ def read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray | None
         except _NPZ_ERRORS as err:  # a flipped byte shows as a CRC error only when the array is read
             raise DataError(f"{path}: damaged .npz ({_cause(err)}); {NPZ_FIX}") from None
     arrays.pop(CLASS_NAMES, None)  # read by read_class_names
-    return arrays, arrays.pop("label", None)
+    return arrays, arrays.pop("label", None), arrays.pop("group", None)
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -115,15 +127,20 @@ def _cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
-def write_npz(path: str | Path, labels: np.ndarray, features: Mapping[str, np.ndarray]) -> Path:
-    """Write one split atomically: ``label`` first, then the feature arrays.
+def write_npz(
+    path: str | Path,
+    labels: np.ndarray,
+    features: Mapping[str, np.ndarray],
+    groups: np.ndarray | None = None,
+) -> Path:
+    """Write one split atomically: ``label`` first, then the feature arrays (and ``group``, if given).
 
     Through a file object: given a file name, ``np.savez`` would append ``.npz`` to the temporary one.
     """
 
     def write(tmp: Path) -> None:
         with tmp.open("wb") as f:
-            np.savez(f, label=labels, **features)
+            np.savez(f, label=labels, **features, **({} if groups is None else {"group": groups}))
 
     return atomic_write(path, write)
 
@@ -202,9 +219,12 @@ def load_npy_dir(
     root = Path(path)
     raw = {s: read_npy_split(root / s) for s in SPLITS}
     for split in SPLITS:
-        feats, labels, _ = raw[split]
+        feats, labels, groups = raw[split]
         validate_split(f"{root}/{split}", feats, labels, MIN_ROWS[split], values=False)
         check_like_train(f"{root}/{split}", feats, raw["train"][0])
+        if groups is not None:
+            check_groups(f"{root}/{split}", groups, len(labels))
+    codes = group_codes({s: raw[s][2] for s in SPLITS})
     task = infer_task({s: raw[s][1] for s in SPLITS}, task_type, num_outputs)
     store = FeatureCache(Path(cache) / "features") if cache is not None else None
     splits, dirs = {}, []
@@ -238,14 +258,17 @@ def load_npy_dir(
             pooled, _ = store.get_or_fill(key, shapes, fill)
             dirs.append(str(store.entry_dir(key)))
         y = labels.astype(np.int64) if task.type == "multiclass" else labels.astype(np.float32)
-        splits[split] = FeatureSplit(pooled, y)
+        splits[split] = FeatureSplit(pooled, y, codes[split])
     data = FeatureData(splits, task, str(path))
     names = read_class_names(root / "train" / f"{CLASS_NAMES}.npy")
     return _with_class_names(data, names, root / "train", {"layout": "npy", "cache_dirs": dirs})
 
 
-def read_generic_dir(path: str | Path) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Read ``DIR/{train,val,test}.npz`` (raw shapes) without pooling: ``split -> (features, labels)``."""
+def read_generic_dir(
+    path: str | Path,
+) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]]:
+    """Read ``DIR/{train,val,test}.npz`` (raw shapes) without pooling: ``split -> (features, labels,
+    groups)`` (groups None where a split has no ``group`` array)."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"--data {root}: not a directory; it must hold train.npz, val.npz, test.npz")
@@ -254,10 +277,10 @@ def read_generic_dir(path: str | Path) -> dict[str, tuple[dict[str, np.ndarray],
         file = root / f"{split}.npz"
         if not file.exists():
             raise DataError(f"{file}: missing; the generic format needs {[s + '.npz' for s in SPLITS]}")
-        arrays, labels = read_npz(file)
+        arrays, labels, groups = read_npz_grouped(file)
         if labels is None:
             raise DataError(f"{file}: no 'label' array; add labels of shape (N,) or (N, K)")
-        raw[split] = (arrays, labels)
+        raw[split] = (arrays, labels, groups)
     return raw
 
 
@@ -274,7 +297,9 @@ def load_generic_dir(
     if Path(path).is_dir() and is_npy_dir(path):
         return load_npy_dir(path, length, pooling, task_type, num_outputs, cache)
     raw = read_generic_dir(path)
-    data = build_feature_data(raw, length, pooling, task_type, num_outputs, name=str(path))
+    features = {s: (feats, labels) for s, (feats, labels, _) in raw.items()}
+    groups = {s: g for s, (_, _, g) in raw.items()}
+    data = build_feature_data(features, length, pooling, task_type, num_outputs, str(path), groups)
     sums = {f"{s}.npz": sha256(Path(path) / f"{s}.npz") for s in SPLITS}
     names = read_class_names(Path(path) / "train.npz")
     return _with_class_names(data, names, Path(path) / "train.npz", {"files_sha256": sums})
@@ -294,7 +319,8 @@ def generic_layout(pooled: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
     """Write pooled features in the generic format: ``(N, C_in, L)`` maps, ``(N, C_in)`` vectors,
-    and the class names (``info["class_names"]``) in ``train.npz``.
+    each split's ``group`` codes (when it has them) and the class names (``info["class_names"]``) in
+    ``train.npz``.
 
     Loading the export with the same L gives the same pooled features back.
     """
@@ -306,5 +332,5 @@ def export_generic_dir(data: FeatureData, path: str | Path) -> Path:
     named = {CLASS_NAMES: np.array(names)} if names and len(names) == data.task.num_outputs else {}
     for split, sp in data.splits.items():
         extra = named if split == "train" else {}
-        write_npz(root / f"{split}.npz", sp.labels, {**generic_layout(sp.features), **extra})
+        write_npz(root / f"{split}.npz", sp.labels, {**generic_layout(sp.features), **extra}, sp.groups)
     return root

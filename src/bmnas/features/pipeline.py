@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..core.config import Config, ConfigError
-from ..core.data import SPLITS, FeatureData, FeatureSplit
+from ..core.data import SPLITS, FeatureData, FeatureSplit, group_codes
 from ..core.errors import DataError
 from ..core.fileio import default_root
 from ..engine.device import resolve_device
@@ -149,7 +149,11 @@ def dataset_features(
         check_like_train(f"{name}/{split}", splits[split].features, splits["train"].features)
     task = infer_task({s: sp.labels for s, sp in splits.items()})
     dtype = np.int64 if task.type == "multiclass" else np.float32
-    splits = {s: FeatureSplit(sp.features, sp.labels.astype(dtype, copy=False)) for s, sp in splits.items()}
+    groups = group_codes({s: raw.splits[s].groups for s in SPLITS})  # one coding: equal ids, one item
+    splits = {
+        s: FeatureSplit(sp.features, sp.labels.astype(dtype, copy=False), groups[s])
+        for s, sp in splits.items()
+    }
     info = {
         "provenance": dict(raw.provenance),
         "dataset_sha256": checksum,

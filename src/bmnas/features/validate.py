@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..core.config import FLOAT32_MAX
-from ..core.data import SPLITS, TASK_TYPES, FeatureData, FeatureSplit, TaskInfo
+from ..core.data import SPLITS, TASK_TYPES, FeatureData, FeatureSplit, TaskInfo, group_codes
 from ..core.errors import DataError
 from ..core.genotype import CELL_PREFIX
 from ..features.pooling import pool_feature
@@ -228,6 +228,20 @@ def validate_split(
         check_feature(name, key, arr, n, values)
 
 
+def check_groups(name: str, groups: np.ndarray, n: int) -> None:
+    """A split's ``group`` array: ``(N,)`` integers or strings, one id per row (equal ids: one item)."""
+    if groups.ndim != 1 or groups.shape[0] != n:
+        raise DataError(
+            f"{name}: 'group' has shape {groups.shape} but 'label' has {n} rows; give one group id per "
+            f"row, shape ({n},)"
+        )
+    if groups.dtype.kind not in "biuUS":
+        raise DataError(
+            f"{name}: 'group' has dtype {groups.dtype}; group ids must be integers or strings (equal ids "
+            f"for rows of the same item)"
+        )
+
+
 def check_like_train(name: str, split: Mapping[str, np.ndarray], train: Mapping[str, np.ndarray]) -> None:
     """A split has train's features, in train's order, each with train's per-sample shape."""
     if list(split) != list(train):
@@ -271,11 +285,14 @@ def build_feature_data(
     task_type: str | None = None,
     num_outputs: int | None = None,
     name: str = "data",
+    groups: Mapping[str, np.ndarray | None] | None = None,
 ) -> FeatureData:
-    """Validate raw per-split features and labels, pool them, and infer the task.
+    """Validate raw per-split features, labels and groups, pool the features, and infer the task.
 
     Args:
         raw: ``split -> (features name -> (N, *raw_shape), labels)`` for train, val and test.
+        groups: ``split -> (N,)`` group ids (ints or strings) or None, kept as int64 codes
+            (:func:`~bmnas.core.data.group_codes`) for grouped cross-validation.
     """
     missing = [s for s in SPLITS if s not in raw]
     if missing:
@@ -284,6 +301,9 @@ def build_feature_data(
         feats, labels = raw[split]
         validate_split(f"{name}/{split}", feats, labels, MIN_ROWS[split])
         check_like_train(f"{name}/{split}", feats, raw["train"][0])
+        if (groups or {}).get(split) is not None:
+            check_groups(f"{name}/{split}", np.asarray(groups[split]), len(labels))
+    codes = group_codes({s: (groups or {}).get(s) for s in SPLITS})
     task = infer_task({s: np.asarray(raw[s][1]) for s in SPLITS}, task_type, num_outputs)
     splits = {}
     for split in SPLITS:
@@ -294,7 +314,7 @@ def build_feature_data(
         }
         y = np.asarray(labels)
         y = y.astype(np.int64) if task.type == "multiclass" else y.astype(np.float32)
-        splits[split] = FeatureSplit(pooled, y)
+        splits[split] = FeatureSplit(pooled, y, codes[split])
     return FeatureData(splits, task, name)
 
 
@@ -313,7 +333,8 @@ def fingerprint(data: FeatureData) -> dict[str, object]:
     else:
         h = hashlib.sha256()
         for split, sp in data.splits.items():
-            for k, v in {**sp.features, "label": sp.labels}.items():
+            grouped = {} if sp.groups is None else {"group": sp.groups}
+            for k, v in {**sp.features, "label": sp.labels, **grouped}.items():
                 a = np.ascontiguousarray(v)
                 h.update(f"{split}/{k}|{a.dtype.str}|{a.shape}|".encode())
                 h.update(memoryview(a).cast("B"))

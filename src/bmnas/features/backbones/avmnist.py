@@ -1,9 +1,11 @@
 """AV-MNIST backbones: a small image CNN and a small audio 1-D CNN, pre-trained by bmnas, then frozen.
 
 Each network is trained on its own modality on the *train* split (Adam, a few epochs, seeded) and
-the epoch with the best val accuracy is kept. Weights are cached under
-``<root>/avmnist/backbones/<arch>-<dataset sha256>-s<seed>.pt`` with a JSON sidecar (SHA-256 of the
-weights, val accuracy, epochs, seconds); a second call loads them.
+the epoch with the best val accuracy is kept. It learns the modality's own digit
+(``RawSplit.labels_of``): the task's label for the default digit task, the written or spoken digit
+for an interaction task (``task=match``/``parity``), whose label either modality alone is blind to.
+Weights are cached under ``<root>/avmnist/backbones/<arch>-<dataset sha256>-s<seed>.pt`` with a
+JSON sidecar (SHA-256 of the weights, val accuracy, epochs, seconds); a second call loads them.
 
 Features (raw shapes per sample):
 
@@ -157,8 +159,8 @@ def pretrain(
                 net = cls()  # seeded initialisation; the caller's RNG state is left untouched
                 state, acc, epoch = fit_classifier(
                     net,
-                    (train.inputs[modality], train.labels),
-                    (val.inputs[modality], val.labels),
+                    (train.inputs[modality], train.labels_of(modality)),
+                    (val.inputs[modality], val.labels_of(modality)),
                     recipe,
                     seed,
                     progress,

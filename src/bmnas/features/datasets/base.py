@@ -28,10 +28,22 @@ from ...core.registry import import_quietly
 
 @dataclass(frozen=True)
 class RawSplit(Labelled):
-    """One split of raw inputs: ``modality -> (N, ...)`` arrays and labels ``(N,)`` or ``(N, K)``."""
+    """One split of raw inputs: ``modality -> (N, ...)`` arrays and labels ``(N,)`` or ``(N, K)``.
+
+    ``groups`` ``(N,)`` (optional): the item each row comes from, kept together by cross-validation
+    (:attr:`bmnas.core.data.FeatureSplit.groups`). ``modality_labels`` (optional): a modality's own
+    label per row, which its backbone is pre-trained on when it differs from the task's label (a
+    task about how the modalities relate): :meth:`labels_of`.
+    """
 
     inputs: Mapping[str, np.ndarray]
     labels: np.ndarray
+    groups: np.ndarray | None = None
+    modality_labels: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def labels_of(self, modality: str) -> np.ndarray:
+        """The labels ``modality``'s backbone is pre-trained on (the task's labels by default)."""
+        return self.modality_labels.get(modality, self.labels)
 
 
 @dataclass(frozen=True)
