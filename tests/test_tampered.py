@@ -177,7 +177,8 @@ MODEL_CASES = {
 def test_a_damaged_model_file_is_refused_by_predict_naming_the_field(run, capsys, case):
     change, why = MODEL_CASES[case]
     edit(run / "model.pt", change)
-    err = refused(capsys, run, "predict", str(run), "--out", str(run.parent / "p.csv"))
+    found = ("--stage", "train")  # the found network's model.pt, whichever network the run recommends
+    err = refused(capsys, run, "predict", str(run), *found, "--out", str(run.parent / "p.csv"))
     if case == "unknown op":  # the message goes on with the registered ops
         assert err.startswith(f"{run}/model.pt: {why}; registered ops: [") and err.endswith(MODEL_FIX)
     else:
@@ -191,7 +192,7 @@ def test_a_genotype_that_would_allocate_gigabytes_is_refused_before_anything_is_
     edit(run / "model.pt", lambda d: d["genotype"].update(C=8192))  # 1.6 GB of weights if built
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
     start = time.perf_counter()
-    err = refused(capsys, run, "predict", str(run), "--out", str(run.parent / "p.csv"))
+    err = refused(capsys, run, "predict", str(run), "--stage", "train", "--out", str(run.parent / "p.csv"))
     assert time.perf_counter() - start < 10
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 400_000  # far below 1.6 GB
     # the first projection's feature (its input channels) is whichever the search picked first
@@ -223,7 +224,9 @@ def test_a_damaged_config_yaml_is_refused_when_the_network_is_loaded(run, capsys
 
 
 def test_an_intact_copy_still_predicts_as_the_run_did(run, capsys):
-    rc, out, err = run_cli(capsys, "predict", str(run), "--out", str(run.parent / "p.csv"))
+    rc, out, err = run_cli(
+        capsys, "predict", str(run), "--stage", "train", "--out", str(run.parent / "p.csv")
+    )
     assert rc == 0 and err == "" and out.startswith("12 predictions of ")
     metrics = json.loads(out.splitlines()[1].removeprefix("metrics: "))
     assert metrics["accuracy"] == read(run / "metrics.json")["test"]["accuracy"]
