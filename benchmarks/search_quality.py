@@ -29,6 +29,7 @@ ablation's own files stay in ``OUT`` so a rerun resumes.
     python benchmarks/search_quality.py --dataset avmnist --out runs/quality_avmnist
     python benchmarks/search_quality.py --data DIR --out runs/quality_dir --seeds 5
     python benchmarks/search_quality.py --dataset avmnist --out runs/q --set search.rerank=0
+    python benchmarks/search_quality.py --dataset avmnist --dataset-option task=match --out runs/q_match
 """
 
 from __future__ import annotations
@@ -181,11 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
     p.add_argument("--smbo-budget", type=int, default=20, help="genotypes SMBO trains (20)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument(
+        "--dataset-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of the registered dataset, e.g. task=match (avmnist's interaction benchmarks)",
+    )
     p.add_argument("--cache", default=os.environ.get("BMNAS_CACHE", str(Path.home() / ".cache" / "bmnas")))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # ablate's per-run lines
 
+    from bmnas.cli.options import parse_options
     from bmnas.core.config import Config, preset
     from bmnas.engine.metrics import primary_metric
     from bmnas.features.pipeline import load_data
@@ -200,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    data = load_data(cfg, args.cache, progress=not args.quiet)
+    options = parse_options(args.dataset_option, "--dataset-option")
+    data = load_data(cfg, args.cache, progress=not args.quiet, dataset_options=options)
     cfg = fit_config_to_data(cfg, data)  # as `bmnas run` / `bmnas ablate` do
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     smbo = SMBOConfig(budget=args.smbo_budget, initial=min(SMBOConfig.initial, args.smbo_budget))
