@@ -181,7 +181,7 @@ class ProbeResult:
 
 
 def _network_logits(model: FoundNet, split: FeatureSplit, batch: int = 4096) -> np.ndarray:
-    feats = {n: torch.from_numpy(np.asarray(split.features[n], dtype=np.float32)) for n in model.used}
+    feats = {n: torch.tensor(np.asarray(split.features[n], dtype=np.float32)) for n in model.used}  # a copy
     with torch.no_grad():
         out = [
             model({n: f[i : i + batch] for n, f in feats.items()}).numpy()
