@@ -32,7 +32,19 @@ def read_csv(path: Path) -> list[dict]:
 def test_predict_csv_matches_the_runs_metrics_and_sklearn(trained, tmp_path, capsys):
     data, run = trained
     out = tmp_path / "preds.csv"
-    assert main(["predict", str(run), "--data", str(data), "--split", "test", "--out", str(out)]) == 0
+    argv = [
+        "predict",
+        str(run),
+        "--stage",
+        "train",
+        "--data",
+        str(data),
+        "--split",
+        "test",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0  # the found network, whose test metrics are metrics.json's `test`
     rows = read_csv(out)
     labels = np.load(data / "test.npz")["label"]
     assert [int(r["index"]) for r in rows] == list(range(len(labels)))
@@ -50,14 +62,14 @@ def test_predict_csv_matches_the_runs_metrics_and_sklearn(trained, tmp_path, cap
 
     # the run's own data by default, and one .npz without labels as JSON lines: same predictions
     out2 = tmp_path / "default.csv"
-    assert main(["predict", str(run), "--out", str(out2)]) == 0
+    assert main(["predict", str(run), "--stage", "train", "--out", str(out2)]) == 0
     assert [r["prediction"] for r in read_csv(out2)] == [r["prediction"] for r in rows]
     unlabelled = tmp_path / "new.npz"
     arrays = dict(np.load(data / "test.npz"))
     arrays.pop("label")
     np.savez(unlabelled, **arrays)
     out3 = tmp_path / "p.jsonl"
-    assert main(["predict", str(run), "--data", str(unlabelled), "--out", str(out3)]) == 0
+    assert main(["predict", str(run), "--stage", "train", "--data", str(unlabelled), "--out", str(out3)]) == 0
     lines = [json.loads(x) for x in out3.read_text().splitlines()]
     assert [x["prediction"] for x in lines] == [r["prediction"] for r in rows]
     assert all("label" not in x for x in lines)
@@ -91,7 +103,7 @@ def test_predict_input_and_write_predictions_return_what_the_command_prints(trai
 
 def test_load_has_everything_inference_needs(trained):
     data, run = trained
-    model = bmnas.load(run)
+    model = bmnas.load(run, "train")
     # the searched architecture as the evaluation stage trained it (with its linear path)
     searched = bmnas.core.genotype.Genotype.load(run / "genotype.json")
     assert model.genotype == with_recipe(searched, bmnas.Config()) and model.genotype.linear

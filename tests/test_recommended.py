@@ -39,8 +39,8 @@ ATOL = 1e-5
 def _forced_rerank(real):
     """Re-ranking whose winner is the first candidate that is not the last epoch's argmax."""
 
-    def rerank(net, state, data, cfg, run, progress=True):
-        rows = real(net, state, data, cfg, run, progress)
+    def rerank(net, state, data, cfg, run, progress=True, **kwargs):
+        rows = real(net, state, data, cfg, run, progress, **kwargs)
         last = state["history"][-1]["genotype"]
         other = next(r for r in rows if r["genotype"] != last)
         return [{**r, "val": 2.0 if r is other else r["val"]} for r in rows]
