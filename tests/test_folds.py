@@ -63,6 +63,21 @@ def test_rows_of_one_group_never_straddle_folds_and_every_row_is_held_out_once(m
     assert [len(f["val"]) for f in folds] != [0, 0, len(pool)]
 
 
+def test_backbones_fit_on_train_make_the_folds_score_val_rows_only():
+    base = grouped_data(repeat=3)
+    data = FeatureData(base.splits, base.task, base.name, {"backbones_fit_on_train": ["avmnist-image"]})
+    folds = kfold(data, 3, seed=0)
+    train, val = data["train"], data["val"]
+    held = np.concatenate([f["val"].groups for f in folds])
+    assert sorted(held.tolist()) == sorted(val.groups.tolist())  # each val row scored exactly once
+    for f in folds:
+        assert set(train.groups) <= set(f["train"].groups)  # every train row trains every fold
+        assert not set(f["train"].groups) & set(f["val"].groups)
+        assert len(f["train"]) == len(train) + len(val) - len(f["val"])
+    plain = kfold(base, 3, seed=0)  # without the flag: train rows are scored too
+    assert sum(len(f["val"]) for f in plain) == len(train) + len(val)
+
+
 def test_folds_without_groups_are_stratified_to_within_one_row_per_class():
     rng = np.random.default_rng(1)
     labels = rng.choice(4, size=203, p=[0.55, 0.25, 0.15, 0.05])

@@ -158,6 +158,7 @@ def dataset_features(
         "provenance": dict(raw.provenance),
         "dataset_sha256": checksum,
         "weights": {b.name or b.modality: w for b, w in zip(backbones, weights, strict=True)},
+        "backbones_fit_on_train": [b.name or b.modality for b in backbones if b.fit_on_train],
         "class_names": list(raw.class_names),
         "prepare_seconds": t1 - t0,
         "pretrain_seconds": t2 - t1,

@@ -205,4 +205,7 @@ def avmnist_backbones(
 ) -> list[Backbone]:
     """The frozen AV-MNIST backbones (image, then audio), pre-trained on first use."""
     modules, _ = pretrain(raw, root, seed=seed, progress=progress)
-    return [Backbone(m, modules[m], dict(LAYERS), name=f"avmnist-{m}") for m in ("image", "audio")]
+    return [
+        Backbone(m, modules[m], dict(LAYERS), name=f"avmnist-{m}", fit_on_train=True)
+        for m in ("image", "audio")
+    ]

@@ -38,6 +38,7 @@ class Backbone:
     layers: Mapping[str, str]
     preprocess: Callable[[np.ndarray], torch.Tensor | Mapping[str, torch.Tensor]] = field(default=_to_tensor)
     name: str = ""
+    fit_on_train: bool = False  # trained by bmnas on the dataset's train split (engine/folds.py)
 
     def feature_names(self) -> list[str]:
         return [f"{self.modality}.{layer}" for layer in self.layers]

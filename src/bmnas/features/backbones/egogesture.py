@@ -71,7 +71,9 @@ def _backbone(pre: Pretrainer, modality: str, weights) -> Backbone:
     net = pre.classifier(
         net, modality, weights, name=f"{modality}-small3dcnn", key=key, to_tensor=clips_to_tensor
     )
-    return Backbone(modality, net, LAYERS, preprocess=clips_to_tensor, name="small3dcnn")
+    return Backbone(
+        modality, net, LAYERS, preprocess=clips_to_tensor, name="small3dcnn", fit_on_train=not weights
+    )
 
 
 @register_backbones("egogesture")

@@ -163,7 +163,9 @@ def _text_backbone(pre: Pretrainer, weights) -> Backbone:
     net = MaxoutMLP(d_in=train.inputs["text"].shape[1], num_outputs=train.labels.shape[1])
     key = {"arch": "maxout-mlp-64-k5"}  # no batch size: adding one would orphan the cached weights
     net = pre.classifier(net, "text", weights, name="text-maxout", key=key, to_tensor=text_to_tensor)
-    return Backbone("text", net, MAXOUT_LAYERS, preprocess=text_to_tensor, name="maxout-mlp")
+    return Backbone(
+        "text", net, MAXOUT_LAYERS, preprocess=text_to_tensor, name="maxout-mlp", fit_on_train=not weights
+    )
 
 
 def _image_backbone(pre: Pretrainer, weights, image_size: Sequence[int]) -> Backbone:
@@ -176,7 +178,9 @@ def _image_backbone(pre: Pretrainer, weights, image_size: Sequence[int]) -> Back
     net = SmallVGG(num_outputs=pre.raw.splits["train"].labels.shape[1], size=image_size)
     key = {"arch": "small-vgg-32-256", "size": list(net.size), "batch_size": pre.batch_size}
     pre.classifier(net, "image", None, name="image-smallvgg", key=key, to_tensor=images_to_tensor)
-    return Backbone("image", net, SMALL_VGG_LAYERS, preprocess=images_to_tensor, name="small-vgg")
+    return Backbone(
+        "image", net, SMALL_VGG_LAYERS, preprocess=images_to_tensor, name="small-vgg", fit_on_train=True
+    )
 
 
 @register_backbones("mmimdb")

@@ -158,7 +158,9 @@ def _skeleton_backbone(pre: Pretrainer, weights) -> Backbone:
     net = pre.classifier(
         net, "skeleton", weights, name="skeleton-hcn", key=key, to_tensor=skeletons_to_tensor
     )
-    return Backbone("skeleton", net, HCN_LAYERS, preprocess=skeletons_to_tensor, name="hcn")
+    return Backbone(
+        "skeleton", net, HCN_LAYERS, preprocess=skeletons_to_tensor, name="hcn", fit_on_train=not weights
+    )
 
 
 @register_backbones("ntu")
