@@ -21,6 +21,7 @@ from ..core.config import Config
 from ..core.data import FeatureData
 from ..core.genotype import Genotype, modalities
 from ..engine.distributed import current
+from ..engine.folds import scores_val_only
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
 from ..features.pipeline import load_data
@@ -147,7 +148,8 @@ def run(
         cfg.search.arch_split == 0 and cfg.train.select_folds == 0
     )  # scored on the split α was fitted on
     folds = cfg.train.select_folds
-    best, reason = recommend(rows, metric, searched_saw_val=saw_val, scored_by=score_name(folds))
+    scored_by = score_name(folds, scores_val_only(data))
+    best, reason = recommend(rows, metric, searched_saw_val=saw_val, scored_by=scored_by)
     genotypes[best].save(run_dir.path / "recommended_genotype.json")
     plot_genotype(genotypes[best], run_dir.plots_path / "recommended_genotype.png", f"recommended: {best}")
     metrics = {

@@ -62,9 +62,12 @@ class RunReport:
     folds: int = 0  # the val column: 0 = the val split, k = k-fold CV over train + val
 
 
-def score_name(folds: int) -> str:
-    """What the ``val`` score is, in words: ``val``, or ``k-fold CV (train + val)``."""
-    return f"{folds}-fold CV (train + val)" if folds else "val"
+def score_name(folds: int, val_only: bool = False) -> str:
+    """What the ``val`` score is, in words: ``val``, ``k-fold CV (train + val)``, or with ``val_only``
+    (:func:`bmnas.engine.folds.scores_val_only`) ``k-fold CV (val rows scored)``."""
+    if not folds:
+        return "val"
+    return f"{folds}-fold CV ({'val rows scored' if val_only else 'train + val'})"
 
 
 def recommend(
