@@ -84,6 +84,7 @@ def test_run_table_and_its_rebuild_from_metrics():
         "highest 3-fold CV (train + val) accuracy (0.8500); late_fusion 0.8000",
     )
     assert score_name(0) == "val"
+    assert score_name(3, val_only=True) == "3-fold CV (val rows scored)"
     lines = format_table(RunReport(ROWS, "accuracy", best, reason, folds=3)).splitlines()
     assert lines[0] == "  method                 cv accuracy  test accuracy    params epochs search s train s"
     assert lines[2].split() == ["late_fusion", "0.8000", "0.7000", "1,200", "0", "0.0", "1.0"]
@@ -129,3 +130,18 @@ def test_one_dotted_setter_for_overrides_and_sweep_parameters():
         apply_params(base, {"nope.x": 1})  # a whole config: no new section
     with pytest.raises(ConfigError, match=r"^model.C: must be >= 1, got -1$"):
         apply_params(base, {"model.C": -1})
+
+
+def test_the_model_card_names_how_the_val_column_was_scored():
+    from bmnas.report.model_card import model_card
+
+    metrics = {
+        **ROWS["searched"],
+        "metric": "accuracy",
+        "baselines": {"late_fusion": ROWS["late_fusion"]},
+        "recommended": {"method": "searched", "reason": "highest"},
+        "val_folds": 3,
+    }
+    assert "| 3-fold CV (train + val) accuracy |" in model_card("t", metrics, None, False)
+    scored = {**metrics, "val_scored_by": "3-fold CV (val rows scored)"}
+    assert "| 3-fold CV (val rows scored) accuracy |" in model_card("t", scored, None, False)

@@ -132,6 +132,7 @@ METRICS = Obj(
             optional=("genotype", "stage"),
         ),
         "val_folds": COUNT,
+        "val_scored_by": Text(max_len=200),
         "baselines": Map(ROW, max_len=10_000, key=NAME),
         "data": Obj(
             {
@@ -146,7 +147,7 @@ METRICS = Obj(
     },
     optional=(
         *("val", "epochs", "search_seconds", "metric", "data_seconds", "best_epoch", "genotype"),
-        *("candidates", "recommended", "val_folds", "baselines", "data", "environment"),
+        *("candidates", "recommended", "val_folds", "val_scored_by", "baselines", "data", "environment"),
     ),
 )
 """``metrics.json`` of ``bmnas run`` (every field) or ``bmnas train`` (a result row and the genotype)."""

@@ -169,6 +169,7 @@ def run(
             "genotype": genotypes[best].to_dict(),
         },
         "val_folds": folds,
+        "val_scored_by": scored_by,
         "baselines": {n: v for n, v in rows.items() if n != SEARCHED},
         "data": data_summary(data),
     }

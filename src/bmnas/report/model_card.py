@@ -87,7 +87,7 @@ def _results_section(metrics: Mapping) -> list[str]:
     if "test" not in metrics:
         return []
     report = report_from_metrics(dict(metrics))
-    m, score = report.metric, score_name(report.folds)
+    m, score = report.metric, str(metrics.get("val_scored_by") or score_name(report.folds))
     rows = []
     for name, r in report.rows.items():
         val = f"{r['val']:.4f}" if r.get("val") is not None else "–"
