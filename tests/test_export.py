@@ -116,7 +116,9 @@ def test_onnx_with_onnxruntime(every_op_run, tmp_path):
     custom = session.get_modelmeta().custom_metadata_map
     assert Genotype.from_json(custom["genotype"]) == genotype and custom["bmnas_version"] == bmnas.__version__
     meta = read_metadata(out)
-    assert meta["inputs"][0] == {"name": model.inputs[0], "shape": ["B", 4, 4]}
+    first = model.inputs[0]
+    want = {"name": first, "shape": ["B", 4, 4], "kind": "pooled", "dtype": "float32", "features": [first]}
+    assert meta["inputs"][0] == want
     assert (meta["task"], meta["L"], meta["pooling"]) == ({"type": "multiclass", "num_outputs": 3}, 4, "max")
 
 
@@ -174,4 +176,4 @@ def test_backbones_in_the_exported_graph(fmt, tmp_path):
     np.testing.assert_allclose(probs[:, 0], [float(r[f"prob_{names[0]}"]) for r in rows], rtol=0, atol=ATOL)
     # --features-in: the pooled-feature graph instead
     assert main(["export-model", str(run), "--out", str(out), "--features-in", *common]) == 0
-    assert "kind" not in read_metadata(out)["inputs"][0]
+    assert {i["kind"] for i in read_metadata(out)["inputs"]} == {"pooled"}

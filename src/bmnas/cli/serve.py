@@ -28,6 +28,12 @@ def register(sub) -> None:
         help="raw inputs, one array per modality (e.g. image, audio), run through the run's backbones "
         "(runs on a registered dataset)",
     )
+    p.add_argument(
+        "--table",
+        metavar="FILE.csv|FILE.parquet",
+        help="new rows of a table run's table: the same columns (the label column optional), run through "
+        "the run's backbones",
+    )
     p.add_argument("--split", default="test", help="split of --data DIR or of the run's data (default test)")
     p.add_argument("--out", metavar="FILE.csv|FILE.jsonl", required=True)
     p.add_argument(
@@ -47,6 +53,12 @@ def register(sub) -> None:
         "--features-in",
         action="store_true",
         help="export from pooled features even when the run's backbones could be included",
+    )
+    p.add_argument(
+        "--pooling-in-graph",
+        action="store_true",
+        help="--data runs: the graph takes the raw per-layer maps (the shapes of the run's data) and pools "
+        "them itself (table and registered-dataset runs take their backbones' inputs already)",
     )
     p.set_defaults(func=export_model_command)
 
@@ -97,7 +109,7 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    """``bmnas predict RUN [--data DIR|FILE.npz | --raw FILE.npz] [--split S] --out FILE.csv|.jsonl``."""
+    """``bmnas predict RUN [--data DIR|FILE.npz | --raw FILE.npz | --table FILE] [--split S] --out FILE``."""
     from ..core.fileio import remove_stale_temps
     from ..serve.predict import load, output_kind, predict_input, write_predictions
 
@@ -107,7 +119,14 @@ def predict_command(args: argparse.Namespace) -> int:
         remove_stale_temps(file)
     model = load(args.run_dir, args.stage)
     preds, labels, name = predict_input(
-        model, args.cache, args.data, args.raw, args.split, args.batch_size, progress=not args.quiet
+        model,
+        args.cache,
+        args.data,
+        args.raw,
+        args.split,
+        args.batch_size,
+        progress=not args.quiet,
+        table=args.table,
     )
     metrics = write_predictions(preds, args.out, labels)
     print(f"{len(preds)} predictions of {name} by {describe(model)} -> {Path(args.out)}")
@@ -117,10 +136,15 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def export_model_command(args: argparse.Namespace) -> int:
-    """``bmnas export-model RUN [--format torchscript|onnx] --out FILE [--features-in]``."""
+    """``bmnas export-model RUN [--format F] --out FILE [--features-in | --pooling-in-graph]``."""
+    from ..core.errors import DataError
     from ..core.fileio import remove_stale_temps
     from ..serve.export import export_run, format_for
 
+    if args.features_in and args.pooling_in_graph:
+        raise DataError(
+            "give --features-in (pooled features in) or --pooling-in-graph (raw maps in), not both"
+        )
     format_for(args.out, args.format)  # an unknown suffix is refused before the model is loaded
     remove_stale_temps(args.out)
     meta = export_run(
@@ -131,11 +155,15 @@ def export_model_command(args: argparse.Namespace) -> int:
         args.cache,
         features_in=args.features_in,
         progress=not args.quiet,
+        pooling_in_graph=args.pooling_in_graph,
     )
-    ins = ", ".join(f"{i['name']} {tuple(i['shape'])}" for i in meta["inputs"])
-    kind = "raw backbone inputs" if meta["inputs"][0].get("kind") == "raw" else "pooled features"
+    words = {"raw": "backbone input", "map": "raw map, pooled in the graph", "pooled": "pooled feature"}
+    ins = ", ".join(f"{i['name']} {tuple(i['shape'])} ({words[i['kind']]})" for i in meta["inputs"])
     net = f"{meta['method']} (--stage {meta['stage']})"
-    print(f"wrote {format_for(args.out, args.format)} model {args.out} of {net}; inputs ({kind}): {ins}")
+    print(f"wrote {format_for(args.out, args.format)} model {args.out} of {net}; inputs: {ins}")
+    for i in meta["inputs"]:
+        if i.get("note"):
+            print(f"  {i['name']}: {i['note']}")
     return 0
 
 

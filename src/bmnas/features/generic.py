@@ -41,6 +41,8 @@ from .validate import (
 )
 
 CLASS_NAMES = "class_names"
+RAW_SHAPES = "raw_shapes"
+"""``info`` key (and ``metrics.json``'s ``data.info``): feature -> per-sample raw shape, as read."""
 NPY_RESERVED = ("label", "group", CLASS_NAMES)
 
 NPZ_FIX = "write it again with numpy.savez(file, label=..., **features)"
@@ -261,7 +263,8 @@ def load_npy_dir(
         splits[split] = FeatureSplit(pooled, y, codes[split])
     data = FeatureData(splits, task, str(path))
     names = read_class_names(root / "train" / f"{CLASS_NAMES}.npy")
-    return _with_class_names(data, names, root / "train", {"layout": "npy", "cache_dirs": dirs})
+    info = {"layout": "npy", "cache_dirs": dirs, RAW_SHAPES: raw_shapes(raw["train"][0])}
+    return _with_class_names(data, names, root / "train", info)
 
 
 def read_generic_dir(
@@ -302,7 +305,13 @@ def load_generic_dir(
     data = build_feature_data(features, length, pooling, task_type, num_outputs, str(path), groups)
     sums = {f"{s}.npz": sha256(Path(path) / f"{s}.npz") for s in SPLITS}
     names = read_class_names(Path(path) / "train.npz")
-    return _with_class_names(data, names, Path(path) / "train.npz", {"files_sha256": sums})
+    info = {"files_sha256": sums, RAW_SHAPES: raw_shapes(raw["train"][0])}
+    return _with_class_names(data, names, Path(path) / "train.npz", info)
+
+
+def raw_shapes(features: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+    """Each feature's per-sample shape before pooling (``(C_in,)``, ``(C_in, T)``, ``(C_in, H, W)`` …)."""
+    return {k: [int(d) for d in np.shape(v)[1:]] for k, v in features.items()}
 
 
 def generic_layout(pooled: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

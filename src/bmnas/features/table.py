@@ -559,6 +559,7 @@ def table_features(
     )
     info = {
         "table": where,
+        "backbone_options": {"image_size": image_size, "max_length": max_length},  # run_backbone reads them
         "class_names": list(plan.class_names),
         "modalities": {m.name: {"kind": m.kind, "columns": list(m.columns)} for m in plan.modalities},
         "split": {"how": plan.split_note, "seed": seed, "sizes": {s: int(r.size) for s, r in rows.items()}},
@@ -582,3 +583,39 @@ def write_split_file(run_dir: str | Path, info: Mapping[str, object] | None) -> 
     split = {int(r): s for s, rs in rows.items() for r in rs}
     text = "row,split\n" + "".join(f"{r},{split[r]}\n" for r in sorted(split))
     return write_text_atomic(Path(run_dir) / SPLIT_FILE, text)
+
+
+# ---------------------------------------------------------------------------------------------- serving
+PYTHON_SPEC = "python"
+"""``info["modalities"][m]["backbone"]`` of a backbone passed through the Python API (not rebuilt)."""
+
+
+def run_backbone(
+    modality_info: Mapping[str, object], modality: str, image_size: int = 224, max_length: int = 64
+) -> Backbone:
+    """The backbone a table run read ``modality`` with, rebuilt for prediction and export.
+
+    ``modality_info``: the run's ``info["modalities"][modality]`` (``kind``, ``columns`` and, where
+    recorded, the backbone's ``spec``); ``image_size`` and ``max_length``: the run's
+    ``info["backbone_options"]``. Raises :class:`DataError` for a backbone passed through the Python
+    API (spec ``"python"``), which bmnas cannot rebuild.
+    """
+    kind = str(modality_info.get("kind", ""))
+    if kind not in ("image", "text"):
+        raise DataError(f"modality {modality!r} is of kind {kind or 'unknown'!r}: it has no backbone")
+    if modality_info.get("backbone") == PYTHON_SPEC:
+        raise DataError(
+            f"modality {modality!r}: spec 'python': backbones passed through the Python API cannot be "
+            f"rebuilt; pass them again, e.g. bmnas.serve.predict.predict_table(model, table, "
+            f"backbones={{{kind!r}: factory}})"
+        )
+    return default_backbone(kind, modality, image_size, max_length)
+
+
+def modality_inputs(df, modality: Modality, base: Path, image_size: int = 224):
+    """A table's raw inputs of an image or text modality, as extraction reads them: image files
+    (:class:`ImageFiles`, uint8 ``(3, image_size, image_size)`` each) or an ``(N,)`` array of strings."""
+    column = df[modality.columns[0]].to_numpy(dtype=object)
+    if modality.kind == "image":
+        return ImageFiles([_image_path(p, base) for p in column], image_size)
+    return np.array([str(t) for t in column], dtype=object)
