@@ -158,7 +158,9 @@ def export_model_command(args: argparse.Namespace) -> int:
         pooling_in_graph=args.pooling_in_graph,
     )
     words = {"raw": "backbone input", "map": "raw map, pooled in the graph", "pooled": "pooled feature"}
-    ins = ", ".join(f"{i['name']} {tuple(i['shape'])} ({words[i['kind']]})" for i in meta["inputs"])
+    ins = ", ".join(
+        f"{i['name']} ({', '.join(map(str, i['shape']))}) ({words[i['kind']]})" for i in meta["inputs"]
+    )
     net = f"{meta['method']} (--stage {meta['stage']})"
     print(f"wrote {format_for(args.out, args.format)} model {args.out} of {net}; inputs: {ins}")
     for i in meta["inputs"]:

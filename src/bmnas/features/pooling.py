@@ -19,6 +19,7 @@ import logging
 import math
 import mmap
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -41,8 +42,29 @@ def _pool_sequence(x: torch.Tensor, length: int, mode: str) -> torch.Tensor:
     """(N, C, T) -> (N, C, length)."""
     if x.shape[-1] < length:
         return F.interpolate(x, size=length, mode="linear", align_corners=True)
+    if torch.compiler.is_exporting() and x.shape[-1] % length:
+        return _bins(x, (length,), mode)
     pool = F.adaptive_max_pool1d if mode == "max" else F.adaptive_avg_pool1d
     return pool(x, length)
+
+
+def _bins(x: torch.Tensor, size: tuple[int, ...], mode: str) -> torch.Tensor:
+    """Adaptive pooling of the last ``len(size)`` axes written out bin by bin, as torch defines it:
+    output bin ``i`` of ``n`` over ``T`` positions reduces ``[⌊iT/n⌋, ⌈(i+1)T/n⌉)``.
+
+    The same values as ``F.adaptive_*_pool``; used while exporting (``torch.export``, hence ONNX),
+    whose converter has no adaptive pooling of sizes that do not divide.
+    """
+    axis = x.dim() - len(size)
+    for k, n in enumerate(size):
+        t = x.shape[axis + k]
+        parts = []
+        for i in range(n):
+            part = x.narrow(axis + k, (i * t) // n, -(-(i + 1) * t // n) - (i * t) // n)
+            reduce = part.amax if mode == "max" else part.mean
+            parts.append(reduce(dim=axis + k, keepdim=True))
+        x = torch.cat(parts, dim=axis + k)
+    return x
 
 
 def stretched(shape: tuple[int, ...], length: int) -> bool:
@@ -94,6 +116,8 @@ def pool_feature(x: torch.Tensor, length: int, mode: str = "max", name: str | No
         pool = F.adaptive_max_pool2d if mode == "max" else F.adaptive_avg_pool2d
         if x.shape[-2] < h or x.shape[-1] < w:
             x = F.interpolate(x, size=(max(h, x.shape[-2]), max(w, x.shape[-1])), mode="nearest")
+        if torch.compiler.is_exporting() and (x.shape[-2] % h or x.shape[-1] % w):
+            pool = partial(_bins, mode=mode)
         out = pool(x, (h, w)).flatten(2)
     elif x.dim() == 5:
         reduce = torch.amax if mode == "max" else torch.mean

@@ -402,6 +402,21 @@ def _quiet_exporter() -> Iterator[None]:
         onnx_log.setLevel(level)
 
 
+@contextlib.contextmanager
+def _conversion_errors() -> Iterator[None]:
+    """The ONNX exporter's failure to express an op, as one line that says what to do instead."""
+    try:
+        yield
+    except Exception as err:  # torch.onnx raises its own ConversionError / TorchExportError types
+        if type(err).__name__ not in ("ConversionError", "TorchExportError"):
+            raise
+        cause = str(err.__cause__ or err).splitlines()[0][:200]
+        raise DataError(
+            f"the ONNX exporter cannot convert this graph ({cause}); export TorchScript (--format "
+            f"torchscript), or from pooled features (--features-in)"
+        ) from err
+
+
 def _export_onnx(module: nn.Module, example: tuple, names: list[str], path: Path, meta: dict) -> None:
     try:
         import onnx
@@ -409,7 +424,7 @@ def _export_onnx(module: nn.Module, example: tuple, names: list[str], path: Path
         raise DataError("ONNX export needs the onnx extra: pip install 'bmnas[onnx]'") from err
 
     batch = Dim("batch")
-    with _quiet_exporter(), torch.no_grad():
+    with _quiet_exporter(), torch.no_grad(), _conversion_errors():
         program = torch.onnx.export(
             module,
             example,

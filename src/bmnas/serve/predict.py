@@ -215,7 +215,7 @@ def predict_table(
             name = f"{m.name}.{tb.VECTOR_LAYER}"
             arr = df[list(m.columns)].to_numpy(dtype=np.float64)
             check_feature(where, name, arr)
-            pooled[name] = pool_feature(torch.from_numpy(arr), model.L, model.pooling).numpy()
+            pooled[name] = pool_feature(torch.from_numpy(np.array(arr)), model.L, model.pooling).numpy()
             continue
         factory = (backbones or {}).get(m.kind)
         mi = mods[m.name]
@@ -239,7 +239,7 @@ def encode_known_labels(series, model: LoadedModel, sep: str | None, where: str)
             f"drop the column"
         )
 
-    def name_of(v, row: int) -> str:
+    def name_of(v) -> str:
         return str(int(v)) if numeric and float(v).is_integer() else str(v).strip()
 
     def known(name: str, row: int) -> int:
@@ -251,10 +251,10 @@ def encode_known_labels(series, model: LoadedModel, sep: str | None, where: str)
         return index[name]
 
     if model.task.type == "multiclass":
-        return np.array([known(name_of(v, i), i) for i, v in enumerate(values)], dtype=np.int64)
+        return np.array([known(name_of(v), i) for i, v in enumerate(values)], dtype=np.int64)
     y = np.zeros((len(values), len(names)), dtype=np.float32)
     for i, v in enumerate(values):
-        tags = v if isinstance(v, (list, tuple, np.ndarray)) else name_of(v, i).split(sep or "|")
+        tags = v if isinstance(v, (list, tuple, np.ndarray)) else name_of(v).split(sep or "|")
         for t in (str(t).strip() for t in tags):
             if t:
                 y[i, known(t, i)] = 1.0
