@@ -85,17 +85,20 @@ def readme_commands() -> list[list[str]]:
 
 def test_the_readme_example_runs_on_a_tiny_table(tmp_path, monkeypatch, capsys):
     write_photos(tmp_path)
+    pd.read_csv(tmp_path / "photos.csv").drop(columns=["label"])[:4].to_csv(tmp_path / "new.csv", index=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tb, "default_backbone", tiny_backbone)
     commands = readme_commands()
-    assert [c[0] for c in commands] == ["run", "predict", "export-model"] and len(commands) <= 10
+    assert [c[0] for c in commands] == ["run", "predict", "export-model", "predict"] and len(commands) <= 10
     cache = ["--cache", str(tmp_path / "cache")]
     run_extra = [*FAST, "--set", "search.rerank=2", "--set", "train.select_folds=0", *cache]
     CALLS.update(image=0, text=0)
     for argv in commands:
         extra = run_extra if argv[0] == "run" else ["--quiet", *cache]
         assert main([*argv, *extra]) == 0, argv
-    assert CALLS == {"image": 2, "text": 2}  # run and predict: the same cached features, no re-extraction
+    # run, predict: the same cached features; export-model: the image backbone; predict --table: both
+    assert CALLS == {"image": 4, "text": 3}
+    assert len(pd.read_csv(tmp_path / "new_preds.csv")) == 4
     split = pd.read_csv(tmp_path / "runs" / "photos" / "split.csv")
     assert list(split["row"]) == list(range(36))
     sizes = split["split"].value_counts().to_dict()

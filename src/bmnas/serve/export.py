@@ -3,22 +3,27 @@
 By default the network ``bmnas run`` recommends (:func:`bmnas.serve.model.load`), which may be the
 found network, a baseline or the linear probe: each is a :class:`~bmnas.space.found.FoundNet`.
 
-Two graphs, both returning ``(logits, probabilities)``, each ``(B, K)``: softmax (multiclass) or
-sigmoid (multilabel), with a free batch size:
+One graph, :class:`ExportModule`, returning ``(logits, probabilities)``, each ``(B, K)``: softmax
+(multiclass) or sigmoid (multilabel), with a free batch size. Each input (:class:`GraphInput`) is
+one of three kinds:
 
-* **features in** (:class:`InferenceModule`): the *pooled* features the network reads, in
-  :attr:`LoadedModel.inputs` order, each ``(B, L_k, C_in)`` float32 (``L_k`` = 1 for vectors, else
-  L). Pool raw features with :meth:`LoadedModel.pool` (or :func:`bmnas.features.pooling.pool_feature` with
-  the ``L`` and ``pooling`` of the metadata).
-* **raw in** (:class:`RawInferenceModule`, runs on a registered dataset): one tensor per modality,
-  what its backbone's ``preprocess`` returns (the raw arrays for AV-MNIST); backbones, forward
-  hooks, pooling and the network run in one graph. Per-sample shapes are those of the dataset:
-  pooling branches on them when traced. A backbone whose preprocessing is not a tensor (a
-  tokenizer) cannot be an input, and the export falls back to features in.
+* :data:`POOLED`: a *pooled* feature the network reads, ``(B, L_k, C_in)`` float32 (``L_k`` = 1 for
+  vectors, else L); pool raw features with :meth:`LoadedModel.pool` (or
+  :func:`bmnas.features.pooling.pool_feature` with the ``L`` and ``pooling`` of the metadata);
+* :data:`MAP`: a raw feature ``(B, C_in, *spatial)`` of the shape the run's data had, pooled in
+  the graph (``--pooling-in-graph`` for ``--data`` runs; a table's numeric columns);
+* :data:`RAW`: a backbone's input, what its ``preprocess`` returns (the raw arrays for AV-MNIST,
+  the preprocessed image tensor of a table run); backbone, forward hooks and pooling run in the
+  graph. A backbone whose preprocessing is not a tensor, or a text backbone of a table run (its
+  tokens are resampled per text), stays outside: its features are :data:`POOLED` inputs.
+
+The network and the backbones are traced as float32 CPU copies (:func:`cpu_copy`); pooling of
+sizes that do not divide is written out bin by bin while exporting to ONNX
+(:mod:`bmnas.features.pooling`), whose converter has no such adaptive pooling.
 
 Metadata (``bmnas`` key, JSON): format, bmnas version, the network's method and stage, genotype,
-inputs with shapes, outputs, task, class names, threshold, L, pooling. TorchScript stores it as the
-extra file ``bmnas.json`` (``torch.jit.load(f, _extra_files={"bmnas.json": ""})``), ONNX as model
+inputs (name, kind, shape, dtype, features, note), outputs, task, class names, threshold, L,
+pooling. TorchScript stores it as the extra file ``bmnas.json`` (``torch.jit.load(f, _extra_files={"bmnas.json": ""})``), ONNX as model
 metadata properties
 (``onnxruntime.InferenceSession(f).get_modelmeta().custom_metadata_map["bmnas"]``).
 :func:`read_metadata` reads both. ONNX export needs the ``onnx`` extra (onnx, onnxscript).
@@ -475,7 +480,8 @@ def export_run(
     """Export the trained network ``stage`` of a run (default: the recommended one) to ``path``;
     returns the metadata (:func:`export_model`).
 
-    What the graph takes (docs/DESIGN.md, "Export"), unless ``features_in`` (pooled features):
+    What the graph takes (README, "Predict, export, robustness"), unless ``features_in`` (pooled
+    features):
 
     * a run on a registered dataset: its backbones' inputs (backbones loaded from the cache root
       ``cache``; a backbone whose preprocessing gives no tensor stays outside, with a warning);
