@@ -23,8 +23,8 @@ sizes that do not divide is written out bin by bin while exporting to ONNX
 
 Metadata (``bmnas`` key, JSON): format, bmnas version, the network's method and stage, genotype,
 inputs (name, kind, shape, dtype, features, note), outputs, task, class names, threshold, L,
-pooling. TorchScript stores it as the extra file ``bmnas.json`` (``torch.jit.load(f, _extra_files={"bmnas.json": ""})``), ONNX as model
-metadata properties
+pooling. TorchScript stores it as the extra file ``bmnas.json``
+(``torch.jit.load(f, _extra_files={"bmnas.json": ""})``), ONNX as model metadata properties
 (``onnxruntime.InferenceSession(f).get_modelmeta().custom_metadata_map["bmnas"]``).
 :func:`read_metadata` reads both. ONNX export needs the ``onnx`` extra (onnx, onnxscript).
 """
