@@ -122,7 +122,9 @@ def predict_input(
     ``table`` (new rows of a table run's table, :func:`predict_table`) or, with none, ``split`` of
     the run's own data. Labels are checked against the run's task.
     """
-    if sum(x is not None and x != "" for x in (data, raw, table)) > 1:
+    if data and raw:
+        raise DataError("give --data (features) or --raw (raw inputs), not both")
+    if table and (data or raw):
         raise DataError("give one of --data (features), --raw (raw inputs) and --table (a table's rows)")
     if table:
         return predict_table(model, table, batch_size=batch_size, progress=progress)
