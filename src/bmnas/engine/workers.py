@@ -41,10 +41,12 @@ from .distributed import current
 
 log = logging.getLogger(__name__)
 
-AUTO_MIN_WORK = 200_000
-"""``workers: 0`` runs jobs side by side only when they add up to this many row-epochs (rows
-trained × epochs, about 20 s on one core for AV-MNIST's default network): starting a worker
-(importing torch, receiving the data) costs one to three seconds."""
+AUTO_MIN_JOB = 50_000
+"""``workers: 0`` runs jobs side by side only when each holds at least this many row-epochs (rows
+trained × epochs; AV-MNIST's default network trains about 10,000 a second on one core) …"""
+AUTO_MIN_WORK = 500_000
+"""… and all of them together at least this many: starting a worker (importing torch, receiving
+the data) costs 2–7 s of a core."""
 
 
 class WorkerError(BmnasError, RuntimeError):
@@ -78,14 +80,14 @@ def resolve_workers(
 
     ``setting >= 1``: that many (at most one per job); ``1`` is the serial path. ``0`` (auto): one
     inside a process group (``torchrun`` ranks share the cores already) or when the jobs are small
-    (:data:`AUTO_MIN_WORK`), else the cores no other process is using, at least one, at most one
-    per job (measured as :func:`~bmnas.engine.device.choose_threads` measures them).
+    (:data:`AUTO_MIN_JOB`, :data:`AUTO_MIN_WORK`), else the cores no other process is using, at
+    least one, at most one per job (measured as :func:`~bmnas.engine.device.choose_threads` does).
     """
     if jobs <= 1 or current().active or _IN_WORKER:  # no pool inside a worker
         return 1
     if setting >= 1:
         return min(setting, jobs)
-    if work < AUTO_MIN_WORK:
+    if work < AUTO_MIN_WORK or work / jobs < AUTO_MIN_JOB:
         return 1
     cores = available_cores() if cores is None else cores
     busy = busy_cores() if busy is None else busy
@@ -153,7 +155,7 @@ class Pool:
         except (BrokenProcessPool, OSError, pickle.PicklingError) as err:
             log.warning(
                 "worker processes did not start (%s: %s); training one network at a time. A script "
-                "that calls bmnas must keep its top level under `if __name__ == \"__main__\":` "
+                'that calls bmnas must keep its top level under `if __name__ == "__main__":` '
                 "(worker processes import it); or set workers=1",
                 type(err).__name__,
                 _first_line(err),

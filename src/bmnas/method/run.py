@@ -182,10 +182,10 @@ def _train_parallel(
                 pool, [(n, g) for n, g in todo.items() if n not in handles], cfg, None, "select epochs"
             )
         )
-        for name, found in gather(pool, handles, progress, "baselines · select epochs"):
-            stage = stage_of(name)
-            run_dir.write_json(f"{stage}_selection.json", selection_file(with_recipe(todo[name], cfg), found))
-            jobs[name] = pool.submit(_refit_job(name, todo[name], cfg, path, found))
+        for name, measured in gather(pool, handles, progress, "baselines · select epochs"):
+            g = with_recipe(todo[name], cfg)
+            run_dir.write_json(f"{stage_of(name)}_selection.json", selection_file(g, measured))
+            jobs[name] = pool.submit(_refit_job(name, todo[name], cfg, path, measured))
         probe = fit_probe(data, cfg.seed, cfg.data.threshold, t.select_folds, cfg.model.C, cfg.model.L)
     trained = {}
     with progress_bar(
@@ -237,7 +237,8 @@ def run(
     metric = primary_metric(data.task)
     with open_pool(data, cfg, *_run_work(data, cfg, baselines)) as pool:
         parallel = pool.workers > 1
-        early = {}  # the baselines' selections need no search: begun while the search runs
+        # the baselines' selections need no search: they begin while the search runs
+        early: dict[str, list[Handle]] = {}
         if parallel and baselines and cfg.train.select_epochs:
             todo = [(n, g) for n, g in _baselines(data.specs(), cfg) if _saved(run_dir, n, g, cfg) is None]
             early = submit_selections(pool, todo, cfg, None, "select epochs")
