@@ -188,6 +188,12 @@ class TrainConfig(_WeightTraining):
 class Config:
     seed: int = _doc(0, "seed of every random draw (weights, batches, folds, dropout)")
     threads: int = _doc(0, "torch threads; 0 = bmnas' policy (bmnas.engine.device.choose_threads)")
+    workers: int = _doc(
+        0,
+        "processes training independent networks side by side (folds, re-ranking candidates, "
+        "baselines), one thread each; 0 = auto (the idle cores, when the jobs are big enough); "
+        "1 = one at a time",
+    )
     device: str = _doc("auto", "auto (cuda if present) | cpu | cuda | cuda:N")
     precision: str = _doc("fp32", "fp32 | bf16 (autocast of forward passes)")
     data: DataConfig = field(
@@ -604,6 +610,11 @@ def _check(cfg) -> None:
             0 <= cfg.threads <= MAX_THREADS,
             "threads",
             f"must be in [0, {MAX_THREADS}] (0: bmnas' thread policy), got {cfg.threads}",
+        )
+        need(
+            0 <= cfg.workers <= MAX_THREADS,
+            "workers",
+            f"must be in [0, {MAX_THREADS}] (0: auto, 1: one network at a time), got {cfg.workers}",
         )
         need(
             cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device) is not None,

@@ -40,8 +40,9 @@ from ..core.schemas import RERANK_ROW
 from ..engine.distributed import barrier, current
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
+from ..engine.workers import Pool
 from ..space.hypernet import HyperNet
-from .train import Selection, select_epochs
+from .train import Selection, fold_work, open_pool, select_epochs, selections
 
 SAMPLE_TRIES = 20  # samples drawn per missing candidate before giving up on new ones
 
@@ -100,30 +101,88 @@ def rerank(
     writes = current().main  # under torchrun every rank trains each candidate; rank 0 records it
     rows_done = load_rows(log_path, RERANK_ROW, "re-ranking that candidate again", rewrite=writes)
     done = {json.dumps(row["genotype"], sort_keys=True): row for row in rows_done}
-    rows = []
     cands = candidates(net, state["history"], cfg, cfg.search.rerank, primary_metric(data.task), first)
+    todo = [
+        (rank, source, g)
+        for rank, (source, g) in enumerate(cands)
+        if not _is_done(done, g, epochs, sel_folds)
+    ]
+    jobs = len(todo) * max(1, sel_folds)
+    if todo and not cfg.train.batched_folds:
+        with open_pool(data, cfg, jobs, fold_work(data, cfg, epochs, jobs)) as pool:
+            if pool.workers > 1:
+                rows = _rerank_parallel(pool, cands, todo, done, data, cfg, epochs, run, writes, progress)
+                barrier(current())
+                return rows
+    rows = []
     bar = progress_bar(cands, desc="re-rank candidates", enabled=progress)
     for rank, (source, g) in enumerate(bar):
-        key = json.dumps(g.to_dict(), sort_keys=True)
-        if key in done and Selection.from_dict(done[key]).matches(epochs, sel_folds):
-            rows.append({**done[key], "rank": rank, "source": source})
+        if _is_done(done, g, epochs, sel_folds):
+            rows.append({**done[_key(g)], "rank": rank, "source": source})
             continue
         t0 = time.perf_counter()
         what = label(f"candidate {rank + 1}/{len(cands)}", source)
         sel = select_epochs(g, data, cfg, epochs, progress=progress, desc=what)
-        row = {
-            "rank": rank,
-            "source": source,
-            "val": sel.best_score,
-            "best_epoch": sel.best_epoch,
-            **sel.to_dict(),
-            "epochs": epochs,
-            "seconds": time.perf_counter() - t0,
-            "genotype": g.to_dict(),
-        }
+        row = _row(rank, source, g, sel, epochs, time.perf_counter() - t0)
         rows.append(row)
         if log_path is not None and writes:
             run.append_jsonl(log_path.name, row)
         bar.set_postfix(best=f"{max(r['val'] for r in rows):.4f}")
     barrier(current())
     return rows
+
+
+def _key(g: Genotype) -> str:
+    return json.dumps(g.to_dict(), sort_keys=True)
+
+
+def _is_done(done: dict[str, dict], g: Genotype, epochs: int, folds: int) -> bool:
+    """Whether ``rerank.jsonl`` already holds ``g``'s outcome by this recipe."""
+    key = _key(g)
+    return key in done and Selection.from_dict(done[key]).matches(epochs, folds)
+
+
+def _row(rank: int, source: str, g: Genotype, sel: Selection, epochs: int, seconds: float) -> dict:
+    """One candidate's line of ``rerank.jsonl``."""
+    return {
+        "rank": rank,
+        "source": source,
+        "val": sel.best_score,
+        "best_epoch": sel.best_epoch,
+        **sel.to_dict(),
+        "epochs": epochs,
+        "seconds": seconds,
+        "genotype": g.to_dict(),
+    }
+
+
+def _rerank_parallel(
+    pool: Pool,
+    cands: list[tuple[str, Genotype]],
+    todo: list[tuple[int, str, Genotype]],
+    done: dict[str, dict],
+    data: FeatureData,
+    cfg: Config,
+    epochs: int,
+    run: RunDir | None,
+    writes: bool,
+    progress: bool,
+) -> list[dict]:
+    """The candidates' (candidate, fold) jobs side by side in ``pool``; each candidate's row is
+    appended to ``rerank.jsonl`` as its last fold finishes (in any order: rows are keyed by
+    genotype, so a killed run resumes the others). ``seconds``: the candidate's training time."""
+    by_rank: dict[int, dict] = {}
+    for rank, (source, g) in enumerate(cands):
+        if _is_done(done, g, epochs, cfg.train.select_folds):
+            by_rank[rank] = {**done[_key(g)], "rank": rank, "source": source}
+    items = [(f"candidate {rank + 1}/{len(cands)}", g) for rank, _, g in todo]
+    ranks = {
+        name: (rank, source, g) for name, (rank, source, g) in zip((n for n, _ in items), todo, strict=True)
+    }
+    for name, sel in selections(pool, items, cfg, epochs, progress, "re-rank candidates"):
+        rank, source, g = ranks[name]
+        row = _row(rank, source, g, sel, epochs, sel.seconds)
+        by_rank[rank] = row
+        if run is not None and writes:
+            run.append_jsonl("rerank.jsonl", row)
+    return [by_rank[rank] for rank in sorted(by_rank)]

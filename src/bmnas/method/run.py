@@ -19,11 +19,14 @@ from pathlib import Path
 
 from ..core.config import Config
 from ..core.data import FeatureData
-from ..core.genotype import Genotype, modalities
+from ..core.genotype import FeatureSpec, Genotype, modalities
+from ..core.progress import bar as progress_bar
+from ..core.progress import label
 from ..engine.distributed import current
 from ..engine.folds import scores_val_only
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
+from ..engine.workers import Handle, Job, Pool
 from ..features.pipeline import load_data
 from ..features.table import public_info
 from ..features.validate import check_searchable
@@ -31,10 +34,21 @@ from ..report.plots import plot_genotype
 from ..report.summary import PROBE, SEARCHED, RunReport, recommend, score_name, stage_of
 from ..serve.model import PROBE_FILE, save_model
 from ..space.baselines import baseline
-from .probe import fit_probe
+from .probe import ProbeResult, fit_probe
 from .record import as_run, entry
 from .search import search
-from .train import TrainResult, train
+from .train import (
+    Selection,
+    TrainResult,
+    fold_work,
+    gather,
+    open_pool,
+    saved_selection,
+    selection_file,
+    submit_selections,
+    train,
+    with_recipe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +98,113 @@ def train_found(
     return r
 
 
+def _baselines(specs: tuple[FeatureSpec, ...], cfg: Config) -> list[tuple[str, Genotype]]:
+    """The hand-made networks ``bmnas run`` trains beside the found one, by table name."""
+    m = cfg.model
+    names = [f"unimodal:{mod}" for mod in modalities(specs)] + ["late_fusion", "sum", "concat_fc"]
+    return [(n, baseline(n, specs, m.C, m.L, m.cells, m.multiplier)) for n in names]
+
+
+def _saved(run_dir: RunDir, name: str, g: Genotype, cfg: Config) -> Selection | None:
+    """The baseline ``name``'s selection saved in ``run_dir`` by this recipe, or None."""
+    t = cfg.train
+    path = run_dir.path / f"{stage_of(name)}_selection.json"
+    return saved_selection(path, with_recipe(g, cfg), t.epochs, t.select_folds)
+
+
+def _run_work(data: FeatureData, cfg: Config, baselines: bool) -> tuple[int, float]:
+    """Jobs of ``bmnas run`` that can train side by side (re-ranking's and the baselines' folds,
+    the refits) and their row-epochs, for ``workers: 0``."""
+    k = max(1, cfg.train.select_folds)
+    jobs = cfg.search.rerank * k + (1 + (len(data.modalities) + 3) * (k + 1) if baselines else 1)
+    return jobs, fold_work(data, cfg, None, jobs)
+
+
+def refit(
+    data: FeatureData,
+    genotype: Genotype,
+    cfg: Config,
+    run_path: str,
+    stage: str,
+    desc: str,
+    selection: dict | None,
+) -> TrainResult:
+    """A job of :func:`run`'s worker pool: :func:`.train.train` of ``genotype`` as ``stage`` in the run
+    directory ``run_path`` (which the parent holds locked) with the selection measured already."""
+    sel = Selection.from_dict(selection) if selection is not None else None
+    return train(
+        genotype,
+        data,
+        cfg,
+        RunDir(run_path, create=False),
+        progress=False,
+        stage=stage,
+        desc=desc,
+        selection=sel,
+    )
+
+
+def _train_parallel(
+    pool: Pool,
+    genotype: Genotype,
+    selection: Selection | None,
+    early: dict[str, list[Handle]],
+    data: FeatureData,
+    cfg: Config,
+    run_dir: RunDir,
+    baselines: bool,
+    progress: bool,
+) -> tuple[TrainResult, dict[str, TrainResult], ProbeResult | None]:
+    """The found network's refit and the baselines (selection folds, then refits) side by side in
+    ``pool``; each baseline's ``<stage>_selection.json`` is written here as its last fold finishes,
+    and each network's history once more when it is back (for the ``--logger``s: the workers
+    write the run's files, not its observers). The probe is fitted here meanwhile."""
+    path = str(run_dir.path)
+    sel = selection.to_dict() if selection is not None else None
+    jobs = {
+        SEARCHED: pool.submit(
+            Job("train found net", refit, (genotype, cfg, path, "train", "train found net", sel))
+        )
+    }
+    probe = None
+    if baselines:
+        t = cfg.train
+        todo = {}
+        for name, g in _baselines(genotype.features, cfg):
+            saved = _saved(run_dir, name, g, cfg) if t.select_epochs else None
+            if saved is not None or not t.select_epochs:
+                jobs[name] = pool.submit(_refit_job(name, g, cfg, path, saved))
+            else:
+                todo[name] = g
+        handles = {n: hs for n, hs in early.items() if n in todo and hs[0].job.args[0] == todo[n]}
+        handles.update(
+            submit_selections(
+                pool, [(n, g) for n, g in todo.items() if n not in handles], cfg, None, "select epochs"
+            )
+        )
+        for name, measured in gather(pool, handles, progress, "baselines · select epochs"):
+            g = with_recipe(todo[name], cfg)
+            run_dir.write_json(f"{stage_of(name)}_selection.json", selection_file(g, measured))
+            jobs[name] = pool.submit(_refit_job(name, todo[name], cfg, path, measured))
+        probe = fit_probe(data, cfg.seed, cfg.data.threshold, t.select_folds, cfg.model.C, cfg.model.L)
+    trained = {}
+    with progress_bar(
+        total=len(jobs), desc=label("refit on train + val", f"{pool.workers} workers"), enabled=progress
+    ) as bar:
+        for h in pool.results(list(jobs.values())):
+            bar.update(1)
+            name = next(n for n, x in jobs.items() if x is h)
+            stage = "train" if name == SEARCHED else stage_of(name)
+            run_dir.write_jsonl(f"{stage}_history.jsonl", h.result.history)
+            trained[name] = h.result
+    return trained.pop(SEARCHED), trained, probe
+
+
+def _refit_job(name: str, g: Genotype, cfg: Config, path: str, selection: Selection | None) -> Job:
+    sel = selection.to_dict() if selection is not None else None
+    return Job(f"train {name}", refit, (g, cfg, path, stage_of(name), f"train {name}", sel))
+
+
 @entry
 def run(
     data: FeatureData | object,
@@ -114,33 +235,48 @@ def run(
     cfg = fit_config_to_data(cfg, data)
     run_dir = as_run(run_dir, cfg, data)
     metric = primary_metric(data.task)
-    found = search(data, cfg, run_dir, progress=progress)
-    if on_search is not None:
-        on_search(found)
-    r = train(
-        found.genotype,
-        data,
-        cfg,
-        run_dir,
-        progress=progress,
-        stage="train",
-        desc="train found net",
-        selection=found.selection(cfg.train.epochs, cfg.train.select_folds),
-    )
+    with open_pool(data, cfg, *_run_work(data, cfg, baselines)) as pool:
+        parallel = pool.workers > 1
+        # the baselines' selections need no search: they begin while the search runs
+        early: dict[str, list[Handle]] = {}
+        if parallel and baselines and cfg.train.select_epochs:
+            todo = [(n, g) for n, g in _baselines(data.specs(), cfg) if _saved(run_dir, n, g, cfg) is None]
+            early = submit_selections(pool, todo, cfg, None, "select epochs")
+        found = search(data, cfg, run_dir, progress=progress)
+        if on_search is not None:
+            on_search(found)
+        sel = found.selection(cfg.train.epochs, cfg.train.select_folds)
+        if parallel:
+            r, trained, probe = _train_parallel(
+                pool, found.genotype, sel, early, data, cfg, run_dir, baselines, progress
+            )
+        else:
+            r = train(
+                found.genotype,
+                data,
+                cfg,
+                run_dir,
+                progress=progress,
+                stage="train",
+                desc="train found net",
+                selection=sel,
+            )
     save_model(run_dir.path, r.model, data, cfg.to_dict())
     plot_genotype(r.model.genotype, run_dir.plots_path / "genotype.png", "found network as trained")
     rows = {SEARCHED: {**r.row(), "search_seconds": found.seconds}}
     genotypes = {SEARCHED: r.model.genotype}  # as trained: with its linear path (model.linear_skip)
     if baselines:
-        specs, m = found.genotype.features, cfg.model
-        names = [f"unimodal:{mod}" for mod in modalities(specs)] + ["late_fusion", "sum", "concat_fc"]
-        for name in names:
-            g = baseline(name, specs, m.C, m.L, m.cells, m.multiplier)
-            stage = "baseline_" + name.replace(":", "_")
-            b = train(g, data, cfg, run_dir, progress=progress, stage=stage, desc=f"train {name}")
+        m = cfg.model
+        for name, g in _baselines(found.genotype.features, cfg):
+            if parallel:
+                b = trained[name]
+            else:
+                stage = stage_of(name)
+                b = train(g, data, cfg, run_dir, progress=progress, stage=stage, desc=f"train {name}")
             rows[name] = b.row()
             genotypes[name] = b.model.genotype
-        probe = fit_probe(data, cfg.seed, cfg.data.threshold, cfg.train.select_folds, m.C, m.L)
+        if not parallel:
+            probe = fit_probe(data, cfg.seed, cfg.data.threshold, cfg.train.select_folds, m.C, m.L)
         save_model(run_dir.path, probe.model, data, cfg.to_dict(), name=PROBE_FILE)
         rows[PROBE] = probe.row
         genotypes[PROBE] = probe.model.genotype

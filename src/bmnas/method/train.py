@@ -15,7 +15,10 @@ refit is checkpointed each epoch and the selection's outcome is saved, so a kill
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import pickle
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from ..core.config import Config
 from ..core.data import FeatureData, FeatureSplit, merge_splits
 from ..core.fileio import FileFormatError
 from ..core.genotype import Genotype, last_feature, modalities
+from ..core.opnames import BUILTIN_OPS
 from ..core.progress import bar as progress_bar
 from ..core.progress import label
 from ..core.schema import load_json
@@ -49,7 +53,9 @@ from ..engine.loop import (
 )
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
+from ..engine.workers import Handle, Job, Pool, active, pool, resolve_workers
 from ..space.found import FoundNet
+from ..space.ops import OpSpec, get_op, list_ops, register_op
 from .probe import choose_C, fit_linear, init_from_probe
 from .record import as_run, entry
 
@@ -278,6 +284,10 @@ def select_epochs(
     ``run``; a network that cannot be stacked trains fold by fold (logged).
     """
     k = cfg.train.select_folds
+    if k >= 2 and not cfg.train.batched_folds:
+        with open_pool(data, cfg, k, fold_work(data, cfg, epochs, k)) as pool:
+            if pool.workers > 1:
+                return _select_parallel(pool, genotype, data, cfg, epochs, progress, desc)
     if k < 2:
         return _select_on(genotype, data, cfg, epochs, progress, desc)
     folds = kfold(data, k, cfg.seed)
@@ -304,6 +314,123 @@ def select_epochs(
             for i, d in enumerate(folds, 1)
         ]
     )
+
+
+def worker_setup(data: FeatureData, ops: dict[str, OpSpec]) -> FeatureData:
+    """What a worker process does first (:class:`bmnas.engine.workers.Pool`'s ``setup``): register
+    the ops this process registered beyond the built-in ones, and keep ``data`` for every job."""
+    for name, spec in ops.items():
+        if name not in list_ops():
+            register_op(name, spec.arity)(spec.factory)
+    return data
+
+
+def _extra_ops() -> dict[str, OpSpec] | str:
+    """The registered ops beyond the built-in ones, or why they cannot be sent to a worker."""
+    ops = {n: get_op(n) for n in list_ops() if n not in BUILTIN_OPS}
+    try:
+        pickle.dumps(ops)
+    except (pickle.PicklingError, AttributeError, TypeError) as err:
+        return f"a registered op cannot be sent to a worker process ({type(err).__name__}: {err})"
+    return ops
+
+
+def fold_work(data: FeatureData, cfg: Config, epochs: int | None, jobs: int) -> float:
+    """Row-epochs of ``jobs`` selections of ``data`` (what ``workers: 0`` weighs)."""
+    return float(len(data["train"]) + len(data["val"])) * (epochs or cfg.train.epochs) * jobs
+
+
+@contextlib.contextmanager
+def open_pool(data: FeatureData, cfg: Config, jobs: int, work: float) -> Iterator[Pool]:
+    """The worker pool a caller up the stack opened for ``data``, or a new one for ``jobs`` jobs of
+    ``work`` row-epochs (``cfg.workers``, :func:`bmnas.engine.workers.resolve_workers`); one worker
+    (the serial path) when a registered op cannot be sent to a worker process."""
+    outer = active(data)
+    if outer is not None:
+        yield outer
+        return
+    n = resolve_workers(cfg.workers, jobs, work)
+    ops = _extra_ops() if n > 1 else {}
+    if isinstance(ops, str):
+        log.info("training one network at a time: %s", ops)
+        n, ops = 1, {}
+    with pool(n, worker_setup, (data, ops), data) as p:
+        yield p
+
+
+def select_fold(
+    data: FeatureData, genotype: Genotype, cfg: Config, epochs: int | None, fold: int
+) -> Selection:
+    """One job of a selection: fold ``fold`` (1-based) of ``train.select_folds``, or with fewer than
+    two folds (``fold = 0``) the val split; the same computation as the serial path's."""
+    k = cfg.train.select_folds
+    part = data if fold == 0 else kfold(data, k, cfg.seed)[fold - 1]
+    return _select_on(genotype, part, cfg, epochs, False, "")
+
+
+def fold_jobs(genotype: Genotype, cfg: Config, epochs: int | None, name: str) -> list[Job]:
+    """The jobs of one genotype's selection (:func:`select_fold`), named ``name · fold i/k``."""
+    k = cfg.train.select_folds
+    if k < 2:
+        return [Job(name, select_fold, (genotype, cfg, epochs, 0))]
+    return [
+        Job(label(name, f"fold {i}/{k}"), select_fold, (genotype, cfg, epochs, i)) for i in range(1, k + 1)
+    ]
+
+
+def submit_selections(
+    pool: Pool, items: Sequence[tuple[str, Genotype]], cfg: Config, epochs: int | None, desc: str
+) -> dict[str, list[Handle]]:
+    """Queue the fold jobs of each of ``items`` (key, genotype) in ``pool``; see :func:`gather`."""
+    return {key: [pool.submit(j) for j in fold_jobs(g, cfg, epochs, label(desc, key))] for key, g in items}
+
+
+def gather(
+    pool: Pool, handles: dict[str, list[Handle]], progress: bool, desc: str
+) -> Iterator[tuple[str, Selection]]:
+    """``(key, selection)`` of each queued selection as its last fold finishes; one bar over the jobs."""
+    owner = {id(h): key for key, hs in handles.items() for h in hs}
+    left = {key: len(hs) for key, hs in handles.items()}
+    every = [h for hs in handles.values() for h in hs]
+    with progress_bar(total=len(every), desc=label(desc, f"{pool.workers} workers"), enabled=progress) as bar:
+        for h in pool.results(every):
+            bar.update(1)
+            key = owner[id(h)]
+            left[key] -= 1
+            if left[key] == 0:
+                parts = [x.result for x in handles[key]]
+                yield key, parts[0] if len(parts) == 1 else Selection.mean(parts)
+
+
+def selections(
+    pool: Pool,
+    items: Sequence[tuple[str, Genotype]],
+    cfg: Config,
+    epochs: int | None,
+    progress: bool,
+    desc: str,
+) -> Iterator[tuple[str, Selection]]:
+    """The selections of ``items`` (key, genotype), their folds trained side by side in ``pool``:
+    yields ``(key, selection)`` as each genotype's last fold finishes; one bar over the jobs."""
+    yield from gather(pool, submit_selections(pool, items, cfg, epochs, desc), progress, desc)
+
+
+def selection_file(genotype: Genotype, selection: Selection) -> dict:
+    """``<stage>_selection.json`` as :func:`train` writes it: the genotype as trained (with its
+    recipe) and its selection."""
+    return {"genotype": genotype.to_dict(), **selection.to_dict(), "best_epoch": selection.best_epoch}
+
+
+def _select_parallel(
+    pool: Pool,
+    genotype: Genotype,
+    data: FeatureData,
+    cfg: Config,
+    epochs: int | None,
+    progress: bool,
+    desc: str,
+) -> Selection:
+    return next(selections(pool, [("", genotype)], cfg, epochs, progress, desc))[1]
 
 
 def _select_on(
