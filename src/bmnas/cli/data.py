@@ -31,6 +31,7 @@ def export_command(args: argparse.Namespace) -> int:
     from ..engine import owned
     from ..features.generic import export_generic_dir
 
+    owned.check_claimable(Path(args.out))  # refused before the features are computed
     data = read_data(args, config_of(args))
     owned.claim(Path(args.out))  # a user's train.npz is never written over
     print(f"wrote {export_generic_dir(data, args.out)}")

@@ -132,13 +132,28 @@ def claim(path: Path, what: str = "--out") -> None:
     New or empty: created and marked. Marked, or written by an older bmnas: used (and marked).
     Anything else, a symbolic link, or a file: :class:`NotOursError`, and nothing is touched.
     """
+    if not check_claimable(path, what):
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise NotOursError(f"cannot create the run directory {path} ({err.strerror})") from None
+    elif has_marker(path):
+        return
+    write_json(path / MARKER, {"format": MARKER_FORMAT, "version": MARKER_VERSION, "bmnas": __version__})
+
+
+def check_claimable(path: Path, what: str = "--out") -> bool:
+    """Refuse (one line, :class:`NotOursError`) a ``path`` :func:`claim` would refuse, writing nothing;
+    returns whether the directory exists. Lets a command refuse its ``--out`` before long work."""
     if path.is_symlink():
         raise NotOursError(f"{what} {path} is a symbolic link; give the real directory or a new one")
     if path.exists() and not path.is_dir():
         raise NotOursError(f"{what} {path} is a file, not a directory; give a new or empty directory")
     if path.is_dir():
         if has_marker(path):
-            return
+            return True
         entries = sorted(p.name for p in path.iterdir())
         if entries and not _written_by_old_bmnas(path):
             shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
@@ -146,14 +161,8 @@ def claim(path: Path, what: str = "--out") -> None:
                 f"{what} {path} is not a bmnas run directory (it holds {shown}, which bmnas did not "
                 f"write); bmnas writes only into a new, empty or bmnas run directory: choose another {what}"
             )
-    else:
-        try:
-            path.mkdir(parents=True)
-        except FileExistsError:
-            pass
-        except OSError as err:
-            raise NotOursError(f"cannot create the run directory {path} ({err.strerror})") from None
-    write_json(path / MARKER, {"format": MARKER_FORMAT, "version": MARKER_VERSION, "bmnas": __version__})
+        return True
+    return False
 
 
 def refuse_links(path: Path) -> None:
