@@ -297,9 +297,8 @@ def encode_labels(series, sep: str | None, where: str) -> tuple[np.ndarray, tupl
 def strata_of(labels: np.ndarray) -> np.ndarray:
     """The stratum of each row: its class, or (multilabel) its rarest positive label (-1: none).
 
-    Multilabel rows are stratified by their rarest label (a simple stand-in for iterative
-    stratification: every label with two or more rows lands in every split it can). Strata of fewer
-    than two rows are merged into one.
+    Multilabel tables are split by :func:`iterative_split` instead; the rarest-label strata remain
+    for comparison. Strata of fewer than two rows are merged into one.
     """
     if labels.ndim == 1:
         strata = labels.astype(np.int64)
@@ -308,6 +307,52 @@ def strata_of(labels: np.ndarray) -> np.ndarray:
         masked = np.where(labels > 0, freq[None, :], np.inf)
         strata = np.where(labels.any(axis=1), np.argmin(masked, axis=1), -1).astype(np.int64)
     return _merge_rare(strata)
+
+
+def iterative_split(labels: np.ndarray, sizes: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Iterative stratification of multi-hot ``labels`` ``(N, K)`` into parts of exactly ``sizes`` rows.
+
+    Sechidis, Tsoumakas & Vlahavas (2011), "On the stratification of multi-label data": part ``j``
+    wants ``c_j = sizes[j]`` rows and ``c_jl = n_l · sizes[j] / N`` rows of label ``l`` (``n_l``: rows
+    with label ``l``). Repeatedly take the label with the fewest rows left (ties: at random) and deal
+    each of its rows (in random order) to the part that still wants the most rows of that label
+    (ties: the most rows overall, then at random), among parts that still want rows; then lower
+    that part's wants for every label of the row. Rows without labels go to the parts wanting the
+    most rows. Returns each row's part ``(N,)``.
+    """
+    y = np.asarray(labels) > 0
+    n = y.shape[0]
+    want_rows = np.asarray(sizes, dtype=np.float64)
+    if want_rows.sum() != n or (want_rows < 0).any():
+        raise ValueError(f"sizes {list(sizes)} must be >= 0 and sum to the {n} rows")
+    want = y.sum(axis=0)[None, :] * want_rows[:, None] / n  # (parts, K)
+    rng = np.random.default_rng(seed)
+    part = np.full(n, -1, dtype=np.int64)
+    left = y.copy()  # label membership of the rows not dealt yet
+    while left.any():
+        counts = left.sum(axis=0)
+        fewest = np.flatnonzero(counts == counts[counts > 0].min())
+        label = rng.choice(fewest)
+        for row in rng.permutation(np.flatnonzero(left[:, label])):
+            open_ = want_rows > 0
+            best = _argmax_ties(np.where(open_, want[:, label], -np.inf), rng, want_rows)
+            part[row] = best
+            want[best] -= y[row]
+            want_rows[best] -= 1
+            left[row] = False
+    for row in rng.permutation(np.flatnonzero(part < 0)):
+        best = _argmax_ties(want_rows, rng)
+        part[row] = best
+        want_rows[best] -= 1
+    return part
+
+
+def _argmax_ties(score: np.ndarray, rng: np.random.Generator, then: np.ndarray | None = None) -> int:
+    """The index of the largest ``score``; ties broken by the largest ``then``, then at random."""
+    top = np.flatnonzero(score == score.max())
+    if then is not None and top.size > 1:
+        top = top[then[top] == then[top].max()]
+    return int(rng.choice(top)) if top.size > 1 else int(top[0])
 
 
 def _merge_rare(strata: np.ndarray) -> np.ndarray:
@@ -331,10 +376,12 @@ def assign_splits(
     labels: np.ndarray, given: np.ndarray | None, seed: int = 0, shares: tuple[float, float] = DEFAULT_SHARES
 ) -> tuple[np.ndarray, str]:
     """Each row's split and a sentence saying how: ``given`` (a split column) is kept; a missing
-    val or test split is carved from train (seeded, stratified by :func:`strata_of`)."""
+    val or test split is carved from train (seeded; stratified by class, or for multilabel rows by
+    :func:`iterative_split`)."""
     n = labels.shape[0]
     split = np.array(given if given is not None else ["train"] * n, dtype=object)
-    strata = strata_of(labels)
+    multilabel = labels.ndim == 2
+    strata = None if multilabel else strata_of(labels)
     notes = []
     for name, share in (("test", shares[1]), ("val", shares[0])):
         if (split == name).any():
@@ -346,11 +393,14 @@ def assign_splits(
                 f"the table has {pool.size} training row(s): too few to carve a {name} split of {k} from; "
                 f"add rows or give a split column"
             )
-        _, carved, stratified = _carve(pool, strata, k, seed)
+        if multilabel:
+            carved = pool[iterative_split(labels[pool], (pool.size - k, k), seed) == 1]
+            how = "iteratively stratified"
+        else:
+            _, carved, stratified = _carve(pool, strata, k, seed)
+            how = "stratified" if stratified else "not stratified: too few rows per class"
         split[carved] = name
-        notes.append(
-            f"{name} ({k} rows, {'stratified' if stratified else 'not stratified: too few rows per class'})"
-        )
+        notes.append(f"{name} ({k} rows, {how})")
     if not notes:
         return split, "splits as given by the split column"
     source = "the split column's train rows" if given is not None else "the table"
