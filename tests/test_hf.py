@@ -22,6 +22,7 @@ from bmnas.features import table as tb
 from bmnas.features.backbones import hf
 from bmnas.features.backbones.base import BackboneError
 from bmnas.features.backbones.named import named_backbone
+from bmnas.features.pipeline import load_data
 from bmnas.features.pooling import pool_feature
 from helpers import FAST
 from test_table import write_photos
@@ -225,7 +226,10 @@ def test_data_backbones_in_the_config(tmp_path):
         Config.from_sources(None, ["data.backbones=hf:x"])
     with pytest.raises(ConfigError, match="data.backbones.2x: keys are modality names"):
         Config.from_dict({"data": {"backbones": {"2x": "default"}}})
-    with pytest.raises(ConfigError, match="--backbone describe a --table"):
+    on_dataset = Config.from_sources(None, ["data.dataset=avmnist", "data.backbones.image=default"])
+    with pytest.raises(ConfigError, match="names backbones for a --table; --dataset and --data DIR bring"):
+        load_data(on_dataset, tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="--backbone picks a --table's backbones; pass --table FILE"):
         main_config(["--data", str(tmp_path), "--backbone", "image=default"])
 
 

@@ -289,13 +289,16 @@ def resolve_config(args: argparse.Namespace) -> Config:
     }
     backbones = parse_backbones(getattr(args, "backbones", ()) or ())
     if backbones:
+        if not cfg.data.table:
+            raise ConfigError(
+                "--backbone picks a --table's backbones; pass --table FILE (--dataset NAME and --data DIR "
+                "bring their own)"
+            )
         table_flags["backbones"] = {**cfg.data.backbones, **backbones}
     table_flags = {k: v for k, v in table_flags.items() if v}
     if table_flags:
         if not cfg.data.table:
-            raise ConfigError(
-                "--label, --label-sep, --modality and --backbone describe a --table; pass --table FILE"
-            )
+            raise ConfigError("--label, --label-sep and --modality describe a --table; pass --table FILE")
         cfg = cfg.replace(data=type(cfg.data)(**{**cfg.data.__dict__, **table_flags}))
     if cfg.data.table and not cfg.data.label:
         raise ConfigError(f"--table {cfg.data.table}: name its label column with --label COL")
