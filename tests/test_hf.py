@@ -22,6 +22,7 @@ from bmnas.features import table as tb
 from bmnas.features.backbones import hf
 from bmnas.features.backbones.base import BackboneError
 from bmnas.features.backbones.named import named_backbone
+from bmnas.features.extract import extract_features
 from bmnas.features.pipeline import load_data
 from bmnas.features.pooling import pool_feature
 from helpers import FAST
@@ -238,3 +239,18 @@ def main_config(extra: list[str]):
     from bmnas.cli.options import resolve_config
 
     return resolve_config(build_parser().parse_args(["run", "--out", "x", *extra]))
+
+
+def test_a_convolutional_model_gives_maps_pooled_as_maps(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, image_size=32)
+    transformers.ConvNextModel(config).save_pretrained(tmp_path)
+    transformers.ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(tmp_path)
+    backbone = hf.hf_backbone(str(tmp_path), "img")  # the kind inferred from the config: image
+    images = np.random.default_rng(0).integers(0, 255, (3, 3, 40, 40), dtype=np.uint8)
+    out = extract_features(backbone, images, length=4, progress=False)
+    assert {k: v.shape for k, v in out.items()} == {"img.hidden1": (3, 4, 8), "img.hidden2": (3, 4, 16)}
+    with torch.no_grad():
+        states = backbone.module.model(**backbone.preprocess(images), output_hidden_states=True).hidden_states
+    assert states[2].shape == (3, 16, 4, 4)  # (B, C, H, W): a 2 × 2 grid of L = 4
+    np.testing.assert_allclose(out["img.hidden2"], pool_feature(states[2], 4).numpy(), atol=1e-6)
