@@ -169,12 +169,16 @@ def test_the_cache_key_follows_the_weights_and_the_preprocessing(tmp_path, model
     assert list(text.layers) == ["hidden1", "hidden2", "hidden3"] and text.name == f"hf:{models['bert']}"
 
 
-def test_a_python_factory_is_recorded_as_python(tmp_path):
-    from test_table import STAND_INS
+def test_a_python_factory_is_recorded_as_python_and_default_as_what_it_stands_for(tmp_path, monkeypatch):
+    from test_table import STAND_INS, tiny_backbone
 
     csv = write_photos(tmp_path, n=24)
     data = tb.table_features(csv, "label", length=2, root=tmp_path, backbones=STAND_INS)
     assert {m["backbone"] for m in data.info["modalities"].values()} == {"python"}
+    monkeypatch.setattr(tb, "default_backbone", tiny_backbone)  # (the shipped ones, stood in for)
+    data = tb.table_features(csv, "label", length=2, root=tmp_path, backbone_specs={"image": "default"})
+    recorded = {k: m["backbone"] for k, m in data.info["modalities"].items()}
+    assert recorded == {"path": "efficientnet-lite0", "caption": "minilm-l6"}
 
 
 def test_without_transformers_the_error_names_the_extra(monkeypatch):

@@ -39,7 +39,7 @@ from ..core.errors import DataError
 from ..core.fileio import default_root, write_text_atomic
 from ..core.registry import optional
 from .backbones.base import Backbone, BackboneError
-from .backbones.named import check_spec, named_backbone
+from .backbones.named import check_spec, named_backbone, resolved_spec
 from .cache import CacheKey, FeatureCache
 from .extract import extract_features
 from .generic import generic_layout
@@ -572,7 +572,8 @@ def table_features(
             shipped EfficientNet-Lite0 and MiniLM (e.g. a small stand-in in tests); recorded as ``"python"``.
         backbone_specs: modality name or kind -> a backbone by name
             (:func:`~bmnas.features.backbones.named.named_backbone`: ``default``, ``efficientnet-lite0``,
-            ``minilm-l6``, ``hf:NAME``); recorded in ``info["modalities"][name]["backbone"]``.
+            ``minilm-l6``, ``hf:NAME``); recorded in ``info["modalities"][name]["backbone"]`` (``default``
+            as the shipped backbone it stands for).
         image_size: images are read at ``image_size × image_size``; ``max_length``: MiniLM's word pieces.
 
     Returns:
@@ -658,7 +659,7 @@ def table_features(
             m.name: {
                 "kind": m.kind,
                 "columns": list(m.columns),
-                **({"backbone": chosen[m.name]} if m.name in chosen else {}),
+                **({"backbone": resolved_spec(chosen[m.name], m.kind)} if m.name in chosen else {}),
             }
             for m in plan.modalities
         },

@@ -32,6 +32,11 @@ def check_spec(spec: str, kind: str | None = None, where: str = "--backbone") ->
     raise BackboneError(f"{where}: unknown backbone {spec!r}; give one of {', '.join(FORMS)}")
 
 
+def resolved_spec(spec: str, kind: str) -> str:
+    """``spec`` with ``default`` replaced by the shipped backbone it stands for (as a run records it)."""
+    return DEFAULTS.get(kind, spec) if spec == "default" else spec
+
+
 def named_backbone(
     spec: str, modality: str, kind: str, image_size: int = 224, max_length: int = 64
 ) -> Backbone:
