@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..core.config import Config, ConfigError, _parse_value, _short, preset
@@ -197,6 +198,16 @@ def data_options(p: argparse.ArgumentParser, out: bool = True) -> None:
         help="table columns of one modality: NAME=col1,col2 or NAME=prefix* (repeatable; default: every "
         "column, numeric ones as one vector, image paths through EfficientNet-Lite0, text through MiniLM)",
     )
+    src.add_argument(
+        "--backbone",
+        metavar="MODALITY=SPEC",
+        action="append",
+        default=[],
+        dest="backbones",
+        help="a table modality's backbone (MODALITY: a modality name or a kind, image or text): default, "
+        "efficientnet-lite0, minilm-l6 or hf:<hub name or local directory> (pip install 'bmnas[hf]'), e.g. "
+        "--backbone image=hf:google/vit-base-patch16-224 (repeatable; config data.backbones)",
+    )
     key_values(
         src,
         "--dataset-option",
@@ -276,6 +287,14 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "label_sep": getattr(args, "label_sep", None),
         "modalities": tuple(getattr(args, "modalities", ()) or ()),
     }
+    backbones = parse_backbones(getattr(args, "backbones", ()) or ())
+    if backbones:
+        if not cfg.data.table:
+            raise ConfigError(
+                "--backbone picks a --table's backbones; pass --table FILE (--dataset NAME and --data DIR "
+                "bring their own)"
+            )
+        table_flags["backbones"] = {**cfg.data.backbones, **backbones}
     table_flags = {k: v for k, v in table_flags.items() if v}
     if table_flags:
         if not cfg.data.table:
@@ -289,6 +308,19 @@ def resolve_config(args: argparse.Namespace) -> Config:
             "--table FILE --label COL"
         )
     return cfg
+
+
+def parse_backbones(items: Sequence[str]) -> dict[str, str]:
+    """``--backbone`` items ``["image=hf:google/vit-base-patch16-224", ...]`` -> ``{"image": "hf:…"}``."""
+    out = {}
+    for item in items:
+        key, sep, spec = item.partition("=")
+        if not sep or not key.strip() or not spec.strip():
+            raise ConfigError(
+                f"--backbone {item!r} must look like MODALITY=SPEC, e.g. image=hf:google/vit-base-patch16-224"
+            )
+        out[key.strip()] = spec.strip()
+    return out
 
 
 def parse_options(items: list[str], flag: str) -> dict:

@@ -58,6 +58,14 @@ class DataConfig:
     num_outputs: int | None = _doc(None, "classes / labels (None: inferred)")
     threshold: float = _doc(0.5, "multilabel decision threshold")
     features: tuple[str, ...] = _doc((), "restrict to these features (default: all)")
+    backbones: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "doc": "a table's backbones: modality name or kind (image, text) -> default | efficientnet-lite0 "
+            "| minilm-l6 | hf:<hub name or directory> (pip install 'bmnas[hf]'), e.g. "
+            "{image: hf:google/vit-base-patch16-224}"
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -422,6 +430,12 @@ def _coerce(tp, value, where: str):
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {_brief(value)}")
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping (key: value), got {_brief(value)}")
+        return {_coerce(args[0], k, where): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             value = [value] if isinstance(value, str) else value
@@ -599,6 +613,17 @@ def _check(cfg) -> None:
             f"val and test shares must each be in (0, 1) and sum below 1, got {list(cfg.split_shares)}",
         )
         need(cfg.label_sep is None or cfg.label_sep != "", "data.label_sep", "must be a non-empty string")
+        for key, spec in cfg.backbones.items():
+            need(
+                re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key) is not None,
+                f"data.backbones.{key}",
+                "keys are modality names or kinds (image, text): letters, digits, '_' and '-'",
+            )
+            need(
+                bool(spec.strip()),
+                f"data.backbones.{key}",
+                "must name a backbone: default | efficientnet-lite0 | minilm-l6 | hf:<hub name or directory>",
+            )
         need(
             cfg.num_outputs is None or cfg.num_outputs >= 1,
             "data.num_outputs",

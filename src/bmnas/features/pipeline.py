@@ -212,7 +212,13 @@ def load_data(
             device=resolve_device(cfg.device),
             task_type=d.task,
             num_outputs=d.num_outputs,
+            backbone_specs=d.backbones,
             **options,
+        )
+    elif d.backbones:
+        raise ConfigError(
+            f"data.backbones {dict(d.backbones)} (--backbone) names backbones for a --table; "
+            "--dataset and --data DIR bring their own"
         )
     elif d.dir:
         if dataset_options or backbone_options:

