@@ -69,10 +69,7 @@ def _run(mode: str, device: str = "cpu", steps: int = 9, fused: bool = True) -> 
     step = StepFunction(model, TASK, opt, ctx, freeze=[model.gate])
     losses = []
     for x, y in _batches(1, [16] * (steps - 1) + [5], device):
-        if mode == "today":
-            loss = optimizer_step(model, TASK, x, y, opt, [model.gate])
-        else:
-            loss = step(x, y)
+        loss = optimizer_step(model, TASK, x, y, opt, [model.gate]) if mode == "today" else step(x, y)
         sched.step()
         losses.append(float(loss))
     return model, losses

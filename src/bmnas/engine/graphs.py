@@ -50,17 +50,20 @@ Inputs = Mapping[str, torch.Tensor] | torch.Tensor
 def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Prepare ``optimizer`` (Adam) for a captured step on ``device``, in place.
 
-    Each group's ``lr`` becomes a 0-d float32 tensor on ``device`` (a scheduler then ``fill_``-s it)
-    and, on CUDA, ``capturable=True`` with every existing ``state["step"]`` moved to the device (a
-    resumed optimiser has them where its checkpoint put them). On the CPU a tensor ``lr`` needs the
-    fused Adam; unfused groups keep their float ``lr``.
+    Each group's ``lr`` becomes a 0-d tensor on ``device`` (float32 on CUDA, float64 on the CPU;
+    a scheduler then ``fill_``-s it) and, on CUDA, ``capturable=True`` with every existing
+    ``state["step"]`` moved to the device (a resumed optimiser has them where its checkpoint put
+    them). On the CPU a tensor ``lr`` needs the fused Adam; unfused groups keep their float ``lr``.
     """
     cuda = device.type == "cuda"
     for group in optimizer.param_groups:
         if cuda or group.get("fused"):
             lr = group["lr"]
             if not isinstance(lr, torch.Tensor) or lr.device != device:
-                group["lr"] = torch.tensor(float(lr), dtype=torch.float64 if not cuda else torch.float32, device=device)
+                dtype = (
+                    torch.float32 if cuda else torch.float64
+                )  # float64: the CPU's fused Adam as with a float
+                group["lr"] = torch.tensor(float(lr), dtype=dtype, device=device)
         if cuda:
             group["capturable"] = True
             for p in group["params"]:
