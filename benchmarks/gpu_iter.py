@@ -25,8 +25,16 @@ def _sync(device: str) -> None:
 
 def one(args: argparse.Namespace, precision: str, graphs: str) -> str:
     data = planted_interaction(n=args.n, L=args.L, seed=0)
-    sets = [f"device={args.device}", f"precision={precision}", f"cuda_graphs={graphs}", f"model.C={args.C}",
-            f"model.L={args.L}", f"search.batch_size={args.batch}", "search.warmup_epochs=0", "search.rerank=0"]
+    sets = [
+        f"device={args.device}",
+        f"precision={precision}",
+        f"cuda_graphs={graphs}",
+        f"model.C={args.C}",
+        f"model.L={args.L}",
+        f"search.batch_size={args.batch}",
+        "search.warmup_epochs=0",
+        "search.rerank=0",
+    ]
     s = _setup(data, Config.from_sources(None, sets), progress=False)
     n_batches = -(-len(s.weight_rows) // args.batch)
     _bilevel_steps(s, 1, True)  # warm-up and capture
@@ -48,8 +56,10 @@ def one(args: argparse.Namespace, precision: str, graphs: str) -> str:
         kernels = len(ev) / n_batches
         busy = sum(e.device_time for e in ev) / 1e6 / wall
     captured = s.w_step.captured
-    return (f"| search iteration C={args.C} n={args.n} b={args.batch} | {args.device} | {precision} | {graphs} "
-            f"(captured: {captured}) | {ms:.2f} ms | {kernels:.0f} | {busy:.0%} |")
+    return (
+        f"| search iteration C={args.C} n={args.n} b={args.batch} | {args.device} | {precision} | {graphs} "
+        f"(captured: {captured}) | {ms:.2f} ms | {kernels:.0f} | {busy:.0%} |"
+    )
 
 
 def main() -> None:
