@@ -234,7 +234,7 @@ def test_bmnas_config_prints_commented_yaml_that_reads_back(tmp_path, capsys):
     cfg = Config.from_dict(yaml.safe_load(text))
     expected = Config.from_sources(None, ["search.epochs=3"], base=preset("mmimdb"))
     assert cfg == dataclasses.replace(expected, data=dataclasses.replace(expected.data, dataset="mmimdb"))
-    assert len(keys) == 5 + 4 + sum(  # seed, threads, workers, device, precision; the 4 sections
+    assert len(keys) == 7 + 4 + sum(  # seed, threads, workers, device, precision, cuda_graphs, deterministic
         len(dataclasses.fields(s)) for s in (cfg.data, cfg.model, cfg.search, cfg.train)
     )
     (tmp_path / "c.yaml").write_text(text)

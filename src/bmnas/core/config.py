@@ -204,6 +204,12 @@ class Config:
     )
     device: str = _doc("auto", "auto (cuda if present) | cpu | cuda | cuda:N")
     precision: str = _doc("fp32", "fp32 | bf16 (autocast of forward passes)")
+    cuda_graphs: str = _doc(
+        "auto", "auto (on for CUDA) | on | off: training steps replayed as CUDA graphs (engine/graphs.py)"
+    )
+    deterministic: bool = _doc(
+        False, "deterministic CUDA kernels (exact resume on a GPU; CUBLAS_WORKSPACE_CONFIG=:4096:8)"
+    )
     data: DataConfig = field(
         default_factory=DataConfig, metadata={"doc": "where features come from and what the labels mean"}
     )
@@ -454,6 +460,8 @@ def _coerce(tp, value, where: str):
         return value
     if tp is str and isinstance(value, str):
         return value
+    if tp is str and isinstance(value, bool) and where == "cuda_graphs":  # YAML reads on/off as booleans
+        return "on" if value else "off"
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {_brief(value)}")
 
 
@@ -650,4 +658,9 @@ def _check(cfg) -> None:
             cfg.precision in ("fp32", "bf16"),
             "precision",
             f"must be fp32 or bf16, got {cfg.precision!r}",
+        )
+        need(
+            cfg.cuda_graphs in ("auto", "on", "off"),
+            "cuda_graphs",
+            f"must be auto, on or off, got {cfg.cuda_graphs!r}",
         )

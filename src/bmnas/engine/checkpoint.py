@@ -83,6 +83,9 @@ class Checkpoint:
                 ) from None
         self.generator.set_state(ckpt["shuffle"])
         torch.set_rng_state(ckpt["torch_rng"])
+        cuda_rng = ckpt.get("cuda_rng")  # the GPUs' generators (dropout on CUDA draws from them)
+        if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_rng)
         return ckpt["state"]
 
     def save(self, state: dict) -> None:
@@ -93,6 +96,8 @@ class Checkpoint:
         payload.update(
             shuffle=self.generator.get_state(), torch_rng=torch.get_rng_state(), state=state, **self.identity
         )
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            payload["cuda_rng"] = torch.cuda.get_rng_state_all()
         self.run.save_checkpoint(self.stage, self.cfg, payload)
         self.run.write_jsonl(self.history, state["history"])
 

@@ -44,6 +44,10 @@ class DeviceError(BmnasError, RuntimeError):
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto | cpu | cuda | cuda:N`` -> a device this machine has (auto: the first GPU, else the CPU).
 
+    The rule of ``auto`` is "a GPU when there is one"; it does not yet weigh a job's size. Whether
+    the default job is faster on the GPU than with ``--device cpu`` on the same machine is what
+    ``benchmarks/gpu_check.sh`` measures (its ``avmnist cuda`` vs ``avmnist cpu`` rows); no threshold
+    is set here until that has been measured.
     Raises :class:`DeviceError` naming what exists when ``cuda``/``cuda:N`` is not available.
     """
     if name == "auto":
@@ -65,6 +69,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.index is not None and device.index >= count:
         raise DeviceError(f"device {name!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
     return device
+
+
+def cuda_settings(device: torch.device, deterministic: bool = False) -> None:
+    """Process-wide settings of a run on ``device``: TF32 matmuls, and deterministic kernels if asked.
+
+    On CUDA fp32 matmuls and convolutions use TF32 (``torch.set_float32_matmul_precision("high")``:
+    a 10-bit mantissa in the products, fp32 accumulation; Ampere and later). ``deterministic``
+    (``config.deterministic``) sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (when unset; cuBLAS reads it
+    when its handle is made, i.e. at the first matmul) and
+    ``torch.use_deterministic_algorithms(True, warn_only=True)``, and keeps fp32 matmuls in full
+    fp32: a resumed run then repeats the straight one exactly on a GPU. On the CPU: nothing.
+    """
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.set_float32_matmul_precision("highest")
+    else:
+        torch.set_float32_matmul_precision("high")
 
 
 def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..core.data import FeatureSplit, TaskInfo
 from .augment import drop_modalities
-from .device import autocast, resolve_device
+from .device import autocast, cuda_settings, resolve_device
 from .distributed import (
     SINGLE,
     Ranks,
@@ -48,23 +48,47 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Context:
-    """Where a loop computes: its device, its processes (``ranks``) and the precision of its forward passes.
+    """Where a loop computes: its device, its processes (``ranks``), the precision of its forward passes
+    and how its training steps run (``graphs``).
 
     Resolved once per loop (:meth:`of`); :meth:`amp` is the autocast every forward pass runs under.
+    ``graphs``: ``off`` (today's eager step), ``capture`` (each step replayed as a CUDA graph,
+    :mod:`bmnas.engine.graphs`) or ``buffers`` (the same static-buffer step, run eagerly: what
+    ``cuda_graphs: on`` gives on a CPU, so that the path is tested without a GPU).
     """
 
     device: torch.device = torch.device("cpu")
     ranks: Ranks = SINGLE
     precision: str = "fp32"
+    graphs: str = "off"
 
     @classmethod
     def of(cls, cfg: Config) -> Context:
-        """``cfg.device`` (this rank's GPU under ``torchrun``), the process group, ``cfg.precision``."""
-        return cls(local_device(resolve_device(cfg.device)), current(), cfg.precision)
+        """``cfg.device`` (this rank's GPU under ``torchrun``), the process group, ``cfg.precision``,
+        ``cfg.cuda_graphs`` resolved (:func:`graphs_mode`); applies
+        :func:`~bmnas.engine.device.cuda_settings`."""
+        device = local_device(resolve_device(cfg.device))
+        cuda_settings(device, cfg.deterministic)
+        ranks = current()
+        return cls(device, ranks, cfg.precision, graphs_mode(cfg.cuda_graphs, device, ranks))
 
     def amp(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on this device for ``precision: bf16``, else a no-op context."""
         return autocast(self.device, self.precision)
+
+
+def graphs_mode(setting: str, device: torch.device, ranks: Ranks = SINGLE) -> str:
+    """``cuda_graphs`` (``auto | on | off``) on ``device`` -> :attr:`Context.graphs`.
+
+    ``auto``: ``capture`` on a CUDA device in one process, else ``off``. ``on``: ``capture`` on CUDA,
+    ``buffers`` (the static-buffer step run eagerly) on the CPU. Over several processes the steps
+    stay eager (the gradient all-reduce is not captured).
+    """
+    if setting == "off" or ranks.active:
+        return "off"
+    if device.type == "cuda":
+        return "capture"
+    return "buffers" if setting == "on" else "off"
 
 
 CPU = Context()  # one process on the CPU in fp32: pre-training, inference, tests
@@ -329,31 +353,40 @@ def train_epoch(
     freeze: Sequence[nn.Parameter] = (),
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
     dropout: ModalityDropout | None = None,
-    after_step: Callable[[int, torch.Tensor], float | None] | None = None,
+    after_step: Callable[[int, torch.Tensor], float | torch.Tensor | None] | None = None,
+    step: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
 ) -> EpochLoss:
     """One epoch of ``model`` in train mode over ``batches`` (global row indices, in order).
 
     Per batch: this rank's shard of the rows, ``gather(rows) -> (inputs, labels)`` on the device,
     ``dropout`` where given, :func:`optimizer_step` with ``freeze`` excluded, ``schedule.step()``,
     then ``after_step(i, loss)`` (the bilevel search's architecture step; a float it returns is
-    averaged into :attr:`EpochLoss.steps`). Afterwards the losses are summed over ranks and rank 0's
-    buffers (BatchNorm statistics) broadcast.
+    averaged into :attr:`EpochLoss.steps`). ``step(inputs, labels) -> loss`` replaces
+    :func:`optimizer_step` where given (a :class:`bmnas.engine.graphs.StepFunction`). The losses are
+    summed on the device in float64 (no host round trip per batch; the same sums as Python floats).
+    Afterwards they are summed over ranks and rank 0's buffers (BatchNorm statistics) broadcast.
     """
     ranks = ctx.ranks
     model.train()
-    total, extra, rows, steps = 0.0, 0.0, 0, 0
+    total: float | torch.Tensor = 0.0
+    extra: float | torch.Tensor = 0.0
+    rows, steps = 0, 0
     for i, idx in enumerate(batches):
         mine = shard(idx, ranks)
         inputs, labels = gather(mine)
         if dropout is not None:
             inputs = dropout(inputs, len(idx), ranks)
-        loss = optimizer_step(model, task, inputs, labels, optimizer, freeze, ranks, ctx.amp)
+        if step is None:
+            loss = optimizer_step(model, task, inputs, labels, optimizer, freeze, ranks, ctx.amp)
+        else:
+            loss = step(inputs, labels)
         if schedule is not None:
             schedule.step()
         if after_step is not None and (value := after_step(i, loss)) is not None:
-            extra += value
-        total += loss.item() * len(mine)
+            extra = extra + (value.double() if isinstance(value, torch.Tensor) else value)
+        total = total + loss.double() * len(mine)
         rows, steps = rows + len(idx), steps + 1
+    total, extra = float(total), float(extra)
     if ranks.active:
         total, extra = sum_over_ranks(total, ranks), sum_over_ranks(extra, ranks) / ranks.world
     broadcast_buffers(model, ranks)

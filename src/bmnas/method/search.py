@@ -26,6 +26,7 @@ from ..core.progress import bar as progress_bar
 from ..engine.checkpoint import Checkpoint
 from ..engine.device import on_device
 from ..engine.distributed import DistributedError, barrier, broadcast_state, check_same, min_batch, shard
+from ..engine.graphs import StepFunction
 from ..engine.loop import (
     AdamSettings,
     Context,
@@ -35,7 +36,6 @@ from ..engine.loop import (
     cosine_restarts,
     evaluate,
     new_state,
-    optimizer_step,
     run_epochs,
     train_epoch,
 )
@@ -148,6 +148,8 @@ class _Bilevel:
     ctx: Context
     min_rows: int
     progress: bool
+    w_step: StepFunction  # the weight step (α, β, γ frozen), captured on CUDA
+    a_step: StepFunction  # the architecture step (weights frozen)
 
     @property
     def metric(self) -> str:
@@ -227,6 +229,8 @@ def _setup(data: FeatureData, cfg: Config, progress: bool) -> _Bilevel:
         ctx,
         min_rows,
         progress,
+        StepFunction(net, data.task, w_opt, ctx, freeze=net.arch_parameters()),
+        StepFunction(net, data.task, a_opt, ctx, freeze=net.weight_parameters()),
     )
 
 
@@ -245,8 +249,8 @@ def _search_epoch(s: _Bilevel, epoch: int, state: dict) -> dict:
         "train_loss": train_loss,
         "arch_loss": arch_loss,
         "val": scores,
-        "lr": s.sched.get_last_lr()[0],
-        "arch_lr": s.a_opt.param_groups[0]["lr"],
+        "lr": float(s.sched.get_last_lr()[0]),  # a device tensor under CUDA graphs
+        "arch_lr": float(s.a_opt.param_groups[0]["lr"]),
         "best": improved,
         "genotype": genotype.to_dict(),
         "arch": s.net.arch.softmaxed(s.net.relaxation),
@@ -261,7 +265,6 @@ def _bilevel_steps(s: _Bilevel, epoch: int, warm: bool) -> tuple[float, float]:
     NNI's DARTS does). Returns the train loss per row and the architecture loss per iteration,
     averaged over the epoch."""
     net, ranks, bs, p = s.net, s.ctx.ranks, s.cfg.search.batch_size, s.cfg.search.modality_dropout
-    weights, arch = net.weight_parameters(), net.arch_parameters()
     train_batches = [s.weight_rows[b] for b in batch_indices(len(s.weight_rows), bs, s.shuffle, s.min_rows)]
     arch_batches: list = []
     bar = progress_bar(
@@ -269,7 +272,7 @@ def _bilevel_steps(s: _Bilevel, epoch: int, warm: bool) -> tuple[float, float]:
     )
     a_loss = torch.zeros(())
 
-    def arch_step(i: int, loss: torch.Tensor) -> float | None:
+    def arch_step(i: int, loss: torch.Tensor) -> torch.Tensor | None:
         nonlocal a_loss
         if not arch_batches:  # drawn after the first weight step's dropout masks: the generator's order
             arch_batches.extend(
@@ -277,10 +280,10 @@ def _bilevel_steps(s: _Bilevel, epoch: int, warm: bool) -> tuple[float, float]:
             )
         vfeats, vy = s.arch_src.batch(shard(arch_batches.pop(), ranks))
         if warm:
-            a_loss = optimizer_step(net, s.task, vfeats, vy, s.a_opt, weights, ranks, s.ctx.amp)
-        if i % 10 == 0:
+            a_loss = s.a_step(vfeats, vy)
+        if i % 10 == 0 and s.progress and ranks.main:  # a host sync: only when the bar is shown
             bar.set_postfix(loss=f"{loss.item():.3f}", arch=f"{a_loss.item():.3f}")
-        return a_loss.item() if warm else None
+        return a_loss if warm else None
 
     losses = train_epoch(
         net,
@@ -289,10 +292,10 @@ def _bilevel_steps(s: _Bilevel, epoch: int, warm: bool) -> tuple[float, float]:
         s.task,
         s.w_opt,
         s.ctx,
-        freeze=arch,
         schedule=s.sched,
         dropout=ModalityDropout(p, s.shuffle) if p else None,
         after_step=arch_step,
+        step=s.w_step,
     )
     return losses.rows, losses.steps
 

@@ -39,6 +39,7 @@ from ..engine.checkpoint import Checkpoint
 from ..engine.device import on_device
 from ..engine.distributed import broadcast_state, current, min_batch
 from ..engine.folds import kfold
+from ..engine.graphs import StepFunction
 from ..engine.loop import (
     AdamSettings,
     Context,
@@ -174,7 +175,10 @@ def fit(
     metric = primary_metric(data.task)
     min_rows = min_batch(ranks)
     n_batches = len(batch_indices(len(split), t.batch_size, None, min_rows))
-    opt = build_optimizer(model.parameters(), AdamSettings.of(t))
+    # fused Adam where the steps are captured (one kernel per step; capturable with a tensor lr)
+    opt = build_optimizer(
+        model.parameters(), AdamSettings.of(t, fused=True if ctx.graphs == "capture" else None)
+    )
     sched = cosine_restarts(opt, n_batches, t.restart_epochs, t.restart_mult, t.lr_min)
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
     # a checkpoint of another architecture or length is not resumed: the fit starts over
@@ -186,11 +190,14 @@ def fit(
 
     p = t.modality_dropout
     dropout = ModalityDropout(p, shuffle, tuple(model.used)) if p else None
+    step = StepFunction(model, data.task, opt, ctx)  # replayed as a CUDA graph on CUDA (engine/graphs.py)
 
     def one_epoch(epoch: int, state: dict) -> dict:
         batches = batch_indices(len(split), t.batch_size, shuffle, min_rows)
-        loss = train_epoch(model, batches, split.batch, data.task, opt, ctx, schedule=sched, dropout=dropout)
-        row = {"epoch": epoch, "train_loss": loss.rows, "lr": sched.get_last_lr()[0]}
+        loss = train_epoch(
+            model, batches, split.batch, data.task, opt, ctx, schedule=sched, dropout=dropout, step=step
+        )
+        row = {"epoch": epoch, "train_loss": loss.rows, "lr": float(sched.get_last_lr()[0])}
         if val is not None:
             scores = evaluate(model, val, data.task, t.eval_batch_size, cfg.data.threshold, ctx)
             state["val"].append(float(scores[metric]))
