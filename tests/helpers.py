@@ -10,16 +10,18 @@ import importlib.util
 import io
 import json
 import tarfile
+import zlib
 from itertools import product
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from bmnas.cli.main import main
 from bmnas.core.data import FeatureData, FeatureSplit, TaskInfo
 from bmnas.core.genotype import FeatureSpec
-from bmnas.features.backbones.base import Backbone, register_backbones
+from bmnas.features.backbones.base import Backbone, freeze, register_backbones
 from bmnas.features.datasets import emoji as em
 from bmnas.features.datasets.base import RawDataset, RawSplit, register_dataset
 from bmnas.features.datasets.mmimdb import CAFFE_BGR_MEAN
@@ -359,3 +361,29 @@ def linear_blobs(n=(240, 90, 90), classes=3, seed=0) -> FeatureData:
         }
         splits[split] = FeatureSplit(feats, y.astype(np.int64))
     return FeatureData(splits, TaskInfo("multiclass", classes), "blobs")
+
+
+# ---------------------------------------------------------------------------------- table stand-ins
+def _table_image_input(batch: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(batch), dtype=torch.float32) / 255.0
+
+
+def hashed_words(texts) -> torch.Tensor:
+    """Bag of hashed words, 16 buckets: the text stand-in's input."""
+    out = torch.zeros(len(texts), 16)
+    for i, t in enumerate(texts):
+        for w in str(t).split():
+            out[i, zlib.crc32(w.encode()) % 16] += 1.0
+    return out
+
+
+def table_stand_in(kind: str, modality: str, *_args) -> Backbone:
+    """Seeded stand-ins for EfficientNet-Lite0 and MiniLM in table runs: a 4-channel conv for
+    images (layers ``conv``, ``pool``), a linear map of hashed words for text (``fc``)."""
+    torch.manual_seed(0)
+    if kind == "image":
+        net = freeze(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(2)))
+        return Backbone(modality, net, {"conv": "0", "pool": "2"}, _table_image_input, name="tiny-cnn")
+    return Backbone(
+        modality, freeze(nn.Sequential(nn.Linear(16, 6))), {"fc": "0"}, hashed_words, name="tiny-text"
+    )

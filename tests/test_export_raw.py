@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,13 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from bmnas.cli.main import main
 from bmnas.core.genotype import CellGene, FeatureSpec, Genotype, StepGene
 from bmnas.features import table as tb
-from bmnas.features.backbones.base import Backbone, freeze
 from bmnas.serve.export import export_model, read_metadata
 from bmnas.serve.predict import load
-from helpers import FAST, write_generic
+from helpers import FAST, table_stand_in, write_generic
 
 ATOL = 1e-5
 
@@ -141,25 +138,7 @@ CLASSES = ("cat", "dog", "eel")
 SIZE = 12  # --backbone-option image_size
 
 
-def _image_input(batch: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(batch), dtype=torch.float32) / 255.0
-
-
-def _text_input(texts) -> torch.Tensor:
-    out = torch.zeros(len(texts), 16)
-    for i, t in enumerate(texts):
-        for w in str(t).split():
-            out[i, zlib.crc32(w.encode()) % 16] += 1.0
-    return out
-
-
-def stand_in(kind: str, modality: str, *_args) -> Backbone:
-    """Seeded stand-ins for EfficientNet-Lite0 and MiniLM: a small conv, a linear map of hashed words."""
-    torch.manual_seed(0)
-    if kind == "image":
-        net = freeze(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(2)))
-        return Backbone(modality, net, {"conv": "0", "pool": "2"}, _image_input, name="tiny-cnn")
-    return Backbone(modality, freeze(nn.Sequential(nn.Linear(16, 6))), {"fc": "0"}, _text_input, name="tiny")
+stand_in = table_stand_in
 
 
 def write_table(root: Path, n: int, seed: int) -> pd.DataFrame:
@@ -236,7 +215,8 @@ def test_a_table_run_exports_image_backbone_and_columns_and_equals_predict_table
     # what the user feeds: the image tensors, the numbers, and (text stays outside) pooled text features
     image = tb.ImageFiles([root / p for p in new["path"]], SIZE)[:]
     text = model.extract([stand_in("text", "caption")], {"caption": new["caption"].to_numpy(dtype=object)})
-    feeds = {"path": _image_input(image).numpy(), "numeric.values": new[["age"]].to_numpy(np.float32), **text}
+    pixels = table_stand_in("image", "path").preprocess(image).numpy()
+    feeds = {"path": pixels, "numeric.values": new[["age"]].to_numpy(np.float32), **text}
     logits, probs = run_graph(out, {i["name"]: feeds[i["name"]] for i in meta["inputs"]})
     np.testing.assert_allclose(probs, want, rtol=0, atol=ATOL)
     assert [meta["class_names"][k] for k in logits.argmax(1)] == names

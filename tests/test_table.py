@@ -10,23 +10,20 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
-from torch import nn
 
 import bmnas
 from bmnas.cli.main import main
 from bmnas.core.errors import DataError
 from bmnas.features import table as tb
-from bmnas.features.backbones.base import Backbone, freeze
+from bmnas.features.backbones.base import Backbone
 from bmnas.serve.export import read_metadata
-from helpers import FAST
+from helpers import FAST, table_stand_in
 
 CLASSES = ("cat", "dog", "eel")
 CALLS = {"image": 0, "text": 0}
@@ -48,28 +45,10 @@ def write_photos(root: Path, n: int = 36, seed: int = 0) -> Path:
     return root / "photos.csv"
 
 
-def _image_input(batch: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(batch, dtype=torch.float32) / 255.0
-
-
-def _text_input(texts) -> torch.Tensor:
-    """Bag of hashed words, 16 buckets."""
-    out = torch.zeros(len(texts), 16)
-    for i, t in enumerate(texts):
-        for w in str(t).split():
-            out[i, zlib.crc32(w.encode()) % 16] += 1.0
-    return out
-
-
 def tiny_backbone(kind: str, modality: str, *_args) -> Backbone:
-    """A seeded stand-in: a 4-channel conv for images, a linear map of hashed words for text."""
+    """:func:`helpers.table_stand_in`, counted."""
     CALLS[kind] += 1
-    torch.manual_seed(0)
-    if kind == "image":
-        net = freeze(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(2)))
-        return Backbone(modality, net, {"conv": "0", "pool": "2"}, _image_input, name="tiny-cnn")
-    net = freeze(nn.Sequential(nn.Linear(16, 6)))
-    return Backbone(modality, net, {"fc": "0"}, _text_input, name="tiny-text")
+    return table_stand_in(kind, modality)
 
 
 STAND_INS = {"image": lambda m: tiny_backbone("image", m), "text": lambda m: tiny_backbone("text", m)}
