@@ -122,12 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/bmnas-large-cache"))
     ap.add_argument("--write", type=float, metavar="GB", help=argparse.SUPPRESS)  # the writing child
     ap.add_argument("--keep", action="store_true", help="keep the data and the cache afterwards")
+    ap.add_argument("--large", action="store_true", help="allow --gb above 8 (the disk must hold it)")
     args = ap.parse_args(argv)
     if args.write is not None:
         write(args.dir, args.write)
         return 0
-    if args.gb > 8:
-        raise SystemExit("--gb above 8: this benchmark stays within 8 GB on a shared machine")
+    if args.gb > 8 and not args.large:
+        raise SystemExit("--gb above 8: give --large as well (the data is written to --dir, then removed)")
+    args.dir.parent.mkdir(parents=True, exist_ok=True)
+    room = shutil.disk_usage(args.dir.parent).free / 1e9
+    if args.gb * 1.15 > room and not (args.dir / "test" / "label.npy").exists():
+        raise SystemExit(
+            f"--gb {args.gb:g}: {args.dir.parent} has {room:.0f} GB free; the data and its "
+            f"pooled cache need about {args.gb * 1.15:.0f}"
+        )
     t0 = time.perf_counter()
     if not (args.dir / "test" / "label.npy").exists():  # written by a child: this process stays small
         subprocess.run(
