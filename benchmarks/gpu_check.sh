@@ -2,10 +2,12 @@
 # The one GPU check (issue 22): run on a machine with a CUDA GPU; prints one markdown table to paste
 # into benchmarks/README.md with the date and the machine. Each step runs under `timeout`.
 #   bash benchmarks/gpu_check.sh [--authors DIR] [--cpu-smoke]
+# PYTHON: the interpreter (default: .venv/bin/python where it exists, else python).
 # --cpu-smoke: tiny sizes on the CPU (no suite, no GPU): checks that the script runs.
 # --authors DIR: a checkout of Somedaywilldo/BM-NAS (its row is not implemented yet: reported as such).
 set -uo pipefail
-py=${PYTHON:-python}; smoke=0; authors=""
+default_py=python; [ -x .venv/bin/python ] && default_py=.venv/bin/python  # make install's venv
+py=${PYTHON:-$default_py}; smoke=0; authors=""
 while [ $# -gt 0 ]; do
   case "$1" in --cpu-smoke) smoke=1 ;; --authors) authors="$2"; shift ;; *) echo "unknown option $1" >&2; exit 2 ;; esac
   shift
