@@ -31,11 +31,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...core.registry import optional
 from .base import Backbone, BackboneError, freeze
+from .minilm import resample_real_tokens
 
 INSTALL = "pip install 'bmnas[hf]'"
 KINDS = ("image", "text")
@@ -92,11 +92,7 @@ class HiddenTap(nn.Module):
             return h  # a map (B, C, H, W) or a vector (B, C)
         if self.kind == "image" or real is None:
             return h.transpose(1, 2)  # (B, T, C) -> (B, C, T)
-        out = []
-        for seq, n in zip(h, real.sum(1).tolist(), strict=True):
-            tokens = seq[: max(int(n), 1)].T.unsqueeze(0)  # (1, C, n): the real tokens
-            out.append(F.interpolate(tokens, size=self.positions, mode="linear", align_corners=True))
-        return torch.cat(out)  # (B, C, positions)
+        return resample_real_tokens(h, real, self.positions)  # (B, C, positions)
 
 
 class HFFeatures(nn.Module):

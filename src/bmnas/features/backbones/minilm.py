@@ -150,11 +150,18 @@ class TokenResample(nn.Module):
         self.layer, self.positions = layer, positions
 
     def forward(self, h: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        out = []
-        for seq, n in zip(h, real.sum(1).tolist(), strict=True):
-            tokens = seq[: max(int(n), 1)].T.unsqueeze(0)  # (1, C, n): padding is always on the right
-            out.append(F.interpolate(tokens, size=self.positions, mode="linear", align_corners=True))
-        return torch.cat(out)
+        return resample_real_tokens(h, real, self.positions)
+
+
+def resample_real_tokens(h: torch.Tensor, real: torch.Tensor, positions: int) -> torch.Tensor:
+    """``(B, T, C)`` token states, ``(B, T)`` real-token mask (padding on the right) -> each
+    sequence's real tokens linearly resampled to ``positions``, ``(B, C, positions)`` (at least one
+    token each): a text's features do not depend on the padding of its batch."""
+    out = []
+    for seq, n in zip(h, real.sum(1).tolist(), strict=True):
+        tokens = seq[: max(int(n), 1)].T.unsqueeze(0)  # (1, C, n): the real tokens
+        out.append(F.interpolate(tokens, size=positions, mode="linear", align_corners=True))
+    return torch.cat(out)
 
 
 # ------------------------------------------------------------------------------------------- the module
