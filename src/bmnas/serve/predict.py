@@ -208,8 +208,7 @@ def predict_table(
     labels = None
     if label and label in df.columns:
         labels = encode_known_labels(df[label], model, d.get("label_sep"), where)
-    options = info.get("backbone_options") or {}
-    size, max_length = int(options.get("image_size", 224)), int(options.get("max_length", 64))
+    size, max_length = tb.backbone_options(info)
     pooled: dict[str, np.ndarray] = {}
     nets, inputs = [], {}
     for m in needed:
