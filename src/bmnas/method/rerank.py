@@ -111,7 +111,7 @@ def rerank(
     if todo and not cfg.train.batched_folds:
         with open_pool(data, cfg, jobs, fold_work(data, cfg, epochs, jobs)) as pool:
             if pool.workers > 1:
-                rows = _rerank_parallel(pool, cands, todo, done, data, cfg, epochs, run, writes, progress)
+                rows = _rerank_parallel(pool, cands, todo, done, cfg, epochs, run, writes, progress)
                 barrier(current())
                 return rows
     rows = []
@@ -161,7 +161,6 @@ def _rerank_parallel(
     cands: list[tuple[str, Genotype]],
     todo: list[tuple[int, str, Genotype]],
     done: dict[str, dict],
-    data: FeatureData,
     cfg: Config,
     epochs: int,
     run: RunDir | None,
@@ -175,10 +174,8 @@ def _rerank_parallel(
     for rank, (source, g) in enumerate(cands):
         if _is_done(done, g, epochs, cfg.train.select_folds):
             by_rank[rank] = {**done[_key(g)], "rank": rank, "source": source}
-    items = [(f"candidate {rank + 1}/{len(cands)}", g) for rank, _, g in todo]
-    ranks = {
-        name: (rank, source, g) for name, (rank, source, g) in zip((n for n, _ in items), todo, strict=True)
-    }
+    ranks = {f"candidate {rank + 1}/{len(cands)}": (rank, source, g) for rank, source, g in todo}
+    items = [(name, g) for name, (_, _, g) in ranks.items()]
     for name, sel in selections(pool, items, cfg, epochs, progress, "re-rank candidates"):
         rank, source, g = ranks[name]
         row = _row(rank, source, g, sel, epochs, sel.seconds)

@@ -160,12 +160,7 @@ def _train_parallel(
     and each network's history once more when it is back (for the ``--logger``s: the workers
     write the run's files, not its observers). The probe is fitted here meanwhile."""
     path = str(run_dir.path)
-    sel = selection.to_dict() if selection is not None else None
-    jobs = {
-        SEARCHED: pool.submit(
-            Job("train found net", refit, (genotype, cfg, path, "train", "train found net", sel))
-        )
-    }
+    jobs = {SEARCHED: pool.submit(_refit_job(SEARCHED, genotype, cfg, path, selection))}
     probe = None
     if baselines:
         t = cfg.train
@@ -194,15 +189,20 @@ def _train_parallel(
         for h in pool.results(list(jobs.values())):
             bar.update(1)
             name = next(n for n, x in jobs.items() if x is h)
-            stage = "train" if name == SEARCHED else stage_of(name)
-            run_dir.write_jsonl(f"{stage}_history.jsonl", h.result.history)
+            run_dir.write_jsonl(f"{_refit_stage(name)}_history.jsonl", h.result.history)
             trained[name] = h.result
     return trained.pop(SEARCHED), trained, probe
 
 
+def _refit_stage(name: str) -> str:
+    """The run-directory stage of a table row's refit: ``train`` for the found network."""
+    return "train" if name == SEARCHED else stage_of(name)
+
+
 def _refit_job(name: str, g: Genotype, cfg: Config, path: str, selection: Selection | None) -> Job:
     sel = selection.to_dict() if selection is not None else None
-    return Job(f"train {name}", refit, (g, cfg, path, stage_of(name), f"train {name}", sel))
+    desc = "train found net" if name == SEARCHED else f"train {name}"
+    return Job(desc, refit, (g, cfg, path, _refit_stage(name), desc, sel))
 
 
 @entry
