@@ -387,3 +387,34 @@ def table_stand_in(kind: str, modality: str, *_args) -> Backbone:
     return Backbone(
         modality, freeze(nn.Sequential(nn.Linear(16, 6))), {"fc": "0"}, hashed_words, name="tiny-text"
     )
+
+
+PHOTO_CLASSES = ("cat", "dog", "eel")
+
+
+def photo_rows(root: Path, n: int, seed: int = 0, prefix: str = "", numeric: bool = False):
+    """A DataFrame of ``n`` rows (path, caption, [age,] label) and their 8×8 PNGs under ``root/img``
+    (``<prefix><i>.png``), each image's colour and caption word following its class."""
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        k = i % 3
+        pixels = rng.integers(0, 60, (8, 8, 3)).astype(np.uint8)
+        pixels[..., k] += 150
+        Image.fromarray(pixels).save(root / "img" / f"{prefix}{i}.png")
+        caption = f"a {['small', 'big', 'odd'][k]} thing number {rng.integers(100)}"
+        row = {"path": f"img/{prefix}{i}.png", "caption": caption}
+        if numeric:
+            row["age"] = k + rng.normal()
+        rows.append({**row, "label": PHOTO_CLASSES[k]})
+    return pd.DataFrame(rows)
+
+
+def write_photos(root: Path, n: int = 36, seed: int = 0) -> Path:
+    """``root/photos.csv`` (path, caption, label) of :func:`photo_rows`."""
+    photo_rows(root, n, seed).to_csv(root / "photos.csv", index=False)
+    return root / "photos.csv"

@@ -22,7 +22,7 @@ import torch
 from bmnas.cli import main as cli
 from bmnas.core.genotype import Genotype
 from bmnas.features.generic import NPZ_FIX, load_generic_dir
-from helpers import FAST, make_run, write_generic
+from helpers import FAST, make_run, table_stand_in, write_generic, write_photos
 
 HOUR = 3600
 
@@ -464,8 +464,6 @@ def _bad_table(root: Path, case: str) -> list[str]:
     """A small photos table broken one way; returns the extra arguments of ``bmnas run``."""
     import pandas as pd
 
-    from test_table import write_photos
-
     csv = write_photos(root, n=12)
     df = pd.read_csv(csv)
     extra: list[str] = []
@@ -511,9 +509,8 @@ BAD_TABLES = {
 @pytest.mark.parametrize(("case", "message"), list(BAD_TABLES.items()))
 def test_a_bad_table_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch, case, message):
     from bmnas.features import table
-    from test_table import tiny_backbone
 
-    monkeypatch.setattr(table, "default_backbone", tiny_backbone)
+    monkeypatch.setattr(table, "default_backbone", table_stand_in)
     argv = _bad_table(tmp_path / "t", case)
     out, cache = tmp_path / "run", tmp_path / "cache"
     rc, err = run_cli(capsys, "run", *argv, "--out", str(out), "--cache", str(cache), "--quiet")

@@ -14,14 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from bmnas.cli.main import main
 from bmnas.core.genotype import CellGene, FeatureSpec, Genotype, StepGene
 from bmnas.features import table as tb
 from bmnas.serve.export import export_model, read_metadata
 from bmnas.serve.predict import load
-from helpers import FAST, table_stand_in, write_generic
+from helpers import FAST, PHOTO_CLASSES, photo_rows, table_stand_in, write_generic
 
 ATOL = 1e-5
 
@@ -134,7 +133,7 @@ def test_export_traces_a_float32_cpu_copy_and_leaves_the_loaded_model_alone(data
 
 
 # ---------------------------------------------------------------------------------- table runs
-CLASSES = ("cat", "dog", "eel")
+CLASSES = PHOTO_CLASSES
 SIZE = 12  # --backbone-option image_size
 
 
@@ -142,19 +141,7 @@ stand_in = table_stand_in
 
 
 def write_table(root: Path, n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        k = i % 3
-        pixels = rng.integers(0, 60, (8, 8, 3)).astype(np.uint8)
-        pixels[..., k] += 150
-        Image.fromarray(pixels).save(root / "img" / f"{seed}-{i}.png")
-        caption = f"a {['small', 'big', 'odd'][k]} thing number {rng.integers(100)}"
-        rows.append(
-            {"path": f"img/{seed}-{i}.png", "caption": caption, "age": k + rng.normal(), "label": CLASSES[k]}
-        )
-    return pd.DataFrame(rows)
+    return photo_rows(root, n, seed, prefix=f"{seed}-", numeric=True)
 
 
 @pytest.fixture(scope="module")

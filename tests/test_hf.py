@@ -6,6 +6,7 @@ with ``save_pretrained``: nothing is downloaded (``HF_HUB_OFFLINE=1``).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -25,8 +26,7 @@ from bmnas.features.backbones.named import named_backbone
 from bmnas.features.extract import extract_features
 from bmnas.features.pipeline import load_data
 from bmnas.features.pooling import pool_feature
-from helpers import FAST
-from test_table import write_photos
+from helpers import FAST, table_stand_in, write_photos
 
 transformers = pytest.importorskip("transformers")
 
@@ -170,12 +170,11 @@ def test_the_cache_key_follows_the_weights_and_the_preprocessing(tmp_path, model
 
 
 def test_a_python_factory_is_recorded_as_python_and_default_as_what_it_stands_for(tmp_path, monkeypatch):
-    from test_table import STAND_INS, tiny_backbone
-
     csv = write_photos(tmp_path, n=24)
-    data = tb.table_features(csv, "label", length=2, root=tmp_path, backbones=STAND_INS)
+    stand_ins = {kind: functools.partial(table_stand_in, kind) for kind in ("image", "text")}
+    data = tb.table_features(csv, "label", length=2, root=tmp_path, backbones=stand_ins)
     assert {m["backbone"] for m in data.info["modalities"].values()} == {"python"}
-    monkeypatch.setattr(tb, "default_backbone", tiny_backbone)  # (the shipped ones, stood in for)
+    monkeypatch.setattr(tb, "default_backbone", table_stand_in)  # (the shipped ones, stood in for)
     data = tb.table_features(csv, "label", length=2, root=tmp_path, backbone_specs={"image": "default"})
     recorded = {k: m["backbone"] for k, m in data.info["modalities"].items()}
     assert recorded == {"path": "efficientnet-lite0", "caption": "minilm-l6"}

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 import bmnas
 from bmnas.cli.main import main
@@ -23,26 +22,10 @@ from bmnas.core.errors import DataError
 from bmnas.features import table as tb
 from bmnas.features.backbones.base import Backbone
 from bmnas.serve.export import read_metadata
-from helpers import FAST, table_stand_in
+from helpers import FAST, PHOTO_CLASSES, table_stand_in, write_photos
 
-CLASSES = ("cat", "dog", "eel")
+CLASSES = PHOTO_CLASSES
 CALLS = {"image": 0, "text": 0}
-
-
-def write_photos(root: Path, n: int = 36, seed: int = 0) -> Path:
-    """``root/photos.csv`` (path, caption, label) and ``n`` 8×8 PNGs whose colour follows the class."""
-    rng = np.random.default_rng(seed)
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        k = i % 3
-        pixels = rng.integers(0, 60, (8, 8, 3)).astype(np.uint8)
-        pixels[..., k] += 150
-        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
-        caption = f"a {['small', 'big', 'odd'][k]} thing number {rng.integers(100)}"
-        rows.append({"path": f"img/{i}.png", "caption": caption, "label": CLASSES[k]})
-    pd.DataFrame(rows).to_csv(root / "photos.csv", index=False)
-    return root / "photos.csv"
 
 
 def tiny_backbone(kind: str, modality: str, *_args) -> Backbone:
