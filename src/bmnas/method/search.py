@@ -8,9 +8,11 @@ checkpointed each epoch, so a killed search resumes and ends with the same resul
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,8 +26,25 @@ from ..core.fileio import write_json
 from ..core.genotype import DeriveRules, Genotype
 from ..core.progress import bar as progress_bar
 from ..engine.checkpoint import Checkpoint
-from ..engine.device import on_device
-from ..engine.distributed import DistributedError, barrier, broadcast_state, check_same, min_batch, shard
+from ..engine.device import (
+    DeviceChoice,
+    auto_candidates,
+    kept_settings,
+    on_device,
+    probe_split,
+    resolve_device,
+    thread_policy,
+    time_steps,
+)
+from ..engine.distributed import (
+    DistributedError,
+    barrier,
+    broadcast_state,
+    check_same,
+    current,
+    min_batch,
+    shard,
+)
 from ..engine.graphs import StepFunction
 from ..engine.loop import (
     AdamSettings,
@@ -41,12 +60,14 @@ from ..engine.loop import (
 )
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
+from ..engine.workers import resolve_workers
 from ..report.plots import plot_history
+from ..space.found import FoundNet
 from ..space.hypernet import HyperNet, edge_weights
 from .record import as_run, entry
 from .rerank import rerank
 from .select import Batches, perturb_select
-from .train import Selection
+from .train import Selection, fold_work, with_recipe
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +85,7 @@ class SearchResult:
     hypernet: HyperNet
     candidates: list[dict] = field(default_factory=list)
     perturb: dict | None = None  # search.select=perturb: per Cell slot, each edge's loss delta
+    placement: Placement | None = None  # the device of the search and of re-ranking, and why
 
     def selection(self, epochs: int, folds: int = 0):
         """The re-ranking's selection phase of the chosen genotype, if it ran for ``epochs`` epochs.
@@ -129,6 +151,127 @@ def _optimizers(net: HyperNet, cfg: Config, batches_per_epoch: int):
     return w_opt, a_opt, sched
 
 
+PHASES = ("search", "evaluation")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where each phase of a run computes: ``search`` (the hypernet's bilevel steps) and
+    ``evaluation`` (the FoundNets: re-ranking candidates, selections, baselines, refits)."""
+
+    setting: str  # config.device
+    search: DeviceChoice
+    evaluation: DeviceChoice
+
+    def config(self, cfg: Config, phase: str) -> Config:
+        """``cfg`` with the device ``phase`` runs on."""
+        device = getattr(self, phase).device
+        return cfg if device == cfg.device else cfg.replace(device=device)
+
+    def to_dict(self) -> dict:
+        """``metrics.json``'s ``devices``: the setting, and per phase the device and its probe."""
+        return {
+            "setting": self.setting,
+            "search": self.search.to_dict(),
+            "evaluation": self.evaluation.to_dict(),
+        }
+
+
+def place(
+    data: FeatureData,
+    cfg: Config,
+    workers: Callable[[], int] = lambda: 1,
+    phases: tuple[str, ...] = PHASES,
+    genotype: Genotype | None = None,
+) -> Placement:
+    """The device of each phase: ``cfg.device``, or with ``auto`` on a machine with a GPU the faster
+    of :func:`~bmnas.engine.device.auto_candidates` for each of ``phases``, measured.
+
+    The probe of a phase runs its own step on each candidate (:func:`_probe_step`: the hypernet's
+    weight + architecture step at ``search.batch_size``, or a FoundNet's training step at
+    ``train.batch_size``, on the first rows of the train and val splits, CUDA graphs captured as the
+    run would; the FoundNet of ``genotype``, by default the one a fresh hypernet derives):
+    :data:`~bmnas.engine.device.PROBE_WARMUP` steps, then :data:`~bmnas.engine.device.PROBE_STEPS`
+    timed ones (:func:`~bmnas.engine.device.time_steps`). On the CPU the evaluation's networks train
+    ``workers()`` at a time (the worker pool, one thread each: timed on one thread), so the CPU's
+    rate is ``workers / t_cpu``; the GPU's is counted as ``1 / t_gpu``, one step at a time (a pool's
+    processes there share one device, and how much they overlap is not measured), so a GPU is
+    chosen only when one stream of its steps already beats the CPU's workers
+    (:func:`~bmnas.engine.device.faster_device`). The probe works on fresh copies under a forked RNG
+    and restores the process-wide settings: the run's models, random streams and results are those
+    of the chosen device set explicitly. Each choice is logged (``run.log``) as
+    :meth:`~bmnas.engine.device.DeviceChoice.line`. No probe for an explicit device, on a machine
+    with one candidate (CPU only) or inside a process group (every rank must agree: its GPU).
+    """
+    candidates = auto_candidates()
+    if cfg.device != "auto" or len(candidates) < 2 or current().active:
+        name = str(resolve_device(cfg.device))
+        fixed = {p: DeviceChoice(p, name, cfg.device) for p in PHASES}
+        return Placement(cfg.device, fixed["search"], fixed["evaluation"])
+    n = max(1, workers()) if "evaluation" in phases else 1
+    side = {c: n for c, d in candidates.items() if torch.device(d).type == "cpu"}
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    choices = {}
+    with torch.random.fork_rng(devices=cuda), kept_settings():
+        if genotype is None and "evaluation" in phases:
+            genotype = build_hypernet(data, cfg).genotype(DeriveRules.of(cfg.search))
+        for phase in PHASES:
+            if phase not in phases:  # not run here: as without a probe
+                choices[phase] = DeviceChoice(phase, str(resolve_device("auto")), "auto")
+                continue
+            seconds = {}
+            for c, device in candidates.items():
+                one = phase == "evaluation" and side.get(c, 1) > 1  # a worker's single thread
+                with thread_policy(1) if one else contextlib.nullcontext():
+                    pcfg = cfg.replace(device=device)
+                    ctx = Context.of(pcfg)
+                    seconds[c] = time_steps(_probe_step(phase, data, pcfg, ctx, genotype), ctx.device)
+            choices[phase] = DeviceChoice.measured(
+                phase, seconds, candidates, side if phase == "evaluation" else {}
+            )
+            log.info(choices[phase].line())
+    if cuda:
+        torch.cuda.empty_cache()
+    return Placement(cfg.device, choices["search"], choices["evaluation"])
+
+
+def _probe_step(
+    phase: str, data: FeatureData, cfg: Config, ctx: Context, genotype: Genotype | None
+) -> Callable[[], None]:
+    """One step of ``phase`` on ``ctx.device``, on fresh seeded copies: the search's weight step then
+    architecture step, or the evaluation's FoundNet training step (``genotype`` with the recipe)."""
+    torch.manual_seed(cfg.seed)
+    if phase == "search":
+        net = build_hypernet(data, cfg).to(ctx.device).train()
+        w_opt, a_opt, _ = _optimizers(net, cfg, 1)
+        w_step = StepFunction(net, data.task, w_opt, ctx, freeze=net.arch_parameters())
+        a_step = StepFunction(net, data.task, a_opt, ctx, freeze=net.weight_parameters())
+        bs = cfg.search.batch_size
+        train, val = (probe_split(data[s], ctx.device, bs) for s in ("train", "val"))
+        rows, vrows = np.arange(len(train)), np.arange(len(val))
+
+        def bilevel() -> None:
+            w_step(*train.batch(rows))
+            a_step(*val.batch(vrows))
+
+        return bilevel
+    model = FoundNet(with_recipe(genotype, cfg), data.task.num_outputs, dropout=cfg.model.dropout)
+    model = model.to(ctx.device).train()
+    fused = True if ctx.graphs == "capture" else None
+    step = StepFunction(
+        model, data.task, build_optimizer(model.parameters(), AdamSettings.of(cfg.train, fused=fused)), ctx
+    )
+    split = probe_split(data["train"], ctx.device, cfg.train.batch_size)
+    rows = np.arange(len(split))
+    return lambda: step(*split.batch(rows))
+
+
+def rerank_workers(data: FeatureData, cfg: Config) -> int:
+    """The worker processes re-ranking would train its candidates' folds in on the CPU."""
+    jobs = cfg.search.rerank * max(1, cfg.train.select_folds)
+    return resolve_workers(cfg.workers, jobs, fold_work(data, cfg, cfg.search.rerank_epochs or None, jobs))
+
+
 @dataclass
 class _Bilevel:
     """What every search epoch uses: the hypernet, its optimisers and where its batches come from."""
@@ -167,10 +310,13 @@ def search(
     run: RunDir | str | Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    placement: Placement | None = None,
 ) -> SearchResult:
     """Search a fusion architecture on ``data`` (train split for weights, val split for α, β, γ).
 
-    Runs on ``cfg.device`` in ``cfg.precision``. Inside an initialised process group (``torchrun``)
+    Runs on ``cfg.device`` in ``cfg.precision``; with ``device: auto`` on a machine with a GPU the
+    search and the re-ranking each on the device a probe finds faster (:func:`place`; ``placement``:
+    the choice a caller made already). Inside an initialised process group (``torchrun``)
     every rank computes on its shard of each global batch and the gradients are averaged
     (:mod:`bmnas.engine.distributed`); every rank must derive the same genotype after each epoch, and only
     rank 0 writes to ``run``.
@@ -183,7 +329,10 @@ def search(
             used to test resumption.
     """
     run = as_run(run, cfg, data)
-    s = _setup(data, cfg, progress)
+    if placement is None:
+        phases = PHASES if cfg.search.rerank else ("search",)
+        placement = place(data, cfg, partial(rerank_workers, data, cfg), phases)
+    s = _setup(data, placement.config(cfg, "search"), progress)
     ckpt = Checkpoint(run, "search", cfg, s.stateful(), s.shuffle, "history.jsonl", writes=s.ctx.ranks.main)
     state = ckpt.load() or new_state(best_score=float("-inf"), best_epoch=0, best_genotype=None)
     one_epoch, report = partial(_search_epoch, s), partial(_report, s)
@@ -192,7 +341,7 @@ def search(
     )
     if not state["history"]:
         raise RuntimeError("the search ran no epoch; set search.epochs >= 1")
-    return _searched(s, state, data, run)
+    return _searched(s, state, data, run, placement.config(cfg, "evaluation"), placement)
 
 
 def _setup(data: FeatureData, cfg: Config, progress: bool) -> _Bilevel:
@@ -312,8 +461,11 @@ def _report(s: _Bilevel, row: dict) -> None:
         )
 
 
-def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -> SearchResult:
-    """The search's genotype: the best epoch's or, once every epoch ran, re-ranking's choice."""
+def _searched(
+    s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None, eval_cfg: Config, placement: Placement
+) -> SearchResult:
+    """The search's genotype: the best epoch's or, once every epoch ran, re-ranking's choice
+    (re-ranking on ``eval_cfg``'s device)."""
     cfg, ranks, net = s.cfg, s.ctx.ranks, s.net
     # stopped inside the warm-up (stop_after): the last genotype stands in for the best
     best = Genotype.from_dict(state["best_genotype"] or state["history"][-1]["genotype"])
@@ -331,7 +483,7 @@ def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -
         if ranks.main and cfg.search.select == "alpha":
             warn_if_undecided(state["history"][-1], cfg.search)
         if cfg.search.rerank:
-            candidates = rerank(net, state, data, cfg, run, s.progress, first=first)
+            candidates = rerank(net, state, data, eval_cfg, run, s.progress, first=first)
             seconds += sum(c["seconds"] for c in candidates)
             best = Genotype.from_dict(max(candidates, key=lambda c: (c["val"], -c["rank"]))["genotype"])
     check_same(best.to_dict(), "searched genotype", ranks)
@@ -349,6 +501,7 @@ def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -
         net,
         candidates,
         record,
+        placement,
     )
 
 
