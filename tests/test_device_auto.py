@@ -17,6 +17,7 @@ from bmnas.engine import device as device_mod
 from bmnas.engine.device import DeviceChoice, DeviceError, auto_candidates, faster_device, time_steps
 from bmnas.features.synthetic import planted_interaction
 from bmnas.method import search as search_mod
+from bmnas.method.run import train_found
 from bmnas.method.search import place
 from helpers import FAST, write_generic
 
@@ -168,3 +169,31 @@ def test_a_run_that_probes_gives_the_files_of_its_device_set_explicitly(monkeypa
     assert devices["setting"] == "auto" and set(devices["search"]["ms_per_step"]) == {"gpu", "cpu"}
     assert json.loads((cpu / "metrics.json").read_text())["devices"]["search"] == {"device": "cpu"}
     assert np.isfinite(list(devices["evaluation"]["ms_per_step"].values())).all()
+
+
+def _fast_probe(monkeypatch):
+    monkeypatch.setattr(search_mod, "auto_candidates", lambda: STAND_IN)
+    monkeypatch.setattr(search_mod, "time_steps", lambda step, d: time_steps(step, d, warmup=1, steps=1))
+
+
+def test_a_search_without_reranking_probes_the_search_alone(monkeypatch):
+    _fast_probe(monkeypatch)
+    data = planted_interaction(n=80, L=4, seed=0)
+    sets = ["model.C=8", "model.L=4", "search.batch_size=16", "search.epochs=1", "search.rerank=0"]
+    found = search_mod.search(data, Config.from_sources(None, sets), progress=False)
+    assert found.placement.search.probed and not found.placement.evaluation.probed
+    assert found.placement.evaluation.device == "auto"  # untouched: nothing of it ran
+
+
+def test_bmnas_train_probes_the_evaluation_of_its_genotype(monkeypatch, tmp_path):
+    _fast_probe(monkeypatch)
+    data = planted_interaction(n=80, L=4, seed=0)
+    cfg = Config.from_sources(None, ["model.C=8", "model.L=4", "train.epochs=1", "train.select_folds=0"])
+    genotype = search_mod.build_hypernet(data, cfg).genotype(search_mod.DeriveRules.of(cfg.search))
+    train_found(genotype, data, cfg, tmp_path / "t", progress=False)
+    devices = json.loads((tmp_path / "t" / "metrics.json").read_text())["devices"]
+    assert devices["setting"] == "auto" and set(devices) == {"setting", "evaluation"}
+    assert devices["evaluation"]["device"] == "cpu" and set(devices["evaluation"]["ms_per_step"]) == {
+        "gpu",
+        "cpu",
+    }
