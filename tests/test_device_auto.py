@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bmnas.cli.main import main
+from bmnas.cli.search import ran_on
 from bmnas.core.config import Config
 from bmnas.engine import device as device_mod
 from bmnas.engine.device import DeviceChoice, DeviceError, auto_candidates, faster_device, time_steps
@@ -197,3 +198,10 @@ def test_bmnas_train_probes_the_evaluation_of_its_genotype(monkeypatch, tmp_path
         "gpu",
         "cpu",
     }
+
+
+def test_the_model_card_names_the_device_of_each_phase():
+    devices = {"setting": "auto", "search": {"device": "cuda"}, "evaluation": {"device": "cpu"}}
+    assert ran_on({"devices": devices}) == "search cuda, evaluation cpu"
+    assert ran_on({"devices": {"setting": "auto", "evaluation": {"device": "cpu"}}}) == "cpu"
+    assert ran_on({}) is None
