@@ -104,7 +104,7 @@ def test_the_probe_times_each_phase_on_each_candidate_and_logs_the_choice(monkey
 
     monkeypatch.setattr(search_mod, "time_steps", fake)
     data = planted_interaction(n=80, L=4, seed=0)
-    cfg = Config.from_sources(None, ["model.C=8", "model.L=4", "search.batch_size=16", "threads=2"])
+    cfg = Config.from_sources(None, ["model.C=8", "model.L=4", "search.batch_size=16", "device=auto"])
     rng = torch.get_rng_state()
     with device_mod.thread_policy(2), caplog.at_level(logging.INFO, logger="bmnas.method.search"):
         p = place(data, cfg, lambda: 2)
@@ -123,7 +123,9 @@ def test_a_real_probe_runs_and_leaves_the_settings(monkeypatch):
     monkeypatch.setattr(search_mod, "auto_candidates", lambda: STAND_IN)
     monkeypatch.setattr(search_mod, "time_steps", lambda step, d: time_steps(step, d, warmup=1, steps=2))
     data = planted_interaction(n=80, L=4, seed=0)
-    cfg = Config.from_sources(None, ["model.C=8", "model.L=4", "search.batch_size=16", "cuda_graphs=on"])
+    cfg = Config.from_sources(
+        None, ["model.C=8", "model.L=4", "search.batch_size=16", "cuda_graphs=on", "device=auto"]
+    )
     precision = torch.get_float32_matmul_precision()
     p = place(data, cfg)
     assert p.search.probed and set(p.search.seconds) == {"gpu", "cpu"}
@@ -181,6 +183,7 @@ def test_a_search_without_reranking_probes_the_search_alone(monkeypatch):
     _fast_probe(monkeypatch)
     data = planted_interaction(n=80, L=4, seed=0)
     sets = ["model.C=8", "model.L=4", "search.batch_size=16", "search.epochs=1", "search.rerank=0"]
+    sets.append("device=auto")  # BMNAS_TEST_DEVICE sets another default
     found = search_mod.search(data, Config.from_sources(None, sets), progress=False)
     assert found.placement.search.probed and not found.placement.evaluation.probed
     assert found.placement.evaluation.device == "auto"  # untouched: nothing of it ran
@@ -189,7 +192,9 @@ def test_a_search_without_reranking_probes_the_search_alone(monkeypatch):
 def test_bmnas_train_probes_the_evaluation_of_its_genotype(monkeypatch, tmp_path):
     _fast_probe(monkeypatch)
     data = planted_interaction(n=80, L=4, seed=0)
-    cfg = Config.from_sources(None, ["model.C=8", "model.L=4", "train.epochs=1", "train.select_folds=0"])
+    cfg = Config.from_sources(
+        None, ["model.C=8", "model.L=4", "train.epochs=1", "train.select_folds=0", "device=auto"]
+    )
     genotype = search_mod.build_hypernet(data, cfg).genotype(search_mod.DeriveRules.of(cfg.search))
     train_found(genotype, data, cfg, tmp_path / "t", progress=False)
     devices = json.loads((tmp_path / "t" / "metrics.json").read_text())["devices"]
@@ -205,3 +210,15 @@ def test_the_model_card_names_the_device_of_each_phase():
     assert ran_on({"devices": devices}) == "search cuda, evaluation cpu"
     assert ran_on({"devices": {"setting": "auto", "evaluation": {"device": "cpu"}}}) == "cpu"
     assert ran_on({}) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_probe_times_cuda_against_the_cpu(caplog):
+    data = planted_interaction(n=300, L=4, seed=0)
+    cfg = Config.from_sources(None, ["model.C=16", "model.L=4", "device=auto"])
+    with caplog.at_level(logging.INFO, logger="bmnas.method.search"):
+        p = place(data, cfg)
+    assert set(p.search.seconds) == set(p.evaluation.seconds) == {"cuda", "cpu"}
+    assert p.search.device == faster_device(p.search.seconds)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("device auto")]
+    assert len(lines) == 2 and lines[0].startswith("device auto: search on ")
