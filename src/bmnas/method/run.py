@@ -36,7 +36,7 @@ from ..serve.model import PROBE_FILE, save_model
 from ..space.baselines import baseline
 from .probe import ProbeResult, fit_probe
 from .record import as_run, entry
-from .search import place, search
+from .search import place, placed_search
 from .train import (
     Selection,
     TrainResult,
@@ -250,7 +250,7 @@ def run(
         if parallel and baselines and cfg.train.select_epochs:
             todo = [(n, g) for n, g in _baselines(data.specs(), cfg) if _saved(run_dir, n, g, cfg) is None]
             early = submit_selections(pool, todo, cfg, None, "select epochs")
-        found = search(data, run_cfg, run_dir, progress=progress, placement=placement)
+        found = placed_search(data, run_cfg, run_dir, progress, placement=placement)
         if on_search is not None:
             on_search(found)
         sel = found.selection(cfg.train.epochs, cfg.train.select_folds)

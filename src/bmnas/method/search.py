@@ -310,16 +310,14 @@ def search(
     run: RunDir | str | Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
-    placement: Placement | None = None,
 ) -> SearchResult:
     """Search a fusion architecture on ``data`` (train split for weights, val split for α, β, γ).
 
     Runs on ``cfg.device`` in ``cfg.precision``; with ``device: auto`` on a machine with a GPU the
-    search and the re-ranking each on the device a probe finds faster (:func:`place`; ``placement``:
-    the choice a caller made already). Inside an initialised process group (``torchrun``)
-    every rank computes on its shard of each global batch and the gradients are averaged
-    (:mod:`bmnas.engine.distributed`); every rank must derive the same genotype after each epoch, and only
-    rank 0 writes to ``run``.
+    search and the re-ranking each on the device a probe finds faster (:func:`place`). Inside an
+    initialised process group (``torchrun``) every rank computes on its shard of each global batch
+    and the gradients are averaged (:mod:`bmnas.engine.distributed`); every rank must derive the
+    same genotype after each epoch, and only rank 0 writes to ``run``.
 
     Args:
         run: run directory for the checkpoint, ``history.jsonl``, ``genotype.json`` and ``plots/``
@@ -328,7 +326,19 @@ def search(
         stop_after: end this call after that many epochs in total (the rest after a resume);
             used to test resumption.
     """
-    run = as_run(run, cfg, data)
+    return placed_search(data, cfg, as_run(run, cfg, data), progress, stop_after)
+
+
+def placed_search(
+    data: FeatureData,
+    cfg: Config,
+    run: RunDir | None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    placement: Placement | None = None,
+) -> SearchResult:
+    """:func:`search` in an open run directory, the devices of its phases chosen by ``placement``
+    (by default :func:`place`'s choice): what :func:`bmnas.method.run.run` calls with its own."""
     if placement is None:
         phases = PHASES if cfg.search.rerank else ("search",)
         placement = place(data, cfg, partial(rerank_workers, data, cfg), phases)
