@@ -16,6 +16,7 @@ from bmnas.cli.search import ran_on
 from bmnas.core.config import Config
 from bmnas.engine import device as device_mod
 from bmnas.engine.device import DeviceChoice, DeviceError, auto_candidates, faster_device, time_steps
+from bmnas.engine.rundir import RunDir, RunError
 from bmnas.features.synthetic import planted_interaction
 from bmnas.method import search as search_mod
 from bmnas.method.run import train_found
@@ -222,3 +223,22 @@ def test_on_a_gpu_the_probe_times_cuda_against_the_cpu(caplog):
     assert p.search.device == faster_device(p.search.seconds)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("device auto")]
     assert len(lines) == 2 and lines[0].startswith("device auto: search on ")
+
+
+def test_a_resumed_run_keeps_the_devices_its_start_measured(monkeypatch, tmp_path, caplog):
+    _fast_probe(monkeypatch)
+    data = planted_interaction(n=80, L=4, seed=0)
+    cfg = Config.from_sources(None, ["model.C=8", "model.L=4", "search.batch_size=16", "device=auto"])
+    run = RunDir(tmp_path / "r")
+    first = place(data, cfg, run=run)
+    saved = json.loads((run.path / "devices.json").read_text())
+    assert saved == first.to_dict() and set(saved) == {"setting", "search", "evaluation"}
+    monkeypatch.setattr(search_mod, "time_steps", _never)  # resumed: nothing is timed again
+    with caplog.at_level(logging.INFO, logger="bmnas.method.search"):
+        again = place(data, cfg, _never, run=run)
+    assert again.to_dict() == first.to_dict()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("device auto")]
+    assert len(lines) == 2 and all(x.endswith("; measured when this run began)") for x in lines)
+    (run.path / "devices.json").write_text('{"setting": "auto", "search": {"device": 3}}')
+    with pytest.raises(RunError, match=r"devices.json.*search\.device.*delete it"):
+        place(data, cfg, run=run)

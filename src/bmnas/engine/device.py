@@ -159,16 +159,25 @@ class DeviceChoice:
         name = faster_device(seconds, n)
         return cls(phase, name, candidates[name], dict(seconds), n)
 
-    def line(self) -> str:
+    @classmethod
+    def from_dict(cls, phase: str, row: Mapping[str, Any]) -> DeviceChoice:
+        """The choice :meth:`to_dict` wrote (``RUN_DIR/devices.json``)."""
+        seconds = {d: ms / 1000 for d, ms in row.get("ms_per_step", {}).items()}
+        return cls(
+            phase, row.get("chosen", row["device"]), row["device"], seconds, row.get("side_by_side", {})
+        )
+
+    def line(self, note: str = "") -> str:
         """``device auto: search on cuda (cuda 3.1 ms/step, cpu 41 ms/step)``; the CPU's workers as
-        ``cpu 41 ms/step / 4 workers``. Without a probe: ``device auto: search on cpu (not probed)``."""
+        ``cpu 41 ms/step / 4 workers``; ``note`` after a semicolon. Without a probe:
+        ``device auto: search on cpu (not probed)``."""
         if not self.probed:
             return f"device auto: {self.phase} on {self.name} (not probed)"
         times = [
             f"{d} {_ms(t)} ms/step" + (f" / {self.side_by_side[d]} workers" if d in self.side_by_side else "")
             for d, t in self.seconds.items()
         ]
-        return f"device auto: {self.phase} on {self.name} ({', '.join(times)})"
+        return f"device auto: {self.phase} on {self.name} ({', '.join(times)}{'; ' + note if note else ''})"
 
     def to_dict(self) -> dict:
         """``metrics.json``'s ``devices[phase]``: the device, and the probe's milliseconds per step."""

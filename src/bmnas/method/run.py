@@ -90,7 +90,7 @@ def train_found(
     run = as_run(run, cfg, data)
     k = max(1, cfg.train.select_folds)
     workers = lambda: resolve_workers(cfg.workers, k, fold_work(data, cfg, None, k))  # noqa: E731
-    placement = place(data, cfg, workers, ("evaluation",), genotype)
+    placement = place(data, cfg, workers, ("evaluation",), genotype, run)
     cfg = placement.config(cfg, "evaluation")
     r = train(genotype, data, cfg, run, progress=progress, stop_after=stop_after, desc="train found net")
     finished = len(r.history) == r.epochs  # not cut short by stop_after
@@ -241,7 +241,7 @@ def run(
     run_dir = as_run(run_dir, cfg, data)
     metric = primary_metric(data.task)
     work = _run_work(data, cfg, baselines)
-    placement = place(data, cfg, lambda: resolve_workers(cfg.workers, *work))
+    placement = place(data, cfg, lambda: resolve_workers(cfg.workers, *work), run=run_dir)
     run_cfg, cfg = cfg, placement.config(cfg, "evaluation")  # the search's device: placement's
     with open_pool(data, cfg, *work) as pool:
         parallel = pool.workers > 1

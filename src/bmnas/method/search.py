@@ -25,6 +25,8 @@ from ..core.data import FeatureData, FeatureSplit, TaskInfo
 from ..core.fileio import write_json
 from ..core.genotype import DeriveRules, Genotype
 from ..core.progress import bar as progress_bar
+from ..core.schema import load_json
+from ..core.schemas import DEVICES
 from ..engine.checkpoint import Checkpoint
 from ..engine.device import (
     DeviceChoice,
@@ -59,7 +61,7 @@ from ..engine.loop import (
     train_epoch,
 )
 from ..engine.metrics import primary_metric
-from ..engine.rundir import RunDir
+from ..engine.rundir import RunDir, RunError
 from ..engine.workers import resolve_workers
 from ..report.plots import plot_history
 from ..space.found import FoundNet
@@ -183,6 +185,7 @@ def place(
     workers: Callable[[], int] = lambda: 1,
     phases: tuple[str, ...] = PHASES,
     genotype: Genotype | None = None,
+    run: RunDir | None = None,
 ) -> Placement:
     """The device of each phase: ``cfg.device``, or with ``auto`` on a machine with a GPU the faster
     of :func:`~bmnas.engine.device.auto_candidates` for each of ``phases``, measured.
@@ -202,12 +205,19 @@ def place(
     of the chosen device set explicitly. Each choice is logged (``run.log``) as
     :meth:`~bmnas.engine.device.DeviceChoice.line`. No probe for an explicit device, on a machine
     with one candidate (CPU only) or inside a process group (every rank must agree: its GPU).
+    With ``run``, the choices are kept in ``RUN_DIR/devices.json`` and a resumed run takes the
+    choices its start measured (a run does not change device half-way).
     """
     candidates = auto_candidates()
     if cfg.device != "auto" or len(candidates) < 2 or current().active:
         name = str(resolve_device(cfg.device))
         fixed = {p: DeviceChoice(p, name, cfg.device) for p in PHASES}
         return Placement(cfg.device, fixed["search"], fixed["evaluation"])
+    kept = _kept_choices(run, candidates)
+    if all(p in kept for p in phases):
+        for p in phases:
+            log.info(kept[p].line("measured when this run began"))
+        return _placement(cfg, kept, phases)
     n = max(1, workers()) if "evaluation" in phases else 1
     side = {c: n for c, d in candidates.items() if torch.device(d).type == "cpu"}
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -216,8 +226,11 @@ def place(
         if genotype is None and "evaluation" in phases:
             genotype = build_hypernet(data, cfg).genotype(DeriveRules.of(cfg.search))
         for phase in PHASES:
-            if phase not in phases:  # not run here: as without a probe
-                choices[phase] = DeviceChoice(phase, str(resolve_device("auto")), "auto")
+            if phase not in phases:
+                continue
+            if phase in kept:
+                choices[phase] = kept[phase]
+                log.info(kept[phase].line("measured when this run began"))
                 continue
             seconds = {}
             for c, device in candidates.items():
@@ -232,7 +245,37 @@ def place(
             log.info(choices[phase].line())
     if cuda:
         torch.cuda.empty_cache()
-    return Placement(cfg.device, choices["search"], choices["evaluation"])
+    if run is not None and current().main:
+        run.write_json(
+            DEVICES_FILE, {"setting": cfg.device, **{p: c.to_dict() for p, c in {**kept, **choices}.items()}}
+        )
+    return _placement(cfg, choices, phases)
+
+
+DEVICES_FILE = "devices.json"
+
+
+def _kept_choices(run: RunDir | None, candidates: dict[str, str]) -> dict[str, DeviceChoice]:
+    """The probed choices ``RUN_DIR/devices.json`` holds for these candidates (none without it)."""
+    if run is None:
+        return {}
+    fix = "delete it (the next run probes again) or use --fresh"
+    saved = load_json(run.path / DEVICES_FILE, DEVICES, fix, RunError, default=None)
+    if saved is None or saved["setting"] != "auto":
+        return {}
+    kept = {p: DeviceChoice.from_dict(p, saved[p]) for p in PHASES if p in saved}
+    return {
+        p: c
+        for p, c in kept.items()
+        if c.probed and set(c.seconds) == set(candidates) and c.name in candidates
+    }
+
+
+def _placement(cfg: Config, choices: dict[str, DeviceChoice], phases: tuple[str, ...]) -> Placement:
+    """``choices`` of ``phases``; a phase not run here stays as without a probe."""
+    default = str(resolve_device("auto"))
+    get = lambda p: choices[p] if p in phases else DeviceChoice(p, default, "auto")  # noqa: E731
+    return Placement(cfg.device, get("search"), get("evaluation"))
 
 
 def _probe_step(
@@ -341,7 +384,7 @@ def placed_search(
     (by default :func:`place`'s choice): what :func:`bmnas.method.run.run` calls with its own."""
     if placement is None:
         phases = PHASES if cfg.search.rerank else ("search",)
-        placement = place(data, cfg, partial(rerank_workers, data, cfg), phases)
+        placement = place(data, cfg, partial(rerank_workers, data, cfg), phases, run=run)
     s = _setup(data, placement.config(cfg, "search"), progress)
     ckpt = Checkpoint(run, "search", cfg, s.stateful(), s.shuffle, "history.jsonl", writes=s.ctx.ranks.main)
     state = ckpt.load() or new_state(best_score=float("-inf"), best_epoch=0, best_genotype=None)
