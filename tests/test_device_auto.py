@@ -18,9 +18,10 @@ from bmnas.engine import device as device_mod
 from bmnas.engine.device import DeviceChoice, DeviceError, auto_candidates, faster_device, time_steps
 from bmnas.engine.rundir import RunDir, RunError
 from bmnas.features.synthetic import planted_interaction
+from bmnas.method import placement as placement_mod
 from bmnas.method import search as search_mod
+from bmnas.method.placement import place
 from bmnas.method.run import train_found
-from bmnas.method.search import place
 from helpers import FAST, write_generic
 
 CUDA_CPU = {"cuda": "cuda", "cpu": "cpu"}
@@ -84,8 +85,8 @@ def _never(*_):
 
 @pytest.mark.parametrize("setting, candidates", [("auto", {"cpu": "cpu"}), ("cpu", STAND_IN)])
 def test_an_explicit_device_or_a_cpu_only_machine_never_probes(monkeypatch, setting, candidates):
-    monkeypatch.setattr(search_mod, "auto_candidates", lambda: candidates)
-    monkeypatch.setattr(search_mod, "time_steps", _never)
+    monkeypatch.setattr(placement_mod, "auto_candidates", lambda: candidates)
+    monkeypatch.setattr(placement_mod, "time_steps", _never)
     data = planted_interaction(n=60, L=4, seed=0)
     p = place(data, Config.from_sources(None, ["model.C=8", "model.L=4", f"device={setting}"]), _never)
     assert (p.search.device, p.evaluation.device) == (setting, setting)
@@ -94,7 +95,7 @@ def test_an_explicit_device_or_a_cpu_only_machine_never_probes(monkeypatch, sett
 
 
 def test_the_probe_times_each_phase_on_each_candidate_and_logs_the_choice(monkeypatch, caplog):
-    monkeypatch.setattr(search_mod, "auto_candidates", lambda: STAND_IN)
+    monkeypatch.setattr(placement_mod, "auto_candidates", lambda: STAND_IN)
     timed = []
     times = iter([0.004, 0.041, 0.0147, 0.0123])  # search: gpu, cpu; evaluation: gpu, cpu
 
@@ -103,11 +104,11 @@ def test_the_probe_times_each_phase_on_each_candidate_and_logs_the_choice(monkey
         timed.append(torch.get_num_threads())
         return next(times)
 
-    monkeypatch.setattr(search_mod, "time_steps", fake)
+    monkeypatch.setattr(placement_mod, "time_steps", fake)
     data = planted_interaction(n=80, L=4, seed=0)
     cfg = Config.from_sources(None, ["model.C=8", "model.L=4", "search.batch_size=16", "device=auto"])
     rng = torch.get_rng_state()
-    with device_mod.thread_policy(2), caplog.at_level(logging.INFO, logger="bmnas.method.search"):
+    with device_mod.thread_policy(2), caplog.at_level(logging.INFO, logger="bmnas.method.placement"):
         p = place(data, cfg, lambda: 2)
     assert torch.equal(torch.get_rng_state(), rng)  # the run's random stream is untouched
     assert timed == [2, 2, 1, 1]  # the evaluation's CPU steps timed on a worker's single thread
@@ -121,8 +122,8 @@ def test_the_probe_times_each_phase_on_each_candidate_and_logs_the_choice(monkey
 
 
 def test_a_real_probe_runs_and_leaves_the_settings(monkeypatch):
-    monkeypatch.setattr(search_mod, "auto_candidates", lambda: STAND_IN)
-    monkeypatch.setattr(search_mod, "time_steps", lambda step, d: time_steps(step, d, warmup=1, steps=2))
+    monkeypatch.setattr(placement_mod, "auto_candidates", lambda: STAND_IN)
+    monkeypatch.setattr(placement_mod, "time_steps", lambda step, d: time_steps(step, d, warmup=1, steps=2))
     data = planted_interaction(n=80, L=4, seed=0)
     cfg = Config.from_sources(
         None, ["model.C=8", "model.L=4", "search.batch_size=16", "cuda_graphs=on", "device=auto"]
@@ -156,8 +157,8 @@ def _results(out) -> dict:
 
 
 def test_a_run_that_probes_gives_the_files_of_its_device_set_explicitly(monkeypatch, tmp_path):
-    monkeypatch.setattr(search_mod, "auto_candidates", lambda: STAND_IN)
-    monkeypatch.setattr(search_mod, "time_steps", lambda step, d: time_steps(step, d, warmup=1, steps=2))
+    monkeypatch.setattr(placement_mod, "auto_candidates", lambda: STAND_IN)
+    monkeypatch.setattr(placement_mod, "time_steps", lambda step, d: time_steps(step, d, warmup=1, steps=2))
     data = write_generic(tmp_path / "d")
     sets = ["--set", "search.rerank=2", "--set", "train.select_folds=2", "--set", "workers=1"]
     for device in ("auto", "cpu"):
@@ -176,8 +177,8 @@ def test_a_run_that_probes_gives_the_files_of_its_device_set_explicitly(monkeypa
 
 
 def _fast_probe(monkeypatch):
-    monkeypatch.setattr(search_mod, "auto_candidates", lambda: STAND_IN)
-    monkeypatch.setattr(search_mod, "time_steps", lambda step, d: time_steps(step, d, warmup=1, steps=1))
+    monkeypatch.setattr(placement_mod, "auto_candidates", lambda: STAND_IN)
+    monkeypatch.setattr(placement_mod, "time_steps", lambda step, d: time_steps(step, d, warmup=1, steps=1))
 
 
 def test_a_search_without_reranking_probes_the_search_alone(monkeypatch):
@@ -217,7 +218,7 @@ def test_the_model_card_names_the_device_of_each_phase():
 def test_on_a_gpu_the_probe_times_cuda_against_the_cpu(caplog):
     data = planted_interaction(n=300, L=4, seed=0)
     cfg = Config.from_sources(None, ["model.C=16", "model.L=4", "device=auto"])
-    with caplog.at_level(logging.INFO, logger="bmnas.method.search"):
+    with caplog.at_level(logging.INFO, logger="bmnas.method.placement"):
         p = place(data, cfg)
     assert set(p.search.seconds) == set(p.evaluation.seconds) == {"cuda", "cpu"}
     assert p.search.device == faster_device(p.search.seconds)
@@ -233,8 +234,8 @@ def test_a_resumed_run_keeps_the_devices_its_start_measured(monkeypatch, tmp_pat
     first = place(data, cfg, run=run)
     saved = json.loads((run.path / "devices.json").read_text())
     assert saved == first.to_dict() and set(saved) == {"setting", "search", "evaluation"}
-    monkeypatch.setattr(search_mod, "time_steps", _never)  # resumed: nothing is timed again
-    with caplog.at_level(logging.INFO, logger="bmnas.method.search"):
+    monkeypatch.setattr(placement_mod, "time_steps", _never)  # resumed: nothing is timed again
+    with caplog.at_level(logging.INFO, logger="bmnas.method.placement"):
         again = place(data, cfg, _never, run=run)
     assert again.to_dict() == first.to_dict()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("device auto")]

@@ -13,7 +13,7 @@ file                                  schema                                    
 ``RUN/history.jsonl``                 :data:`SEARCH_EPOCH`                         engine.rundir
 ``RUN/<stage>_history.jsonl``         :data:`TRAIN_EPOCH`                          engine.rundir
 ``RUN/fingerprint.json``              :data:`FINGERPRINT`                          engine.rundir
-``RUN/devices.json``                  :data:`DEVICES`                              method.search
+``RUN/devices.json``                  :data:`DEVICES`                              method.placement
 ``RUN/smbo.jsonl``                    :data:`SMBO_ROW` (rounds redone)             studies.smbo
 ``OUT/ablate/results.jsonl``          :data:`ABLATE_ROW` (row redone)              studies.ablate
 ``…/test_predictions.npz`` (``meta``) :data:`PREDICTIONS_META` (+ arrays)          engine.saved_predictions

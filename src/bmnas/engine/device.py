@@ -49,7 +49,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     evaluation stage measure instead: with ``device: auto`` on a machine with a GPU they time a short
     probe of their own steps on each of :func:`auto_candidates` and run on the faster
     (:func:`faster_device`, :func:`time_steps`, :class:`DeviceChoice`; the probe itself is
-    ``bmnas.method.search.place``).
+    ``bmnas.method.placement.place``).
     Raises :class:`DeviceError` naming what exists when ``cuda``/``cuda:N`` is not available.
     """
     if name == "auto":

@@ -34,9 +34,10 @@ from ..report.plots import plot_genotype
 from ..report.summary import PROBE, SEARCHED, RunReport, recommend, score_name, stage_of
 from ..serve.model import PROBE_FILE, save_model
 from ..space.baselines import baseline
+from .placement import place
 from .probe import ProbeResult, fit_probe
 from .record import as_run, entry
-from .search import place, placed_search
+from .search import placed_search
 from .train import (
     Selection,
     TrainResult,
