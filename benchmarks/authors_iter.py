@@ -226,10 +226,10 @@ def build(root: Path, opts: argparse.Namespace) -> dict:
             model = getattr(searchable, spec["cls"])(args, criterion, _Quiet())
     optimizer = torch.optim.Adam(model.central_params(), lr=args.eta_max, weight_decay=args.weight_decay)
     rows = spec["train_rows"] or 1000 * args.batchsize
-    scheduler = sc.LRCosineAnnealingScheduler(args.eta_max, args.eta_min, args.Ti, args.Tm, rows / args.batchsize)
-    arch_optimizer = torch.optim.Adam(
-        model.arch_parameters(), lr=args.arch_learning_rate, betas=(0.5, 0.999), weight_decay=args.arch_weight_decay
-    )
+    nbpe = rows / args.batchsize
+    scheduler = sc.LRCosineAnnealingScheduler(args.eta_max, args.eta_min, args.Ti, args.Tm, nbpe)
+    arch_lr, arch_wd = args.arch_learning_rate, args.arch_weight_decay
+    arch_optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999), weight_decay=arch_wd)
     model.to(opts.device)
     architect = Architect(model, args, criterion, arch_optimizer)
     g = torch.Generator().manual_seed(0)

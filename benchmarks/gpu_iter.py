@@ -31,12 +31,12 @@ import time
 
 import numpy as np
 import torch
-from search_speed import PRESETS, pooled_shapes, random_split
 
 from bmnas.core.config import Config
 from bmnas.core.data import FeatureData, TaskInfo
 from bmnas.features.synthetic import SPLIT_SIZES, planted_interaction
 from bmnas.method.search import _bilevel_steps, _setup
+from search_speed import PRESETS, pooled_shapes, random_split
 
 DROPOUT = {"mmimdb": 0.1, "ntu": 0.2}  # the presets' (and the authors' drpt)
 
