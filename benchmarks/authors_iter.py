@@ -229,7 +229,8 @@ def build(root: Path, opts: argparse.Namespace) -> dict:
     nbpe = rows / args.batchsize
     scheduler = sc.LRCosineAnnealingScheduler(args.eta_max, args.eta_min, args.Ti, args.Tm, nbpe)
     arch_lr, arch_wd = args.arch_learning_rate, args.arch_weight_decay
-    arch_optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999), weight_decay=arch_wd)
+    arch_params = model.arch_parameters()
+    arch_optimizer = torch.optim.Adam(arch_params, lr=arch_lr, betas=(0.5, 0.999), weight_decay=arch_wd)
     model.to(opts.device)
     architect = Architect(model, args, criterion, arch_optimizer)
     g = torch.Generator().manual_seed(0)
