@@ -129,7 +129,7 @@ def check_checkout(root: Path) -> None:
     if not root.is_dir():
         raise CheckoutError(
             f"--authors {root}: no such directory; give a checkout of Somedaywilldo/BM-NAS "
-            f"(git -C <mirror> archive HEAD -- . ':(exclude)poster.pdf' | tar -x -C DIR)"
+            f"(how to make one: benchmarks/README.md, gpu_check.sh)"
         )
     missing = [p for p in NEEDED if not (root / p).is_file()]
     if missing:
