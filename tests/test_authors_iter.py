@@ -22,7 +22,8 @@ AUTHORS = os.environ.get("BMNAS_AUTHORS_DIR")
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120)
+    cmd = [sys.executable, str(SCRIPT), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_not_a_checkout_exits_2_naming_the_path(tmp_path):
