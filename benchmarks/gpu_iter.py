@@ -34,6 +34,7 @@ import torch
 
 from bmnas.core.config import Config
 from bmnas.core.data import FeatureData, TaskInfo
+from bmnas.engine.device import step_elements, thread_policy
 from bmnas.features.synthetic import SPLIT_SIZES, planted_interaction
 from bmnas.method.search import _bilevel_steps, _setup
 from search_speed import PRESETS, pooled_shapes, random_split
@@ -77,26 +78,29 @@ def one(args: argparse.Namespace, precision: str, graphs: str) -> dict:
         "search.warmup_epochs=0",
         "search.rerank=0",
     ]
-    s = _setup(data, Config.from_sources(None, sets), progress=False)
-    n_batches = -(-len(s.weight_rows) // args.batch)
-    _bilevel_steps(s, 1, True)  # warm-up and capture
-    _sync(args.device)
-    t0 = time.perf_counter()
-    for e in range(args.epochs):
-        _bilevel_steps(s, 2 + e, True)
-    _sync(args.device)
-    ms = (time.perf_counter() - t0) / (args.epochs * n_batches) * 1e3
-    kernels = busy = float("nan")
-    if args.device.startswith("cuda"):
-        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=acts) as prof:
-            t1 = time.perf_counter()
-            _bilevel_steps(s, 99, True)
-            _sync(args.device)
-            wall = time.perf_counter() - t1
-        ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        kernels = len(ev) / n_batches
-        busy = sum(e.device_time for e in ev) / 1e6 / wall
+    cfg = Config.from_sources(None, sets)
+    step = step_elements(args.batch, len(data.feature_names), C, L)
+    with thread_policy(cfg.threads, step) as threads:  # as bmnas.method.search.search does
+        s = _setup(data, cfg, progress=False)
+        n_batches = -(-len(s.weight_rows) // args.batch)
+        _bilevel_steps(s, 1, True)  # warm-up and capture
+        _sync(args.device)
+        t0 = time.perf_counter()
+        for e in range(args.epochs):
+            _bilevel_steps(s, 2 + e, True)
+        _sync(args.device)
+        ms = (time.perf_counter() - t0) / (args.epochs * n_batches) * 1e3
+        kernels = busy = float("nan")
+        if args.device.startswith("cuda"):
+            acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=acts) as prof:
+                t1 = time.perf_counter()
+                _bilevel_steps(s, 99, True)
+                _sync(args.device)
+                wall = time.perf_counter() - t1
+            ev = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            kernels = len(ev) / n_batches
+            busy = sum(e.device_time for e in ev) / 1e6 / wall
     return {
         "what": "bmnas",
         "preset": args.preset,
@@ -108,7 +112,7 @@ def one(args: argparse.Namespace, precision: str, graphs: str) -> dict:
         "L": L,
         "n": args.n,
         "batch": args.batch,
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "ms": ms,
         "kernels": None if math.isnan(kernels) else kernels,
         "busy": None if math.isnan(busy) else busy,
@@ -119,7 +123,8 @@ def row(r: dict) -> str:
     k = "" if r["kernels"] is None else f"{r['kernels']:.0f}"
     busy = "" if r["busy"] is None else f"{r['busy']:.0%}"
     return (
-        f"| search iteration ({r['preset']}) C={r['C']} L={r['L']} n={r['n']} b={r['batch']} | {r['device']} "
+        f"| search iteration ({r['preset']}) C={r['C']} L={r['L']} n={r['n']} b={r['batch']} threads={r['threads']} | "
+        f"{r['device']} "
         f"| {r['precision']} | {r['graphs']} (captured: {r['captured']}) | {r['ms']:.2f} ms | {k} | {busy} |"
     )
 
