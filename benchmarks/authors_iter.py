@@ -316,7 +316,8 @@ def measure(s: dict, device: str, iters: int, warmup: int) -> dict:
 
 
 def row(r: dict) -> str:
-    what = f"authors' hypernet iteration ({r['dataset']}) C={r['C']} L={r['L']} b={r['batch']} threads={r['threads']}"
+    sizes = f"C={r['C']} L={r['L']} b={r['batch']} threads={r['threads']}"
+    what = f"authors' hypernet iteration ({r['dataset']}) {sizes}"
     k = "" if math.isnan(r["kernels"]) else f"{r['kernels']:.0f}"
     busy = "" if math.isnan(r["busy"]) else f"{r['busy']:.0%}"
     return f"| {what} | {r['device']} | fp32 | off (eager) | {r['ms']:.2f} ms | {k} | {busy} |"

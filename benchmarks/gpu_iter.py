@@ -122,10 +122,9 @@ def one(args: argparse.Namespace, precision: str, graphs: str) -> dict:
 def row(r: dict) -> str:
     k = "" if r["kernels"] is None else f"{r['kernels']:.0f}"
     busy = "" if r["busy"] is None else f"{r['busy']:.0%}"
+    sizes = f"C={r['C']} L={r['L']} n={r['n']} b={r['batch']} threads={r['threads']}"
     return (
-        f"| search iteration ({r['preset']}) C={r['C']} L={r['L']} n={r['n']} b={r['batch']} threads={r['threads']} | "
-        f"{r['device']} "
-        f"| {r['precision']} | {r['graphs']} (captured: {r['captured']}) | {r['ms']:.2f} ms | {k} | {busy} |"
+        f"| search iteration ({r['preset']}) {sizes} | {r['device']} | {r['precision']} | {r['graphs']} (captured: {r['captured']}) | {r['ms']:.2f} ms | {k} | {busy} |"
     )
 
 
