@@ -124,7 +124,8 @@ def row(r: dict) -> str:
     busy = "" if r["busy"] is None else f"{r['busy']:.0%}"
     sizes = f"C={r['C']} L={r['L']} n={r['n']} b={r['batch']} threads={r['threads']}"
     return (
-        f"| search iteration ({r['preset']}) {sizes} | {r['device']} | {r['precision']} | {r['graphs']} (captured: {r['captured']}) | {r['ms']:.2f} ms | {k} | {busy} |"
+        f"| search iteration ({r['preset']}) {sizes} | {r['device']} | {r['precision']} "
+        f"| {r['graphs']} (captured: {r['captured']}) | {r['ms']:.2f} ms | {k} | {busy} |"
     )
 
 
