@@ -7,6 +7,8 @@
 # --authors DIR: a checkout of Somedaywilldo/BM-NAS: their hypernet's search iteration on the same
 #   device (benchmarks/authors_iter.py) beside bmnas' MM-IMDB- and NTU-sized rows, and the ratio.
 # C_MMIMDB: the MM-IMDB rows' C (default 192, the paper's), for bmnas and the authors alike.
+# THREADS: torch CPU threads of both bmnas' and the authors' rows (default: 1 with --cpu-smoke;
+#   else bmnas' policy and torch's default).
 set -uo pipefail
 default_py=python; [ -x .venv/bin/python ] && default_py=.venv/bin/python  # make install's venv
 py=${PYTHON:-$default_py}; smoke=0; authors=""
@@ -15,13 +17,15 @@ while [ $# -gt 0 ]; do
   shift
 done
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+[ "$smoke" = 1 ] && THREADS=${THREADS:-1}
+th=(); [ -n "${THREADS:-}" ] && th=(--threads "$THREADS")
 if [ "$smoke" = 1 ]; then
   dev=cpu; tiny=(--C 8 --L 4 --batch 8)
-  bm=(--device cpu --n 200 --epochs 1 "${tiny[@]}"); mm=(--graphs on,off); nt=(--precisions fp32 --graphs off)
-  au=(--device cpu --iters 2 --warmup 1 "${tiny[@]}"); au_mm=(); t_au=120
+  bm=(--device cpu --n 200 --epochs 1 "${tiny[@]}" "${th[@]}"); mm=(--graphs on,off); nt=(--precisions fp32 --graphs off)
+  au=(--device cpu --iters 2 --warmup 1 "${tiny[@]}" "${th[@]}"); au_mm=(); t_au=120
 else
-  dev=cuda; bm=(--device cuda); mm=(--C "${C_MMIMDB:-192}"); nt=(--precisions fp32)
-  au=(--device cuda); au_mm=(--C "${C_MMIMDB:-192}"); t_au=300
+  dev=cuda; bm=(--device cuda "${th[@]}"); mm=(--C "${C_MMIMDB:-192}"); nt=(--precisions fp32)
+  au=(--device cuda "${th[@]}"); au_mm=(--C "${C_MMIMDB:-192}"); t_au=300
 fi
 machine=$($py -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')")
 echo "## GPU check $(date -u +%F) on ${machine} (torch $($py -c 'import torch; print(torch.__version__)'))"
