@@ -336,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--json", default=None, help="write every figure as JSON to this file ('-': stdout)")
     opts = ap.parse_args(argv)
+    try:  # the checkout first: a wrong path is the likelier mistake than a missing GPU
+        check_checkout(opts.authors.resolve())
+    except CheckoutError as e:
+        print(f"authors_iter: {e}", file=sys.stderr)
+        return 2
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.device.startswith("cuda") and not torch.cuda.is_available():

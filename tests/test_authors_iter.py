@@ -33,6 +33,8 @@ def test_not_a_checkout_exits_2_naming_the_path(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "no such directory" in lines[0]
     assert r.stdout == ""
+    r = _run("--authors", str(missing))  # the default --device cuda: still the path's error
+    assert r.returncode == 2 and str(missing) in r.stderr and "CUDA" not in r.stderr
     r = _run("--authors", str(tmp_path), "--device", "cpu")  # a directory, but not their code
     assert r.returncode == 2
     assert "models/search/mmimdb_darts_searchable.py is missing" in r.stderr
