@@ -237,11 +237,20 @@ def test_search_with_cuda_graphs_on_a_cpu_equals_the_eager_search():
             None,
             SMALL
             + ["device=cpu", f"cuda_graphs={graphs}", "search.epochs=3", "search.warmup_epochs=1"]
-            + ["search.eval_batch_size=32"],
+            + [
+                "search.eval_batch_size=32",
+                "search.rerank=2",
+                "search.rerank_epochs=1",
+                "train.eval_batch_size=32",
+            ],
         )
         out[graphs] = search(data, cfg, progress=False)
     ref, got = out["off"], out["on"]
     assert got.genotype == ref.genotype
+    assert len(ref.candidates) == 2  # the re-ranked candidates' fold scores: through evaluate too
+    for a, b in zip(ref.candidates, got.candidates, strict=True):
+        assert b["genotype"] == a["genotype"]
+        np.testing.assert_allclose(b["curve"], a["curve"], rtol=0, atol=1e-6)
     for a, b in zip(ref.history, got.history, strict=True):
         assert b["val"].keys() == a["val"].keys()
         for k, v in a["val"].items():
