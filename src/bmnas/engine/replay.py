@@ -60,7 +60,7 @@ def copy_into(buffers: Inputs, inputs: Inputs) -> None:
         buffers[: rows(inputs)].copy_(inputs, non_blocking=True)
         return
     if buffers.keys() != inputs.keys():
-        raise ValueError(f"a step's features changed from {sorted(buffers)} to {sorted(inputs)}")
+        raise ValueError(f"a batch's features changed from {sorted(buffers)} to {sorted(inputs)}")
     for k, buf in buffers.items():
         buf[: inputs[k].shape[0]].copy_(inputs[k], non_blocking=True)
 
