@@ -23,7 +23,10 @@ A captured graph reads the parameters and buffers where they were at capture. ``
 (a resumed checkpoint, :mod:`bmnas.engine.checkpoint`) copies into them in place, so the graph stays
 valid; anything that replaces a tensor (``model.to(other)``, an assigned ``.data``) changes its
 address, which :func:`forward_function` checks on each lookup (once per evaluation, not per batch)
-and then captures again.
+and then captures again. A forward that reads tensors other than the model's parameters and
+buffers, set from Python between calls (``HyperNet.alpha_override`` / ``op_override``, which
+selection's ``loss_on`` uses), would replay the tensors of the capture: such callers call
+:func:`bmnas.engine.loop.forward_batches` with ``graphs="off"`` (its default).
 
 A capture that fails (a host sync inside the forward, an uncapturable operation) logs a warning
 with the reason and the function stays eager for that model. Modes (``Context.graphs``):
