@@ -33,7 +33,6 @@ from bmnas.engine.loop import AdamSettings  # noqa: E402
 from bmnas.features.pipeline import load_data  # noqa: E402
 from bmnas.method.run import fit_config_to_data  # noqa: E402
 
-
 _OF = AdamSettings.of.__func__
 
 
