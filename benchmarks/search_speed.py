@@ -272,10 +272,11 @@ class Library:
         loop = _first_module(package, "engine.loop", "loop")
         self.name = package
         self.build_hypernet = search_mod.build_hypernet
-        # 0.7.0 moved the optimisers to method.bilevel; older references have search._optimizers
-        self.optimizers = getattr(search_mod, "_optimizers", None) or _first_module(
-            package, "method.bilevel"
-        ).bilevel_optimizers
+        # 0.8.0 moved the optimisers to method.bilevel; older references have search._optimizers
+        self.optimizers = (
+            getattr(search_mod, "_optimizers", None)
+            or _first_module(package, "method.bilevel").bilevel_optimizers
+        )
         self.loss_fn, self.frozen = loop.loss_fn, loop.frozen
         self.optimizer_step = getattr(loop, "optimizer_step", self._optimizer_step)
 

@@ -13,6 +13,7 @@ from sklearn.preprocessing import StandardScaler
 import bmnas.method.train as trainer
 from bmnas.core.config import Config, ConfigError
 from bmnas.core.genotype import PAPER_RULES, StepGene
+from bmnas.engine.loop import split_batches
 from bmnas.engine.rundir import RunDir
 from bmnas.features.synthetic import planted_interaction
 from bmnas.method.probe import linear_probe
@@ -157,7 +158,12 @@ def test_warmup_keeps_arch_frozen_and_best_epoch_after_it():
         assert torch.equal(a, b)  # two warm-up epochs: α, β, γ exactly at their initialisation
     full = search(data, cfg, progress=False)
     assert full.best_epoch == 3 and [h["best"] for h in full.history] == [False, False, True]
-    assert full.hypernet.arch.alpha[0].detach().abs().max() > init.arch.alpha[0].abs().max()
+    # one epoch of architecture steps after the warm-up: Adam moves an entry by about lr a step (its
+    # first step by lr wherever the gradient is not ~0). Not "max |α| grew": its largest entry may move
+    # either way (on the CPU it does so under precision=bf16: 2.32e-3 -> 1.89e-3).
+    lr, steps = cfg.search.arch_lr, len(split_batches(np.arange(len(data["train"])), 64))
+    moved = (full.hypernet.arch.alpha[0].detach() - init.arch.alpha[0]).abs().max().item()
+    assert 0.9 * lr < moved <= 1.5 * lr * steps  # fp32 CPU: 9.08e-4 for 3 steps of 3e-4
 
 
 def test_arch_split_holds_out_a_share_of_train_and_leaves_val_alone():

@@ -207,7 +207,8 @@ class Config:
     )
     precision: str = _doc("fp32", "fp32 | bf16 (autocast of forward passes)")
     cuda_graphs: str = _doc(
-        "auto", "auto (on for CUDA) | on | off: training steps replayed as CUDA graphs (engine/graphs.py)"
+        "auto",
+        "auto (on for CUDA) | on | off: training steps and eval forwards as CUDA graphs (engine/graphs.py)",
     )
     deterministic: bool = _doc(
         False, "deterministic CUDA kernels (exact resume on a GPU; CUBLAS_WORKSPACE_CONFIG=:4096:8)"

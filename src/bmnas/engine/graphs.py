@@ -34,17 +34,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..core.data import TaskInfo
 from .loop import CPU, Context, frozen, loss_fn, optimizer_step
+from .replay import Inputs, buffers_like, copy_into, first_line, rows, side_stream
 
 log = logging.getLogger(__name__)
-
-Inputs = Mapping[str, torch.Tensor] | torch.Tensor
 
 
 def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -70,26 +69,6 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> N
                 st = optimizer.state.get(p, {})
                 if "step" in st and isinstance(st["step"], torch.Tensor):
                     st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
-
-
-def _buffers_like(inputs: Inputs) -> Inputs:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.detach().clone()
-    return {k: v.detach().clone() for k, v in inputs.items()}
-
-
-def _copy_into(buffers: Inputs, inputs: Inputs) -> None:
-    if isinstance(buffers, torch.Tensor):
-        buffers.copy_(inputs, non_blocking=True)
-        return
-    if buffers.keys() != inputs.keys():
-        raise ValueError(f"a step's features changed from {sorted(buffers)} to {sorted(inputs)}")
-    for k, buf in buffers.items():
-        buf.copy_(inputs[k], non_blocking=True)
-
-
-def _rows(labels: torch.Tensor) -> int:
-    return int(labels.shape[0])
 
 
 class StepFunction:
@@ -134,11 +113,11 @@ class StepFunction:
             make_capturable(self.optimizer, self.ctx.device)
             self._prepared = True
         if self.size is None:
-            self.size = _rows(labels)
-            self.inputs, self.labels = _buffers_like(inputs), labels.detach().clone()
-        if _rows(labels) != self.size:  # the last short batch
+            self.size = rows(labels)
+            self.inputs, self.labels = buffers_like(inputs), labels.detach().clone()
+        if rows(labels) != self.size:  # the last short batch
             return self._eager(inputs, labels)
-        _copy_into(self.inputs, inputs)
+        copy_into(self.inputs, inputs)
         self.labels.copy_(labels, non_blocking=True)
         self.steps += 1
         if self.mode != "capture" or self.failed is not None:
@@ -158,11 +137,8 @@ class StepFunction:
 
     def _side_stream(self) -> torch.Tensor:
         """A warm-up step on a side stream (the recipe: capture's allocator sees the kernels' workspaces)."""
-        stream = torch.cuda.Stream(self.ctx.device)
-        stream.wait_stream(torch.cuda.current_stream(self.ctx.device))
-        with torch.cuda.stream(stream):
+        with side_stream(self.ctx.device):
             loss = self._eager(self.inputs, self.labels)
-        torch.cuda.current_stream(self.ctx.device).wait_stream(stream)
         return loss
 
     def _capture(self) -> bool:
@@ -176,7 +152,7 @@ class StepFunction:
                 loss.backward()
                 self.optimizer.step()
         except (RuntimeError, AssertionError, ValueError, TypeError) as err:
-            why = (str(err).splitlines() or [type(err).__name__])[0][:200]
+            why = first_line(err)
             self.failed = why
             log.warning("CUDA graph capture of a training step failed (%s); running it eagerly", why)
             self.optimizer.zero_grad(set_to_none=True)

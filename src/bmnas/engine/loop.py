@@ -40,6 +40,7 @@ from .distributed import (
     sum_over_ranks,
 )
 from .metrics import compute_metrics
+from .replay import forward_function
 
 if TYPE_CHECKING:
     from ..core.config import Config, SearchConfig
@@ -249,22 +250,32 @@ def forward_batches(
     batch_size: int,
     amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     min_rows: int = 2,
+    graphs: str = "off",
 ) -> Iterator[tuple[Any, torch.Tensor]]:
     """Eval-mode forward passes over rows ``0 … n−1`` in order: yields each batch's ``(labels, fp32 logits)``.
 
     ``gather(rows)`` returns a batch's ``(inputs, labels)`` (labels may be None); batches are
     :func:`batch_indices` in order (``min_rows=1``: plain consecutive slices). The model's
     train/eval mode is restored afterwards. The one evaluation loop: :func:`evaluate`, backbone
-    pre-training's accuracy and ``LoadedModel.logits`` read their logits from it.
+    pre-training's accuracy and ``LoadedModel.logits`` read their logits from it. ``graphs``
+    (:attr:`Context.graphs`): ``off`` calls the model on each batch; ``capture`` / ``buffers`` run
+    it through the static buffers of a :class:`~bmnas.engine.replay.ForwardFunction` (replayed as a
+    CUDA graph under ``capture``; the short last batch padded), kept with the model across calls.
     """
     was_training = model.training
     model.eval()
     try:
+        forward = None
         for b in batch_indices(n, batch_size, None, min_rows):
             inputs, labels = gather(b)
-            with amp():
-                out = model(inputs)
-            yield labels, out.float()
+            if graphs == "off":
+                with amp():
+                    out = model(inputs)
+                yield labels, out.float()
+                continue
+            if forward is None:  # looked up once per call: the size is the first batch's
+                forward = forward_function(model, inputs, graphs, amp)
+            yield labels, forward(model, inputs)
     finally:
         model.train(was_training)
 
@@ -281,16 +292,22 @@ def evaluate(
 
     ``loss = Σ_batches loss(batch) · |batch| / N``. Over several ``ctx.ranks`` each scores its shard
     ``rows[rank::world]`` and the logits are gathered, so every rank returns the metrics of the whole split.
+    The forwards run as ``ctx.graphs`` says (:func:`forward_batches`); the losses are summed and the
+    logits kept on the device (float64 sums, the same as Python floats), read back once at the end.
     """
     ranks = ctx.ranks
     rows = shard(np.arange(len(split)), ranks)
-    logits, total = [], 0.0
-    for y, out in forward_batches(model, len(rows), lambda b: split.batch(rows[b]), batch_size, ctx.amp):
-        total += float(loss_fn(task, out, y)) * len(out)
-        logits.append(out.cpu().numpy())
-    part = np.concatenate(logits) if logits else np.empty((0, task.num_outputs), np.float32)
+    logits: list[torch.Tensor] = []
+    total: float | torch.Tensor = 0.0
+    batches = forward_batches(
+        model, len(rows), lambda b: split.batch(rows[b]), batch_size, ctx.amp, graphs=ctx.graphs
+    )
+    for y, out in batches:
+        total = total + loss_fn(task, out, y).double() * len(out)
+        logits.append(out)
+    part = torch.cat(logits).cpu().numpy() if logits else np.empty((0, task.num_outputs), np.float32)
     scores = gather_rows(part, len(split), ranks)
-    total = sum_over_ranks(total, ranks)
+    total = sum_over_ranks(float(total), ranks)
     metrics = compute_metrics(task, scores, split.labels, threshold)
     return {"loss": total / max(1, len(split)), **metrics}
 

@@ -175,10 +175,9 @@ def fit(
     metric = primary_metric(data.task)
     min_rows = min_batch(ranks)
     n_batches = len(batch_indices(len(split), t.batch_size, None, min_rows))
-    # fused Adam where the steps are captured (one kernel per step; capturable with a tensor lr)
-    opt = build_optimizer(
-        model.parameters(), AdamSettings.of(t, fused=True if ctx.graphs == "capture" else None)
-    )
+    # fused Adam: one kernel per step instead of ~10 per tensor (a fifth of a small network's CPU
+    # step, benchmarks/README.md § fused Adam in the evaluation stage); capturable with a tensor lr
+    opt = build_optimizer(model.parameters(), AdamSettings.of(t, fused=True))
     sched = cosine_restarts(opt, n_batches, t.restart_epochs, t.restart_mult, t.lr_min)
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
     # a checkpoint of another architecture or length is not resumed: the fit starts over
@@ -521,7 +520,7 @@ def _select_stacked(
     vals = [on_device(d["val"], ctx.device) for d in folds]
     min_rows = min_batch(ctx.ranks)
     n_batches = batch_counts([len(s) for s in trains], t.batch_size, min_rows)[0]
-    opt = build_optimizer(stack.parameters(), AdamSettings.of(t))
+    opt = build_optimizer(stack.parameters(), AdamSettings.of(t, fused=True))  # as fit's
     sched = cosine_restarts(opt, n_batches, t.restart_epochs, t.restart_mult, t.lr_min)
     shuffles = [torch.Generator().manual_seed(cfg.seed + 1) for _ in folds]
     p = t.modality_dropout
