@@ -1,7 +1,7 @@
 """Search speed of the bmnas hypernet (issue 6): one search iteration, forward, memory, FLOPs, an epoch.
 
 A benchmark, not a test. It times exactly what :func:`bmnas.method.search.search` runs per iteration (the
-hypernet from ``build_hypernet``, the optimisers and schedule from ``_optimizers``, and
+hypernet from ``build_hypernet``, the optimisers and schedule from ``bilevel_optimizers``, and
 :func:`bmnas.engine.loop.optimizer_step` for the weight step with α, β, γ frozen and the architecture step
 with the weights frozen) on random *pooled* features ``(B, L_k, C_in)``, ``L_k ∈ {1, L}``, whose
 shapes come from :func:`bmnas.features.pooling.pool_feature` applied to the raw backbone shapes of a preset.
@@ -272,7 +272,11 @@ class Library:
         loop = _first_module(package, "engine.loop", "loop")
         self.name = package
         self.build_hypernet = search_mod.build_hypernet
-        self.optimizers = search_mod._optimizers
+        # 0.8.0 moved the optimisers to method.bilevel; older references have search._optimizers
+        self.optimizers = (
+            getattr(search_mod, "_optimizers", None)
+            or _first_module(package, "method.bilevel").bilevel_optimizers
+        )
         self.loss_fn, self.frozen = loop.loss_fn, loop.frozen
         self.optimizer_step = getattr(loop, "optimizer_step", self._optimizer_step)
 

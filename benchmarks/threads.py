@@ -43,7 +43,7 @@ def worker(workload: str, setting: str, seconds: float) -> dict:
     from bmnas.core.data import FeatureData, FeatureSplit, TaskInfo
     from bmnas.engine.device import busy_cores, choose_threads, step_elements
     from bmnas.engine.loop import optimizer_step
-    from bmnas.method.search import _optimizers, build_hypernet
+    from bmnas.method.bilevel import bilevel_optimizers, build_hypernet
 
     w = WORKLOADS[workload]
     batch = 96
@@ -62,7 +62,7 @@ def worker(workload: str, setting: str, seconds: float) -> dict:
                                      f"model.steps={w['M']}"])  # fmt: skip
     torch.manual_seed(0)
     net = build_hypernet(data, cfg)
-    w_opt, a_opt, _ = _optimizers(net, cfg, 4)
+    w_opt, a_opt, _ = bilevel_optimizers(net, cfg, 4)
     weights, arch = net.weight_parameters(), net.arch_parameters()
     batches = [split.batch(np.arange(i * batch, (i + 1) * batch)) for i in range(4)]
 

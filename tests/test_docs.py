@@ -158,4 +158,4 @@ def test_version_is_the_changelog_top_entry():
     version = re.search(r'__version__ = "(.+)"', (PKG / "_version.py").read_text()).group(1)
     project = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     top = re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.M).group(1)
-    assert version == project == top == "0.7.0"
+    assert version == project == top == "0.8.0"

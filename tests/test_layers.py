@@ -2,7 +2,8 @@
 
 Floors, bottom to top: ``core`` → ``space`` | ``engine`` | ``report`` (side by side, not importing
 each other) → ``features`` → ``serve`` → ``method`` → ``studies`` → ``cli``. Inside ``method`` the
-files import in data-flow order only: ``run`` → ``search`` → ``select`` → ``rerank`` → ``train`` → ``probe``.
+files import in data-flow order only: ``run`` → ``search`` → ``placement`` → ``bilevel`` → ``select`` →
+``rerank`` → ``train`` → ``probe``.
 No circle, and no import inside a function except the short list below (each with its reason).
 """
 
@@ -16,7 +17,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "src" / "bmnas"
 FLOORS = {"core": 0, "space": 1, "engine": 1, "report": 1, "features": 2, "serve": 3, "method": 4}
 FLOORS |= {"studies": 5, "cli": 6}
-METHOD_ORDER = ["run", "search", "select", "rerank", "train", "probe", "record"]
+METHOD_ORDER = ["run", "search", "placement", "bilevel", "select", "rerank", "train", "probe", "record"]
 
 # (module, imported module) -> why it is imported inside a function
 ALLOWED_LATE = {

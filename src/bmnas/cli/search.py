@@ -99,7 +99,7 @@ def finish_run(args: argparse.Namespace, cfg, run, metrics: dict, genotype) -> N
     from ..engine.owned import is_marked_ours
     from ..report.model_card import environment, model_card, now
 
-    env = environment(str(resolve_device(cfg.device)), args.argv, args.started, now())
+    env = environment(ran_on(metrics) or str(resolve_device(cfg.device)), args.argv, args.started, now())
     metrics = {**metrics, "environment": env}
     write_json(run.metrics_path, metrics)  # not through RunDir: the loggers saw these metrics already
     card = run.path / "README.md"
@@ -108,6 +108,19 @@ def finish_run(args: argparse.Namespace, cfg, run, metrics: dict, genotype) -> N
         return
     figure = (run.plots_path / "genotype.png").is_file()
     write_text_atomic(card, model_card(f"bmnas run {run.path.name}", metrics, genotype, figure))
+
+
+def ran_on(metrics: dict) -> str | None:
+    """The device(s) a run's ``metrics.json`` says it ran on: ``cuda``, or per phase when they differ
+    (``search cuda, evaluation cpu``); None where it does not say (``device: auto``'s probe: README)."""
+    devices = metrics.get("devices")
+    if not isinstance(devices, dict):
+        return None
+    used = {p: d["device"] for p, d in devices.items() if isinstance(d, dict) and "device" in d}
+    if not used:
+        return None
+    names = set(used.values())
+    return names.pop() if len(names) == 1 else ", ".join(f"{p} {d}" for p, d in used.items())
 
 
 def show_search(result, run) -> None:

@@ -202,7 +202,9 @@ class Config:
         "baselines), one thread each; 0 = auto (the idle cores, when the jobs are big enough); "
         "1 = one at a time",
     )
-    device: str = _doc("auto", "auto (cuda if present) | cpu | cuda | cuda:N")
+    device: str = _doc(
+        "auto", "auto (with a GPU: the faster of cuda and cpu per phase, timed) | cpu | cuda | cuda:N"
+    )
     precision: str = _doc("fp32", "fp32 | bf16 (autocast of forward passes)")
     cuda_graphs: str = _doc(
         "auto",

@@ -13,6 +13,7 @@ file                                  schema                                    
 ``RUN/history.jsonl``                 :data:`SEARCH_EPOCH`                         engine.rundir
 ``RUN/<stage>_history.jsonl``         :data:`TRAIN_EPOCH`                          engine.rundir
 ``RUN/fingerprint.json``              :data:`FINGERPRINT`                          engine.rundir
+``RUN/devices.json``                  :data:`DEVICES`                              method.placement
 ``RUN/smbo.jsonl``                    :data:`SMBO_ROW` (rounds redone)             studies.smbo
 ``OUT/ablate/results.jsonl``          :data:`ABLATE_ROW` (row redone)              studies.ablate
 ``…/test_predictions.npz`` (``meta``) :data:`PREDICTIONS_META` (+ arrays)          engine.saved_predictions
@@ -288,3 +289,21 @@ PREPARED_MANIFEST = Obj(
     optional=("empty",),
 )
 """A prepared dataset's ``manifest.json`` (:func:`bmnas.features.datasets.prepared.write_manifest`)."""
+
+
+# ------------------------------------------------------------------------------ device: auto
+DEVICE_PHASE = Obj(
+    {
+        "device": Text(max_len=100),
+        "chosen": Text(max_len=100),
+        "ms_per_step": Map(Num(lo=0, lo_open=True), max_len=100),
+        "side_by_side": Map(COUNT, max_len=100),
+    },
+    optional=("chosen", "ms_per_step", "side_by_side"),
+)
+DEVICES = Obj(
+    {"setting": Text(max_len=100), "search": DEVICE_PHASE, "evaluation": DEVICE_PHASE},
+    optional=("search", "evaluation"),
+)
+"""``RUN/devices.json`` (and ``metrics.json``'s ``devices``): ``device: auto``'s choice per phase
+with the probe's milliseconds per step; a resumed run keeps the choices its start measured."""

@@ -17,11 +17,12 @@ import ctypes
 import functools
 import inspect
 import logging
+import math
 import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -44,10 +45,11 @@ class DeviceError(BmnasError, RuntimeError):
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto | cpu | cuda | cuda:N`` -> a device this machine has (auto: the first GPU, else the CPU).
 
-    The rule of ``auto`` is "a GPU when there is one"; it does not yet weigh a job's size. Whether
-    the default job is faster on the GPU than with ``--device cpu`` on the same machine is what
-    ``benchmarks/gpu_check.sh`` measures (its ``avmnist cuda`` vs ``avmnist cpu`` rows); no threshold
-    is set here until that has been measured.
+    This is ``auto`` where nothing is measured (feature extraction, serving). A search and the
+    evaluation stage measure instead: with ``device: auto`` on a machine with a GPU they time a short
+    probe of their own steps on each of :func:`auto_candidates` and run on the faster
+    (:func:`faster_device`, :func:`time_steps`, :class:`DeviceChoice`; the probe itself is
+    ``bmnas.method.placement.place``).
     Raises :class:`DeviceError` naming what exists when ``cuda``/``cuda:N`` is not available.
     """
     if name == "auto":
@@ -69,6 +71,129 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.index is not None and device.index >= count:
         raise DeviceError(f"device {name!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
     return device
+
+
+PROBE_WARMUP = 5  # untimed steps first: allocations, cuDNN/cuBLAS plans, the CUDA graph's capture (4th)
+PROBE_STEPS = 10  # then this many, timed between two synchronisations
+
+
+def auto_candidates() -> dict[str, str]:
+    """The devices ``device: auto`` weighs, by the name its log line gives each: ``{"cuda": "cuda",
+    "cpu": "cpu"}`` on a machine with a CUDA GPU, ``{"cpu": "cpu"}`` without (nothing to probe)."""
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return {"cuda": "cuda", "cpu": "cpu"}
+    return {"cpu": "cpu"}
+
+
+def faster_device(seconds: Mapping[str, float], side_by_side: Mapping[str, int] | None = None) -> str:
+    """The candidate that does the most steps per second: ``argmax_d n_d / t_d``.
+
+    ``seconds[d]``: one step's time on ``d``; ``side_by_side[d]`` (default 1): the steps ``d`` runs at
+    once (the CPU's worker processes, :mod:`bmnas.engine.workers`). A tie goes to ``cpu`` (a GPU
+    is chosen only when it is faster), else to the first named.
+    Raises :class:`DeviceError` when there is no candidate or a time is not a positive number.
+    """
+    if not seconds:
+        raise DeviceError("faster_device: no candidate device was timed")
+    n = dict(side_by_side or {})
+    bad = {
+        d: t for d, t in seconds.items() if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0)
+    }
+    if bad:
+        raise DeviceError(f"faster_device: step times must be positive seconds, got {bad}")
+    if any(n.get(d, 1) < 1 for d in seconds):
+        raise DeviceError(f"faster_device: steps side by side must be >= 1, got {n}")
+    rate = {d: n.get(d, 1) / t for d, t in seconds.items()}
+    best = max(rate.values())
+    tied = [d for d, r in rate.items() if r == best]
+    return "cpu" if "cpu" in tied else tied[0]
+
+
+def time_steps(
+    step: Callable[[], object], device: torch.device, warmup: int = PROBE_WARMUP, steps: int = PROBE_STEPS
+) -> float:
+    """Seconds per call of ``step`` on ``device``: ``warmup`` calls, then the mean of ``steps`` calls,
+    timed from one synchronisation of ``device`` (CUDA) to the next."""
+    if steps < 1:
+        raise ValueError(f"time_steps: steps must be >= 1, got {steps}")
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """Where one phase of a run computes (``search`` or ``evaluation``) and, when ``device: auto``
+    probed, why: each candidate's time per step (``seconds``) and steps side by side (``side_by_side``).
+
+    ``name``: the candidate chosen (a key of :func:`auto_candidates`); ``device``: the ``device``
+    value the phase runs with (a config value: ``cpu``, ``cuda``, ...).
+    """
+
+    phase: str
+    name: str
+    device: str
+    seconds: Mapping[str, float] = field(default_factory=dict)
+    side_by_side: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def probed(self) -> bool:
+        return bool(self.seconds)
+
+    @classmethod
+    def measured(
+        cls,
+        phase: str,
+        seconds: Mapping[str, float],
+        candidates: Mapping[str, str],
+        side_by_side: Mapping[str, int] | None = None,
+    ) -> DeviceChoice:
+        """The choice :func:`faster_device` makes from ``seconds`` (timed on ``candidates``)."""
+        n = {d: k for d, k in (side_by_side or {}).items() if k > 1 and d in seconds}
+        name = faster_device(seconds, n)
+        return cls(phase, name, candidates[name], dict(seconds), n)
+
+    @classmethod
+    def from_dict(cls, phase: str, row: Mapping[str, Any]) -> DeviceChoice:
+        """The choice :meth:`to_dict` wrote (``RUN_DIR/devices.json``)."""
+        seconds = {d: ms / 1000 for d, ms in row.get("ms_per_step", {}).items()}
+        return cls(
+            phase, row.get("chosen", row["device"]), row["device"], seconds, row.get("side_by_side", {})
+        )
+
+    def line(self, note: str = "") -> str:
+        """``device auto: search on cuda (cuda 3.1 ms/step, cpu 41 ms/step)``; the CPU's workers as
+        ``cpu 41 ms/step / 4 workers``; ``note`` after a semicolon. Without a probe:
+        ``device auto: search on cpu (not probed)``."""
+        if not self.probed:
+            return f"device auto: {self.phase} on {self.name} (not probed)"
+        times = [
+            f"{d} {_ms(t)} ms/step" + (f" / {self.side_by_side[d]} workers" if d in self.side_by_side else "")
+            for d, t in self.seconds.items()
+        ]
+        return f"device auto: {self.phase} on {self.name} ({', '.join(times)}{'; ' + note if note else ''})"
+
+    def to_dict(self) -> dict:
+        """``metrics.json``'s ``devices[phase]``: the device, and the probe's milliseconds per step."""
+        row: dict = {"device": self.device if self.probed else self.name}
+        if self.probed:
+            row["chosen"] = self.name
+            row["ms_per_step"] = {d: round(1000 * t, 4) for d, t in self.seconds.items()}
+        if self.side_by_side:
+            row["side_by_side"] = dict(self.side_by_side)
+        return row
+
+
+def _ms(seconds: float) -> str:
+    """Milliseconds to two significant figures at least: 3.1, 41, 1234."""
+    ms = 1000 * seconds
+    return f"{ms:.2g}" if ms < 10 else f"{ms:.0f}"
 
 
 def cuda_settings(device: torch.device, deterministic: bool = False) -> None:
@@ -137,6 +262,35 @@ class DeviceSplit:
         pin = self.device.type == "cuda"
         move = lambda t: (t.pin_memory() if pin else t).to(self.device, non_blocking=pin)  # noqa: E731
         return {k: move(v) for k, v in feats.items()}, move(y)
+
+
+def probe_split(split: FeatureSplit, device: torch.device, rows: int) -> FeatureSplit | DeviceSplit:
+    """The first ``rows`` rows of ``split``, served on ``device`` the way :func:`on_device` serves the
+    whole split (resident on a GPU only if the whole split would be): what a probe's steps read."""
+    part = FeatureSplit(
+        {k: np.array(v[:rows]) for k, v in split.features.items()}, np.array(split.labels[:rows])
+    )
+    if device.type == "cpu":
+        return part
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+    return DeviceSplit(part, device) if split_bytes(split) > FIT_SHARE * free else on_device(part, device)
+
+
+@contextlib.contextmanager
+def kept_settings() -> Iterator[None]:
+    """Restore after the block the process-wide settings :func:`cuda_settings` changes (matmul
+    precision, deterministic algorithms, cuDNN's benchmark): a probe on a device the run does not
+    choose leaves no trace."""
+    precision = torch.get_float32_matmul_precision()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def split_bytes(split: FeatureSplit) -> int:

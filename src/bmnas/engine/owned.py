@@ -62,6 +62,7 @@ OWNED_FILES = (
     "*_history.jsonl",
     "*_selection.json",
     "run.log",
+    "devices.json",
 )
 # Files a user may have of the same name: bmnas' own only when they start with bmnas' mark.
 MARKED_FILES = {"README.md": "<!-- bmnas model card"}

@@ -5,6 +5,7 @@
     RUN_DIR/
       config.yaml            resolved configuration
       fingerprint.json       what the run was computed from: checksums of its data
+      devices.json           device: auto's measured device per phase (kept when the run resumes)
       genotype.json          best genotype of the search
       history.jsonl          one line per search epoch (losses, metrics, genotype, softmaxed α/β/γ)
       search.ckpt.pt         search state after the last finished epoch (resume)

@@ -26,7 +26,7 @@ from ..engine.distributed import current
 from ..engine.folds import scores_val_only
 from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
-from ..engine.workers import Handle, Job, Pool
+from ..engine.workers import Handle, Job, Pool, resolve_workers
 from ..features.pipeline import load_data
 from ..features.table import public_info
 from ..features.validate import check_searchable
@@ -34,9 +34,10 @@ from ..report.plots import plot_genotype
 from ..report.summary import PROBE, SEARCHED, RunReport, recommend, score_name, stage_of
 from ..serve.model import PROBE_FILE, save_model
 from ..space.baselines import baseline
+from .placement import place
 from .probe import ProbeResult, fit_probe
 from .record import as_run, entry
-from .search import search
+from .search import placed_search
 from .train import (
     Selection,
     TrainResult,
@@ -88,12 +89,17 @@ def train_found(
     (:func:`bmnas.method.record.open_run`).
     """
     run = as_run(run, cfg, data)
+    k = max(1, cfg.train.select_folds)
+    workers = lambda: resolve_workers(cfg.workers, k, fold_work(data, cfg, None, k))  # noqa: E731
+    placement = place(data, cfg, workers, ("evaluation",), genotype, run)
+    cfg = placement.config(cfg, "evaluation")
     r = train(genotype, data, cfg, run, progress=progress, stop_after=stop_after, desc="train found net")
     finished = len(r.history) == r.epochs  # not cut short by stop_after
     if run is not None and finished and current().main:
         save_model(run.path, r.model, data, cfg.to_dict())
         plot_genotype(r.model.genotype, run.plots_path / "genotype.png", "trained network")
         metrics = {**r.row(), "genotype": genotype.to_dict(), "data": data_summary(data)}
+        metrics["devices"] = {"setting": placement.setting, "evaluation": placement.evaluation.to_dict()}
         run.write_json("metrics.json", metrics)
     return r
 
@@ -235,14 +241,17 @@ def run(
     cfg = fit_config_to_data(cfg, data)
     run_dir = as_run(run_dir, cfg, data)
     metric = primary_metric(data.task)
-    with open_pool(data, cfg, *_run_work(data, cfg, baselines)) as pool:
+    work = _run_work(data, cfg, baselines)
+    placement = place(data, cfg, lambda: resolve_workers(cfg.workers, *work), run=run_dir)
+    run_cfg, cfg = cfg, placement.config(cfg, "evaluation")  # the search's device: placement's
+    with open_pool(data, cfg, *work) as pool:
         parallel = pool.workers > 1
         # the baselines' selections need no search: they begin while the search runs
         early: dict[str, list[Handle]] = {}
         if parallel and baselines and cfg.train.select_epochs:
             todo = [(n, g) for n, g in _baselines(data.specs(), cfg) if _saved(run_dir, n, g, cfg) is None]
             early = submit_selections(pool, todo, cfg, None, "select epochs")
-        found = search(data, cfg, run_dir, progress=progress)
+        found = placed_search(data, run_cfg, run_dir, progress, placement=placement)
         if on_search is not None:
             on_search(found)
         sel = found.selection(cfg.train.epochs, cfg.train.select_folds)
@@ -308,6 +317,7 @@ def run(
         "val_scored_by": scored_by,
         "baselines": {n: v for n, v in rows.items() if n != SEARCHED},
         "data": data_summary(data),
+        "devices": placement.to_dict(),
     }
     run_dir.write_json("metrics.json", metrics)
     order = [n for n in rows if n != SEARCHED] + [SEARCHED]

@@ -8,7 +8,6 @@ checkpointed each epoch, so a killed search resumes and ends with the same resul
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,22 +17,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.config import Config, SearchConfig, arch_lr_of
+from ..core.config import Config, SearchConfig
 from ..core.data import FeatureData, FeatureSplit, TaskInfo
 from ..core.fileio import write_json
 from ..core.genotype import DeriveRules, Genotype
 from ..core.progress import bar as progress_bar
 from ..engine.checkpoint import Checkpoint
-from ..engine.device import on_device
-from ..engine.distributed import DistributedError, barrier, broadcast_state, check_same, min_batch, shard
+from ..engine.device import (
+    on_device,
+)
+from ..engine.distributed import (
+    DistributedError,
+    barrier,
+    broadcast_state,
+    check_same,
+    min_batch,
+    shard,
+)
 from ..engine.graphs import StepFunction
 from ..engine.loop import (
-    AdamSettings,
     Context,
     ModalityDropout,
     batch_indices,
-    build_optimizer,
-    cosine_restarts,
     evaluate,
     new_state,
     run_epochs,
@@ -43,6 +48,8 @@ from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
 from ..report.plots import plot_history
 from ..space.hypernet import HyperNet, edge_weights
+from .bilevel import bilevel_optimizers, build_hypernet
+from .placement import PHASES, Placement, place, rerank_workers
 from .record import as_run, entry
 from .rerank import rerank
 from .select import Batches, perturb_select
@@ -64,6 +71,7 @@ class SearchResult:
     hypernet: HyperNet
     candidates: list[dict] = field(default_factory=list)
     perturb: dict | None = None  # search.select=perturb: per Cell slot, each edge's loss delta
+    placement: Placement | None = None  # the device of the search and of re-ranking, and why
 
     def selection(self, epochs: int, folds: int = 0):
         """The re-ranking's selection phase of the chosen genotype, if it ran for ``epochs`` epochs.
@@ -76,27 +84,6 @@ class SearchResult:
             if c["genotype"] == chosen and (sel := Selection.from_dict(c)).matches(epochs, folds):
                 return sel
         return None
-
-
-def build_hypernet(data: FeatureData, cfg: Config) -> HyperNet:
-    m = cfg.model
-    for n, length in data.feature_lengths.items():
-        if length not in (1, m.L):
-            raise ValueError(f"feature {n!r} is pooled to {length} positions but model.L = {m.L}; re-pool it")
-    return HyperNet(
-        data.specs(),
-        data.task.num_outputs,
-        C=m.C,
-        L=m.L,
-        num_cells=m.cells,
-        num_steps=m.steps,
-        ops=m.ops,
-        inner_multiplier=m.inner_multiplier,
-        multiplier=m.multiplier or None,
-        dropout=m.dropout,
-        input_mode=m.input_mode,
-        relaxation=m.relaxation,
-    )
 
 
 def split_for_search(n_train: int, n_val: int, cfg: Config) -> tuple[np.ndarray, np.ndarray, str]:
@@ -113,20 +100,6 @@ def split_for_search(n_train: int, n_val: int, cfg: Config) -> tuple[np.ndarray,
     order = np.random.default_rng(cfg.seed).permutation(n_train)
     n_arch = min(n_train - 1, max(1, round(f * n_train)))
     return np.sort(order[n_arch:]), np.sort(order[:n_arch]), "train"
-
-
-def _optimizers(net: HyperNet, cfg: Config, batches_per_epoch: int):
-    """Adam of the weights and of α, β, γ (both fused), and the weights' per-batch cosine schedule.
-
-    α, β, γ's rate is ``search.arch_lr``, or with ``auto`` :func:`bmnas.core.config.auto_arch_lr` of
-    the ``(epochs − warmup_epochs) × batches_per_epoch`` architecture steps the search makes.
-    """
-    s = cfg.search
-    w_opt = build_optimizer(net.weight_parameters(), AdamSettings.of(s, fused=True))
-    arch = dataclasses.replace(AdamSettings.arch(s), lr=arch_lr_of(s, batches_per_epoch))
-    a_opt = build_optimizer(net.arch_parameters(), arch)
-    sched = cosine_restarts(w_opt, batches_per_epoch, s.restart_epochs, s.restart_mult, s.lr_min)
-    return w_opt, a_opt, sched
 
 
 @dataclass
@@ -170,10 +143,11 @@ def search(
 ) -> SearchResult:
     """Search a fusion architecture on ``data`` (train split for weights, val split for α, β, γ).
 
-    Runs on ``cfg.device`` in ``cfg.precision``. Inside an initialised process group (``torchrun``)
-    every rank computes on its shard of each global batch and the gradients are averaged
-    (:mod:`bmnas.engine.distributed`); every rank must derive the same genotype after each epoch, and only
-    rank 0 writes to ``run``.
+    Runs on ``cfg.device`` in ``cfg.precision``; with ``device: auto`` on a machine with a GPU the
+    search and the re-ranking each on the device a probe finds faster (:func:`place`). Inside an
+    initialised process group (``torchrun``) every rank computes on its shard of each global batch
+    and the gradients are averaged (:mod:`bmnas.engine.distributed`); every rank must derive the
+    same genotype after each epoch, and only rank 0 writes to ``run``.
 
     Args:
         run: run directory for the checkpoint, ``history.jsonl``, ``genotype.json`` and ``plots/``
@@ -182,8 +156,23 @@ def search(
         stop_after: end this call after that many epochs in total (the rest after a resume);
             used to test resumption.
     """
-    run = as_run(run, cfg, data)
-    s = _setup(data, cfg, progress)
+    return placed_search(data, cfg, as_run(run, cfg, data), progress, stop_after)
+
+
+def placed_search(
+    data: FeatureData,
+    cfg: Config,
+    run: RunDir | None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    placement: Placement | None = None,
+) -> SearchResult:
+    """:func:`search` in an open run directory, the devices of its phases chosen by ``placement``
+    (by default :func:`place`'s choice): what :func:`bmnas.method.run.run` calls with its own."""
+    if placement is None:
+        phases = PHASES if cfg.search.rerank else ("search",)
+        placement = place(data, cfg, partial(rerank_workers, data, cfg), phases, run=run)
+    s = _setup(data, placement.config(cfg, "search"), progress)
     ckpt = Checkpoint(run, "search", cfg, s.stateful(), s.shuffle, "history.jsonl", writes=s.ctx.ranks.main)
     state = ckpt.load() or new_state(best_score=float("-inf"), best_epoch=0, best_genotype=None)
     one_epoch, report = partial(_search_epoch, s), partial(_report, s)
@@ -192,7 +181,7 @@ def search(
     )
     if not state["history"]:
         raise RuntimeError("the search ran no epoch; set search.epochs >= 1")
-    return _searched(s, state, data, run)
+    return _searched(s, state, data, run, placement.config(cfg, "evaluation"), placement)
 
 
 def _setup(data: FeatureData, cfg: Config, progress: bool) -> _Bilevel:
@@ -212,7 +201,7 @@ def _setup(data: FeatureData, cfg: Config, progress: bool) -> _Bilevel:
             f"{min_rows} (two rows each for BatchNorm)"
         )
     n_batches = len(batch_indices(len(weight_rows), bs, None, min_rows))
-    w_opt, a_opt, sched = _optimizers(net, cfg, n_batches)
+    w_opt, a_opt, sched = bilevel_optimizers(net, cfg, n_batches)
     return _Bilevel(
         net,
         cfg,
@@ -312,8 +301,11 @@ def _report(s: _Bilevel, row: dict) -> None:
         )
 
 
-def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -> SearchResult:
-    """The search's genotype: the best epoch's or, once every epoch ran, re-ranking's choice."""
+def _searched(
+    s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None, eval_cfg: Config, placement: Placement
+) -> SearchResult:
+    """The search's genotype: the best epoch's or, once every epoch ran, re-ranking's choice
+    (re-ranking on ``eval_cfg``'s device)."""
     cfg, ranks, net = s.cfg, s.ctx.ranks, s.net
     # stopped inside the warm-up (stop_after): the last genotype stands in for the best
     best = Genotype.from_dict(state["best_genotype"] or state["history"][-1]["genotype"])
@@ -331,7 +323,7 @@ def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -
         if ranks.main and cfg.search.select == "alpha":
             warn_if_undecided(state["history"][-1], cfg.search)
         if cfg.search.rerank:
-            candidates = rerank(net, state, data, cfg, run, s.progress, first=first)
+            candidates = rerank(net, state, data, eval_cfg, run, s.progress, first=first)
             seconds += sum(c["seconds"] for c in candidates)
             best = Genotype.from_dict(max(candidates, key=lambda c: (c["val"], -c["rank"]))["genotype"])
     check_same(best.to_dict(), "searched genotype", ranks)
@@ -349,6 +341,7 @@ def _searched(s: _Bilevel, state: dict, data: FeatureData, run: RunDir | None) -
         net,
         candidates,
         record,
+        placement,
     )
 
 
