@@ -10,13 +10,16 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+import bmnas.method.rerank as rerank_mod
 import bmnas.method.train as trainer
 from bmnas.core.config import Config, ConfigError
-from bmnas.core.genotype import PAPER_RULES, StepGene
+from bmnas.core.genotype import PAPER_RULES, DeriveRules, StepGene
 from bmnas.engine.loop import split_batches
 from bmnas.engine.rundir import RunDir
 from bmnas.features.synthetic import planted_interaction
+from bmnas.method.bilevel import build_hypernet
 from bmnas.method.probe import linear_probe
+from bmnas.method.rerank import network_key, same_networks
 from bmnas.method.search import arch_diagnostics, search, split_for_search, warn_if_undecided
 from bmnas.report.summary import recommend
 from bmnas.space.derive import derive
@@ -203,6 +206,45 @@ def test_rerank_trains_candidates_keeps_the_best_on_val_and_resumes(tmp_path, mo
     monkeypatch.setattr(trainer, "select_epochs", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = search(data, cfg, RunDir(tmp_path), progress=False)
     assert calls == [] and again.genotype == r.genotype
+
+
+def _with_first_step(g, op: str, inputs: tuple[str, str]):
+    cell = replace(g.cells[0], steps=(StepGene(op, inputs), *g.cells[0].steps[1:]))
+    return replace(g, cells=(cell, *g.cells[1:]))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_candidate_that_is_the_same_network_is_not_trained_again(tmp_path, monkeypatch, workers):
+    data = planted_interaction(n=300, L=4, seed=1)
+    sets = ["search.rerank=4", "search.rerank_epochs=2", "train.select_folds=2", f"workers={workers}"]
+    cfg = Config.from_sources(None, SMALL + sets)
+    g = build_hypernet(data, cfg).genotype(DeriveRules.of(cfg.search))
+    a, a_swapped = _with_first_step(g, "sum", ("x", "y")), _with_first_step(g, "sum", ("y", "x"))
+    b, b_swapped = _with_first_step(g, "concat_fc", ("x", "y")), _with_first_step(g, "concat_fc", ("y", "x"))
+    assert network_key(a) == network_key(a_swapped) and a != a_swapped
+    assert network_key(b) != network_key(b_swapped)  # concat_fc's weights see x and y apart
+    cands = [("argmax", a), ("best epoch 2", a_swapped), ("sample 1", b), ("sample 2", b_swapped)]
+    assert same_networks([c for _, c in cands]) == {1: 0}
+    monkeypatch.setattr(rerank_mod, "candidates", lambda *args: cands)
+    trained = []
+    real = rerank_mod.select_epochs
+    monkeypatch.setattr(rerank_mod, "select_epochs", lambda g, *a, **k: trained.append(g) or real(g, *a, **k))
+    rows = rerank_mod.rerank(None, {"history": []}, data, cfg, RunDir(tmp_path), progress=False)
+    assert [r["rank"] for r in rows] == [0, 1, 2, 3] and [r["source"] for r in rows][1] == "best epoch 2"
+    twin = rows[1]
+    assert twin["same_as"] == 0 and twin["seconds"] == 0.0 and twin["genotype"] == a_swapped.to_dict()
+    assert (twin["val"], twin["curve"]) == (rows[0]["val"], rows[0]["curve"])
+    assert all("same_as" not in r for r in (rows[0], rows[2], rows[3]))
+    if workers == 1:
+        assert trained == [a, b, b_swapped]
+    # training the twin gives exactly the copied numbers (what makes the copy right)
+    alone = trainer.select_epochs(a_swapped, data, cfg, 2, progress=False)
+    assert alone.curve == rows[0]["curve"] and alone.best_epoch == rows[0]["best_epoch"]
+    lines = [json.loads(x) for x in (tmp_path / "rerank.jsonl").read_text().splitlines()]
+    assert sorted(r["rank"] for r in lines) == [0, 1, 2, 3]
+    trained.clear()  # resumed: nothing trained, every row (the twin's too) read back
+    again = rerank_mod.rerank(None, {"history": []}, data, cfg, RunDir(tmp_path), progress=False)
+    assert trained == [] and again == rows
 
 
 # -- linear probe and recommendation --------------------------------------------------------------

@@ -172,10 +172,12 @@ RERANK_ROW = Obj(
         "val": SCORE,
         "best_epoch": COUNT,
         "epochs": COUNT,
+        "same_as": COUNT,
     },
-    optional=("initial", "folds"),
+    optional=("initial", "folds", "same_as"),
 )
-"""A line of ``rerank.jsonl``: one candidate's selection (:func:`bmnas.method.rerank.rerank`)."""
+"""A line of ``rerank.jsonl``: one candidate's selection (:func:`bmnas.method.rerank.rerank`);
+``same_as``: the rank of the earlier candidate that is the same network, whose outcome it copies."""
 
 SMBO_ROW = Obj(
     {"round": COUNT, "score": SCORE, "predicted": Opt(SCORE), "seconds": SECONDS, "genotype": GENOTYPE}

@@ -18,6 +18,12 @@ wins (ties: the earlier candidate). Candidates, in order, without repeats:
 The trajectory comes last because its genotypes differ little from one another, while samples
 explore what the weights left open (docs/DESIGN.md §7 Search).
 
+A candidate that is the same network as an earlier one — equal but for the order of a commutative
+op's inputs (``sum(x, y)`` and ``sum(y, x)``: :func:`network_key`) — is not trained again: it would
+train to the same numbers bit for bit. Its row copies the earlier one's outcome, with ``same_as``
+its rank and 0 seconds, and a tie goes to the earlier one, so the choice is the one training both
+gives.
+
 Every candidate's outcome is appended to ``RUN_DIR/rerank.jsonl``; a resumed run skips those done
 (a damaged line, :data:`~bmnas.core.schemas.RERANK_ROW`, is logged, removed and its candidate redone).
 """
@@ -42,6 +48,7 @@ from ..engine.metrics import primary_metric
 from ..engine.rundir import RunDir
 from ..engine.workers import Pool
 from ..space.hypernet import HyperNet
+from ..space.ops import is_commutative
 from .train import Selection, fold_work, open_pool, select_epochs, selections
 
 SAMPLE_TRIES = 20  # samples drawn per missing candidate before giving up on new ones
@@ -102,21 +109,25 @@ def rerank(
     rows_done = load_rows(log_path, RERANK_ROW, "re-ranking that candidate again", rewrite=writes)
     done = {json.dumps(row["genotype"], sort_keys=True): row for row in rows_done}
     cands = candidates(net, state["history"], cfg, cfg.search.rerank, primary_metric(data.task), first)
+    twins = same_networks([g for _, g in cands])
     todo = [
         (rank, source, g)
         for rank, (source, g) in enumerate(cands)
-        if not _is_done(done, g, epochs, sel_folds)
+        if rank not in twins and not _is_done(done, g, epochs, sel_folds)
     ]
     jobs = len(todo) * max(1, sel_folds)
     if todo and not cfg.train.batched_folds:
         with open_pool(data, cfg, jobs, fold_work(data, cfg, epochs, jobs)) as pool:
             if pool.workers > 1:
-                rows = _rerank_parallel(pool, cands, todo, done, cfg, epochs, run, writes, progress)
+                rows = _rerank_parallel(pool, cands, todo, twins, done, cfg, epochs, run, writes, progress)
+                rows = _with_twins(rows, cands, twins, done, run if writes else None)
                 barrier(current())
                 return rows
     rows = []
     bar = progress_bar(cands, desc="re-rank candidates", enabled=progress)
     for rank, (source, g) in enumerate(bar):
+        if rank in twins:
+            continue  # filled in below from the network it equals
         if _is_done(done, g, epochs, sel_folds):
             rows.append({**done[_key(g)], "rank": rank, "source": source})
             continue
@@ -128,12 +139,57 @@ def rerank(
         if log_path is not None and writes:
             run.append_jsonl(log_path.name, row)
         bar.set_postfix(best=f"{max(r['val'] for r in rows):.4f}")
+    rows = _with_twins(rows, cands, twins, done, run if writes else None)
     barrier(current())
     return rows
 
 
 def _key(g: Genotype) -> str:
     return json.dumps(g.to_dict(), sort_keys=True)
+
+
+def network_key(g: Genotype) -> str:
+    """``g`` as JSON with the inputs of every commutative op's step sorted (``OpSpec.commutative``):
+    two genotypes with the same key build the same network, which trains to the same numbers."""
+    d = g.to_dict()
+    for cell in d["cells"]:
+        for step in cell["steps"]:
+            if is_commutative(step["op"]):
+                step["inputs"] = sorted(step["inputs"])
+    return json.dumps(d, sort_keys=True)
+
+
+def same_networks(genotypes: Sequence[Genotype]) -> dict[int, int]:
+    """``{i: j}`` for each ``genotypes[i]`` that is the same network as an earlier ``genotypes[j]``
+    (the first of its kind: :func:`network_key`)."""
+    first: dict[str, int] = {}
+    twins = {}
+    for i, g in enumerate(genotypes):
+        j = first.setdefault(network_key(g), i)
+        if j != i:
+            twins[i] = j
+    return twins
+
+
+def _with_twins(
+    rows: list[dict],
+    cands: list[tuple[str, Genotype]],
+    twins: dict[int, int],
+    done: dict[str, dict],
+    run: RunDir | None,
+) -> list[dict]:
+    """``rows`` (one per candidate not in ``twins``) with a row for each twin, in rank order: the
+    outcome of the network it equals, its own rank, source and genotype, ``same_as`` and 0 seconds
+    (appended to ``rerank.jsonl`` unless a resumed run holds it already)."""
+    by_rank = {r["rank"]: r for r in rows}
+    for rank, of in sorted(twins.items()):
+        source, g = cands[rank]
+        row = {**by_rank[of], "rank": rank, "source": source, "genotype": g.to_dict()}
+        row.update(same_as=of, seconds=0.0)
+        by_rank[rank] = row
+        if run is not None and _key(g) not in done:
+            run.append_jsonl("rerank.jsonl", row)
+    return [by_rank[rank] for rank in sorted(by_rank)]
 
 
 def _is_done(done: dict[str, dict], g: Genotype, epochs: int, folds: int) -> bool:
@@ -160,6 +216,7 @@ def _rerank_parallel(
     pool: Pool,
     cands: list[tuple[str, Genotype]],
     todo: list[tuple[int, str, Genotype]],
+    twins: dict[int, int],
     done: dict[str, dict],
     cfg: Config,
     epochs: int,
@@ -172,7 +229,7 @@ def _rerank_parallel(
     genotype, so a killed run resumes the others). ``seconds``: the candidate's training time."""
     by_rank: dict[int, dict] = {}
     for rank, (source, g) in enumerate(cands):
-        if _is_done(done, g, epochs, cfg.train.select_folds):
+        if rank not in twins and _is_done(done, g, epochs, cfg.train.select_folds):
             by_rank[rank] = {**done[_key(g)], "rank": rank, "source": source}
     ranks = {f"candidate {rank + 1}/{len(cands)}": (rank, source, g) for rank, source, g in todo}
     items = [(name, g) for name, (_, _, g) in ranks.items()]

@@ -40,6 +40,7 @@ class OpSpec:
     name: str
     factory: OpFactory
     arity: int = 2
+    commutative: bool = False  # op(x, y) == op(y, x) bit for bit, parameters independent of the order
 
 
 _OPS: dict[str, OpSpec] = {}
@@ -119,18 +120,29 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
-def register_op(name: str, arity: int = 2) -> Callable[[OpFactory], OpFactory]:
-    """Decorator: register ``factory(C, L, dropout) -> nn.Module`` as the op ``name``."""
+def register_op(name: str, arity: int = 2, commutative: bool = False) -> Callable[[OpFactory], OpFactory]:
+    """Decorator: register ``factory(C, L, dropout) -> nn.Module`` as the op ``name``.
+
+    ``commutative``: swapping the op's inputs gives the same network bit for bit, trained or not
+    (its parameters, if any, do not depend on which input is which): ``sum``. Re-ranking then trains
+    two candidates that differ only in that order once (:func:`bmnas.method.rerank.network_key`).
+    """
     if arity < 1:
         raise ValueError(f"op {name!r}: arity must be >= 1, got {arity}")
 
     def wrap(factory: OpFactory) -> OpFactory:
         if name in _OPS:
             warnings.warn(f"op {name!r} is registered again; the new factory replaces the old", stacklevel=2)
-        _OPS[name] = OpSpec(name, factory, arity)
+        _OPS[name] = OpSpec(name, factory, arity, commutative)
         return factory
 
     return wrap
+
+
+def is_commutative(name: str) -> bool:
+    """Whether the registered op ``name`` gives the same network with its inputs swapped."""
+    spec = _OPS.get(name)
+    return spec is not None and spec.commutative
 
 
 def list_ops(pattern: str = "*") -> list[str]:
@@ -161,9 +173,9 @@ class Zero(nn.Module):
         return torch.zeros_like(inputs[0])
 
 
-@register_op("sum")
+@register_op("sum", commutative=True)
 class Sum(nn.Module):
-    """``Sum(x, y) = x + y`` (eq. 5)."""
+    """``Sum(x, y) = x + y`` (eq. 5); no parameters, and IEEE addition commutes: ``Sum(x, y) = Sum(y, x)``."""
 
     def __init__(self, C: int, L: int, dropout: float = 0.0):
         super().__init__()
