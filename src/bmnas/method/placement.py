@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 
 PHASES = ("search", "evaluation")
+DEVICES_FILE = "devices.json"
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,6 @@ def place(
     return _placement(cfg, choices, phases)
 
 
-DEVICES_FILE = "devices.json"
-
-
 def _kept_choices(run: RunDir | None, candidates: dict[str, str]) -> dict[str, DeviceChoice]:
     """The probed choices ``RUN_DIR/devices.json`` holds for these candidates (none without it)."""
     if run is None:
@@ -190,10 +188,8 @@ def _probe_step(
         return bilevel
     model = FoundNet(with_recipe(genotype, cfg), data.task.num_outputs, dropout=cfg.model.dropout)
     model = model.to(ctx.device).train()
-    fused = True if ctx.graphs == "capture" else None
-    step = StepFunction(
-        model, data.task, build_optimizer(model.parameters(), AdamSettings.of(cfg.train, fused=fused)), ctx
-    )
+    opt = build_optimizer(model.parameters(), AdamSettings.of(cfg.train, fused=True))  # as fit's
+    step = StepFunction(model, data.task, opt, ctx)
     split = probe_split(data["train"], ctx.device, cfg.train.batch_size)
     rows = np.arange(len(split))
     return lambda: step(*split.batch(rows))
