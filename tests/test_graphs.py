@@ -117,13 +117,15 @@ def test_graphs_mode_resolves_auto_on_off():
         Config.from_sources(None, ["cuda_graphs=sometimes"])
 
 
+def _cpu_config(graphs: str, *sets: str) -> Config:
+    """The small test config on the CPU with ``cuda_graphs=graphs`` (``on``: the static-buffer path,
+    run eagerly) and ``sets``."""
+    return Config.from_sources(None, [*SMALL, "device=cpu", f"cuda_graphs={graphs}", *sets])
+
+
 def _search_params(graphs: str, epochs: int = 2) -> tuple[dict, list]:
     data = planted_interaction(n=300, L=4, seed=1)  # 300 train rows: the last batch is short
-    cfg = Config.from_sources(
-        None,
-        SMALL
-        + ["device=cpu", f"cuda_graphs={graphs}", "search.warmup_epochs=1", "search.modality_dropout=0.2"],
-    )
+    cfg = _cpu_config(graphs, "search.warmup_epochs=1", "search.modality_dropout=0.2")
     s = _setup(data, cfg, progress=False)
     losses = [_bilevel_steps(s, e, warm=e > 1) for e in range(1, epochs + 1)]
     return {k: v.clone() for k, v in s.net.state_dict().items()}, losses
@@ -142,11 +144,7 @@ def test_fit_through_static_buffers_equals_todays_fit():
     data = planted_interaction(n=200, L=4, seed=2)
     out = {}
     for graphs in ("off", "on"):
-        cfg = Config.from_sources(
-            None,
-            SMALL
-            + ["device=cpu", f"cuda_graphs={graphs}", "train.batch_size=48", "train.modality_dropout=0.2"],
-        )
+        cfg = _cpu_config(graphs, "train.batch_size=48", "train.modality_dropout=0.2")
         s = _setup(data, cfg, progress=False)
         genotype = with_recipe(s.net.genotype(DeriveRules.of(cfg.search)), cfg)
         model = build_model(genotype, data, cfg, data["train"])
@@ -233,16 +231,14 @@ def test_search_with_cuda_graphs_on_a_cpu_equals_the_eager_search():
     data = planted_interaction(n=300, L=4, seed=5)
     out = {}
     for graphs in ("off", "on"):
-        cfg = Config.from_sources(
-            None,
-            SMALL
-            + ["device=cpu", f"cuda_graphs={graphs}", "search.epochs=3", "search.warmup_epochs=1"]
-            + [
-                "search.eval_batch_size=32",
-                "search.rerank=2",
-                "search.rerank_epochs=1",
-                "train.eval_batch_size=32",
-            ],
+        cfg = _cpu_config(
+            graphs,
+            "search.epochs=3",
+            "search.warmup_epochs=1",
+            "search.eval_batch_size=32",
+            "search.rerank=2",
+            "search.rerank_epochs=1",
+            "train.eval_batch_size=32",
         )
         out[graphs] = search(data, cfg, progress=False)
     ref, got = out["off"], out["on"]
