@@ -105,24 +105,19 @@ def place(
         fixed = {p: DeviceChoice(p, name, cfg.device) for p in PHASES}
         return Placement(cfg.device, fixed["search"], fixed["evaluation"])
     kept = _kept_choices(run, candidates)
-    if all(p in kept for p in phases):
-        for p in phases:
-            log.info(kept[p].line("measured when this run began"))
-        return _placement(cfg, kept, phases)
-    n = max(1, workers()) if "evaluation" in phases else 1
+    choices = {p: kept[p] for p in phases if p in kept}
+    for c in choices.values():
+        log.info(c.line("measured when this run began"))
+    todo = [p for p in PHASES if p in phases and p not in kept]
+    if not todo:
+        return _placement(cfg, choices, phases)
+    n = max(1, workers()) if "evaluation" in todo else 1
     side = {c: n for c, d in candidates.items() if torch.device(d).type == "cpu"}
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    choices = {}
     with torch.random.fork_rng(devices=cuda), kept_settings():
-        if genotype is None and "evaluation" in phases:
+        if genotype is None and "evaluation" in todo:
             genotype = build_hypernet(data, cfg).genotype(DeriveRules.of(cfg.search))
-        for phase in PHASES:
-            if phase not in phases:
-                continue
-            if phase in kept:
-                choices[phase] = kept[phase]
-                log.info(kept[phase].line("measured when this run began"))
-                continue
+        for phase in todo:
             seconds = {}
             for c, device in candidates.items():
                 one = phase == "evaluation" and side.get(c, 1) > 1  # a worker's single thread
